@@ -1,0 +1,128 @@
+"""Which leaf gets which method: exact paths, glob patterns, precedence and their errors.
+
+A rules mapping has leaf paths or glob patterns as keys and methods (or None) as values.
+
+* ``*`` matches any run of characters inside one path component (no ``.``), ``**`` any run
+  including dots, ``?`` one character other than ``.``, ``[abc]`` / ``[!abc]`` one character
+  of (not of) the set. A key without these characters is an exact path.
+* An exact path beats every pattern. Two patterns that match the same leaf, with no exact
+  path for it, are an error naming both.
+* A key that matches no leaf is an error: a typo must not silently prune nothing.
+* A value of None leaves the matched leaves unpruned, e.g. ``{"**.weight": method,
+  "head.weight": None}`` prunes every weight but the head's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+from funcsparse.methods._base import MaskMethod
+
+__all__ = ["Assignment", "assign_rules", "glob_to_regex", "is_pattern"]
+
+_PATTERN_CHARS = frozenset("*?[")
+
+
+class Assignment(NamedTuple):
+    """The rule that applies to one leaf: its key and its method."""
+
+    key: str
+    method: MaskMethod
+
+
+def is_pattern(key: str) -> bool:
+    """Whether ``key`` is a glob pattern rather than an exact path."""
+    return any(char in _PATTERN_CHARS for char in key)
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a path glob (see the module docstring) into an anchored regex."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append(r"[^.]*")
+        elif char == "?":
+            out.append(r"[^.]")
+        elif char == "[" and "]" in pattern[i + 2 :] or pattern[i : i + 2] == "[]":
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            out.append("[" + ("^" if negate else "") + body.replace("\\", r"\\") + "]")
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out))
+
+
+def assign_rules(
+    paths: Sequence[str], rules: object, *, function: str
+) -> list[Assignment | None]:
+    """The rule of every leaf path, in order (None: no rule, or a rule whose value is None).
+
+    Raises:
+        TypeError: ``rules`` is not a mapping of str to MaskMethod or None.
+        ValueError: a key matches no leaf, or two patterns match one leaf.
+    """
+    if not isinstance(rules, Mapping):
+        raise TypeError(
+            f"{function}: rules must be a mapping of leaf paths or patterns to methods, "
+            f"got {type(rules).__name__}"
+        )
+    exact: dict[str, MaskMethod | None] = {}
+    patterns: list[tuple[str, re.Pattern[str], MaskMethod | None]] = []
+    for key, method in rules.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{function}: rule keys must be str paths, got {key!r}")
+        if method is not None and not isinstance(method, MaskMethod):
+            raise TypeError(
+                f"{function}: rule {key!r} must map to a funcsparse method or None, "
+                f"got {type(method).__name__} {method!r}"
+            )
+        if is_pattern(key):
+            patterns.append((key, glob_to_regex(key), method))
+        else:
+            exact[key] = method
+
+    known = set(paths)
+    matched: set[str] = set()
+    assignments: list[Assignment | None] = []
+    for path in paths:
+        if path in exact:
+            matched.add(path)
+            method = exact[path]
+            assignments.append(None if method is None else Assignment(path, method))
+            continue
+        hits = [(key, method) for key, regex, method in patterns if regex.fullmatch(path)]
+        matched.update(key for key, _ in hits)
+        if len(hits) > 1:
+            raise ValueError(
+                f"{function}: patterns {hits[0][0]!r} and {hits[1][0]!r} both match leaf "
+                f"{path!r}; add an exact rule for {path!r} or narrow a pattern"
+            )
+        if hits and hits[0][1] is not None:
+            key, method = hits[0]
+            assignments.append(Assignment(key, method))
+        else:
+            assignments.append(None)
+
+    for key in list(exact) + [key for key, _, _ in patterns]:
+        if key not in matched:
+            kind = "path" if key in exact and key not in known else "pattern"
+            sample = ", ".join(repr(path) for path in list(paths)[:8])
+            more = ", ..." if len(paths) > 8 else ""
+            raise ValueError(
+                f"{function}: rule {kind} {key!r} matches no leaf; the leaves are "
+                f"[{sample}{more}]"
+            )
+    return assignments

@@ -1,0 +1,178 @@
+"""Scores to boolean selections: exact counts and one deterministic tie rule.
+
+Every selector here ranks entries by score, ascending, and selects the ``k`` lowest-ranked
+ones. The ranking is a total order, the one ``torch.sort(..., stable=True)`` produces:
+
+* a smaller score ranks lower;
+* equal scores rank by position: the lower flat (row-major) index ranks lower;
+* NaN ranks above every number, ``+inf`` included; NaNs among themselves rank by position.
+
+So a selector that promises ``k`` entries selects exactly ``k``, whatever the ties, on any
+device, every time. On plain eager tensors the selectors take data-dependent fast paths
+(a sampled bracket around the threshold, a tie check); under ``torch.func`` transforms and
+``torch.compile`` they run a branch-free formulation. Both give the same selection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["smallest_k", "smallest_k_per_group"]
+
+# Below this many scores a plain ``kthvalue`` beats the sampled bracket.
+_BRACKET_MIN = 1 << 16
+# Entries drawn (by stride) to bracket the threshold, and the bracket's half-width in them.
+_SAMPLE_SIZE = 1 << 14
+_SAMPLE_MARGIN = 320
+# Groups up to this size are ranked by pairwise comparisons; larger ones by a stable sort.
+_PAIRWISE_MAX = 8
+
+
+def is_plain(tensor: Tensor) -> bool:
+    """Whether data-dependent Python control flow on ``tensor`` is allowed.
+
+    False under ``torch.func`` transforms (vmap, grad) and while ``torch.compile`` traces.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return is_wrapped is not None and not is_wrapped(tensor)
+
+
+def smallest_k(scores: Tensor, k: int) -> Tensor:
+    """Select the ``k`` lowest-ranked entries along the last dimension.
+
+    Args:
+        scores: real tensor; every slice along the last dimension is ranked on its own.
+        k: how many entries each slice selects; clipped to ``[0, scores.shape[-1]]``.
+
+    Returns:
+        A ``torch.bool`` tensor of ``scores``' shape, ``True`` at the selected entries.
+
+    Examples:
+        >>> smallest_k(torch.tensor([3.0, 1.0, 2.0, 1.0]), 2)
+        tensor([False,  True, False,  True])
+    """
+    n = scores.shape[-1]
+    if k <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if scores.dim() == 1 and n >= _BRACKET_MIN and is_plain(scores):
+        return _smallest_k_eager(scores, k)
+    return _smallest_k_pure(scores, k)
+
+
+def _smallest_k_pure(scores: Tensor, k: int) -> Tensor:
+    """Branch-free ``smallest_k``: a k-th value threshold, then ties by a running count."""
+    threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
+    threshold_nan = threshold.isnan()
+    scores_nan = scores.isnan()
+    below = (scores < threshold) | (threshold_nan & ~scores_nan)
+    tied = (scores == threshold) | (threshold_nan & scores_nan)
+    still_needed = k - below.sum(dim=-1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=-1) <= still_needed))
+
+
+def _kth_smallest_value(scores: Tensor, k: int) -> float:
+    """The k-th smallest entry of a 1-D tensor (NaN largest), bracketed from a strided sample."""
+    n = scores.numel()
+    sample = scores[:: max(1, n // _SAMPLE_SIZE)].sort().values
+    m = sample.numel()
+    at = k * m / n
+    lo_at = math.floor(at) - _SAMPLE_MARGIN
+    hi_at = math.ceil(at) + _SAMPLE_MARGIN
+    lo = sample[lo_at].item() if lo_at > 0 else -math.inf
+    hi = sample[hi_at].item() if hi_at < m - 1 else math.inf
+    if not (math.isnan(lo) or math.isnan(hi)):
+        n_below = int((scores < lo).sum())
+        candidates = scores[(scores >= lo) & (scores <= hi)]
+        if n_below < k <= n_below + candidates.numel():
+            return candidates.kthvalue(k - n_below).values.item()
+    return scores.kthvalue(k).values.item()
+
+
+def _smallest_k_eager(scores: Tensor, k: int) -> Tensor:
+    """``smallest_k`` for one large 1-D slice, with data-dependent shortcuts."""
+    threshold = _kth_smallest_value(scores, k)
+    if math.isnan(threshold):
+        selected = ~scores.isnan()
+        nan_positions = torch.nonzero(scores.isnan()).flatten()
+        selected[nan_positions[: k - int(selected.sum())]] = True
+        return selected
+    selected = scores <= threshold
+    surplus = int(selected.sum()) - k
+    if surplus > 0:
+        tied = torch.nonzero(scores == threshold).flatten()
+        selected[tied[tied.numel() - surplus :]] = False
+    return selected
+
+
+def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None) -> Tensor:
+    """Select the ``k`` lowest-ranked entries of every group along the last dimension.
+
+    Args:
+        groups: real tensor ``(..., group_size)``; may be a strided view.
+        k: entries to select per group.
+        valid: optional bool tensor broadcastable to ``groups``. Invalid entries (padding)
+            are never selected and do not take a rank, so a group with fewer than ``k``
+            valid entries selects all of them. Default: every entry is valid.
+
+    Returns:
+        A contiguous ``torch.bool`` tensor of ``groups``' shape.
+
+    Examples:
+        >>> smallest_k_per_group(torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]]), 2)
+        tensor([[False,  True, False,  True],
+                [ True,  True, False, False]])
+    """
+    size = groups.shape[-1]
+    if k <= 0:
+        return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device)
+    if k >= size:
+        everything = torch.ones(groups.shape, dtype=torch.bool, device=groups.device)
+        return everything if valid is None else everything & valid
+    if valid is None and size <= _PAIRWISE_MAX:
+        return _per_group_pairwise(groups, k)
+    return _per_group_sorted(groups, k, valid)
+
+
+def _per_group_pairwise(groups: Tensor, k: int) -> Tensor:
+    """Rank each entry by counting the group members that rank below it (small groups)."""
+    columns = groups.unbind(-1)
+    check_nan = groups.is_floating_point() and (
+        not is_plain(groups) or bool(groups.isnan().any())
+    )
+    nans = [column.isnan() for column in columns] if check_nan else []
+    ranks: list[Tensor | None] = [None] * len(columns)
+
+    def add(index: int, vote: Tensor) -> None:
+        current = ranks[index]
+        ranks[index] = vote.to(torch.uint8) if current is None else current + vote
+
+    for i in range(1, len(columns)):
+        for j in range(i):
+            # j (the lower index) ranks below i unless its score is larger, NaN largest.
+            j_below_i = columns[j] <= columns[i]
+            if check_nan:
+                j_below_i = j_below_i | nans[i]
+            add(i, j_below_i)
+            add(j, ~j_below_i)
+    return torch.stack([rank < k for rank in ranks if rank is not None], dim=-1)
+
+
+def _per_group_sorted(groups: Tensor, k: int, valid: Tensor | None) -> Tensor:
+    """Rank by a stable sort; with padding, ranks count valid entries only."""
+    order = torch.sort(groups, dim=-1, stable=True).indices
+    if valid is None:
+        rank = torch.arange(groups.shape[-1], device=groups.device).expand(order.shape)
+        selected_sorted = rank < k
+    else:
+        valid_sorted = valid.expand(groups.shape).gather(-1, order)
+        selected_sorted = valid_sorted & (valid_sorted.cumsum(dim=-1) <= k)
+    return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device).scatter(
+        -1, order, selected_sorted
+    )

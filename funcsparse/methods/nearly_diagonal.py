@@ -1,0 +1,70 @@
+"""NearlyDiagonal: keep a band of diagonals around the main one (torch.ao's NearlyDiagonalSparsifier)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+
+__all__ = ["NearlyDiagonal"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NearlyDiagonal(MaskMethod):
+    """Keep the ``nearliness`` diagonals closest to the main diagonal of a 2-D weight.
+
+    Entry ``(i, j)`` is kept when ``|i - j| <= nearliness // 2``. ``nearliness`` 1 keeps the
+    main diagonal only; ``nearliness <= 0`` prunes everything. The masks and errors equal
+    ``torch.ao.pruning.NearlyDiagonalSparsifier``'s, built with one broadcast instead of a
+    Python loop over rows.
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> fs.NearlyDiagonal(nearliness=3)(torch.ones(4, 4)).int()
+        tensor([[1, 1, 0, 0],
+                [1, 1, 1, 0],
+                [0, 1, 1, 1],
+                [0, 0, 1, 1]], dtype=torch.int32)
+
+    Args:
+        nearliness: number of diagonals kept, odd when positive. Default 1.
+
+    Raises:
+        TypeError: ``nearliness`` is not an int.
+        ValueError: ``nearliness`` is positive and even; on a call, the weight is not 2-D or
+            ``nearliness // 2 >= min(height, width)``.
+    """
+
+    nearliness: int = 1
+
+    def __post_init__(self) -> None:
+        nearliness = require_int("NearlyDiagonal", "nearliness", self.nearliness)
+        if nearliness > 0 and nearliness % 2 == 0:
+            raise ValueError(
+                f"NearlyDiagonal: nearliness can only be an odd number, got {nearliness}"
+            )
+
+    def leaf_problem(self, tensor: object) -> LeafProblem | None:
+        if not isinstance(tensor, Tensor):
+            return LeafProblem(TypeError, describe(tensor), "NearlyDiagonal needs a tensor")
+        if tensor.dim() != 2:
+            return LeafProblem(ValueError, describe(tensor), "NearlyDiagonal needs 2-D weights")
+        if self.nearliness > 0 and self.nearliness // 2 >= min(tensor.shape):
+            return LeafProblem(
+                ValueError,
+                describe(tensor),
+                f"nearliness cannot be larger than the dimensions of tensor "
+                f"(nearliness {self.nearliness} needs both sides > {self.nearliness // 2})",
+            )
+        return None
+
+    def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
+        if self.nearliness <= 0:
+            return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        reach = self.nearliness // 2
+        mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+        return mask.triu_(-reach).tril_(reach)

@@ -1,0 +1,237 @@
+"""WeightNorm: prune the blocks of lowest norm (torch.ao's WeightNormSparsifier, as a function)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from funcsparse._select import smallest_k, smallest_k_per_group
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
+
+__all__ = ["WeightNorm"]
+
+# Blocks up to this many entries get their scores summed from strided views of the weight
+# (bit-identical to avg_pool2d's loop); larger blocks go through avg_pool2d itself.
+_FUSED_BLOCK_MAX = 16
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WeightNorm(MaskMethod):
+    """Zero the blocks of a 2-D weight whose mean norm is lowest.
+
+    The weight is cut into ``sparse_block_shape`` blocks starting at index ``(0, 0)``; the
+    last row and column of blocks may be partial. Each block's score is the mean of
+    ``norm(w)`` over its entries (``|w|`` for ``norm=1``, ``w * w`` for ``norm=2``, or any
+    elementwise callable). ``round(sparsity_level * n_blocks)`` blocks of lowest score are
+    selected (at most ``n_blocks - 1`` while ``sparsity_level < 1``, all of them at
+    ``sparsity_level >= 1``), and in each selected block the ``zeros_per_block`` entries of
+    lowest ``norm(w)`` are zeroed. With ``zeros_per_block`` equal to the block size whole
+    blocks are zeroed; with ``sparsity_level=1.0, sparse_block_shape=(1, 4),
+    zeros_per_block=2`` every row gets the 2:4 pattern.
+
+    The masks equal ``torch.ao.pruning.WeightNormSparsifier``'s bit for bit wherever the
+    scores have no ties. Ties follow funcsparse's rule (equal scores: the lower row-major
+    index is pruned first; NaN counts as the largest score), so the count of zeros is always
+    exact. Where the block shape does not divide the weight and ``0 < zeros_per_block <
+    block size``, torch.ao crashes (levels in (0, 1)) or stores a padded-shape mask (level
+    >= 1); funcsparse returns what torch.ao computes on its padded grid, cropped to the
+    weight's shape: padding never takes a block's zeros.
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> w = torch.tensor([[1.0, -4.0, 0.5, 3.0], [2.0, -0.1, 6.0, 0.2]])
+        >>> fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 2))(w)
+        tensor([[ True,  True, False, False],
+                [False, False,  True,  True]])
+        >>> fs.WeightNorm(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)(w)
+        tensor([[False,  True, False,  True],
+                [ True, False,  True, False]])
+
+    Args:
+        sparsity_level: fraction of blocks selected; ``<= 0`` keeps everything. Default 0.5.
+        sparse_block_shape: ``(block_rows, block_cols)``, positive ints. Default ``(1, 4)``.
+        zeros_per_block: entries zeroed in each selected block, from 0 to the block size.
+            Default None: the whole block.
+        norm: 1, 2 or an elementwise callable ``Tensor -> Tensor``. Default 2.
+
+    Raises:
+        TypeError: a field of the wrong type; on a call, a leaf that is not a floating tensor,
+            or a ``norm`` callable that does not return a real tensor of the weight's shape.
+        ValueError: ``sparsity_level`` is NaN, a block side is not positive,
+            ``zeros_per_block`` is negative or above the block size, ``norm`` is an int other
+            than 1 or 2; on a call, a weight that is not 2-D.
+
+    References:
+        torch.ao.pruning.WeightNormSparsifier (PyTorch), whose semantics this reproduces.
+    """
+
+    sparsity_level: float = 0.5
+    sparse_block_shape: tuple[int, int] = (1, 4)
+    zeros_per_block: int | None = None
+    norm: int | Callable[[Tensor], Tensor] = 2
+
+    def __post_init__(self) -> None:
+        require_real("WeightNorm", "sparsity_level", self.sparsity_level)
+        shape = self.sparse_block_shape
+        if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
+            raise TypeError(
+                f"WeightNorm: sparse_block_shape must be a pair of ints, got {shape!r}"
+            )
+        rows = require_int("WeightNorm", "sparse_block_shape[0]", shape[0])
+        cols = require_int("WeightNorm", "sparse_block_shape[1]", shape[1])
+        if rows <= 0 or cols <= 0:
+            raise ValueError(
+                f"WeightNorm: sparse_block_shape sides must be positive, got {(rows, cols)}"
+            )
+        object.__setattr__(self, "sparse_block_shape", (rows, cols))
+        if self.zeros_per_block is not None:
+            zeros = require_int("WeightNorm", "zeros_per_block", self.zeros_per_block)
+            if zeros > rows * cols:
+                raise ValueError(
+                    "WeightNorm: Number of zeros per block cannot be more than the total "
+                    f"number of elements in that block (zeros_per_block={zeros}, "
+                    f"block {rows}x{cols} has {rows * cols})."
+                )
+            if zeros < 0:
+                raise ValueError(
+                    "WeightNorm: Number of zeros per block should be positive "
+                    f"(zeros_per_block={zeros})."
+                )
+        norm = self.norm
+        if not callable(norm):
+            require_int("WeightNorm", "norm", norm)
+            if norm not in (1, 2):
+                raise ValueError(
+                    f"WeightNorm: norm must be 1, 2 or a callable, got {norm!r} "
+                    f"(L-{norm} is not implemented)"
+                )
+
+    @property
+    def block_size(self) -> int:
+        """Entries per block."""
+        return self.sparse_block_shape[0] * self.sparse_block_shape[1]
+
+    @property
+    def block_zeros(self) -> int:
+        """Entries zeroed per selected block (``zeros_per_block``, default the block size)."""
+        return self.block_size if self.zeros_per_block is None else self.zeros_per_block
+
+    def leaf_problem(self, tensor: object) -> LeafProblem | None:
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            return LeafProblem(TypeError, describe(tensor), "WeightNorm needs floating-point weights")
+        if tensor.dim() != 2:
+            return LeafProblem(ValueError, describe(tensor), "WeightNorm needs 2-D weights")
+        return None
+
+    def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
+        level = float(self.sparsity_level)
+        zeros = self.block_zeros
+        if level <= 0 or zeros == 0:
+            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+        if level >= 1 and zeros == self.block_size:
+            return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        scores = self._scores(tensor)
+        if level >= 1:
+            return ~self._zeros_within_blocks(scores)
+        pruned = self._lowest_blocks(tensor, scores, level)
+        if zeros < self.block_size:
+            pruned = pruned & self._zeros_within_blocks(scores)
+        return ~pruned
+
+    def _scores(self, tensor: Tensor) -> Tensor:
+        """``norm(w)`` elementwise, exactly as torch.ao computes it."""
+        if self.norm == 1:
+            return tensor.abs()
+        if self.norm == 2:
+            return tensor * tensor
+        if not callable(self.norm):  # unreachable after __post_init__; narrows the type
+            raise TypeError(f"WeightNorm: norm must be 1, 2 or a callable, got {self.norm!r}")
+        scores = self.norm(tensor)
+        if (
+            not isinstance(scores, Tensor)
+            or scores.shape != tensor.shape
+            or not scores.is_floating_point()
+        ):
+            raise TypeError(
+                f"WeightNorm: norm callable must return a floating tensor of shape "
+                f"{tuple(tensor.shape)}, got {describe(scores)}"
+            )
+        return scores
+
+    def _block_grid(self, tensor: Tensor) -> tuple[int, int]:
+        rows, cols = self.sparse_block_shape
+        return -(-tensor.shape[0] // rows), -(-tensor.shape[1] // cols)
+
+    def _lowest_blocks(self, tensor: Tensor, scores: Tensor, level: float) -> Tensor:
+        """Entries of the ``round(level * n_blocks)`` blocks of lowest mean score."""
+        rows, cols = self.sparse_block_shape
+        grid_rows, grid_cols = self._block_grid(tensor)
+        n_blocks = grid_rows * grid_cols
+        k = max(0, min(n_blocks - 1, round(level * n_blocks)))
+        block_scores = self._block_scores(tensor, scores)
+        pruned = smallest_k(block_scores.reshape(-1), k).view(grid_rows, 1, grid_cols, 1)
+        pruned = pruned.expand(grid_rows, rows, grid_cols, cols)
+        height, width = tensor.shape
+        return pruned.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
+
+    def _block_scores(self, tensor: Tensor, scores: Tensor) -> Tensor:
+        """Mean score per block, bit-identical to torch.ao's ``avg_pool2d(ceil_mode=True)``."""
+        rows, cols = self.sparse_block_shape
+        if self.block_size == 1:
+            return scores
+        height, width = tensor.shape
+        fused = (
+            self.norm in (1, 2)
+            and tensor.dtype in (torch.float32, torch.float64)
+            and height % rows == 0
+            and width % cols == 0
+            and self.block_size <= _FUSED_BLOCK_MAX
+        )
+        if not fused:
+            pooled = F.avg_pool2d(scores[None, None], self.sparse_block_shape, ceil_mode=True)
+            return pooled[0, 0]
+        # avg_pool2d sums a window row by row, left to right, then divides: do the same
+        # over strided views, without materialising norm(w) for the whole weight.
+        blocks = tensor.reshape(height // rows, rows, width // cols, cols)
+        total: Tensor | None = None
+        for r in range(rows):
+            for c in range(cols):
+                entry = blocks[:, r, :, c]
+                term = entry.abs() if self.norm == 1 else entry * entry
+                total = term if total is None else total + term
+        if total is None:  # unreachable: a block has at least one entry
+            raise ValueError("WeightNorm: empty block")
+        return total / self.block_size
+
+    def _zeros_within_blocks(self, scores: Tensor) -> Tensor:
+        """Entries among the ``block_zeros`` lowest scores of their block."""
+        rows, cols = self.sparse_block_shape
+        height, width = scores.shape
+        grid_rows, grid_cols = -(-height // rows), -(-width // cols)
+        pad_rows, pad_cols = grid_rows * rows - height, grid_cols * cols - width
+        valid: Tensor | None = None
+        if pad_rows or pad_cols:
+            scores = F.pad(scores, (0, pad_cols, 0, pad_rows))
+            valid = torch.ones((height, width), dtype=torch.bool, device=scores.device)
+            valid = F.pad(valid, (0, pad_cols, 0, pad_rows), value=False)
+            valid = _as_groups(valid, rows, cols)
+        selected = smallest_k_per_group(_as_groups(scores, rows, cols), self.block_zeros, valid=valid)
+        selected = selected.view(grid_rows, grid_cols, rows, cols).permute(0, 2, 1, 3)
+        return selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
+
+
+def _as_groups(grid: Tensor, rows: int, cols: int) -> Tensor:
+    """``(H, W)`` with block-divisible sides to ``(H/rows, W/cols, rows*cols)``, row-major in-block."""
+    height, width = grid.shape
+    blocks = grid.reshape(height // rows, rows, width // cols, cols)
+    if rows == 1:
+        return blocks.squeeze(1)
+    return blocks.permute(0, 2, 1, 3).reshape(height // rows, width // cols, rows * cols)
+
+
