@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from funcsparse._rules import assign_rules
 from funcsparse._tree import flatten_with_paths, unflatten
-from funcsparse.methods._base import MaskMethod
+from funcsparse.methods._base import MaskMethod, require_int
 
 __all__ = ["compute_masks"]
 
 
-def compute_masks(params: Any, rules: Mapping[str, MaskMethod | None]) -> Any:
+def compute_masks(
+    params: Any, rules: Mapping[str, MaskMethod | None], *, batch_dims: int = 0
+) -> Any:
     """Compute a bool mask for every leaf of ``params`` that a rule matches.
 
     Every matched leaf is checked before any mask is computed, so a bad leaf raises before
     any work is done. Inputs are never mutated.
+
+    With ``batch_dims=1``, every leaf carries a leading ensemble dimension, as
+    ``torch.func.stack_module_state`` makes: each member gets the mask it would get alone,
+    computed for all members at once by ``torch.func.vmap`` over the method. A method whose
+    ``vmappable`` is False is looped over the members instead (the documented fallback).
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -33,6 +41,8 @@ def compute_masks(params: Any, rules: Mapping[str, MaskMethod | None]) -> Any:
             nested dicts, lists and tuples. Leaf paths are dotted: ``"seq.0.weight"``.
         rules: leaf paths or glob patterns mapped to methods (or None to exclude); see
             :mod:`funcsparse._rules` for matching and precedence.
+        batch_dims: leading dimensions of every matched leaf that index independent
+            members (an ensemble). Default 0.
 
     Returns:
         A pytree with ``params``' structure: a ``torch.bool`` mask of the leaf's shape where
@@ -45,12 +55,15 @@ def compute_masks(params: Any, rules: Mapping[str, MaskMethod | None]) -> Any:
             has a shape its method cannot handle. The message names the rule, the method,
             the leaf path and the value.
     """
+    batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
+    if batch_dims < 0:
+        raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
     paths, leaves, spec = flatten_with_paths(params)
     assignments = assign_rules(paths, rules, function="compute_masks")
     for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
         if assigned is None:
             continue
-        problem = assigned.method.leaf_problem(leaf)
+        problem = assigned.method.leaf_problem(_member(leaf, batch_dims))
         if problem is not None:
             name = type(assigned.method).__name__
             raise problem.error(
@@ -58,7 +71,32 @@ def compute_masks(params: Any, rules: Mapping[str, MaskMethod | None]) -> Any:
                 f"{path!r}; {problem.need}"
             )
     masks: list[Tensor | None] = [
-        None if assigned is None else assigned.method(leaf)
+        None if assigned is None else _batched_mask(assigned.method, leaf, batch_dims)
         for leaf, assigned in zip(leaves, assignments, strict=True)
     ]
     return unflatten(spec, masks)
+
+
+def _member(leaf: object, batch_dims: int) -> object:
+    """What one ensemble member's leaf looks like (shape and dtype only, no data)."""
+    if batch_dims == 0 or not isinstance(leaf, Tensor):
+        return leaf
+    if leaf.dim() < batch_dims:
+        return leaf  # the method reports the wrong number of dimensions
+    return torch.empty(leaf.shape[batch_dims:], dtype=leaf.dtype, device="meta")
+
+
+def _batched_mask(method: MaskMethod, leaf: Tensor, batch_dims: int) -> Tensor:
+    """``method(leaf)`` for every member along the leading ``batch_dims`` dimensions."""
+    if batch_dims == 0:
+        return method(leaf)
+    if method.vmappable:
+        batched: Callable[[Tensor], Tensor] = method
+        for _ in range(batch_dims):
+            batched = torch.func.vmap(batched)
+        return batched(leaf.detach())
+    members = leaf.detach().reshape(-1, *leaf.shape[batch_dims:])
+    masks = [method(member) for member in members]
+    if not masks:
+        return torch.ones(leaf.shape, dtype=torch.bool, device=leaf.device)
+    return torch.stack(masks).reshape(leaf.shape)

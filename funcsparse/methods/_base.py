@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
@@ -51,7 +51,12 @@ class MaskMethod(abc.ABC):
     keeps a weight, ``False`` prunes it); nothing is mutated. ``fs.compute_masks`` calls
     :meth:`leaf_problem` on every matched leaf before computing any mask, so a bad leaf
     is reported before any work is done.
+
+    ``vmappable`` says whether ``torch.func.vmap`` over a call gives every member's own mask;
+    ``compute_masks(..., batch_dims=...)`` loops over the members of methods that say no.
     """
+
+    vmappable: ClassVar[bool] = True
 
     def __call__(self, tensor: Tensor, /, **kwargs: Any) -> Tensor:
         problem = self.leaf_problem(tensor)

@@ -1,0 +1,97 @@
+"""compute_masks over pytrees: structure, paths, errors, nothing computed on bad input."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import funcsparse as fs
+
+WN = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(seq=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), linear1=nn.Linear(8, 4)))
+
+
+def test_flat_dict_from_named_parameters() -> None:
+    params = dict(model().named_parameters())
+    masks = fs.compute_masks(params, {"seq.*.weight": WN, "linear1.weight": fs.NearlyDiagonal(nearliness=3)})
+    assert list(masks) == list(params)
+    assert masks["seq.0.bias"] is None and masks["linear1.bias"] is None
+    for name in ["seq.0.weight", "seq.2.weight", "linear1.weight"]:
+        assert masks[name].dtype == torch.bool and masks[name].shape == params[name].shape
+    assert torch.equal(masks["seq.0.weight"], WN(params["seq.0.weight"]))
+    assert torch.equal(masks["linear1.weight"], fs.NearlyDiagonal(nearliness=3)(params["linear1.weight"]))
+
+
+def test_nested_dicts_lists_and_tuples_use_dotted_paths() -> None:
+    w = [torch.randn(4, 8) for _ in range(3)]
+    params: dict[str, Any] = {"layers": [{"weight": w[0]}, {"weight": w[1]}], "pair": (w[2], torch.ones(3))}
+    masks = fs.compute_masks(params, {"layers.*.weight": WN, "pair.0": WN})
+    assert isinstance(masks["layers"], list) and isinstance(masks["pair"], tuple)
+    assert torch.equal(masks["layers"][1]["weight"], WN(w[1]))
+    assert torch.equal(masks["pair"][0], WN(w[2]))
+    assert masks["pair"][1] is None
+
+
+def test_masks_fit_apply_masks() -> None:
+    params = {"a": [torch.randn(4, 8), torch.randn(2)]}
+    masks = fs.compute_masks(params, {"a.0": WN})
+    masked = fs.apply_masks(params, masks)
+    assert masked["a"][1] is params["a"][1]
+    assert torch.equal(masked["a"][0], params["a"][0] * masks["a"][0])
+
+
+def test_bad_leaf_names_function_rule_method_path_and_value() -> None:
+    params = dict(model().named_parameters())
+    message = "compute_masks: rule 'seq.**' (WeightNorm) got a 1-D torch.float32 tensor of shape (8,) at 'seq.0.bias'; WeightNorm needs 2-D weights"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fs.compute_masks(params, {"seq.**": WN})
+
+
+def test_non_floating_leaf() -> None:
+    with pytest.raises(TypeError, match=r"compute_masks: rule 'w' \(WeightNorm\) got a 2-D torch.int64 tensor .* at 'w'; WeightNorm needs floating-point"):
+        fs.compute_masks({"w": torch.ones(2, 4, dtype=torch.int64)}, {"w": WN})
+
+
+def test_nothing_is_computed_when_any_leaf_is_bad(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, ...]] = []
+    original = fs.WeightNorm._mask
+
+    def counting(self: fs.WeightNorm, tensor: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        calls.append(tuple(tensor.shape))
+        return original(self, tensor, **kwargs)
+
+    monkeypatch.setattr(fs.WeightNorm, "_mask", counting)
+    params = {"a": torch.randn(4, 4), "z": torch.randn(4)}
+    with pytest.raises(ValueError, match="at 'z'"):
+        fs.compute_masks(params, {"*": WN})
+    assert calls == []
+
+
+def test_rules_errors_surface_with_the_function_name() -> None:
+    with pytest.raises(ValueError, match="compute_masks: rule path 'seq.0.wieght' matches no leaf"):
+        fs.compute_masks(dict(model().named_parameters()), {"seq.0.wieght": WN})
+
+
+def test_inputs_are_not_mutated() -> None:
+    params = dict(model().named_parameters())
+    before = {name: p.detach().clone() for name, p in params.items()}
+    rules = {"seq.*.weight": WN}
+    fs.compute_masks(params, rules)
+    assert rules == {"seq.*.weight": WN}
+    assert all(torch.equal(params[name], before[name]) for name in params)
+    assert all(p.grad is None for p in params.values())
+
+
+def test_masks_carry_no_autograd_history() -> None:
+    params = dict(model().named_parameters())
+    masks = fs.compute_masks(params, {"seq.*.weight": WN})
+    assert masks["seq.0.weight"].grad_fn is None and not masks["seq.0.weight"].requires_grad
