@@ -39,7 +39,9 @@ def _masked_leaves(params: Any, masks: Any, *, function: str) -> tuple[list[str]
                 f"leaf has shape {tuple(leaf.shape)}"
             )
     masked = [
-        leaf if mask is None else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
+        leaf
+        if mask is None
+        else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
         for leaf, mask in zip(leaves, mask_leaves, strict=True)
     ]
     return paths, masked, spec
@@ -97,7 +99,8 @@ def functional_call(
         >>> import torch, funcsparse as fs
         >>> model = torch.nn.Linear(4, 1, bias=False)
         >>> params = {"weight": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
-        >>> masks = fs.compute_masks(params, {"weight": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))})
+        >>> method = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))
+        >>> masks = fs.compute_masks(params, {"weight": method})
         >>> fs.functional_call(model, params, masks, (torch.ones(1, 4),))
         tensor([[7.]])
 
@@ -130,5 +133,10 @@ def functional_call(
             f"{type(module).__name__}: {unknown[:8]}"
         )
     return torch.func.functional_call(
-        module, dict(zip(paths, masked, strict=True)), args, kwargs, strict=strict, tie_weights=tie_weights
+        module,
+        dict(zip(paths, masked, strict=True)),
+        args,
+        kwargs,
+        strict=strict,
+        tie_weights=tie_weights,
     )

@@ -30,7 +30,8 @@ def compute_masks(
 
     Examples:
         >>> import torch, funcsparse as fs
-        >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> params = dict(model.named_parameters())
         >>> masks = fs.compute_masks(params, {"*.weight": fs.WeightNorm(sparsity_level=0.5)})
         >>> {name: None if m is None else m.float().mean().item() for name, m in masks.items()}

@@ -51,7 +51,7 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
             out.append(r"[^.]*")
         elif char == "?":
             out.append(r"[^.]")
-        elif char == "[" and "]" in pattern[i + 2 :] or pattern[i : i + 2] == "[]":
+        elif (char == "[" and "]" in pattern[i + 2 :]) or pattern[i : i + 2] == "[]":
             end = pattern.index("]", i + 2)
             body = pattern[i + 1 : end]
             negate = body.startswith("!")
@@ -65,9 +65,7 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def assign_rules(
-    paths: Sequence[str], rules: object, *, function: str
-) -> list[Assignment | None]:
+def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[Assignment | None]:
     """The rule of every leaf path, in order (None: no rule, or a rule whose value is None).
 
     Raises:
@@ -110,11 +108,8 @@ def assign_rules(
                 f"{function}: patterns {hits[0][0]!r} and {hits[1][0]!r} both match leaf "
                 f"{path!r}; add an exact rule for {path!r} or narrow a pattern"
             )
-        if hits and hits[0][1] is not None:
-            key, method = hits[0]
-            assignments.append(Assignment(key, method))
-        else:
-            assignments.append(None)
+        hit_method = hits[0][1] if hits else None
+        assignments.append(None if hit_method is None else Assignment(hits[0][0], hit_method))
 
     for key in list(exact) + [key for key, _, _ in patterns]:
         if key not in matched:
@@ -122,7 +117,6 @@ def assign_rules(
             sample = ", ".join(repr(path) for path in list(paths)[:8])
             more = ", ..." if len(paths) > 8 else ""
             raise ValueError(
-                f"{function}: rule {kind} {key!r} matches no leaf; the leaves are "
-                f"[{sample}{more}]"
+                f"{function}: rule {kind} {key!r} matches no leaf; the leaves are [{sample}{more}]"
             )
     return assignments

@@ -143,9 +143,7 @@ def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None)
 def _per_group_pairwise(groups: Tensor, k: int) -> Tensor:
     """Rank each entry by counting the group members that rank below it (small groups)."""
     columns = groups.unbind(-1)
-    check_nan = groups.is_floating_point() and (
-        not is_plain(groups) or bool(groups.isnan().any())
-    )
+    check_nan = groups.is_floating_point() and (not is_plain(groups) or bool(groups.isnan().any()))
     nans = [column.isnan() for column in columns] if check_nan else []
     ranks: list[Tensor | None] = [None] * len(columns)
 

@@ -70,7 +70,10 @@ def test_nothing_is_mutated() -> None:
     fs.apply_masks(params, masks)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert all(torch.equal(params[k], v) for k, v in params_before.items())
-    assert all(v is None and masks[k] is None or torch.equal(masks[k], v) for k, v in masks_before.items())
+    assert all(
+        (v is None and masks[k] is None) or torch.equal(masks[k], v)
+        for k, v in masks_before.items()
+    )
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
@@ -91,8 +94,13 @@ def test_gradients_are_exactly_zero_at_pruned_entries() -> None:
 
 
 def test_unknown_param_name_is_an_error() -> None:
-    with pytest.raises(ValueError, match=r"functional_call: params has leaves that name no parameter or buffer of the Sequential: \['3.weight'\]"):
-        fs.functional_call(mlp(), {"3.weight": torch.ones(3, 8)}, {"3.weight": None}, torch.randn(1, 6))
+    with pytest.raises(
+        ValueError,
+        match=r"functional_call: params has leaves that name no parameter or buffer of the Sequential: \['3.weight'\]",
+    ):
+        fs.functional_call(
+            mlp(), {"3.weight": torch.ones(3, 8)}, {"3.weight": None}, torch.randn(1, 6)
+        )
 
 
 @pytest.mark.parametrize("function", ["apply_masks", "functional_call"])
@@ -105,9 +113,19 @@ def test_mask_errors(function: str) -> None:
             return fs.apply_masks(params, masks)
         return fs.functional_call(model, params, masks, torch.randn(1, 6))
 
-    with pytest.raises(ValueError, match=re.escape(f"{function}: the mask at '0.weight' has shape (8, 5) but the leaf has shape (8, 6)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{function}: the mask at '0.weight' has shape (8, 5) but the leaf has shape (8, 6)"
+        ),
+    ):
         call({"0.weight": torch.ones(8, 5, dtype=torch.bool)})
-    with pytest.raises(TypeError, match=re.escape(f"{function}: the mask at '0.weight' must be a torch.bool tensor or None, got a 2-D torch.float32 tensor")):
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"{function}: the mask at '0.weight' must be a torch.bool tensor or None, got a 2-D torch.float32 tensor"
+        ),
+    ):
         call({"0.weight": torch.ones(8, 6)})
     with pytest.raises(ValueError, match=f"{function}: masks do not have the structure of params"):
         call({"0.weight": None, "0.bias": None})

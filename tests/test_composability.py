@@ -47,8 +47,17 @@ def test_grad_and_value_through_functional_call() -> None:
     "rules",
     [
         RULES,
-        {"0.weight": fs.WeightNorm(sparsity_level=1.0, sparse_block_shape=(1, 2), zeros_per_block=1), "2.weight": fs.NearlyDiagonal(nearliness=3)},
-        {"*.weight": fs.WeightNorm(sparsity_level=0.4, sparse_block_shape=(3, 5), zeros_per_block=4)},
+        {
+            "0.weight": fs.WeightNorm(
+                sparsity_level=1.0, sparse_block_shape=(1, 2), zeros_per_block=1
+            ),
+            "2.weight": fs.NearlyDiagonal(nearliness=3),
+        },
+        {
+            "*.weight": fs.WeightNorm(
+                sparsity_level=0.4, sparse_block_shape=(3, 5), zeros_per_block=4
+            )
+        },
     ],
 )
 def test_ensemble_masks_by_vmap_equal_a_loop(rules: dict[str, fs.MaskMethod]) -> None:
@@ -71,13 +80,17 @@ def test_ensemble_forward_under_vmap_equals_a_loop() -> None:
     x = torch.randn(3, 5, 6)
     mask_axes = {name: None if mask is None else 0 for name, mask in masks.items()}
 
-    def member(p: dict[str, torch.Tensor], m: dict[str, torch.Tensor | None], xs: torch.Tensor) -> torch.Tensor:
+    def member(
+        p: dict[str, torch.Tensor], m: dict[str, torch.Tensor | None], xs: torch.Tensor
+    ) -> torch.Tensor:
         return fs.functional_call(base, p, m, (xs,))
 
     out = torch.func.vmap(member, in_dims=(0, mask_axes, 0))(params, masks, x)
     for i, model in enumerate(models):
         p = dict(model.named_parameters())
-        assert torch.allclose(out[i], fs.functional_call(model, p, fs.compute_masks(p, RULES), (x[i],)), atol=1e-6)
+        assert torch.allclose(
+            out[i], fs.functional_call(model, p, fs.compute_masks(p, RULES), (x[i],)), atol=1e-6
+        )
 
 
 class _Looped(fs.NearlyDiagonal):
@@ -104,7 +117,10 @@ def test_compiled_masked_training_step_matches_eager() -> None:
     masks = fs.compute_masks(params, RULES)
 
     def step(
-        p: dict[str, torch.Tensor], m: dict[str, torch.Tensor | None], xs: torch.Tensor, ys: torch.Tensor
+        p: dict[str, torch.Tensor],
+        m: dict[str, torch.Tensor | None],
+        xs: torch.Tensor,
+        ys: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         def loss(q: dict[str, torch.Tensor]) -> torch.Tensor:
             return nn.functional.cross_entropy(fs.functional_call(model, q, m, (xs,)), ys)

@@ -17,23 +17,34 @@ WN = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))
 
 def model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(OrderedDict(seq=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), linear1=nn.Linear(8, 4)))
+    return nn.Sequential(
+        OrderedDict(
+            seq=nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)), linear1=nn.Linear(8, 4)
+        )
+    )
 
 
 def test_flat_dict_from_named_parameters() -> None:
     params = dict(model().named_parameters())
-    masks = fs.compute_masks(params, {"seq.*.weight": WN, "linear1.weight": fs.NearlyDiagonal(nearliness=3)})
+    masks = fs.compute_masks(
+        params, {"seq.*.weight": WN, "linear1.weight": fs.NearlyDiagonal(nearliness=3)}
+    )
     assert list(masks) == list(params)
     assert masks["seq.0.bias"] is None and masks["linear1.bias"] is None
     for name in ["seq.0.weight", "seq.2.weight", "linear1.weight"]:
         assert masks[name].dtype == torch.bool and masks[name].shape == params[name].shape
     assert torch.equal(masks["seq.0.weight"], WN(params["seq.0.weight"]))
-    assert torch.equal(masks["linear1.weight"], fs.NearlyDiagonal(nearliness=3)(params["linear1.weight"]))
+    assert torch.equal(
+        masks["linear1.weight"], fs.NearlyDiagonal(nearliness=3)(params["linear1.weight"])
+    )
 
 
 def test_nested_dicts_lists_and_tuples_use_dotted_paths() -> None:
     w = [torch.randn(4, 8) for _ in range(3)]
-    params: dict[str, Any] = {"layers": [{"weight": w[0]}, {"weight": w[1]}], "pair": (w[2], torch.ones(3))}
+    params: dict[str, Any] = {
+        "layers": [{"weight": w[0]}, {"weight": w[1]}],
+        "pair": (w[2], torch.ones(3)),
+    }
     masks = fs.compute_masks(params, {"layers.*.weight": WN, "pair.0": WN})
     assert isinstance(masks["layers"], list) and isinstance(masks["pair"], tuple)
     assert torch.equal(masks["layers"][1]["weight"], WN(w[1]))
@@ -57,7 +68,10 @@ def test_bad_leaf_names_function_rule_method_path_and_value() -> None:
 
 
 def test_non_floating_leaf() -> None:
-    with pytest.raises(TypeError, match=r"compute_masks: rule 'w' \(WeightNorm\) got a 2-D torch.int64 tensor .* at 'w'; WeightNorm needs floating-point"):
+    with pytest.raises(
+        TypeError,
+        match=r"compute_masks: rule 'w' \(WeightNorm\) got a 2-D torch.int64 tensor .* at 'w'; WeightNorm needs floating-point",
+    ):
         fs.compute_masks({"w": torch.ones(2, 4, dtype=torch.int64)}, {"w": WN})
 
 
@@ -77,7 +91,9 @@ def test_nothing_is_computed_when_any_leaf_is_bad(monkeypatch: pytest.MonkeyPatc
 
 
 def test_rules_errors_surface_with_the_function_name() -> None:
-    with pytest.raises(ValueError, match="compute_masks: rule path 'seq.0.wieght' matches no leaf"):
+    with pytest.raises(
+        ValueError, match=r"compute_masks: rule path 'seq\.0\.wieght' matches no leaf"
+    ):
         fs.compute_masks(dict(model().named_parameters()), {"seq.0.wieght": WN})
 
 

@@ -7,7 +7,14 @@ import pytest
 import funcsparse as fs
 from funcsparse._rules import assign_rules, glob_to_regex
 
-PATHS = ["seq.0.weight", "seq.0.bias", "seq.2.weight", "seq.2.sub.weight", "linear1.weight", "head.weight"]
+PATHS = [
+    "seq.0.weight",
+    "seq.0.bias",
+    "seq.2.weight",
+    "seq.2.sub.weight",
+    "linear1.weight",
+    "head.weight",
+]
 A = fs.WeightNorm(sparsity_level=0.5)
 B = fs.NearlyDiagonal(nearliness=3)
 
@@ -21,7 +28,10 @@ def keys_of(rules: dict[str, fs.MaskMethod | None]) -> list[str | None]:
     [
         ("seq.*.weight", ["seq.0.weight", "seq.2.weight"]),
         ("seq.**.weight", ["seq.0.weight", "seq.2.weight", "seq.2.sub.weight"]),
-        ("**.weight", ["seq.0.weight", "seq.2.weight", "seq.2.sub.weight", "linear1.weight", "head.weight"]),
+        (
+            "**.weight",
+            ["seq.0.weight", "seq.2.weight", "seq.2.sub.weight", "linear1.weight", "head.weight"],
+        ),
         ("seq.?.bias", ["seq.0.bias"]),
         ("seq.[02].weight", ["seq.0.weight", "seq.2.weight"]),
         ("seq.[!0].weight", ["seq.2.weight"]),
@@ -35,7 +45,12 @@ def test_glob_semantics(pattern: str, matches: list[str]) -> None:
 
 def test_exact_path_beats_pattern() -> None:
     assert keys_of({"**.weight": A, "head.weight": B}) == [
-        "**.weight", None, "**.weight", "**.weight", "**.weight", "head.weight"
+        "**.weight",
+        None,
+        "**.weight",
+        "**.weight",
+        "**.weight",
+        "head.weight",
     ]
 
 
@@ -44,7 +59,10 @@ def test_none_excludes() -> None:
 
 
 def test_two_patterns_on_one_leaf_is_an_error_naming_both() -> None:
-    with pytest.raises(ValueError, match=r"f: patterns 'seq\.\*\.weight' and '\*\*\.weight' both match leaf 'seq\.0\.weight'"):
+    with pytest.raises(
+        ValueError,
+        match=r"f: patterns 'seq\.\*\.weight' and '\*\*\.weight' both match leaf 'seq\.0\.weight'",
+    ):
         assign_rules(PATHS, {"seq.*.weight": A, "**.weight": B}, function="f")
 
 
@@ -55,7 +73,10 @@ def test_two_patterns_are_fine_when_an_exact_rule_decides() -> None:
 
 @pytest.mark.parametrize("key", ["seq.0.wieght", "seq.*.wieght", "linear1"])
 def test_rule_matching_nothing_is_an_error(key: str) -> None:
-    with pytest.raises(ValueError, match=rf"f: rule (path|pattern) '{key.replace('.', '[.]').replace('*', '[*]')}' matches no leaf; the leaves are \['seq.0.weight'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"f: rule (path|pattern) '{key.replace('.', '[.]').replace('*', '[*]')}' matches no leaf; the leaves are \['seq.0.weight'",
+    ):
         assign_rules(PATHS, {key: A}, function="f")
 
 
@@ -64,7 +85,10 @@ def test_rule_matching_nothing_is_an_error(key: str) -> None:
     [
         ([("seq.0.weight", A)], "rules must be a mapping"),
         ({1: A}, "rule keys must be str paths, got 1"),
-        ({"seq.0.weight": 0.5}, "rule 'seq.0.weight' must map to a funcsparse method or None, got float 0.5"),
+        (
+            {"seq.0.weight": 0.5},
+            "rule 'seq.0.weight' must map to a funcsparse method or None, got float 0.5",
+        ),
     ],
 )
 def test_malformed_rules(rules: object, message: str) -> None:

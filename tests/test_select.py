@@ -51,8 +51,10 @@ class TestSmallestK:
         scores, k = case
         expected = reference_smallest_k(scores, max(0, min(k, scores.numel())))
         assert torch.equal(smallest_k(scores, k), expected)
-        assert torch.equal(_select._smallest_k_pure(scores, max(1, min(k, scores.numel()))),
-                           reference_smallest_k(scores, max(1, min(k, scores.numel()))))
+        assert torch.equal(
+            _select._smallest_k_pure(scores, max(1, min(k, scores.numel()))),
+            reference_smallest_k(scores, max(1, min(k, scores.numel()))),
+        )
 
     @given(st.integers(0, 2**31 - 1), st.booleans(), st.floats(0.0, 1.0))
     def test_eager_bracket_path_is_exact(self, seed: int, ties: bool, fraction: float) -> None:
@@ -107,11 +109,15 @@ class TestSmallestKPerGroup:
         groups, k = case
         expected = reference_smallest_k(groups, max(0, min(k, groups.shape[-1])))
         assert torch.equal(smallest_k_per_group(groups, k), expected)
-        assert torch.equal(_select._per_group_sorted(groups, max(k, 1), None),
-                           reference_smallest_k(groups, max(1, min(k, groups.shape[-1]))))
+        assert torch.equal(
+            _select._per_group_sorted(groups, max(k, 1), None),
+            reference_smallest_k(groups, max(1, min(k, groups.shape[-1]))),
+        )
 
     @given(tied_groups())
-    def test_pairwise_path_under_vmap_includes_nan_rule(self, case: tuple[torch.Tensor, int]) -> None:
+    def test_pairwise_path_under_vmap_includes_nan_rule(
+        self, case: tuple[torch.Tensor, int]
+    ) -> None:
         groups, k = case
         if groups.shape[-1] > _select._PAIRWISE_MAX or not 0 < k < groups.shape[-1]:
             return
@@ -123,7 +129,9 @@ class TestSmallestKPerGroup:
         valid = torch.tensor([[False, True, True, False]])
         # Two valid entries and k=3: both valid entries, nothing else.
         assert smallest_k_per_group(groups, 3, valid=valid).tolist() == [[False, True, True, False]]
-        assert smallest_k_per_group(groups, 1, valid=valid).tolist() == [[False, False, True, False]]
+        assert smallest_k_per_group(groups, 1, valid=valid).tolist() == [
+            [False, False, True, False]
+        ]
 
     def test_padding_does_not_displace_a_real_nan(self) -> None:
         groups = torch.tensor([[0.0, math.nan, math.nan]])

@@ -37,7 +37,9 @@ def require_int(owner: str, name: str, value: object) -> int:
 def require_real(owner: str, name: str, value: object) -> float:
     """``value`` as a float that is not NaN, or a TypeError/ValueError naming ``owner.name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__} {value!r}")
+        raise TypeError(
+            f"{owner}: {name} must be a real number, got {type(value).__name__} {value!r}"
+        )
     if math.isnan(value):
         raise ValueError(f"{owner}: {name} must not be NaN")
     return float(value)

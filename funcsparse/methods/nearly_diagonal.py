@@ -1,4 +1,4 @@
-"""NearlyDiagonal: keep a band of diagonals around the main one (torch.ao's NearlyDiagonalSparsifier)."""
+"""NearlyDiagonal: keep a band around the main diagonal (torch.ao's NearlyDiagonalSparsifier)."""
 
 from __future__ import annotations
 

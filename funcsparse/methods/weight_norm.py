@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,9 +79,7 @@ class WeightNorm(MaskMethod):
         require_real("WeightNorm", "sparsity_level", self.sparsity_level)
         shape = self.sparse_block_shape
         if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
-            raise TypeError(
-                f"WeightNorm: sparse_block_shape must be a pair of ints, got {shape!r}"
-            )
+            raise TypeError(f"WeightNorm: sparse_block_shape must be a pair of ints, got {shape!r}")
         rows = require_int("WeightNorm", "sparse_block_shape[0]", shape[0])
         cols = require_int("WeightNorm", "sparse_block_shape[1]", shape[1])
         if rows <= 0 or cols <= 0:
@@ -124,7 +121,9 @@ class WeightNorm(MaskMethod):
 
     def leaf_problem(self, tensor: object) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
-            return LeafProblem(TypeError, describe(tensor), "WeightNorm needs floating-point weights")
+            return LeafProblem(
+                TypeError, describe(tensor), "WeightNorm needs floating-point weights"
+            )
         if tensor.dim() != 2:
             return LeafProblem(ValueError, describe(tensor), "WeightNorm needs 2-D weights")
         return None
@@ -221,17 +220,17 @@ class WeightNorm(MaskMethod):
             valid = torch.ones((height, width), dtype=torch.bool, device=scores.device)
             valid = F.pad(valid, (0, pad_cols, 0, pad_rows), value=False)
             valid = _as_groups(valid, rows, cols)
-        selected = smallest_k_per_group(_as_groups(scores, rows, cols), self.block_zeros, valid=valid)
+        selected = smallest_k_per_group(
+            _as_groups(scores, rows, cols), self.block_zeros, valid=valid
+        )
         selected = selected.view(grid_rows, grid_cols, rows, cols).permute(0, 2, 1, 3)
         return selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
 
 
 def _as_groups(grid: Tensor, rows: int, cols: int) -> Tensor:
-    """``(H, W)`` with block-divisible sides to ``(H/rows, W/cols, rows*cols)``, row-major in-block."""
+    """``(H, W)``, sides divisible by the block, to ``(H/rows, W/cols, rows*cols)`` (row-major)."""
     height, width = grid.shape
     blocks = grid.reshape(height // rows, rows, width // cols, cols)
     if rows == 1:
         return blocks.squeeze(1)
     return blocks.permute(0, 2, 1, 3).reshape(height // rows, width // cols, rows * cols)
-
-

@@ -48,7 +48,10 @@ def test_equals_torch_ao(height: int, width: int, nearliness: int) -> None:
         with pytest.raises(ValueError, match="nearliness cannot be larger than the dimensions"):
             fs.NearlyDiagonal(nearliness=nearliness)(weight)
         return
-    assert torch.equal(fs.NearlyDiagonal(nearliness=nearliness)(weight), ao_nearly_diagonal_mask(weight, nearliness=nearliness))
+    assert torch.equal(
+        fs.NearlyDiagonal(nearliness=nearliness)(weight),
+        ao_nearly_diagonal_mask(weight, nearliness=nearliness),
+    )
 
 
 def test_no_python_loop_over_rows() -> None:
@@ -60,7 +63,11 @@ def test_no_python_loop_over_rows() -> None:
 @pytest.mark.parametrize(
     ("leaf", "error", "message"),
     [
-        (torch.ones(5), ValueError, "NearlyDiagonal: got a 1-D torch.float32 tensor of shape .5,.; NearlyDiagonal needs 2-D weights"),
+        (
+            torch.ones(5),
+            ValueError,
+            "NearlyDiagonal: got a 1-D torch.float32 tensor of shape .5,.; NearlyDiagonal needs 2-D weights",
+        ),
         (torch.ones(2, 2, 2), ValueError, "needs 2-D weights"),
         ("w", TypeError, "NearlyDiagonal needs a tensor"),
     ],

@@ -91,10 +91,15 @@ class TestPinned:
 
     def test_rounds_half_to_even_like_python(self) -> None:
         # 5 blocks at level 0.5: round(2.5) == 2 blocks, as torch.ao computes it.
-        mask = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))(torch.arange(1.0, 6.0)[None])
+        mask = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))(
+            torch.arange(1.0, 6.0)[None]
+        )
         assert mask.tolist() == [[False, False, True, True, True]]
 
-    @pytest.mark.parametrize(("level", "zeros", "expected"), [(0.0, None, 1.0), (-3.0, 2, 1.0), (0.7, 0, 1.0), (1.0, None, 0.0), (2.0, 4, 0.0)])
+    @pytest.mark.parametrize(
+        ("level", "zeros", "expected"),
+        [(0.0, None, 1.0), (-3.0, 2, 1.0), (0.7, 0, 1.0), (1.0, None, 0.0), (2.0, 4, 0.0)],
+    )
     def test_trivial_levels(self, level: float, zeros: int | None, expected: float) -> None:
         mask = fs.WeightNorm(sparsity_level=level, zeros_per_block=zeros)(torch.randn(3, 8))
         assert mask.dtype == torch.bool
@@ -112,20 +117,29 @@ class TestTies:
         if zeros is not None and zeros > rows * cols:
             return
         weight = torch.ones(6, 10)
-        mask = fs.WeightNorm(sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros)(weight)
+        mask = fs.WeightNorm(sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros)(
+            weight
+        )
         grid = -(-6 // rows) * -(-10 // cols)
         divides = 6 % rows == 0 and 10 % cols == 0
         if divides:
             # Same number of zeros as torch.ao (with partial blocks the count of selected
             # blocks is the same, but which blocks torch.ao's topk picks is arbitrary).
-            reference = ao_weight_norm_mask(weight, sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros)
+            reference = ao_weight_norm_mask(
+                weight, sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros
+            )
             assert int((~mask).sum()) == int((~reference).sum())
         # The selected blocks are the first ones in row-major block order.
         selected = grid if level >= 1 else min(grid - 1, round(level * grid))
         first_block_rows = mask[:rows, :cols]
         if selected > 0 and (zeros is None or zeros == rows * cols):
             assert not first_block_rows.any()
-        assert torch.equal(mask, fs.WeightNorm(sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros)(weight.clone()))
+        assert torch.equal(
+            mask,
+            fs.WeightNorm(sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros)(
+                weight.clone()
+            ),
+        )
 
     def test_within_block_ties_prune_the_lower_index(self) -> None:
         weight = torch.tensor([[2.0, 1.0, 1.0, 1.0]])
@@ -173,7 +187,9 @@ class TestAgainstTorchAO:
         weight = torch.randn(8, 12, generator=torch.Generator().manual_seed(1))
         cube = lambda t: t.abs() ** 3  # noqa: E731 - torch.ao takes the same callable
         mask = fs.WeightNorm(sparsity_level=0.4, sparse_block_shape=(2, 2), norm=cube)(weight)
-        expected = ao_weight_norm_mask(weight, sparsity_level=0.4, sparse_block_shape=(2, 2), zeros_per_block=None, norm=cube)
+        expected = ao_weight_norm_mask(
+            weight, sparsity_level=0.4, sparse_block_shape=(2, 2), zeros_per_block=None, norm=cube
+        )
         assert torch.equal(mask, expected)
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -181,12 +197,23 @@ class TestAgainstTorchAO:
         weight = torch.randn(16, 24, generator=torch.Generator().manual_seed(2)).to(dtype)
         for zeros in (None, 2):
             mask = fs.WeightNorm(sparsity_level=0.5, zeros_per_block=zeros)(weight)
-            expected = ao_weight_norm_mask(weight, sparsity_level=0.5, sparse_block_shape=(1, 4), zeros_per_block=zeros)
+            expected = ao_weight_norm_mask(
+                weight, sparsity_level=0.5, sparse_block_shape=(1, 4), zeros_per_block=zeros
+            )
             assert torch.equal(mask, expected)
 
 
-@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.sampled_from([1, 2]), st.sampled_from([torch.float32, torch.float64]))
-def test_fused_block_scores_equal_avg_pool2d(rows: int, cols: int, grid_rows: int, grid_cols: int, norm: int, dtype: torch.dtype) -> None:
+@given(
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.sampled_from([1, 2]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_fused_block_scores_equal_avg_pool2d(
+    rows: int, cols: int, grid_rows: int, grid_cols: int, norm: int, dtype: torch.dtype
+) -> None:
     weight = torch.randn(rows * grid_rows, cols * grid_cols, dtype=dtype)
     method = fs.WeightNorm(sparse_block_shape=(rows, cols), norm=norm)
     scores = method._scores(weight)
@@ -207,19 +234,29 @@ class TestConfig:
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
         [
-            ({"zeros_per_block": 5}, ValueError, "cannot be more than the total number of elements"),
+            (
+                {"zeros_per_block": 5},
+                ValueError,
+                "cannot be more than the total number of elements",
+            ),
             ({"zeros_per_block": -1}, ValueError, "should be positive"),
             ({"sparsity_level": float("nan")}, ValueError, "sparsity_level must not be NaN"),
             ({"sparsity_level": "0.5"}, TypeError, "sparsity_level must be a real number"),
             ({"sparse_block_shape": (0, 4)}, ValueError, "must be positive"),
             ({"sparse_block_shape": (1, 2, 3)}, TypeError, "pair of ints"),
-            ({"sparse_block_shape": (1.0, 4)}, TypeError, r"sparse_block_shape\[0\] must be an int"),
+            (
+                {"sparse_block_shape": (1.0, 4)},
+                TypeError,
+                r"sparse_block_shape\[0\] must be an int",
+            ),
             ({"norm": 3}, ValueError, "L-3 is not implemented"),
             ({"norm": True}, TypeError, "norm must be an int"),
             ({"zeros_per_block": 1.5}, TypeError, "zeros_per_block must be an int"),
         ],
     )
-    def test_bad_config_raises_on_construction(self, kwargs: dict[str, object], error: type[Exception], message: str) -> None:
+    def test_bad_config_raises_on_construction(
+        self, kwargs: dict[str, object], error: type[Exception], message: str
+    ) -> None:
         with pytest.raises(error, match=message):
             fs.WeightNorm(**kwargs)  # type: ignore[arg-type]
 
@@ -237,7 +274,13 @@ class TestConfig:
     @pytest.mark.parametrize(
         ("leaf", "error", "message"),
         [
-            (torch.ones(4), ValueError, re.escape("WeightNorm: got a 1-D torch.float32 tensor of shape (4,); WeightNorm needs 2-D weights")),
+            (
+                torch.ones(4),
+                ValueError,
+                re.escape(
+                    "WeightNorm: got a 1-D torch.float32 tensor of shape (4,); WeightNorm needs 2-D weights"
+                ),
+            ),
             (torch.ones(2, 3, 4), ValueError, "needs 2-D weights"),
             (torch.ones(2, 4, dtype=torch.int64), TypeError, "needs floating-point weights"),
             ([[1.0]], TypeError, "got list"),
