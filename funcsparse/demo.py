@@ -108,21 +108,20 @@ def _train(
     return params
 
 
-def _check_args(seed: object, steps: object, sparsity: object, out: object) -> float:
-    for name, value in (("seed", seed), ("steps", steps)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-            raise TypeError(f"run_demo: {name} must be an int, got {type(value).__name__}")
-    if not isinstance(sparsity, numbers.Real) or isinstance(sparsity, bool):
-        raise TypeError(f"run_demo: sparsity must be a real number, got {type(sparsity).__name__}")
-    level = float(sparsity)
+def _require_int(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"run_demo: {name} must be an int, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"run_demo: {name} must be at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _require_level(value: object) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"run_demo: sparsity must be a real number, got {type(value).__name__}")
+    level = float(value)
     if not 0.0 <= level <= 1.0:  # also rejects NaN
-        raise ValueError(f"run_demo: sparsity must be in [0, 1], got {sparsity!r}")
-    if int(steps) < 1:  # type: ignore[call-overload]
-        raise ValueError(f"run_demo: steps must be at least 1, got {steps!r}")
-    if int(seed) < 0:  # type: ignore[call-overload]
-        raise ValueError(f"run_demo: seed must be non-negative, got {seed!r}")
-    if not callable(getattr(out, "write", None)):
-        raise TypeError(f"run_demo: out must be a text stream, got {type(out).__name__}")
+        raise ValueError(f"run_demo: sparsity must be in [0, 1], got {value!r}")
     return level
 
 
@@ -156,14 +155,18 @@ def run_demo(
         TypeError: an argument has the wrong type.
         ValueError: ``sparsity`` is outside [0, 1], ``steps < 1`` or ``seed < 0``.
     """
-    level = _check_args(seed, steps, sparsity, out)
+    seed = _require_int("seed", seed, 0)
+    steps = _require_int("steps", steps, 1)
+    level = _require_level(sparsity)
+    if not callable(getattr(out, "write", None)):
+        raise TypeError(f"run_demo: out must be a text stream, got {type(out).__name__}")
     # One intra-op thread: the tensors are small, so this is fastest, immune to oversubscribed
     # cores (a busy 2-core machine slows 2 spinning threads tenfold), and thread-count
     # independent. The caller's setting is restored.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(int(seed), int(steps), level, out)
+        return _run(seed, steps, level, out)
     finally:
         torch.set_num_threads(threads)
 
