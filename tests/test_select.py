@@ -145,3 +145,27 @@ class TestSmallestKPerGroup:
             selected = smallest_k_per_group(groups, k)
             assert selected.sum(-1).tolist() == [k] * 10
             assert selected[:, :k].all()
+
+
+@pytest.mark.parametrize("size", range(1, _select._PAIRWISE_MAX + 1))
+def test_sorting_network_sorts_every_zero_one_input(size: int) -> None:
+    # The 0-1 principle: a comparator network that sorts every 0/1 input sorts everything.
+    network = _select._sorting_network(size)
+    inputs = torch.tensor([[(n >> bit) & 1 for bit in range(size)] for n in range(1 << size)])
+    columns = list(inputs.unbind(-1))
+    for i, j in network:
+        columns[i], columns[j] = (
+            torch.minimum(columns[i], columns[j]),
+            torch.maximum(columns[i], columns[j]),
+        )
+    assert torch.equal(torch.stack(columns, -1), inputs.sort(-1).values)
+
+
+def test_threshold_shortcut_defers_on_ties_and_nan() -> None:
+    distinct = torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.5, 0.25, 8.0, 9.0]])
+    shortcut = _select._per_group_by_threshold(distinct, 2)
+    assert shortcut is not None
+    assert torch.equal(shortcut, reference_smallest_k(distinct, 2))
+    assert _select._per_group_by_threshold(torch.tensor([[1.0, 1.0, 1.0, 5.0]]), 2) is None
+    with_nan = torch.tensor([[math.nan, 1.0, 2.0, 3.0], [1.0, 2.0, 5.0, 5.0]])
+    assert _select._per_group_by_threshold(with_nan, 2) is None

@@ -135,13 +135,12 @@ class WeightNorm(MaskMethod):
             return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
         if level >= 1 and zeros == self.block_size:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
-        scores = self._scores(tensor)
         if level >= 1:
-            return ~self._zeros_within_blocks(scores)
-        pruned = self._lowest_blocks(tensor, scores, level)
+            return self._zeros_within_blocks(self._scores(tensor)).logical_not()
+        keep = self._kept_blocks(tensor, level)
         if zeros < self.block_size:
-            pruned = pruned & self._zeros_within_blocks(scores)
-        return ~pruned
+            keep = keep | self._zeros_within_blocks(self._scores(tensor)).logical_not()
+        return keep
 
     def _scores(self, tensor: Tensor) -> Tensor:
         """``norm(w)`` elementwise, exactly as torch.ao computes it."""
@@ -167,23 +166,24 @@ class WeightNorm(MaskMethod):
         rows, cols = self.sparse_block_shape
         return -(-tensor.shape[0] // rows), -(-tensor.shape[1] // cols)
 
-    def _lowest_blocks(self, tensor: Tensor, scores: Tensor, level: float) -> Tensor:
-        """Entries of the ``round(level * n_blocks)`` blocks of lowest mean score."""
+    def _kept_blocks(self, tensor: Tensor, level: float) -> Tensor:
+        """Entries outside the ``round(level * n_blocks)`` blocks of lowest mean score."""
         rows, cols = self.sparse_block_shape
         grid_rows, grid_cols = self._block_grid(tensor)
         n_blocks = grid_rows * grid_cols
         k = max(0, min(n_blocks - 1, round(level * n_blocks)))
-        block_scores = self._block_scores(tensor, scores)
-        pruned = smallest_k(block_scores.reshape(-1), k).view(grid_rows, 1, grid_cols, 1)
-        pruned = pruned.expand(grid_rows, rows, grid_cols, cols)
+        pruned = smallest_k(self._block_scores(tensor).reshape(-1), k)
+        # One pass from the block grid to the entries, negated on the way.
+        keep = pruned.view(grid_rows, 1, grid_cols, 1).expand(grid_rows, rows, grid_cols, cols)
+        keep = keep.logical_not().reshape(grid_rows * rows, grid_cols * cols)
         height, width = tensor.shape
-        return pruned.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
+        return keep if keep.shape == tensor.shape else keep[:height, :width]
 
-    def _block_scores(self, tensor: Tensor, scores: Tensor) -> Tensor:
+    def _block_scores(self, tensor: Tensor) -> Tensor:
         """Mean score per block, bit-identical to torch.ao's ``avg_pool2d(ceil_mode=True)``."""
         rows, cols = self.sparse_block_shape
         if self.block_size == 1:
-            return scores
+            return self._scores(tensor)
         height, width = tensor.shape
         fused = (
             self.norm in (1, 2)
@@ -193,7 +193,8 @@ class WeightNorm(MaskMethod):
             and self.block_size <= _FUSED_BLOCK_MAX
         )
         if not fused:
-            pooled = F.avg_pool2d(scores[None, None], self.sparse_block_shape, ceil_mode=True)
+            scores = self._scores(tensor)[None, None]
+            pooled = F.avg_pool2d(scores, self.sparse_block_shape, ceil_mode=True)
             return pooled[0, 0]
         # avg_pool2d sums a window row by row, left to right, then divides: do the same
         # over strided views, without materialising norm(w) for the whole weight.
