@@ -169,24 +169,41 @@ def _sorting_network(size: int) -> list[tuple[int, int]]:
     return [(i, j) for i, j in sort(0, padded - 1) if j < size]
 
 
-def _per_group_by_threshold(groups: Tensor, k: int) -> Tensor | None:
-    """Eager shortcut: each group's k-th smallest score by a sorting network, then ``<=``.
+def _selection_network(size: int, outputs: frozenset[int]) -> list[tuple[int, int, bool, bool]]:
+    """The comparators of the sorting network that the sorted ``outputs`` depend on.
 
-    Returns None when ties at a threshold (or a NaN) make ``<=`` select more or fewer than
-    ``k`` in some group; the caller then ranks exactly.
+    Each entry is ``(i, j, min_needed, max_needed)``: after it, wire ``i`` holds the minimum
+    (if needed later) and wire ``j`` the maximum (if needed later).
     """
-    columns = list(groups.unbind(-1))
-    for i, j in _sorting_network(len(columns)):
-        columns[i], columns[j] = (
-            torch.minimum(columns[i], columns[j]),
-            torch.maximum(columns[i], columns[j]),
-        )
-    threshold = columns[k - 1]
-    selected = groups <= threshold.unsqueeze(-1)
-    # Without NaN every group selects at least k, so the total pins each group at exactly k.
-    if bool(threshold.isnan().any()) or int(selected.sum()) != k * threshold.numel():
+    needed = set(outputs)
+    plan: list[tuple[int, int, bool, bool]] = []
+    for i, j in reversed(_sorting_network(size)):
+        if i in needed or j in needed:
+            plan.append((i, j, i in needed, j in needed))
+            needed.update((i, j))
+    return plan[::-1]
+
+
+def _per_group_by_threshold(groups: Tensor, k: int) -> Tensor | None:
+    """Eager shortcut: each group's k-th and (k+1)-th smallest by a sorting network.
+
+    Where the k-th smallest is strictly below the (k+1)-th in every group, ``<=`` the k-th
+    selects exactly the k lowest-ranked entries. Otherwise (a tie across the threshold, or a
+    NaN) it returns None and the caller ranks exactly.
+    """
+    wires: list[Tensor | None] = list(groups.unbind(-1))
+    for i, j, min_needed, max_needed in _selection_network(len(wires), frozenset((k - 1, k))):
+        a, b = wires[i], wires[j]
+        if a is None or b is None:  # unreachable: the plan only reads wires it computed
+            return None
+        if min_needed:
+            wires[i] = torch.minimum(a, b)
+        if max_needed:
+            wires[j] = torch.maximum(a, b)
+    kth, next_one = wires[k - 1], wires[k]
+    if kth is None or next_one is None or not bool((kth < next_one).all()):
         return None
-    return selected
+    return groups <= kth.unsqueeze(-1)
 
 
 def _per_group_pairwise(groups: Tensor, k: int) -> Tensor:

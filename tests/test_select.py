@@ -161,6 +161,23 @@ def test_sorting_network_sorts_every_zero_one_input(size: int) -> None:
     assert torch.equal(torch.stack(columns, -1), inputs.sort(-1).values)
 
 
+@pytest.mark.parametrize("size", range(2, _select._PAIRWISE_MAX + 1))
+def test_selection_network_finds_every_order_statistic(size: int) -> None:
+    values = torch.randn(50, size)
+    for k in range(size):
+        wires = list(values.unbind(-1))
+        for i, j, min_needed, max_needed in _select._selection_network(size, frozenset({k})):
+            a, b = wires[i], wires[j]
+            if min_needed:
+                wires[i] = torch.minimum(a, b)
+            if max_needed:
+                wires[j] = torch.maximum(a, b)
+        assert torch.equal(wires[k], values.sort(-1).values[:, k])
+    # The 2nd smallest of 4 takes 7 min/max operations instead of the full sort's 10.
+    plan = _select._selection_network(4, frozenset({1}))
+    assert sum(min_needed + max_needed for _, _, min_needed, max_needed in plan) == 7
+
+
 def test_threshold_shortcut_defers_on_ties_and_nan() -> None:
     distinct = torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.5, 0.25, 8.0, 9.0]])
     shortcut = _select._per_group_by_threshold(distinct, 2)

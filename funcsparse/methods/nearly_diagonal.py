@@ -12,6 +12,10 @@ from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_
 
 __all__ = ["NearlyDiagonal"]
 
+# Bands at least this many diagonals to each side are cut from a full mask by triu/tril
+# (three passes over the mask); narrower ones are filled diagonal by diagonal.
+_FILL_DIAGONALS_MAX = 32
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NearlyDiagonal(MaskMethod):
@@ -19,8 +23,8 @@ class NearlyDiagonal(MaskMethod):
 
     Entry ``(i, j)`` is kept when ``|i - j| <= nearliness // 2``. ``nearliness`` 1 keeps the
     main diagonal only; ``nearliness <= 0`` prunes everything. The masks and errors equal
-    ``torch.ao.pruning.NearlyDiagonalSparsifier``'s, built with one broadcast instead of a
-    Python loop over rows.
+    ``torch.ao.pruning.NearlyDiagonalSparsifier``'s, built by filling diagonals (or by
+    ``triu``/``tril`` for wide bands) instead of a Python loop over rows.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -66,5 +70,11 @@ class NearlyDiagonal(MaskMethod):
         if self.nearliness <= 0:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
         reach = self.nearliness // 2
-        mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
-        return mask.triu_(-reach).tril_(reach)
+        if reach >= _FILL_DIAGONALS_MAX:
+            mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+            return mask.triu_(-reach).tril_(reach)
+        # A narrow band: one zeroing pass, then fill the 2 * reach + 1 diagonals in place.
+        mask = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        for offset in range(-reach, reach + 1):
+            mask.diagonal(offset).fill_(True)
+        return mask

@@ -56,8 +56,26 @@ def test_equals_torch_ao(height: int, width: int, nearliness: int) -> None:
 
 def test_no_python_loop_over_rows() -> None:
     source = inspect.getsource(nearly_diagonal.NearlyDiagonal._mask)
-    assert "for " not in source
-    assert "while " not in source
+    assert "range(-reach, reach + 1)" in source  # the one loop runs over diagonals
+    assert source.count("for ") == 1 and "while " not in source
+
+
+@pytest.mark.parametrize(
+    "nearliness",
+    [
+        1,
+        3,
+        2 * nearly_diagonal._FILL_DIAGONALS_MAX - 1,
+        2 * nearly_diagonal._FILL_DIAGONALS_MAX + 1,
+        201,
+    ],
+)
+def test_narrow_and_wide_bands_agree_with_torch_ao(nearliness: int) -> None:
+    weight = torch.randn(150, 230)
+    assert torch.equal(
+        fs.NearlyDiagonal(nearliness=nearliness)(weight),
+        ao_nearly_diagonal_mask(weight, nearliness=nearliness),
+    )
 
 
 @pytest.mark.parametrize(
