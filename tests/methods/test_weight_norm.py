@@ -293,3 +293,61 @@ class TestConfig:
     def test_callable_norm_must_return_a_matching_tensor(self) -> None:
         with pytest.raises(TypeError, match="norm callable must return a floating tensor of shape"):
             fs.WeightNorm(norm=lambda t: t.sum())(torch.randn(2, 4))
+
+
+@st.composite
+def tie_free_cases(draw: st.DrawFn) -> tuple[torch.Tensor, tuple[int, int], int | None]:
+    rows, cols = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    grid_rows, grid_cols = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    size = rows * cols
+    n = rows * grid_rows * cols * grid_cols
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    # Distinct magnitudes: every entry's score differs from every other's.
+    weight = (torch.randperm(n, generator=generator).float() + 1).view(rows * grid_rows, -1)
+    return weight, (rows, cols), draw(st.one_of(st.none(), st.integers(0, size)))
+
+
+class TestProperties:
+    @given(tie_free_cases(), st.floats(0.0, 1.0))
+    def test_exact_count_determinism_and_untouched_input(
+        self, case: tuple[torch.Tensor, tuple[int, int], int | None], level: float
+    ) -> None:
+        weight, shape, zeros = case
+        before = weight.clone()
+        method = fs.WeightNorm(
+            sparsity_level=level, sparse_block_shape=shape, zeros_per_block=zeros
+        )
+        mask = method(weight)
+        assert mask.dtype == torch.bool and mask.shape == weight.shape
+        assert torch.equal(weight, before)
+        assert torch.equal(mask, method(weight))
+        n_blocks = weight.numel() // method.block_size
+        selected = n_blocks if level >= 1 else max(0, min(n_blocks - 1, round(level * n_blocks)))
+        expected_zeros = 0 if level <= 0 else selected * method.block_zeros
+        assert int((~mask).sum()) == expected_zeros
+
+    @given(tie_free_cases(), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+    def test_a_higher_level_never_unprunes(
+        self, case: tuple[torch.Tensor, tuple[int, int], int | None], a: float, b: float
+    ) -> None:
+        weight, shape, zeros = case
+        low, high = sorted((a, b))
+        lower = fs.WeightNorm(sparsity_level=low, sparse_block_shape=shape, zeros_per_block=zeros)
+        higher = fs.WeightNorm(sparsity_level=high, sparse_block_shape=shape, zeros_per_block=zeros)
+        assert not (higher(weight) & ~lower(weight)).any()
+
+    @given(st.integers(0, 2**31 - 1), st.sampled_from([(1, 4), (2, 2), (1, 1), (2, 3)]))
+    def test_ties_keep_counts_and_nesting(self, seed: int, shape: tuple[int, int]) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        weight = torch.randint(-2, 3, (6, 12), generator=generator).float()  # many ties
+        masks = [
+            fs.WeightNorm(sparsity_level=level, sparse_block_shape=shape)(weight)
+            for level in (0.2, 0.5, 0.8)
+        ]
+        n_blocks = 72 // (shape[0] * shape[1])
+        for level, mask in zip((0.2, 0.5, 0.8), masks, strict=True):
+            assert (
+                int((~mask).sum())
+                == min(n_blocks - 1, round(level * n_blocks)) * shape[0] * shape[1]
+            )
+        assert not (masks[2] & ~masks[1]).any() and not (masks[1] & ~masks[0]).any()
