@@ -40,8 +40,9 @@ def compute_masks(
     Args:
         params: a pytree of tensors (optree), e.g. ``dict(model.named_parameters())`` or
             nested dicts, lists and tuples. Leaf paths are dotted: ``"seq.0.weight"``.
-        rules: leaf paths or glob patterns mapped to methods (or None to exclude); see
-            :mod:`funcsparse._rules` for matching and precedence.
+        rules: leaf paths or glob patterns mapped to methods (or None to exclude). ``*``
+            matches within one path component, ``**`` across components; an exact path
+            beats a pattern (docs/index.md, "Rules").
         batch_dims: leading dimensions of every matched leaf that index independent
             members (an ensemble). Default 0.
 
