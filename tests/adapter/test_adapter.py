@@ -7,7 +7,6 @@ import io
 import math
 import pickle
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -270,7 +269,7 @@ class TestBadInput:
 
     def test_scheduler_needs_our_sparsifier(self) -> None:
         with pytest.raises(
-            TypeError, match="is not an instance of funcsparse.adapter.BaseSparsifier"
+            TypeError, match=r"is not an instance of funcsparse\.adapter\.BaseSparsifier"
         ):
             fa.LambdaSL(ao.WeightNormSparsifier(), lambda epoch: 1.0)
 
@@ -287,7 +286,7 @@ class TestBetterThanTorchAO:
     def test_bool_masks_take_one_byte_and_give_the_same_model(self) -> None:
         model, _ = self.prepared()
         bool_model, bool_sparsifier = self.prepared(mask_dtype=torch.bool)
-        for fqn, mask in masks_of(bool_sparsifier).items():
+        for mask in masks_of(bool_sparsifier).values():
             assert mask.dtype == torch.bool and mask.element_size() == 1
         x = torch.randn(5, 16)
         assert torch.equal(model(x), bool_model(x))
@@ -366,16 +365,11 @@ class TestSchedules:
                     {"tensor_fqn": "1.weight", "sparsity_level": 0.4},
                 ],
             )
-            make: Callable[[], Any]
             if scheduler == "cubic":
-                make = lambda: pruning.CubicSL(
-                    sparsifier, init_sl=0.1, init_t=2, delta_t=2, total_t=3
-                )  # noqa: E731
+                sched = pruning.CubicSL(sparsifier, init_sl=0.1, init_t=2, delta_t=2, total_t=3)
             else:
-                make = lambda: pruning.LambdaSL(
-                    sparsifier, [lambda e: e / 10, lambda e: math.sqrt(e)]
-                )  # noqa: E731
-            sched = make()
+                factors = [lambda e: e / 10, lambda e: math.sqrt(e)]
+                sched = pruning.LambdaSL(sparsifier, factors)
             trace = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
