@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import copy
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +39,9 @@ class BaseSparsifier(abc.ABC):
 
     Differences from torch.ao, all compatible with code written for it:
 
-    * ``state`` is a plain dict, so ``state_dict()`` survives ``torch.save`` and
-      ``torch.load(weights_only=True)``; it still loads into torch.ao's sparsifiers.
+    * ``state`` is a ``defaultdict(dict)`` as in torch.ao, but ``state_dict()`` returns
+      plain dicts (copies of the entries, sharing the mask tensors), so it survives
+      ``torch.save`` and ``torch.load(weights_only=True)``; it still loads into torch.ao.
     * ``load_state_dict`` copies what it needs and never mutates the caller's dict.
     * Bad input (a ``tensor_fqn`` that names nothing, a config that is not a dict,
       conflicting keys, a state_dict of another model) raises a ``TypeError``/``ValueError``
@@ -57,7 +59,7 @@ class BaseSparsifier(abc.ABC):
                 f"{type(self).__name__}: defaults must be a dict, got {type(defaults).__name__}"
             )
         self.defaults: dict[str, Any] = dict(defaults or {})
-        self.state: dict[str, dict[str, Any]] = {}
+        self.state: defaultdict[str, dict[str, Any]] = defaultdict(dict)
         self.groups: list[dict[str, Any]] = []
         self.enable_mask_update = True
         self.mask_dtype = mask_dtype
@@ -347,7 +349,7 @@ class BaseSparsifier(abc.ABC):
             for group in groups:
                 if group["tensor_fqn"] == fqn:
                     group.update(info)
-        self.state = states
+        self.state = defaultdict(dict, states)
         self.groups = groups
 
     @staticmethod
