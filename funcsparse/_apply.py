@@ -7,7 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcsparse._tree import flatten_with_paths, leaves_like, unflatten
+from funcsparse._tree import (
+    describe_structure_mismatch,
+    flatten_with_paths,
+    leaves_like,
+    unflatten,
+)
 from funcsparse.methods._base import describe
 
 __all__ = ["apply_masks", "functional_call"]
@@ -15,13 +20,14 @@ __all__ = ["apply_masks", "functional_call"]
 
 def _masked_leaves(params: Any, masks: Any, *, function: str) -> tuple[list[str], list[Any], Any]:
     """Check ``masks`` against ``params`` completely, then zero the pruned entries."""
-    paths, leaves, spec = flatten_with_paths(params)
+    paths, leaves, spec = flatten_with_paths(params, function=function)
     try:
         mask_leaves = leaves_like(spec, masks)
-    except ValueError as err:
+    except ValueError:
         raise ValueError(
-            f"{function}: masks do not have the structure of params ({err}); "
-            "build them with fs.compute_masks(params, rules)"
+            f"{function}: masks do not have the structure of params "
+            f"({describe_structure_mismatch(spec, masks)}); build them with "
+            "fs.compute_masks(params, rules)"
         ) from None
     for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
         if mask is None:

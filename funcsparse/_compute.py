@@ -10,7 +10,7 @@ from torch import Tensor
 
 from funcsparse._rules import assign_rules
 from funcsparse._tree import flatten_with_paths, unflatten
-from funcsparse.methods._base import MaskMethod, require_int
+from funcsparse.methods._base import MaskMethod, describe, require_int
 
 __all__ = ["compute_masks"]
 
@@ -60,22 +60,33 @@ def compute_masks(
     batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
     if batch_dims < 0:
         raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
-    paths, leaves, spec = flatten_with_paths(params)
+    paths, leaves, spec = flatten_with_paths(params, function="compute_masks")
     assignments = assign_rules(paths, rules, function="compute_masks")
     for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
         if assigned is None:
             continue
+        name = type(assigned.method).__name__
+        where = f"compute_masks: rule {assigned.key!r} ({name})"
+        if isinstance(leaf, Tensor) and leaf.dim() < batch_dims:
+            raise ValueError(
+                f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "
+                f"at least {batch_dims} dimensions"
+            )
         problem = assigned.method.leaf_problem(_member(leaf, batch_dims))
         if problem is not None:
+            raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
+    masks: list[Tensor | None] = []
+    for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
+        if assigned is None:
+            masks.append(None)
+            continue
+        try:
+            masks.append(_batched_mask(assigned.method, leaf, batch_dims))
+        except (TypeError, ValueError) as err:
             name = type(assigned.method).__name__
-            raise problem.error(
-                f"compute_masks: rule {assigned.key!r} ({name}) got {problem.got} at "
-                f"{path!r}; {problem.need}"
-            )
-    masks: list[Tensor | None] = [
-        None if assigned is None else _batched_mask(assigned.method, leaf, batch_dims)
-        for leaf, assigned in zip(leaves, assignments, strict=True)
-    ]
+            raise type(err)(
+                f"compute_masks: rule {assigned.key!r} ({name}) at {path!r}: {err}"
+            ) from err
     return unflatten(spec, masks)
 
 
@@ -83,8 +94,6 @@ def _member(leaf: object, batch_dims: int) -> object:
     """What one ensemble member's leaf looks like (shape and dtype only, no data)."""
     if batch_dims == 0 or not isinstance(leaf, Tensor):
         return leaf
-    if leaf.dim() < batch_dims:
-        return leaf  # the method reports the wrong number of dimensions
     return torch.empty(leaf.shape[batch_dims:], dtype=leaf.dtype, device="meta")
 
 
@@ -92,11 +101,15 @@ def _batched_mask(method: MaskMethod, leaf: Tensor, batch_dims: int) -> Tensor:
     """``method(leaf)`` for every member along the leading ``batch_dims`` dimensions."""
     if batch_dims == 0:
         return method(leaf)
+    if leaf.numel() == 0:
+        return torch.ones(leaf.shape, dtype=torch.bool, device=leaf.device)
     if method.vmappable:
         batched: Callable[[Tensor], Tensor] = method
         for _ in range(batch_dims):
             batched = torch.func.vmap(batched)
-        return batched(leaf.detach())
+        # A mask that does not depend on the data comes back expanded over the members;
+        # give every member its own memory.
+        return batched(leaf.detach()).contiguous()
     members = leaf.detach().reshape(-1, *leaf.shape[batch_dims:])
     masks = [method(member) for member in members]
     if not masks:

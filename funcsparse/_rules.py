@@ -2,9 +2,12 @@
 
 A rules mapping has leaf paths or glob patterns as keys and methods (or None) as values.
 
-* ``*`` matches any run of characters inside one path component (no ``.``), ``**`` any run
-  including dots, ``?`` one character other than ``.``, ``[abc]`` / ``[!abc]`` one character
-  of (not of) the set. A key without these characters is an exact path.
+* A key equal to a leaf path is an exact rule, whatever characters it holds.
+* Otherwise ``*`` matches any run of characters inside one path component (no ``.``),
+  ``**`` any run including dots (``**.`` also matches no component at all, so
+  ``"**.weight"`` matches ``"weight"`` and ``"a.b.weight"``), ``?`` one character other
+  than ``.``, ``[abc]`` / ``[!abc]`` one character (not ``.``) of / not of the set, as in
+  fnmatch. A ``[`` without a closing ``]`` is a literal ``[``.
 * An exact path beats every pattern. Two patterns that match the same leaf, with no exact
   path for it, are an error naming both.
 * A key that matches no leaf is an error: a typo must not silently prune nothing.
@@ -38,31 +41,40 @@ def is_pattern(key: str) -> bool:
 
 
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a path glob (see the module docstring) into an anchored regex."""
+    """Compile a path glob (see the module docstring) into a regex for ``fullmatch``."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
         char = pattern[i]
-        if pattern.startswith("**", i):
+        if pattern.startswith("**.", i):
+            out.append(r"(?:.*\.)?")
+            i += 3
+        elif pattern.startswith("**", i):
             out.append(".*")
             i += 2
-            continue
-        if char == "*":
+        elif char == "*":
             out.append(r"[^.]*")
+            i += 1
         elif char == "?":
             out.append(r"[^.]")
-        elif (char == "[" and "]" in pattern[i + 2 :]) or pattern[i : i + 2] == "[]":
-            end = pattern.index("]", i + 2)
+            i += 1
+        elif char == "[" and (end := _class_end(pattern, i)) > 0:
             body = pattern[i + 1 : end]
             negate = body.startswith("!")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", r"\\") + "]")
+            members = "".join("\\" + c if c in "\\^[]" else c for c in body[negate:])
+            out.append(r"(?!\.)[" + ("^" if negate else "") + members + "]")
             i = end + 1
-            continue
         else:
             out.append(re.escape(char))
-        i += 1
+            i += 1
     return re.compile("".join(out))
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """Index of the ``]`` closing the class opened at ``start``, or -1 (a literal ``[``)."""
+    first = start + 1 + (pattern[start + 1 : start + 2] == "!")
+    end = pattern.find("]", first + 1)  # a ``]`` right after ``[`` or ``[!`` is a member
+    return end
 
 
 def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[Assignment | None]:
@@ -77,6 +89,7 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
             f"{function}: rules must be a mapping of leaf paths or patterns to methods, "
             f"got {type(rules).__name__}"
         )
+    known = set(paths)
     exact: dict[str, MaskMethod | None] = {}
     patterns: list[tuple[str, re.Pattern[str], MaskMethod | None]] = []
     for key, method in rules.items():
@@ -87,22 +100,26 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
                 f"{function}: rule {key!r} must map to a funcsparse method or None, "
                 f"got {type(method).__name__} {method!r}"
             )
-        if is_pattern(key):
-            patterns.append((key, glob_to_regex(key), method))
-        else:
+        if key in known or not is_pattern(key):
             exact[key] = method
+            continue
+        try:
+            patterns.append((key, glob_to_regex(key), method))
+        except re.error as err:
+            raise ValueError(
+                f"{function}: rule pattern {key!r} is not a valid glob ({err})"
+            ) from None
 
-    known = set(paths)
     matched: set[str] = set()
     assignments: list[Assignment | None] = []
     for path in paths:
+        hits = [(key, method) for key, regex, method in patterns if regex.fullmatch(path)]
+        matched.update(key for key, _ in hits)
         if path in exact:
             matched.add(path)
             method = exact[path]
             assignments.append(None if method is None else Assignment(path, method))
             continue
-        hits = [(key, method) for key, regex, method in patterns if regex.fullmatch(path)]
-        matched.update(key for key, _ in hits)
         if len(hits) > 1:
             raise ValueError(
                 f"{function}: patterns {hits[0][0]!r} and {hits[1][0]!r} both match leaf "
@@ -113,7 +130,7 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
 
     for key in list(exact) + [key for key, _, _ in patterns]:
         if key not in matched:
-            kind = "path" if key in exact and key not in known else "pattern"
+            kind = "path" if key in exact else "pattern"
             sample = ", ".join(repr(path) for path in list(paths)[:8])
             more = ", ..." if len(paths) > 8 else ""
             raise ValueError(

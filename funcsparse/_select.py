@@ -93,7 +93,9 @@ def _kth_smallest_value(scores: Tensor, k: int) -> float:
         n_below = int((scores < lo).sum())
         candidates = scores[(scores >= lo) & (scores <= hi)]
         if n_below < k <= n_below + candidates.numel():
-            if candidates.numel() >= _BRACKET_MIN:
+            if lo == hi:  # the bracket is one value (ties): that value is the k-th
+                return lo
+            if _BRACKET_MIN <= candidates.numel() < n:
                 return _kth_smallest_value(candidates, k - n_below)
             return candidates.kthvalue(k - n_below).values.item()
     return scores.kthvalue(k).values.item()

@@ -131,3 +131,11 @@ def test_mask_errors(function: str) -> None:
         call({"0.weight": None, "0.bias": None})
     with pytest.raises(ValueError, match=f"{function}: masks do not have the structure of params"):
         call([torch.ones(8, 6, dtype=torch.bool)])
+
+
+def test_structure_mismatch_message_is_short_and_names_paths() -> None:
+    params = {f"{i}.weight": torch.randn(64, 64) for i in range(20)}
+    masks = {f"{i}.weight": torch.ones(64, 64, dtype=torch.bool) for i in range(19)}
+    with pytest.raises(ValueError, match=r"missing \['19\.weight'\], unexpected \[\]") as info:
+        fs.apply_masks(params, masks)
+    assert len(str(info.value)) < 400

@@ -111,3 +111,31 @@ def test_masks_carry_no_autograd_history() -> None:
     params = dict(model().named_parameters())
     masks = fs.compute_masks(params, {"seq.*.weight": WN})
     assert masks["seq.0.weight"].grad_fn is None and not masks["seq.0.weight"].requires_grad
+
+
+def test_batch_dims_members_own_their_memory() -> None:
+    masks = fs.compute_masks(
+        {"w": torch.randn(3, 4, 8)}, {"w": fs.NearlyDiagonal(nearliness=1)}, batch_dims=1
+    )
+    assert masks["w"].is_contiguous()
+    masks["w"][0, 0, 0] = False
+    assert masks["w"][1, 0, 0] and masks["w"][2, 0, 0]
+
+
+def test_batch_dims_edge_cases() -> None:
+    empty = fs.compute_masks({"w": torch.randn(0, 4, 4)}, {"w": WN}, batch_dims=1)
+    assert empty["w"].shape == (0, 4, 4)
+    with pytest.raises(ValueError, match=r"at 'w'; batch_dims=3 needs at least 3 dimensions"):
+        fs.compute_masks({"w": torch.randn(4, 4)}, {"w": WN}, batch_dims=3)
+
+
+def test_errors_while_computing_name_the_leaf() -> None:
+    with pytest.raises(
+        TypeError, match=r"compute_masks: rule 'w' \(WeightNorm\) at 'w': WeightNorm: norm callable"
+    ):
+        fs.compute_masks({"w": torch.randn(4, 4)}, {"w": fs.WeightNorm(norm=lambda t: t.sum())})
+
+
+def test_colliding_paths_are_an_error() -> None:
+    with pytest.raises(ValueError, match=r"compute_masks: two leaves have the path 'a\.b'"):
+        fs.compute_masks({"a.b": torch.randn(4, 4), "a": {"b": torch.randn(4, 4)}}, {"a.b": WN})

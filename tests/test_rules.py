@@ -94,3 +94,38 @@ def test_rule_matching_nothing_is_an_error(key: str) -> None:
 def test_malformed_rules(rules: object, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         assign_rules(PATHS, rules, function="f")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "paths", "matches"),
+    [
+        (
+            "**.weight",
+            ["weight", "a.weight", "a.b.weight", "aweight"],
+            ["weight", "a.weight", "a.b.weight"],
+        ),
+        ("l[^0]", ["l0", "l1", "l^"], ["l0", "l^"]),  # '^' is a member, as in fnmatch
+        ("a[!x]b", ["a.b", "ayb", "axb"], ["ayb"]),  # a class never matches the separator
+        ("a[]", ["a[]", "a"], ["a[]"]),  # an unclosed '[' is literal
+        ("[!]", ["[!]", "x"], ["[!]"]),
+        ("x[]]", ["x]", "x["], ["x]"]),
+    ],
+)
+def test_glob_edge_cases(pattern: str, paths: list[str], matches: list[str]) -> None:
+    regex = glob_to_regex(pattern)
+    assert [path for path in paths if regex.fullmatch(path)] == matches
+
+
+def test_a_key_equal_to_a_path_is_exact_even_with_glob_characters() -> None:
+    assignments = assign_rules(["emb[0].weight", "emb1.weight"], {"emb[0].weight": A}, function="f")
+    assert [a is not None for a in assignments] == [True, False]
+
+
+def test_bad_glob_is_a_value_error_naming_the_key() -> None:
+    with pytest.raises(ValueError, match=r"f: rule pattern 'a\[z-a\]' is not a valid glob"):
+        assign_rules(PATHS, {"a[z-a]": A}, function="f")
+
+
+def test_a_pattern_overridden_everywhere_still_counts_as_matching() -> None:
+    assignments = assign_rules(["head.weight"], {"*.weight": A, "head.weight": None}, function="f")
+    assert assignments == [None]

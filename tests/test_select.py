@@ -186,3 +186,12 @@ def test_threshold_shortcut_defers_on_ties_and_nan() -> None:
     assert _select._per_group_by_threshold(torch.tensor([[1.0, 1.0, 1.0, 5.0]]), 2) is None
     with_nan = torch.tensor([[math.nan, 1.0, 2.0, 3.0], [1.0, 2.0, 5.0, 5.0]])
     assert _select._per_group_by_threshold(with_nan, 2) is None
+
+
+def test_a_bracket_of_tied_values_returns_instead_of_recursing() -> None:
+    # Regression: with >= _BRACKET_MIN ties at the threshold the sampled bracket collapses
+    # to one value; the k-th value is that value, not a reason to recurse forever.
+    n = _select._BRACKET_MIN * 2
+    for scores in (torch.zeros(n), torch.cat([torch.zeros(n - 10), torch.arange(1.0, 11.0)])):
+        selected = smallest_k(scores, n // 2)
+        assert torch.equal(selected, reference_smallest_k(scores, n // 2))

@@ -39,8 +39,9 @@ class NearlyDiagonal(MaskMethod):
 
     Raises:
         TypeError: ``nearliness`` is not an int.
-        ValueError: ``nearliness`` is positive and even; on a call, the weight is not 2-D or
-            ``nearliness // 2 >= min(height, width)``.
+        ValueError: ``nearliness`` is positive and even; on a call with positive
+            ``nearliness``, the weight is not 2-D or ``nearliness // 2 >= min(height, width)``
+            (with ``nearliness <= 0`` any tensor gets an all-zero mask, as in torch.ao).
     """
 
     nearliness: int = 1
@@ -55,9 +56,11 @@ class NearlyDiagonal(MaskMethod):
     def leaf_problem(self, tensor: object) -> LeafProblem | None:
         if not isinstance(tensor, Tensor):
             return LeafProblem(TypeError, describe(tensor), "NearlyDiagonal needs a tensor")
+        if self.nearliness <= 0:
+            return None  # torch.ao zeroes a tensor of any shape before looking at it
         if tensor.dim() != 2:
             return LeafProblem(ValueError, describe(tensor), "NearlyDiagonal needs 2-D weights")
-        if self.nearliness > 0 and self.nearliness // 2 >= min(tensor.shape):
+        if self.nearliness // 2 >= min(tensor.shape):
             return LeafProblem(
                 ValueError,
                 describe(tensor),

@@ -131,7 +131,7 @@ class WeightNorm(MaskMethod):
     def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
         level = float(self.sparsity_level)
         zeros = self.block_zeros
-        if level <= 0 or zeros == 0:
+        if level <= 0 or zeros == 0 or tensor.numel() == 0:
             return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
         if level >= 1 and zeros == self.block_size:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
@@ -150,7 +150,7 @@ class WeightNorm(MaskMethod):
             return tensor * tensor
         if not callable(self.norm):  # unreachable after __post_init__; narrows the type
             raise TypeError(f"WeightNorm: norm must be 1, 2 or a callable, got {self.norm!r}")
-        scores = self.norm(tensor)
+        scores = self.norm(tensor.clone())  # a callable may work in place: not on the weight
         if (
             not isinstance(scores, Tensor)
             or scores.shape != tensor.shape

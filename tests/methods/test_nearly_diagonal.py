@@ -109,3 +109,9 @@ def test_under_vmap_broadcasts_over_the_batch() -> None:
     masks = torch.func.vmap(fs.NearlyDiagonal(nearliness=3))(stacked)
     assert masks.shape == (3, 5, 5)
     assert all(torch.equal(mask, fs.NearlyDiagonal(nearliness=3)(stacked[0])) for mask in masks)
+
+
+def test_non_positive_nearliness_zeroes_any_shape_like_torch_ao() -> None:
+    assert not fs.NearlyDiagonal(nearliness=0)(torch.ones(5)).any()
+    with pytest.raises(ValueError, match="needs 2-D weights"):
+        fs.NearlyDiagonal(nearliness=1)(torch.ones(5))

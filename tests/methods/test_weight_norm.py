@@ -351,3 +351,30 @@ class TestProperties:
                 == min(n_blocks - 1, round(level * n_blocks)) * shape[0] * shape[1]
             )
         assert not (masks[2] & ~masks[1]).any() and not (masks[1] & ~masks[0]).any()
+
+
+def test_many_equal_blocks_and_repruning_a_pruned_weight() -> None:
+    # Regression: 65,536 equal block scores used to recurse without end in the eager path.
+    mask = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))(torch.zeros(512, 512))
+    assert int((~mask).sum()) == 512 * 512 // 2 and not mask[:256].any() and mask[256:].all()
+    weight = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0))
+    method = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))
+    first = method(weight)
+    assert torch.equal(method(weight * first), first)  # scoring the pruned weight again
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0, 4), (3, 0)])
+@pytest.mark.parametrize("block", [(1, 4), (2, 3), (5, 5)])
+def test_empty_weights_get_empty_masks(shape: tuple[int, int], block: tuple[int, int]) -> None:
+    for dtype in (torch.float32, torch.float16):
+        mask = fs.WeightNorm(sparse_block_shape=block, zeros_per_block=1)(
+            torch.randn(shape).to(dtype)
+        )
+        assert mask.shape == shape and mask.dtype == torch.bool
+
+
+def test_a_callable_norm_cannot_touch_the_weight() -> None:
+    weight = torch.randn(4, 8)
+    before = weight.clone()
+    fs.WeightNorm(norm=lambda t: t.abs_())(weight)
+    assert torch.equal(weight, before)
