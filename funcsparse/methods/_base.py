@@ -8,7 +8,25 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import Tensor
 
-__all__ = ["LeafProblem", "MaskMethod", "describe", "require_int", "require_real"]
+__all__ = [
+    "LeafProblem",
+    "MaskMethod",
+    "describe",
+    "registered_methods",
+    "require_int",
+    "require_real",
+]
+
+_REGISTRY: list[type[MaskMethod]] = []
+
+
+def registered_methods() -> tuple[type[MaskMethod], ...]:
+    """Every concrete method class that funcsparse ships, in definition order.
+
+    ``funcsparse.testing``'s shared invariant suite runs on each of them, so a new method
+    is covered (or the suite fails for lack of its ``configs``) as soon as it exists.
+    """
+    return tuple(_REGISTRY)
 
 
 class LeafProblem(NamedTuple):
@@ -59,6 +77,30 @@ class MaskMethod(abc.ABC):
     """
 
     vmappable: ClassVar[bool] = True
+    #: The config field whose increase never un-prunes a weight (None: no such promise).
+    level_field: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("funcsparse.") and not cls.__name__.startswith("_"):
+            _REGISTRY.append(cls)
+
+    @classmethod
+    def configs(cls, st: Any) -> Any:
+        """A hypothesis strategy of valid configs of this method.
+
+        ``st`` is ``hypothesis.strategies``, passed in by ``funcsparse.testing`` so that the
+        library never imports hypothesis itself. Every method provides one next to its code.
+        """
+        raise NotImplementedError(f"{cls.__name__}.configs(st) is not implemented")
+
+    def expected_zeros(self, tensor: Tensor) -> int | None:
+        """The exact number of zeros promised for ``tensor``'s mask, or None (no promise)."""
+        return None
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+        """Why ``mask`` breaks this method's pattern (blocks, N:M, band) for ``tensor``."""
+        return None
 
     def __call__(self, tensor: Tensor, /, **kwargs: Any) -> Tensor:
         problem = self.leaf_problem(tensor)

@@ -46,6 +46,38 @@ class NearlyDiagonal(MaskMethod):
 
     nearliness: int = 1
 
+    @classmethod
+    def configs(cls, st: Any) -> Any:
+        """Valid NearlyDiagonal configs: odd nearliness 1 to 9, or a non-positive one."""
+        odd = st.integers(0, 4).map(lambda i: 2 * i + 1)
+        return st.builds(cls, nearliness=st.one_of(odd, st.integers(-2, 0)))
+
+    def expected_zeros(self, tensor: Tensor) -> int | None:
+        """Entries off the band of ``2 * (nearliness // 2) + 1`` diagonals."""
+        if self.nearliness <= 0:
+            return tensor.numel()
+        height, width = tensor.shape
+        reach = self.nearliness // 2
+        rows = torch.arange(height)
+        kept = ((rows + reach + 1).clamp(max=width) - (rows - reach).clamp(min=0)).clamp(min=0)
+        kept = kept.sum()
+        return height * width - int(kept)
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+        """The mask must be the band ``|i - j| <= nearliness // 2`` exactly."""
+        if self.nearliness <= 0:
+            band = torch.zeros(tensor.shape, dtype=torch.bool)
+        else:
+            height, width = tensor.shape
+            offset = torch.arange(width)[None, :] - torch.arange(height)[:, None]
+            band = offset.abs() <= self.nearliness // 2
+        wrong = (mask.cpu() != band).nonzero()
+        if wrong.numel():
+            i, j = (int(v) for v in wrong[0])
+            state = "kept" if bool(mask[i, j]) else "pruned"
+            return f"entry ({i}, {j}) is {state}, against the band of nearliness {self.nearliness}"
+        return None
+
     def __post_init__(self) -> None:
         nearliness = require_int("NearlyDiagonal", "nearliness", self.nearliness)
         if nearliness > 0 and nearliness % 2 == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,28 @@ class WeightNorm(MaskMethod):
     zeros_per_block: int | None = None
     norm: int | Callable[[Tensor], Tensor] = 2
 
+    level_field: ClassVar[str | None] = "sparsity_level"
+
+    @classmethod
+    def configs(cls, st: Any) -> Any:
+        """Valid WeightNorm configs: levels in and out of [0, 1], blocks up to 4x4, norms 1, 2."""
+        levels = st.one_of(
+            st.sampled_from([-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5]), st.floats(0.0, 1.0)
+        )
+
+        def with_shape(shape: tuple[int, int]) -> Any:
+            zeros = st.one_of(st.none(), st.integers(0, shape[0] * shape[1]))
+            norms = st.sampled_from([1, 2])
+            return st.builds(
+                cls,
+                sparsity_level=levels,
+                sparse_block_shape=st.just(shape),
+                zeros_per_block=zeros,
+                norm=norms,
+            )
+
+        return st.tuples(st.integers(1, 4), st.integers(1, 4)).flatmap(with_shape)
+
     def __post_init__(self) -> None:
         require_real("WeightNorm", "sparsity_level", self.sparsity_level)
         shape = self.sparse_block_shape
@@ -141,6 +163,64 @@ class WeightNorm(MaskMethod):
         if zeros < self.block_size:
             keep = keep | self._zeros_within_blocks(self._scores(tensor)).logical_not()
         return keep
+
+    def expected_zeros(self, tensor: Tensor) -> int | None:
+        """Exact zeros, where they do not depend on which blocks the data selects.
+
+        Levels in (0, 1) over partial blocks select blocks of different sizes, so the count
+        is data-dependent there (None); :meth:`structure_problem` still pins every block.
+        """
+        level, zeros = float(self.sparsity_level), self.block_zeros
+        if level <= 0 or zeros == 0 or tensor.numel() == 0:
+            return 0
+        sizes = self._block_sizes(tensor)
+        if level >= 1:
+            return int(sizes.clamp(max=zeros).sum())
+        if bool((sizes == self.block_size).all()):
+            n_blocks = sizes.numel()
+            return max(0, min(n_blocks - 1, round(level * n_blocks))) * zeros
+        return None
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+        """Every block holds 0 or ``min(zeros_per_block, its size)`` zeros, and the number of
+        blocks with zeros is ``round(level * n_blocks)`` (all blocks at level >= 1)."""
+        level, zeros = float(self.sparsity_level), self.block_zeros
+        if tensor.numel() == 0:
+            return None
+        rows, cols = self.sparse_block_shape
+        grid_rows, grid_cols = self._block_grid(tensor)
+        padded = torch.ones(grid_rows * rows, grid_cols * cols, dtype=torch.bool)
+        padded[: tensor.shape[0], : tensor.shape[1]] = mask.cpu()
+        block_zeros = (~_as_groups(padded, rows, cols)).sum(-1).flatten()
+        full = self._block_sizes(tensor).clamp(max=zeros).flatten()
+        if level <= 0 or zeros == 0:
+            selected = 0
+        elif level >= 1:
+            selected = block_zeros.numel()
+        else:
+            n_blocks = block_zeros.numel()
+            selected = max(0, min(n_blocks - 1, round(level * n_blocks)))
+        partial = (block_zeros != 0) & (block_zeros != full)
+        if bool(partial.any()):
+            index = int(partial.nonzero()[0])
+            return (
+                f"block {divmod(index, grid_cols)} has {int(block_zeros[index])} zeros; a block "
+                f"has 0 or {int(full[index])}"
+            )
+        if int((block_zeros != 0).sum()) != (selected if zeros else 0):
+            return (
+                f"{int((block_zeros != 0).sum())} blocks have zeros; expected {selected} of "
+                f"{block_zeros.numel()} (sparsity_level={level})"
+            )
+        return None
+
+    def _block_sizes(self, tensor: Tensor) -> Tensor:
+        """Entries of every block inside the weight, ``(grid_rows, grid_cols)``."""
+        rows, cols = self.sparse_block_shape
+        grid_rows, grid_cols = self._block_grid(tensor)
+        row_sizes = (tensor.shape[0] - torch.arange(grid_rows) * rows).clamp(max=rows)
+        col_sizes = (tensor.shape[1] - torch.arange(grid_cols) * cols).clamp(max=cols)
+        return row_sizes[:, None] * col_sizes[None, :]
 
     def _scores(self, tensor: Tensor) -> Tensor:
         """``norm(w)`` elementwise, exactly as torch.ao computes it."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import funcsparse as fs
 from funcsparse.methods import nearly_diagonal
-from tests.oracles import ao_nearly_diagonal_mask
+from funcsparse.testing.oracles import ao_nearly_diagonal_mask
 
 
 def test_pinned_band() -> None:

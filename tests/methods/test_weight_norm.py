@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import funcsparse as fs
-from tests.oracles import ao_weight_norm_mask, ao_weight_norm_padded_parts
+from funcsparse.testing.oracles import ao_weight_norm_mask, ao_weight_norm_padded_parts
 
 LEVELS = st.one_of(
     st.sampled_from([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5]),

@@ -1,0 +1,149 @@
+"""torch.ao.pruning run as an oracle: the masks it computes (or means to compute), as bool.
+
+``torch_ao_mask(method, tensor)`` dispatches on the method's type; the other functions are
+the per-sparsifier oracles.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.ao.pruning.sparsifier.nearly_diagonal_sparsifier import NearlyDiagonalSparsifier
+from torch.ao.pruning.sparsifier.weight_norm_sparsifier import WeightNormSparsifier
+
+from funcsparse.methods import NearlyDiagonal, WeightNorm
+
+__all__ = [
+    "ao_nearly_diagonal_mask",
+    "ao_weight_norm_mask",
+    "ao_weight_norm_padded_parts",
+    "torch_ao_mask",
+]
+
+
+def _stored_mask(model: nn.Module) -> Tensor:
+    """The mask torch.ao's parametrization holds for ``model[0].weight``, as bool."""
+    layer: Any = model[0]  # type: ignore[index]
+    mask: Tensor = layer.parametrizations.weight[0].mask
+    return mask.bool()
+
+
+def _linear_with(weight: Tensor) -> nn.Sequential:
+    height, width = weight.shape
+    linear = nn.Linear(width, height, bias=False, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return nn.Sequential(linear)
+
+
+def ao_weight_norm_mask(
+    weight: Tensor,
+    *,
+    sparsity_level: float,
+    sparse_block_shape: tuple[int, int],
+    zeros_per_block: int | None,
+    norm: int | Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """torch.ao's WeightNormSparsifier mask after one step(), as bool."""
+    model = _linear_with(weight)
+    sparsifier = WeightNormSparsifier(
+        sparsity_level=sparsity_level,
+        sparse_block_shape=sparse_block_shape,
+        zeros_per_block=zeros_per_block,
+        norm=norm,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparsifier.prepare(model, [{"tensor_fqn": "0.weight"}])  # type: ignore[no-untyped-call]
+        sparsifier.step()
+    return _stored_mask(model)
+
+
+def ao_weight_norm_padded_parts(
+    weight: Tensor,
+    *,
+    sparsity_level: float,
+    sparse_block_shape: tuple[int, int],
+    zeros_per_block: int,
+    norm: int | Callable[[Tensor], Tensor] = 2,
+) -> Tensor:
+    """What torch.ao means where it crashes: its tensor mask and block mask, each cropped.
+
+    torch.ao computes the level mask on the weight and the per-block mask on a NaN-padded
+    grid, then fails to combine them when the block shape does not divide the weight.
+    """
+    sparsifier = WeightNormSparsifier(
+        sparsity_level=sparsity_level,
+        sparse_block_shape=sparse_block_shape,
+        zeros_per_block=zeros_per_block,
+        norm=norm,
+    )
+    scores = sparsifier.norm_fn(weight)
+    height, width = weight.shape
+    tensor_mask = sparsifier._make_tensor_mask(  # type: ignore[no-untyped-call]
+        data=scores,
+        input_shape=scores.shape,
+        sparsity_level=sparsity_level,
+        sparse_block_shape=sparse_block_shape,
+    )[:height, :width]
+    block_mask = sparsifier._make_block_mask(  # type: ignore[no-untyped-call]
+        data=scores, sparse_block_shape=sparse_block_shape, zeros_per_block=zeros_per_block
+    )[:height, :width]
+    return torch.logical_or(tensor_mask, block_mask)
+
+
+def ao_nearly_diagonal_mask(weight: Tensor, *, nearliness: int) -> Tensor:
+    """torch.ao's NearlyDiagonalSparsifier mask after one step(), as bool."""
+    model = _linear_with(weight)
+    sparsifier = NearlyDiagonalSparsifier(nearliness=nearliness)
+    sparsifier.prepare(model, [{"tensor_fqn": "0.weight"}])  # type: ignore[no-untyped-call]
+    sparsifier.step()
+    return _stored_mask(model)
+
+
+def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
+    """torch.ao's mask for ``method`` on ``tensor``, where funcsparse claims equality.
+
+    None when the method has no torch.ao counterpart, the tensor is empty, or the scores
+    tie (torch.ao breaks ties by whatever ``topk`` returns; funcsparse by its documented
+    rule). Where
+    torch.ao is defective (block shapes that do not divide, ``0 < zeros_per_block < block
+    size``), this is what torch.ao computes on its padded grid, cropped to the weight.
+    """
+    if tensor.numel() == 0:  # torch.ao's pooling and loops fail on empty weights
+        return None
+    if isinstance(method, NearlyDiagonal):
+        if tensor.dim() != 2:
+            return None
+        return ao_nearly_diagonal_mask(tensor, nearliness=method.nearliness)
+    if not isinstance(method, WeightNorm) or _scores_tie(method, tensor):
+        return None
+    level = float(method.sparsity_level)
+    config: dict[str, Any] = {
+        "sparsity_level": level,
+        "sparse_block_shape": method.sparse_block_shape,
+        "zeros_per_block": method.block_zeros,
+        "norm": method.norm,
+    }
+    height, width = tensor.shape
+    rows, cols = method.sparse_block_shape
+    crashes = 0 < method.block_zeros < method.block_size and 0 < level < 1
+    if crashes and (height % rows or width % cols):
+        return ao_weight_norm_padded_parts(tensor, **config)
+    return ao_weight_norm_mask(tensor, **config)[:height, :width]
+
+
+def _scores_tie(method: WeightNorm, tensor: Tensor) -> bool:
+    """Whether two entries' scores, or two blocks' mean scores, are equal (or NaN)."""
+    if tensor.numel() == 0:
+        return False
+    scores = method._scores(tensor.detach()).flatten()
+    blocks = method._block_scores(tensor.detach()).flatten()
+    return any(
+        bool(values.isnan().any()) or torch.unique(values).numel() != values.numel()
+        for values in (scores, blocks)
+    )
