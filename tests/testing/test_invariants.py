@@ -1,0 +1,86 @@
+"""The shared invariant suite: every registered method through the same checks.
+
+Like optax's shared optimizer tests, the suite enumerates ``registered_methods()``; a new
+method in funcsparse is run through every check here as soon as it exists, and fails them
+until it provides ``configs(st)`` (and its promises).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import funcsparse as fs
+from funcsparse.methods import MaskMethod
+from funcsparse.testing import check_masks, registered_methods
+from funcsparse.testing import strategies as fst
+from funcsparse.testing.oracles import torch_ao_mask
+
+METHODS = registered_methods()
+
+
+def test_every_exported_method_is_registered() -> None:
+    exported = {
+        obj
+        for obj in vars(fs).values()
+        if inspect.isclass(obj) and issubclass(obj, MaskMethod) and obj is not MaskMethod
+    }
+    assert exported and exported <= set(METHODS)
+
+
+@pytest.mark.parametrize("method_cls", METHODS, ids=lambda cls: cls.__name__)
+class TestEveryMethod:
+    @given(data=st.data())
+    def test_single_tensor_invariants(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        method = data.draw(method_cls.configs(st))
+        assert isinstance(method, method_cls)
+        tensor = data.draw(fst.tensors(data.draw(fst.shapes(allow_empty=True))))
+        assume(method.leaf_problem(tensor) is None)
+        check_masks({"w": tensor}, {"w": method})
+
+    @given(data=st.data())
+    def test_invariants_hold_on_ties_nan_and_inf(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        method = data.draw(method_cls.configs(st))
+        tensor = data.draw(fst.tensors(ties=True, special=data.draw(st.booleans())))
+        assume(method.leaf_problem(tensor) is None)
+        check_masks({"w": tensor}, {"w": method})
+
+    @given(data=st.data())
+    def test_tie_free_masks_equal_torch_ao_where_claimed(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        method = data.draw(method_cls.configs(st))
+        tensor = data.draw(fst.tensors(ties=False, dtypes=[torch.float32, torch.float64]))
+        assume(method.leaf_problem(tensor) is None)
+        expected = torch_ao_mask(method, tensor)
+        if expected is not None:
+            assert torch.equal(method(tensor), expected)
+        check_masks({"w": tensor}, {"w": method})
+
+    @given(data=st.data())
+    def test_pytrees_of_every_layout(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        tree = data.draw(fst.params())
+        rules = data.draw(fst.rules_for(tree, methods=[method_cls]))
+        check_masks(tree, rules)
+
+    @given(data=st.data())
+    def test_ensembles_equal_their_members(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        method = data.draw(method_cls.configs(st))
+        shape = data.draw(fst.shapes())
+        members = [data.draw(fst.tensors(shape, dtypes=[torch.float32])) for _ in range(3)]
+        assume(method.leaf_problem(members[0]) is None)
+        stacked = fs.compute_masks({"w": torch.stack(members)}, {"w": method}, batch_dims=1)["w"]
+        for i, member in enumerate(members):
+            assert torch.equal(stacked[i], method(member))
