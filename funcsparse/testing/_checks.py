@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from funcsparse._compute import compute_masks
-from funcsparse._rules import assign_rules
+from funcsparse._rules import Assignment, assign_rules
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like
 from funcsparse.methods._base import MaskMethod, describe
 from funcsparse.testing.oracles import torch_ao_mask
@@ -53,6 +53,8 @@ def check_leaf_mask(
         raise _fail(where, f"expected shape {tuple(tensor.shape)}, found {tuple(mask.shape)}")
     before = tensor.detach().clone()
     again = method(tensor)
+    if not _same_bits(tensor, before):
+        raise _fail(where, "the method mutated the tensor it was given")
     if not torch.equal(again, mask):
         changed = int((again != mask).sum())
         raise _fail(
@@ -126,9 +128,11 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
     params_before = _snapshot(params)
     rules_before = dict(rules)
     computed = compute_masks(params, rules)
+    paths, leaves, spec = flatten_with_paths(params, function="check_masks")
+    assignments = assign_rules(paths, rules, function="check_masks")
+    _check_unchanged(paths, assignments, params_before, params, rules_before, rules)
     if masks is None:
         masks = computed
-    paths, leaves, spec = flatten_with_paths(params, function="check_masks")
     try:
         mask_leaves = leaves_like(spec, masks)
     except ValueError:
@@ -137,7 +141,6 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
             "check_masks", f"masks do not have the structure of params ({mismatch})"
         ) from None
     computed_leaves = leaves_like(spec, computed)
-    assignments = assign_rules(paths, rules, function="check_masks")
     for path, leaf, mask, fresh, assigned in zip(
         paths, leaves, mask_leaves, computed_leaves, assignments, strict=True
     ):
@@ -154,14 +157,29 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
         check_leaf_mask(assigned.method, leaf, mask, where=where)
         if not torch.equal(fresh, mask):
             raise _fail(where, "compute_masks gives another mask than the single-tensor call")
+    _check_unchanged(paths, assignments, params_before, params, rules_before, rules)
+
+
+def _leaf_where(path: str, assigned: Assignment) -> str:
+    return f"check_masks: leaf {path!r} (rule {assigned.key!r}, {type(assigned.method).__name__})"
+
+
+def _check_unchanged(
+    paths: list[str],
+    assignments: list[Assignment | None],
+    params_before: list[Any],
+    params: Any,
+    rules_before: dict[str, MaskMethod | None],
+    rules: Mapping[str, MaskMethod | None],
+) -> None:
     after = _snapshot(params)
-    for path, old, new in zip(paths, params_before, after, strict=True):
-        same = (
-            _same_bits(old, new)
-            if isinstance(old, Tensor) and isinstance(new, Tensor)
-            else old is new
-        )
-        if not same:
+    for path, assigned, old, new in zip(paths, assignments, params_before, after, strict=True):
+        both = isinstance(old, Tensor) and isinstance(new, Tensor)
+        if not (_same_bits(old, new) if both else old is new):
+            if assigned is not None:
+                raise _fail(
+                    _leaf_where(path, assigned), "the method mutated the tensor it was given"
+                )
             raise _fail("check_masks", f"the leaf at {path!r} was mutated")
     if dict(rules) != rules_before:
         raise _fail("check_masks", "the rules mapping was mutated")

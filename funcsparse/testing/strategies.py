@@ -47,9 +47,14 @@ def shapes(
     max_side: int = 12,
     allow_empty: bool = False,
 ) -> tuple[int, ...]:
-    """Tensor shapes: 1x1, wide, tall, sides that blocks do not divide; 0-size if allowed."""
-    low = 0 if allow_empty else min_side
-    return tuple(draw(st.integers(low, max_side)) for _ in range(ndim))
+    """Tensor shapes: 1x1, wide, tall, sides that blocks do not divide.
+
+    Every side is in ``[min_side, max_side]``; with ``allow_empty`` a side may also be 0.
+    """
+    side = st.integers(min_side, max_side)
+    if allow_empty:
+        side = st.one_of(st.just(0), side)
+    return tuple(draw(side) for _ in range(ndim))
 
 
 @st.composite
