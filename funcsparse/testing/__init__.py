@@ -3,7 +3,7 @@
 ``funcsparse.testing.strategies`` builds params pytrees, method configs and rules;
 :func:`check_masks` runs every invariant the rules' methods promise. Together they make a
 one-decorator property test of your own pruning config. Needs ``hypothesis`` for the
-strategies (``pip install funcsparse[test]``); :func:`check_masks` needs only torch.
+strategies (``pip install funcsparse[testing]``); :func:`check_masks` needs only torch.
 """
 
 from funcsparse.methods._base import registered_methods
