@@ -9,14 +9,24 @@ import torch
 from torch import Tensor
 
 from funcsparse._rules import assign_rules
-from funcsparse._tree import flatten_with_paths, unflatten
-from funcsparse.methods._base import MaskMethod, describe, require_int
+from funcsparse._tree import (
+    describe_structure_mismatch,
+    flatten_with_paths,
+    leaves_like,
+    unflatten,
+)
+from funcsparse.methods._base import GlobalMethod, MaskMethod, describe, require_int
 
 __all__ = ["compute_masks"]
 
 
 def compute_masks(
-    params: Any, rules: Mapping[str, MaskMethod | None], *, batch_dims: int = 0
+    params: Any,
+    rules: Mapping[str, MaskMethod | None],
+    *,
+    batch_dims: int = 0,
+    prev_masks: Any = None,
+    **leaf_data: Any,
 ) -> Any:
     """Compute a bool mask for every leaf of ``params`` that a rule matches.
 
@@ -27,6 +37,9 @@ def compute_masks(
     ``torch.func.stack_module_state`` makes: each member gets the mask it would get alone,
     computed for all members at once by ``torch.func.vmap`` over the method. A method whose
     ``vmappable`` is False is looped over the members instead (the documented fallback).
+
+    A global method (``fs.GlobalMagnitude``) selects across all the leaves its rule matches
+    at once; every other method masks each leaf on its own.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -45,49 +58,110 @@ def compute_masks(
             beats a pattern (docs/index.md, "Rules").
         batch_dims: leading dimensions of every matched leaf that index independent
             members (an ensemble). Default 0.
+        prev_masks: masks from an earlier pruning round (``params``' structure, None where
+            absent): a weight pruned before stays pruned, and a method's level is the total
+            target. Default None.
+        **leaf_data: per-leaf data that methods read, each a pytree of ``params``'
+            structure with None where absent: ``scores`` (importance scores in place of the
+            weights' magnitude), ``input_norms`` (``fs.Wanda``), ...
 
     Returns:
         A pytree with ``params``' structure: a ``torch.bool`` mask of the leaf's shape where
         a rule applies (``True`` keeps), None elsewhere.
 
     Raises:
-        TypeError: ``rules`` is malformed, or a matched leaf has a type or dtype its method
-            cannot handle.
-        ValueError: a rule matches no leaf, two patterns match one leaf, or a matched leaf
-            has a shape its method cannot handle. The message names the rule, the method,
-            the leaf path and the value.
+        TypeError: ``rules`` is malformed, or a matched leaf (or its data) has a type or
+            dtype its method cannot handle.
+        ValueError: a rule matches no leaf, two patterns match one leaf, a data pytree does
+            not have ``params``' structure, or a matched leaf has a shape its method cannot
+            handle. The message names the rule, the method, the leaf path and the value.
     """
     batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
     if batch_dims < 0:
         raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
     paths, leaves, spec = flatten_with_paths(params, function="compute_masks")
+    if prev_masks is not None:
+        leaf_data = {**leaf_data, "prev_mask": prev_masks}
+    data = _data_per_leaf(spec, leaf_data, len(leaves))
     assignments = assign_rules(paths, rules, function="compute_masks")
-    for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
-        if assigned is None:
+    methods: list[MaskMethod | None] = [
+        None if assigned is None else assigned.method.for_leaf(path)
+        for path, assigned in zip(paths, assignments, strict=True)
+    ]
+    for path, leaf, assigned, method, leaf_kwargs in zip(
+        paths, leaves, assignments, methods, data, strict=True
+    ):
+        if assigned is None or method is None:
             continue
-        name = type(assigned.method).__name__
-        where = f"compute_masks: rule {assigned.key!r} ({name})"
+        where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
         if isinstance(leaf, Tensor) and leaf.dim() < batch_dims:
             raise ValueError(
                 f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "
                 f"at least {batch_dims} dimensions"
             )
-        problem = assigned.method.leaf_problem(_member(leaf, batch_dims))
+        member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
+        problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
         if problem is not None:
             raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
-    masks: list[Tensor | None] = []
-    for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
-        if assigned is None:
-            masks.append(None)
+
+    masks: list[Tensor | None] = [None] * len(leaves)
+    groups: dict[str, list[int]] = {}
+    for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
+        if assigned is not None and isinstance(method, GlobalMethod):
+            groups.setdefault(assigned.key, []).append(i)
+    for key, members in groups.items():
+        method = methods[members[0]]
+        if not isinstance(method, GlobalMethod):  # unreachable: grouped by type above
+            continue
+        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
+        with _naming(where):
+            results = _batched_global(
+                method, [leaves[i] for i in members], [data[i] for i in members], batch_dims
+            )
+        for i, mask in zip(members, results, strict=True):
+            masks[i] = mask
+    for i, (path, leaf, assigned, method) in enumerate(
+        zip(paths, leaves, assignments, methods, strict=True)
+    ):
+        if assigned is None or method is None or isinstance(method, GlobalMethod):
+            continue
+        with _naming(f"compute_masks: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"):
+            masks[i] = _batched_mask(method, leaf, batch_dims, data[i])
+    return unflatten(spec, masks)
+
+
+class _naming:
+    """Re-raise a TypeError/ValueError from inside with ``where`` in front of its message."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> None:
+        if isinstance(err, (TypeError, ValueError)):
+            raise type(err)(f"{self.where}: {err}") from err
+
+
+def _data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[dict[str, Any]]:
+    """``{name: pytree}`` to one ``{name: entry}`` dict per leaf (None entries dropped)."""
+    per_leaf: list[dict[str, Any]] = [{} for _ in range(n_leaves)]
+    for name, tree in leaf_data.items():
+        if tree is None:
             continue
         try:
-            masks.append(_batched_mask(assigned.method, leaf, batch_dims))
-        except (TypeError, ValueError) as err:
-            name = type(assigned.method).__name__
-            raise type(err)(
-                f"compute_masks: rule {assigned.key!r} ({name}) at {path!r}: {err}"
-            ) from err
-    return unflatten(spec, masks)
+            entries = leaves_like(spec, tree)
+        except ValueError:
+            shown = "prev_masks" if name == "prev_mask" else name
+            raise ValueError(
+                f"compute_masks: {shown} does not have the structure of params "
+                f"({describe_structure_mismatch(spec, tree)})"
+            ) from None
+        for leaf_kwargs, entry in zip(per_leaf, entries, strict=True):
+            if entry is not None:
+                leaf_kwargs[name] = entry
+    return per_leaf
 
 
 def _member(leaf: object, batch_dims: int) -> object:
@@ -97,21 +171,71 @@ def _member(leaf: object, batch_dims: int) -> object:
     return torch.empty(leaf.shape[batch_dims:], dtype=leaf.dtype, device="meta")
 
 
-def _batched_mask(method: MaskMethod, leaf: Tensor, batch_dims: int) -> Tensor:
-    """``method(leaf)`` for every member along the leading ``batch_dims`` dimensions."""
+def _batched_mask(
+    method: MaskMethod, leaf: Tensor, batch_dims: int, data: dict[str, Any]
+) -> Tensor:
+    """``method(leaf, **data)`` for every member along the leading ``batch_dims`` dimensions."""
     if batch_dims == 0:
-        return method(leaf)
+        return method(leaf, **data)
     if leaf.numel() == 0:
         return torch.ones(leaf.shape, dtype=torch.bool, device=leaf.device)
-    if method.vmappable:
-        batched: Callable[[Tensor], Tensor] = method
+    if method.vmappable and all(isinstance(v, Tensor) for v in data.values()):
+        batched: Callable[..., Tensor] = lambda t, d: method(t, **d)  # noqa: E731
         for _ in range(batch_dims):
             batched = torch.func.vmap(batched)
         # A mask that does not depend on the data comes back expanded over the members;
         # give every member its own memory.
-        return batched(leaf.detach()).contiguous()
-    members = leaf.detach().reshape(-1, *leaf.shape[batch_dims:])
-    masks = [method(member) for member in members]
+        return batched(leaf.detach(), data).contiguous()
+    return _looped(leaf, batch_dims, data, lambda t, d: method(t, **d))
+
+
+def _batched_global(
+    method: GlobalMethod, leaves: list[Tensor], data: list[dict[str, Any]], batch_dims: int
+) -> list[Tensor]:
+    """``method.global_masks`` per ensemble member (members never select together)."""
+    if batch_dims == 0:
+        return method.global_masks(leaves, data)
+    members = int(torch.tensor(leaves[0].shape[:batch_dims]).prod())
+    flat = [leaf.reshape(members, *leaf.shape[batch_dims:]) for leaf in leaves]
+    flat_data = [
+        {
+            k: v.reshape(members, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
+            for k, v in d.items()
+        }
+        for d in data
+    ]
+    per_member = [
+        method.global_masks(
+            [t[j] for t in flat],
+            [{k: v[j] if isinstance(v, Tensor) else v for k, v in d.items()} for d in flat_data],
+        )
+        for j in range(members)
+    ]
+    return [
+        torch.stack([masks[i] for masks in per_member]).reshape(leaf.shape)
+        if per_member
+        else torch.ones(leaf.shape, dtype=torch.bool, device=leaf.device)
+        for i, leaf in enumerate(leaves)
+    ]
+
+
+def _looped(
+    leaf: Tensor,
+    batch_dims: int,
+    data: dict[str, Any],
+    fn: Callable[[Tensor, dict[str, Any]], Tensor],
+) -> Tensor:
+    """``fn`` member by member, for methods that cannot run under vmap."""
+    inner = leaf.shape[batch_dims:]
+    members = leaf.detach().reshape(-1, *inner)
+    flat = {
+        k: v.reshape(-1, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
+        for k, v in data.items()
+    }
+    masks = [
+        fn(member, {k: v[j] if isinstance(v, Tensor) else v for k, v in flat.items()})
+        for j, member in enumerate(members)
+    ]
     if not masks:
         return torch.ones(leaf.shape, dtype=torch.bool, device=leaf.device)
     return torch.stack(masks).reshape(leaf.shape)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import inspect
 import math
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor
 
 __all__ = [
+    "GlobalMethod",
     "LeafProblem",
     "MaskMethod",
     "describe",
@@ -26,7 +30,7 @@ def registered_methods() -> tuple[type[MaskMethod], ...]:
     ``funcsparse.testing``'s shared invariant suite runs on each of them, so a new method
     is covered (or the suite fails for lack of its ``configs``) as soon as it exists.
     """
-    return tuple(_REGISTRY)
+    return tuple(cls for cls in _REGISTRY if not inspect.isabstract(cls))
 
 
 class LeafProblem(NamedTuple):
@@ -102,17 +106,116 @@ class MaskMethod(abc.ABC):
         """Why ``mask`` breaks this method's pattern (blocks, N:M, band) for ``tensor``."""
         return None
 
-    def __call__(self, tensor: Tensor, /, **kwargs: Any) -> Tensor:
-        problem = self.leaf_problem(tensor)
+    #: Per-leaf keyword data the method reads besides the tensor (e.g. ``"scores"``).
+    leaf_data: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the method ranks a ``prev_mask``'s pruned entries itself (so that the level
+    #: is the total target); when False, its mask is intersected with ``prev_mask``.
+    uses_prev_mask: ClassVar[bool] = False
+
+    def for_leaf(self, path: str) -> MaskMethod:
+        """The method as applied to the leaf at ``path`` (default: itself).
+
+        ``fs.compute_masks`` calls it once per matched leaf; a method with per-leaf state
+        (a random stream) derives it here, purely from its config and the path.
+        """
+        return self
+
+    def __call__(self, tensor: Tensor, /, **data: Any) -> Tensor:
+        problem = self.check_leaf(tensor, **data)
         if problem is not None:
             name = type(self).__name__
             raise problem.error(f"{name}: got {problem.got}; {problem.need}")
-        return self._mask(tensor.detach(), **kwargs)
+        return self._finish(tensor, data, lambda t, d: self._mask(t, **d))
+
+    def check_leaf(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        """Why this method cannot mask ``tensor`` with ``data``, or None when it can."""
+        name = type(self).__name__
+        unknown = sorted(set(data) - self.leaf_data - {"prev_mask"})
+        if unknown:
+            takes = sorted(self.leaf_data | {"prev_mask"})
+            return LeafProblem(TypeError, f"keyword data {unknown}", f"{name} takes {takes}")
+        for key, value in data.items():
+            if value is None or key not in ("prev_mask", "scores"):
+                continue
+            if not isinstance(value, Tensor) or not isinstance(tensor, Tensor):
+                return LeafProblem(TypeError, f"{key}={describe(value)}", f"{key} must be a tensor")
+            if value.shape != tensor.shape:
+                return LeafProblem(
+                    ValueError,
+                    f"{key} of shape {tuple(value.shape)} for a tensor of shape "
+                    f"{tuple(tensor.shape)}",
+                    f"{key} must have the tensor's shape",
+                )
+            if key == "prev_mask" and value.dtype != torch.bool:
+                return LeafProblem(
+                    TypeError, f"prev_mask of dtype {value.dtype}", "masks are torch.bool"
+                )
+            if key == "scores" and (value.is_complex() or value.dtype == torch.bool):
+                return LeafProblem(
+                    TypeError, f"scores of dtype {value.dtype}", "scores must be real"
+                )
+        return self.leaf_problem(tensor, **data)
+
+    def _finish(
+        self,
+        tensor: Tensor,
+        data: dict[str, Any],
+        compute: Callable[[Tensor, dict[str, Any]], Tensor],
+    ) -> Tensor:
+        """Detach everything, run ``compute``, and apply ``prev_mask`` if the method does not."""
+        data = {
+            k: v.detach() if isinstance(v, Tensor) else v for k, v in data.items() if v is not None
+        }
+        prev_mask = data.get("prev_mask") if not self.uses_prev_mask else None
+        if prev_mask is not None:
+            del data["prev_mask"]
+        mask = compute(tensor.detach(), data)
+        return mask if prev_mask is None else mask & prev_mask
 
     @abc.abstractmethod
-    def leaf_problem(self, tensor: object) -> LeafProblem | None:
-        """Why this method cannot mask ``tensor``, or None when it can."""
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        """Why this method cannot mask ``tensor`` (given its keyword data), or None."""
 
     @abc.abstractmethod
-    def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
-        """The mask of a detached tensor that :meth:`leaf_problem` accepted."""
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        """The mask of a detached tensor that :meth:`check_leaf` accepted."""
+
+
+class GlobalMethod(MaskMethod):
+    """A method that selects across every leaf its rule matches, with one threshold.
+
+    ``fs.compute_masks`` gives such a method all the leaves of its rule at once (in the
+    params' flattening order); called on one tensor it selects within that tensor alone.
+    """
+
+    vmappable: ClassVar[bool] = False
+
+    def global_masks(
+        self, tensors: Sequence[Tensor], data: Sequence[dict[str, Any]] | None = None
+    ) -> list[Tensor]:
+        """The masks of ``tensors`` selected together (``data``: keyword data per tensor)."""
+        data = [{} for _ in tensors] if data is None else list(data)
+        for i, (tensor, leaf_data) in enumerate(zip(tensors, data, strict=True)):
+            problem = self.check_leaf(tensor, **leaf_data)
+            if problem is not None:
+                name = type(self).__name__
+                raise problem.error(f"{name}: tensor {i}: got {problem.got}; {problem.need}")
+        cleaned: list[dict[str, Any]] = []
+        prev_masks: list[Tensor | None] = []
+        for leaf_data in data:
+            kept = {
+                k: v.detach() if isinstance(v, Tensor) else v
+                for k, v in leaf_data.items()
+                if v is not None
+            }
+            prev_masks.append(None if self.uses_prev_mask else kept.pop("prev_mask", None))
+            cleaned.append(kept)
+        masks = self._global_masks([t.detach() for t in tensors], cleaned)
+        return [m if p is None else m & p for m, p in zip(masks, prev_masks, strict=True)]
+
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        return self._global_masks([tensor], [data])[0]
+
+    @abc.abstractmethod
+    def _global_masks(self, tensors: list[Tensor], data: list[dict[str, Any]]) -> list[Tensor]:
+        """Masks of detached tensors that :meth:`check_leaf` accepted, selected together."""

@@ -85,7 +85,7 @@ class NearlyDiagonal(MaskMethod):
                 f"NearlyDiagonal: nearliness can only be an odd number, got {nearliness}"
             )
 
-    def leaf_problem(self, tensor: object) -> LeafProblem | None:
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor):
             return LeafProblem(TypeError, describe(tensor), "NearlyDiagonal needs a tensor")
         if self.nearliness <= 0:

@@ -76,6 +76,7 @@ class WeightNorm(MaskMethod):
     norm: int | Callable[[Tensor], Tensor] = 2
 
     level_field: ClassVar[str | None] = "sparsity_level"
+    leaf_data: ClassVar[frozenset[str]] = frozenset({"scores"})
 
     @classmethod
     def configs(cls, st: Any) -> Any:
@@ -141,16 +142,22 @@ class WeightNorm(MaskMethod):
         """Entries zeroed per selected block (``zeros_per_block``, default the block size)."""
         return self.block_size if self.zeros_per_block is None else self.zeros_per_block
 
-    def leaf_problem(self, tensor: object) -> LeafProblem | None:
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return LeafProblem(
                 TypeError, describe(tensor), "WeightNorm needs floating-point weights"
             )
         if tensor.dim() != 2:
             return LeafProblem(ValueError, describe(tensor), "WeightNorm needs 2-D weights")
+        scores = data.get("scores")
+        if scores is not None and not scores.is_floating_point():
+            return LeafProblem(
+                TypeError, f"scores of dtype {scores.dtype}", "WeightNorm needs floating scores"
+            )
         return None
 
-    def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        tensor = data.get("scores", tensor)  # importance scores stand in for the weight
         level = float(self.sparsity_level)
         zeros = self.block_zeros
         if level <= 0 or zeros == 0 or tensor.numel() == 0:
