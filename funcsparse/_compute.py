@@ -17,7 +17,7 @@ from funcsparse._tree import (
 )
 from funcsparse.methods._base import GlobalMethod, MaskMethod, describe, require_int
 
-__all__ = ["compute_masks"]
+__all__ = ["compute_masks", "data_per_leaf"]
 
 
 def compute_masks(
@@ -82,7 +82,7 @@ def compute_masks(
     paths, leaves, spec = flatten_with_paths(params, function="compute_masks")
     if prev_masks is not None:
         leaf_data = {**leaf_data, "prev_mask": prev_masks}
-    data = _data_per_leaf(spec, leaf_data, len(leaves))
+    data = data_per_leaf(spec, leaf_data, len(leaves))
     assignments = assign_rules(paths, rules, function="compute_masks")
     methods: list[MaskMethod | None] = [
         None if assigned is None else assigned.method.for_leaf(path)
@@ -144,7 +144,7 @@ class _naming:
             raise type(err)(f"{self.where}: {err}") from err
 
 
-def _data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[dict[str, Any]]:
+def data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[dict[str, Any]]:
     """``{name: pytree}`` to one ``{name: entry}`` dict per leaf (None entries dropped)."""
     per_leaf: list[dict[str, Any]] = [{} for _ in range(n_leaves)]
     for name, tree in leaf_data.items():

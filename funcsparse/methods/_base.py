@@ -98,16 +98,28 @@ class MaskMethod(abc.ABC):
         """
         raise NotImplementedError(f"{cls.__name__}.configs(st) is not implemented")
 
-    def expected_zeros(self, tensor: Tensor) -> int | None:
+    @classmethod
+    def example_data(cls, st: Any, tensor: Tensor) -> Any:
+        """A hypothesis strategy of the keyword data a call on ``tensor`` needs (a dict).
+
+        Default: no data. A method that reads statistics (``input_norms``) or gradients
+        draws them here, so the shared invariant suite can call it.
+        """
+        return st.just({})
+
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """The exact number of zeros promised for ``tensor``'s mask, or None (no promise)."""
         return None
 
-    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """Why ``mask`` breaks this method's pattern (blocks, N:M, band) for ``tensor``."""
         return None
 
     #: Per-leaf keyword data the method reads besides the tensor (e.g. ``"scores"``).
     leaf_data: ClassVar[frozenset[str]] = frozenset()
+    #: Whether a call needs keyword data (statistics, gradients): strategies that draw any
+    #: registered method leave such methods out unless asked for them by name.
+    needs_data: ClassVar[bool] = False
     #: Whether the method ranks a ``prev_mask``'s pruned entries itself (so that the level
     #: is the total target); when False, its mask is intersected with ``prev_mask``.
     uses_prev_mask: ClassVar[bool] = False
@@ -215,6 +227,12 @@ class GlobalMethod(MaskMethod):
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         return self._global_masks([tensor], [data])[0]
+
+    def expected_global_zeros(
+        self, tensors: Sequence[Tensor], data: Sequence[dict[str, Any]]
+    ) -> int | None:
+        """The exact number of zeros promised across ``tensors`` (None: no promise)."""
+        return None
 
     @abc.abstractmethod
     def _global_masks(self, tensors: list[Tensor], data: list[dict[str, Any]]) -> list[Tensor]:

@@ -52,7 +52,7 @@ class NearlyDiagonal(MaskMethod):
         odd = st.integers(0, 4).map(lambda i: 2 * i + 1)
         return st.builds(cls, nearliness=st.one_of(odd, st.integers(-2, 0)))
 
-    def expected_zeros(self, tensor: Tensor) -> int | None:
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Entries off the band of ``2 * (nearliness // 2) + 1`` diagonals."""
         if self.nearliness <= 0:
             return tensor.numel()
@@ -63,7 +63,7 @@ class NearlyDiagonal(MaskMethod):
         kept = kept.sum()
         return height * width - int(kept)
 
-    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """The mask must be the band ``|i - j| <= nearliness // 2`` exactly."""
         if self.nearliness <= 0:
             band = torch.zeros(tensor.shape, dtype=torch.bool)

@@ -171,7 +171,7 @@ class WeightNorm(MaskMethod):
             keep = keep | self._zeros_within_blocks(self._scores(tensor)).logical_not()
         return keep
 
-    def expected_zeros(self, tensor: Tensor) -> int | None:
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Exact zeros, where they do not depend on which blocks the data selects.
 
         Levels in (0, 1) over partial blocks select blocks of different sizes, so the count
@@ -188,7 +188,7 @@ class WeightNorm(MaskMethod):
             return max(0, min(n_blocks - 1, round(level * n_blocks))) * zeros
         return None
 
-    def structure_problem(self, tensor: Tensor, mask: Tensor) -> str | None:
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """Every block holds 0 or ``min(zeros_per_block, its size)`` zeros, and the number of
         blocks with zeros is ``round(level * n_blocks)`` (all blocks at level >= 1)."""
         level, zeros = float(self.sparsity_level), self.block_zeros

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcsparse._compute import compute_masks
+from funcsparse._compute import compute_masks, data_per_leaf
 from funcsparse._rules import Assignment, assign_rules
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like
-from funcsparse.methods._base import MaskMethod, describe
+from funcsparse.methods._base import GlobalMethod, MaskMethod, describe
 from funcsparse.testing.oracles import torch_ao_mask
 
 __all__ = ["check_leaf_mask", "check_masks"]
@@ -37,14 +37,44 @@ def _snapshot(tree: Any) -> list[Any]:
     return [leaf.detach().clone() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
 
 
+def _raised_level(method: MaskMethod) -> MaskMethod | None:
+    """``method`` with its ``level_field`` raised a step (None: no field, or at the top)."""
+    field = method.level_field
+    if field is None:
+        return None
+    value = getattr(method, field)
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return dataclasses.replace(method, **{field: value + 1})  # type: ignore[type-var]
+        if float(value) >= 1:
+            return None
+        raised = min(1.0, max(float(value), 0.0) + 0.25)
+        return dataclasses.replace(method, **{field: raised})  # type: ignore[type-var]
+    except (TypeError, ValueError):
+        return None
+
+
 def check_leaf_mask(
-    method: MaskMethod, tensor: Tensor, mask: object, *, where: str = "check_leaf_mask"
+    method: MaskMethod,
+    tensor: Tensor,
+    mask: object,
+    *,
+    data: Mapping[str, Any] | None = None,
+    where: str = "check_leaf_mask",
 ) -> None:
     """Check one leaf's mask against every invariant ``method`` promises.
+
+    Args:
+        method: the method that made (or should have made) ``mask``.
+        tensor: the leaf.
+        mask: its mask.
+        data: the keyword data of the call (``scores``, ``prev_mask``, ...). Default none.
+        where: the prefix of the failure message.
 
     Raises:
         AssertionError: naming ``where`` and what was expected and found.
     """
+    kwargs = dict(data or {})
     if not isinstance(mask, Tensor):
         raise _fail(where, f"expected a torch.bool mask, found {describe(mask)}")
     if mask.dtype != torch.bool:
@@ -52,7 +82,7 @@ def check_leaf_mask(
     if mask.shape != tensor.shape:
         raise _fail(where, f"expected shape {tuple(tensor.shape)}, found {tuple(mask.shape)}")
     before = tensor.detach().clone()
-    again = method(tensor)
+    again = method(tensor, **kwargs)
     if not _same_bits(tensor, before):
         raise _fail(where, "the method mutated the tensor it was given")
     if not torch.equal(again, mask):
@@ -60,32 +90,35 @@ def check_leaf_mask(
         raise _fail(
             where, f"calling the method again gives another mask ({changed} entries differ)"
         )
-    if not torch.equal(method(tensor), again):
+    if not torch.equal(method(tensor, **kwargs), again):
         raise _fail(where, "two calls on the same tensor give different masks")
-    expected = method.expected_zeros(tensor)
+    expected = method.expected_zeros(tensor, **kwargs)
     found = int((~mask).sum())
     if expected is not None and found != expected:
         raise _fail(where, f"expected exactly {expected} zeros, found {found}")
-    problem = method.structure_problem(tensor, mask)
+    problem = method.structure_problem(tensor, mask, **kwargs)
     if problem is not None:
         raise _fail(where, f"the pattern is broken: {problem}")
-    if method.vmappable and tensor.numel():
-        stacked = torch.func.vmap(method)(torch.stack([tensor.detach(), tensor.detach()]))
+    tensor_data = all(isinstance(v, Tensor) for v in kwargs.values())
+    if method.vmappable and tensor.numel() and tensor_data:
+        pair = {k: torch.stack([v, v]) for k, v in kwargs.items()}
+        stacked = torch.func.vmap(lambda t, d: method(t, **d))(torch.stack([tensor, tensor]), pair)
         if not (torch.equal(stacked[0], mask) and torch.equal(stacked[1], mask)):
             raise _fail(where, "torch.func.vmap over the method gives another mask")
-    field = method.level_field
-    if field is not None:
-        level = float(getattr(method, field))
-        if level < 1:
-            higher = dataclasses.replace(method, **{field: min(1.0, max(level, 0.0) + 0.25)})  # type: ignore[type-var]
-            unpruned = int((higher(tensor) & ~mask).sum())
-            if unpruned:
-                raise _fail(
-                    where,
-                    f"{field}={getattr(higher, field)} keeps {unpruned} entries that "
-                    f"{field}={level} prunes",
-                )
-    oracle = torch_ao_mask(method, tensor)
+    higher = _raised_level(method)
+    if higher is not None and method.level_field is not None:
+        try:
+            higher_mask = higher(tensor, **kwargs)
+        except ValueError:  # e.g. a count above the tensor's size
+            higher_mask = None
+        if higher_mask is not None and bool((higher_mask & ~mask).any()):
+            field = method.level_field
+            raise _fail(
+                where,
+                f"{field}={getattr(higher, field)} keeps {int((higher_mask & ~mask).sum())} "
+                f"entries that {field}={getattr(method, field)} prunes",
+            )
+    oracle = None if kwargs else torch_ao_mask(method, tensor)
     if oracle is not None and not torch.equal(oracle, mask):
         raise _fail(
             where, f"torch.ao.pruning's mask differs in {int((oracle != mask).sum())} entries"
@@ -94,16 +127,62 @@ def check_leaf_mask(
         raise _fail(where, "the method mutated the tensor it was given")
 
 
-def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any = None) -> None:
+def _check_global_group(
+    method: GlobalMethod,
+    where: str,
+    tensors: list[Tensor],
+    masks: list[Tensor],
+    data: list[dict[str, Any]],
+) -> None:
+    """A global method's masks over its whole group: agreement, count, nesting."""
+    again = method.global_masks(tensors, data)
+    for tensor, mask, fresh in zip(tensors, masks, again, strict=True):
+        if mask.dtype != torch.bool or mask.shape != tensor.shape:
+            raise _fail(
+                where,
+                f"expected a torch.bool mask of shape {tuple(tensor.shape)}, "
+                f"found {describe(mask)}",
+            )
+        if not torch.equal(fresh, mask):
+            raise _fail(
+                where,
+                f"selecting the group again gives another mask "
+                f"({int((fresh != mask).sum())} entries differ)",
+            )
+    expected = method.expected_global_zeros(tensors, data)
+    found = sum(int((~mask).sum()) for mask in masks)
+    if expected is not None and found != expected:
+        raise _fail(where, f"expected exactly {expected} zeros across the group, found {found}")
+    higher = _raised_level(method)
+    if isinstance(higher, GlobalMethod):
+        try:
+            raised = higher.global_masks(tensors, data)
+        except ValueError:
+            raised = None
+        if raised is not None and any(
+            bool((r & ~m).any()) for r, m in zip(raised, masks, strict=True)
+        ):
+            raise _fail(where, f"{method.level_field} raised keeps entries the lower level prunes")
+
+
+def check_masks(
+    params: Any,
+    rules: Mapping[str, MaskMethod | None],
+    masks: Any = None,
+    *,
+    prev_masks: Any = None,
+    **leaf_data: Any,
+) -> None:
     """Check masks against every invariant their methods promise; raise on the first failure.
 
-    Computes the masks with ``fs.compute_masks(params, rules)`` when ``masks`` is None.
-    Checks: nothing (params, rules) is mutated; masks have ``params``' structure, with a
-    ``torch.bool`` mask of the leaf's shape where a rule applies and None elsewhere; for
-    each masked leaf, the count of zeros the method promises, its pattern (blocks, N:M,
-    band), determinism, agreement of the single-tensor call, ``compute_masks`` and
-    ``torch.func.vmap``, monotone nesting as the level rises (where promised) and, on
-    tie-free scores, torch.ao.pruning's mask (where funcsparse claims compatibility).
+    Computes the masks with ``fs.compute_masks(params, rules, prev_masks=..., **leaf_data)``
+    when ``masks`` is None. Checks: nothing (params, rules) is mutated; masks have
+    ``params``' structure, with a ``torch.bool`` mask of the leaf's shape where a rule
+    applies and None elsewhere; for each masked leaf, the count of zeros the method
+    promises, its pattern (blocks, N:M, band), determinism, agreement of the single-tensor
+    call, ``compute_masks`` and ``torch.func.vmap``, monotone nesting as the level rises
+    (where promised) and, on tie-free scores, torch.ao.pruning's mask (where funcsparse
+    claims compatibility). A global method is checked over its rule's whole group.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -120,6 +199,8 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
         params: a pytree of tensors.
         rules: as for ``fs.compute_masks``.
         masks: masks to check. Default None: computed here.
+        prev_masks: as for ``fs.compute_masks``. Default None.
+        **leaf_data: as for ``fs.compute_masks`` (``scores``, ``input_norms``, ...).
 
     Raises:
         AssertionError: an invariant fails; the message names the leaf, the rule, the method,
@@ -127,7 +208,7 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
     """
     params_before = _snapshot(params)
     rules_before = dict(rules)
-    computed = compute_masks(params, rules)
+    computed = compute_masks(params, rules, prev_masks=prev_masks, **leaf_data)
     paths, leaves, spec = flatten_with_paths(params, function="check_masks")
     assignments = assign_rules(paths, rules, function="check_masks")
     _check_unchanged(paths, assignments, params_before, params, rules_before, rules)
@@ -141,8 +222,11 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
             "check_masks", f"masks do not have the structure of params ({mismatch})"
         ) from None
     computed_leaves = leaves_like(spec, computed)
-    for path, leaf, mask, fresh, assigned in zip(
-        paths, leaves, mask_leaves, computed_leaves, assignments, strict=True
+    all_data = {**leaf_data, "prev_mask": prev_masks} if prev_masks is not None else leaf_data
+    data = data_per_leaf(spec, all_data, len(leaves))
+    groups: dict[str, list[int]] = {}
+    for i, (path, mask, fresh, assigned) in enumerate(
+        zip(paths, mask_leaves, computed_leaves, assignments, strict=True)
     ):
         if assigned is None:
             if mask is not None:
@@ -151,12 +235,26 @@ def check_masks(params: Any, rules: Mapping[str, MaskMethod | None], masks: Any 
                     f"leaf {path!r} has no rule, so its mask must be None; found {describe(mask)}",
                 )
             continue
-        where = (
-            f"check_masks: leaf {path!r} (rule {assigned.key!r}, {type(assigned.method).__name__})"
-        )
-        check_leaf_mask(assigned.method, leaf, mask, where=where)
+        method = assigned.method.for_leaf(path)
+        if isinstance(method, GlobalMethod):
+            groups.setdefault(assigned.key, []).append(i)
+            continue
+        where = _leaf_where(path, assigned)
+        check_leaf_mask(method, leaves[i], mask, data=data[i], where=where)
         if not torch.equal(fresh, mask):
             raise _fail(where, "compute_masks gives another mask than the single-tensor call")
+    for key, members in groups.items():
+        method = assignments[members[0]].method.for_leaf(paths[members[0]])  # type: ignore[union-attr]
+        if isinstance(method, GlobalMethod):
+            group = [paths[i] for i in members]
+            where = f"check_masks: rule {key!r} ({type(method).__name__}) over {group}"
+            _check_global_group(
+                method,
+                where,
+                [leaves[i] for i in members],
+                [mask_leaves[i] for i in members],
+                [data[i] for i in members],
+            )
     _check_unchanged(paths, assignments, params_before, params, rules_before, rules)
 
 

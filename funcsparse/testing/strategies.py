@@ -25,6 +25,7 @@ from funcsparse.methods._base import MaskMethod, registered_methods
 
 __all__ = [
     "DTYPES",
+    "leaf_data_for",
     "method_configs",
     "params",
     "params_and_rules",
@@ -99,8 +100,14 @@ def tensors(
 def method_configs(
     methods: Sequence[type[MaskMethod]] | None = None,
 ) -> st.SearchStrategy[MaskMethod]:
-    """Valid configs of the given method classes (default: every registered method)."""
-    classes = list(methods) if methods is not None else list(registered_methods())
+    """Valid configs of the given method classes.
+
+    Default: every registered method that needs no keyword data (see ``needs_data``).
+    """
+    if methods is None:
+        classes = [cls for cls in registered_methods() if not cls.needs_data]
+    else:
+        classes = list(methods)
     return st.one_of([cls.configs(st) for cls in classes])
 
 
@@ -166,6 +173,31 @@ def rules_for(
         elif draw(st.booleans()):
             rules[path] = None
     return rules
+
+
+@st.composite
+def leaf_data_for(
+    draw: st.DrawFn, /, tree: Any, rules: dict[str, MaskMethod | None]
+) -> dict[str, Any]:
+    """The keyword data (``scores``, ``input_norms``, ...) that ``rules``' methods need on
+    ``tree``, as ``compute_masks`` keyword pytrees of ``tree``'s structure."""
+    from funcsparse._rules import assign_rules
+    from funcsparse._tree import flatten_with_paths, unflatten
+
+    paths, leaves, spec = flatten_with_paths(tree)
+    per_leaf: list[dict[str, Any]] = []
+    for path, leaf, assigned in zip(
+        paths, leaves, assign_rules(paths, rules, function="leaf_data_for"), strict=True
+    ):
+        method = None if assigned is None else assigned.method.for_leaf(path)
+        per_leaf.append({} if method is None else draw(type(method).example_data(st, leaf)))
+    names = {name for entry in per_leaf for name in entry}
+    return {
+        ("prev_masks" if name == "prev_mask" else name): unflatten(
+            spec, [entry.get(name) for entry in per_leaf]
+        )
+        for name in names
+    }
 
 
 @st.composite

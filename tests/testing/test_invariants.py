@@ -23,6 +23,11 @@ from funcsparse.testing.oracles import torch_ao_mask
 METHODS = registered_methods()
 
 
+def _as_trees(path: str, leaf_data: dict[str, object]) -> dict[str, dict[str, object]]:
+    """One leaf's keyword data as compute_masks' pytrees (prev_mask -> prev_masks)."""
+    return {("prev_masks" if k == "prev_mask" else k): {path: v} for k, v in leaf_data.items()}
+
+
 def test_every_exported_method_is_registered() -> None:
     exported = {
         obj
@@ -41,8 +46,9 @@ class TestEveryMethod:
         method = data.draw(method_cls.configs(st))
         assert isinstance(method, method_cls)
         tensor = data.draw(fst.tensors(data.draw(fst.shapes(allow_empty=True))))
-        assume(method.leaf_problem(tensor) is None)
-        check_masks({"w": tensor}, {"w": method})
+        leaf_data = data.draw(method_cls.example_data(st, tensor))
+        assume(method.check_leaf(tensor, **leaf_data) is None)
+        check_masks({"w": tensor}, {"w": method}, **_as_trees("w", leaf_data))
 
     @given(data=st.data())
     def test_invariants_hold_on_ties_nan_and_inf(
@@ -50,8 +56,9 @@ class TestEveryMethod:
     ) -> None:
         method = data.draw(method_cls.configs(st))
         tensor = data.draw(fst.tensors(ties=True, special=data.draw(st.booleans())))
-        assume(method.leaf_problem(tensor) is None)
-        check_masks({"w": tensor}, {"w": method})
+        leaf_data = data.draw(method_cls.example_data(st, tensor))
+        assume(method.check_leaf(tensor, **leaf_data) is None)
+        check_masks({"w": tensor}, {"w": method}, **_as_trees("w", leaf_data))
 
     @given(data=st.data())
     def test_tie_free_masks_equal_torch_ao_where_claimed(
@@ -59,11 +66,12 @@ class TestEveryMethod:
     ) -> None:
         method = data.draw(method_cls.configs(st))
         tensor = data.draw(fst.tensors(ties=False, dtypes=[torch.float32, torch.float64]))
-        assume(method.leaf_problem(tensor) is None)
-        expected = torch_ao_mask(method, tensor)
+        leaf_data = data.draw(method_cls.example_data(st, tensor))
+        assume(method.check_leaf(tensor, **leaf_data) is None)
+        expected = None if leaf_data else torch_ao_mask(method, tensor)
         if expected is not None:
             assert torch.equal(method(tensor), expected)
-        check_masks({"w": tensor}, {"w": method})
+        check_masks({"w": tensor}, {"w": method}, **_as_trees("w", leaf_data))
 
     @given(data=st.data())
     def test_pytrees_of_every_layout(
@@ -80,7 +88,22 @@ class TestEveryMethod:
         method = data.draw(method_cls.configs(st))
         shape = data.draw(fst.shapes())
         members = [data.draw(fst.tensors(shape, dtypes=[torch.float32])) for _ in range(3)]
-        assume(method.leaf_problem(members[0]) is None)
-        stacked = fs.compute_masks({"w": torch.stack(members)}, {"w": method}, batch_dims=1)["w"]
+        member_data = [data.draw(method_cls.example_data(st, m)) for m in members]
+        assume(
+            all(
+                method.check_leaf(m, **d) is None for m, d in zip(members, member_data, strict=True)
+            )
+        )
+        keys = set(member_data[0])
+        assume(
+            all(
+                set(d) == keys and all(isinstance(v, torch.Tensor) for v in d.values())
+                for d in member_data
+            )
+        )
+        stacked_data = {k: {"w": torch.stack([d[k] for d in member_data])} for k in keys}
+        stacked = fs.compute_masks(
+            {"w": torch.stack(members)}, {"w": method}, batch_dims=1, **stacked_data
+        )["w"]
         for i, member in enumerate(members):
-            assert torch.equal(stacked[i], method(member))
+            assert torch.equal(stacked[i], method(member, **member_data[i]))
