@@ -101,6 +101,9 @@ def compute_masks(
             )
         member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
         problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
+        if problem is None and batch_dims and leaf_kwargs and isinstance(leaf, Tensor):
+            # Data values (statistics) are checked member by member, outside vmap.
+            problem = _first_member_problem(method, leaf, leaf_kwargs, batch_dims)
         if problem is not None:
             raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
 
@@ -162,6 +165,23 @@ def data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[d
             if entry is not None:
                 leaf_kwargs[name] = entry
     return per_leaf
+
+
+def _first_member_problem(
+    method: MaskMethod, leaf: Tensor, data: dict[str, Any], batch_dims: int
+) -> Any:
+    """The first problem ``method.check_leaf`` finds in any real member's data."""
+    members = leaf.reshape(-1, *leaf.shape[batch_dims:])
+    flat = {
+        k: v.reshape(-1, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
+        for k, v in data.items()
+    }
+    for j, member in enumerate(members):
+        member_data = {k: v[j] if isinstance(v, Tensor) else v for k, v in flat.items()}
+        problem = method.check_leaf(member, **member_data)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _member(leaf: object, batch_dims: int) -> object:

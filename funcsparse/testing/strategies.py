@@ -168,7 +168,8 @@ def rules_for(
         if not isinstance(leaf, Tensor) or not draw(st.integers(0, 3)):
             continue
         method = draw(configs)
-        if method.leaf_problem(leaf) is None:
+        data = draw(type(method).example_data(st, leaf)) if method.needs_data else {}
+        if method.check_leaf(leaf, **data) is None:
             rules[path] = method
         elif draw(st.booleans()):
             rules[path] = None

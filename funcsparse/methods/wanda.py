@@ -1,0 +1,182 @@
+"""Wanda: prune by |weight| x input activation norm, per output row (Sun et al. 2023)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from funcsparse._select import is_plain, smallest_k
+from funcsparse.methods._amount import count_to_prune
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_real
+
+__all__ = ["Wanda"]
+
+_NEEDS_NORMS = (
+    "Wanda needs input_norms, the L2 norm of every input feature over the calibration "
+    "tokens, a tensor of shape (in_features,) (funcsparse.calibration.collect_input_norms)"
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Wanda(MaskMethod):
+    """Prune the weights of lowest ``|W_ij| * ||X_j||_2`` in every output row of a 2-D weight.
+
+    ``W`` is a linear layer's weight of shape ``(out_features, in_features)`` and ``||X_j||_2``
+    the L2 norm of input feature ``j`` over every calibration token (keyword data
+    ``input_norms``, shape ``(in_features,)``, from
+    :func:`funcsparse.calibration.collect_input_norms`). As the paper defines it, scores are
+    compared within each output row: every row prunes exactly
+    ``round(sparsity * in_features)`` entries. Ties follow funcsparse's rule (equal scores:
+    the lower column is pruned first; NaN ranks above every number), which is the order of
+    the reference code's ``torch.sort(..., stable=True)``. Scores are computed in the
+    promoted dtype of the weight and the norms (float64 for float64 norms).
+
+    With ``prev_mask`` (``fs.compute_masks(..., prev_masks=...)``), entries pruned before
+    stay pruned and count towards the row's target: a row prunes
+    ``max(round(sparsity * in_features), its previous zeros)`` entries.
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> from funcsparse.methods.wanda import Wanda
+        >>> w = torch.tensor([[1.0, -2.0, 3.0, -4.0], [4.0, 3.0, -2.0, 1.0]])
+        >>> norms = torch.tensor([4.0, 1.0, 1.0, 0.5])  # scores [[4, 2, 3, 2], [16, 3, 2, 0.5]]
+        >>> Wanda(sparsity=0.5)(w, input_norms=norms)
+        tensor([[ True, False,  True, False],
+                [ True,  True, False, False]])
+
+    Args:
+        sparsity: the fraction of every row pruned, in [0, 1]. Default 0.5.
+
+    Raises:
+        TypeError: ``sparsity`` is not a real number; on a call, a leaf that is not a floating
+            tensor, or ``input_norms`` that is not a floating tensor.
+        ValueError: ``sparsity`` is NaN or outside [0, 1]; on a call, a weight that is not
+            2-D, or ``input_norms`` missing, of a shape other than ``(in_features,)``, or
+            with a negative or non-finite entry.
+
+    References:
+        M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
+        Large Language Models. ICLR 2024. arXiv:2306.11695.
+    """
+
+    sparsity: float = 0.5
+
+    level_field: ClassVar[str | None] = "sparsity"
+    leaf_data: ClassVar[frozenset[str]] = frozenset({"input_norms"})
+    needs_data: ClassVar[bool] = True
+    uses_prev_mask: ClassVar[bool] = True
+    vmappable: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        sparsity = require_real("Wanda", "sparsity", self.sparsity)
+        if not 0.0 <= sparsity <= 1.0:
+            raise ValueError(f"Wanda: sparsity must be a fraction in [0, 1], got {self.sparsity!r}")
+        object.__setattr__(self, "sparsity", sparsity)
+
+    @classmethod
+    def configs(cls, st: Any) -> Any:
+        """Valid Wanda configs: sparsity at the ends, at quarters, and anywhere in [0, 1]."""
+        levels = st.one_of(
+            st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0, allow_nan=False)
+        )
+        return st.builds(cls, sparsity=levels)
+
+    @classmethod
+    def example_data(cls, st: Any, tensor: Tensor) -> Any:
+        """``input_norms`` for ``tensor``: non-negative float64 norms, often tied."""
+        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+            return st.just({})
+        tied = st.sampled_from([0.0, 0.5, 1.0, 2.0])
+        spread = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
+        values = st.lists(
+            st.one_of(tied, spread), min_size=tensor.shape[1], max_size=tensor.shape[1]
+        )
+        return values.map(
+            lambda norms: {"input_norms": torch.tensor(norms, dtype=torch.float64).reshape(-1)}
+        )
+
+    def rows_to_prune(self, tensor: Tensor) -> int:
+        """Entries every row prunes: ``round(sparsity * in_features)``."""
+        return count_to_prune("Wanda", float(self.sparsity), tensor.shape[-1])
+
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            return LeafProblem(TypeError, describe(tensor), "Wanda needs floating-point weights")
+        if tensor.dim() != 2:
+            return LeafProblem(
+                ValueError, describe(tensor), "Wanda needs 2-D weights (out_features, in_features)"
+            )
+        norms = data.get("input_norms")
+        if norms is None:
+            return LeafProblem(ValueError, "no input_norms", _NEEDS_NORMS)
+        if not isinstance(norms, Tensor) or not norms.is_floating_point():
+            return LeafProblem(TypeError, f"input_norms={describe(norms)}", _NEEDS_NORMS)
+        if norms.shape != (tensor.shape[1],):
+            return LeafProblem(
+                ValueError,
+                f"input_norms of shape {tuple(norms.shape)} for a weight of shape "
+                f"{tuple(tensor.shape)}",
+                f"Wanda needs input_norms of shape ({tensor.shape[1]},), one per input feature",
+            )
+        if norms.device.type != "meta" and is_plain(norms) and norms.numel():
+            bad = ~(norms.isfinite() & (norms >= 0))
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0])
+                return LeafProblem(
+                    ValueError,
+                    f"input_norms[{index}] = {norms[index].item()}",
+                    "norms must be finite and non-negative",
+                )
+        return None
+
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        norms: Tensor = data["input_norms"]
+        prev_mask: Tensor | None = data.get("prev_mask")
+        scores = tensor.abs() * norms.to(tensor.device)
+        if prev_mask is not None:  # pruned before: rank below every score
+            scores = torch.where(prev_mask, scores, torch.full_like(scores, -math.inf))
+        pruned = smallest_k(scores, self.rows_to_prune(tensor))
+        if prev_mask is not None:
+            pruned = pruned | ~prev_mask
+        return ~pruned
+
+    def _row_zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> Tensor:
+        """Zeros promised in every row: ``round(sparsity * in)``, or more where pruned before."""
+        k = self.rows_to_prune(tensor)
+        rows = torch.full((tensor.shape[0],), k, dtype=torch.long)
+        if prev_mask is None:
+            return rows
+        return rows.maximum((~prev_mask.cpu()).sum(-1))
+
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
+        """``out_features * round(sparsity * in_features)`` (rows pruned before may hold more)."""
+        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+            return None
+        return int(self._row_zeros(tensor, data.get("prev_mask")).sum())
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
+        """Every row holds exactly ``round(sparsity * in_features)`` zeros (or its previous
+        zeros, where ``prev_mask`` pruned more), and every entry pruned before stays pruned."""
+        if tensor.dim() != 2:
+            return None
+        prev_mask: Tensor | None = data.get("prev_mask")
+        found = (~mask.cpu()).sum(-1)
+        expected = self._row_zeros(tensor, prev_mask)
+        wrong = (found != expected).nonzero()
+        if wrong.numel():
+            row = int(wrong[0])
+            return (
+                f"row {row} has {int(found[row])} zeros; every row has {int(expected[row])} "
+                f"(round(sparsity * in_features) with sparsity={self.sparsity}, "
+                f"in_features={tensor.shape[1]})"
+            )
+        if prev_mask is not None:
+            revived = (mask.cpu() & ~prev_mask.cpu()).nonzero()
+            if revived.numel():
+                i, j = (int(v) for v in revived[0])
+                return f"entry ({i}, {j}) was pruned before (prev_mask) but is kept"
+        return None

@@ -1,0 +1,191 @@
+"""Importance scores: pure functions from a params pytree (and its data) to a scores pytree.
+
+Every function returns a pytree of ``params``' structure with a score tensor of the leaf's
+shape where a score applies and None elsewhere, so the result plugs straight into
+``fs.compute_masks(params, rules, scores=scores)``: a score-reading method (``fs.WeightNorm``
+and others) then ranks the scores instead of the weights. A lower score is pruned first.
+Nothing is detached here; ``compute_masks`` detaches what it reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from funcsparse._select import is_plain
+from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like, unflatten
+from funcsparse.methods._base import describe
+
+__all__ = ["magnitude_scores", "saliency_scores", "wanda_scores"]
+
+
+def _scorable(leaf: object) -> bool:
+    """A tensor whose magnitude means something: floating point or complex."""
+    return isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex())
+
+
+def _entries(function: str, name: str, spec: Any, tree: Any) -> list[Any]:
+    """``tree``'s entries at ``params``' leaf positions, or a ValueError naming ``name``."""
+    try:
+        return leaves_like(spec, tree)
+    except ValueError:
+        raise ValueError(
+            f"{function}: {name} does not have the structure of params "
+            f"({describe_structure_mismatch(spec, tree)})"
+        ) from None
+
+
+def magnitude_scores(params: Any) -> Any:
+    """``|w|`` for every floating (or complex) tensor leaf of ``params``.
+
+    Examples:
+        >>> import torch
+        >>> from funcsparse.scores import magnitude_scores
+        >>> params = {"w": torch.tensor([[1.0, -3.0], [-0.5, 2.0]]), "step": torch.tensor(3)}
+        >>> magnitude_scores(params)
+        {'w': tensor([[1.0000, 3.0000],
+                [0.5000, 2.0000]]), 'step': None}
+
+    Args:
+        params: a pytree of tensors, e.g. ``dict(model.named_parameters())``.
+
+    Returns:
+        A pytree of ``params``' structure: ``w.abs()`` at floating and complex tensor leaves
+        (real for complex ones), None at every other leaf (integer or bool tensors, non-tensors).
+    """
+    _, leaves, spec = flatten_with_paths(params, function="magnitude_scores")
+    return unflatten(spec, [leaf.abs() if _scorable(leaf) else None for leaf in leaves])
+
+
+def saliency_scores(params: Any, grads: Any) -> Any:
+    """``|w * g|``, the first-order (Taylor) estimate of the loss change from zeroing ``w``.
+
+    ``grads`` is the gradient of a loss with respect to ``params``, e.g.
+    ``torch.func.grad(loss_fn)(params)``, or gradients accumulated over several batches.
+
+    Examples:
+        >>> import torch
+        >>> from funcsparse.scores import saliency_scores
+        >>> params = {"w": torch.tensor([1.0, -2.0, 3.0]), "b": torch.tensor([0.5])}
+        >>> def loss_fn(p):
+        ...     return (p["w"] * torch.tensor([3.0, 1.0, -0.1])).sum() + p["b"].sum()
+        >>> grads = torch.func.grad(loss_fn)(params)
+        >>> saliency_scores(params, grads)["w"]
+        tensor([3.0000, 2.0000, 0.3000])
+        >>> saliency_scores(params, {"w": grads["w"], "b": None})["b"] is None
+        True
+
+    Args:
+        params: a pytree of tensors.
+        grads: a pytree of ``params``' structure: a tensor of the leaf's shape, or None
+            where there is no gradient.
+
+    Returns:
+        A pytree of ``params``' structure: ``(w * g).abs()`` where ``w`` is a floating (or
+        complex) tensor with a gradient, None elsewhere.
+
+    Raises:
+        ValueError: ``grads`` does not have ``params``' structure, or a gradient's shape
+            differs from its leaf's (the message names the leaf path).
+        TypeError: a gradient is not a tensor (the message names the leaf path).
+    """
+    function = "saliency_scores"
+    paths, leaves, spec = flatten_with_paths(params, function=function)
+    grad_leaves = _entries(function, "grads", spec, grads)
+    scores: list[Tensor | None] = []
+    for path, leaf, grad in zip(paths, leaves, grad_leaves, strict=True):
+        if grad is None or not _scorable(leaf):
+            scores.append(None)
+            continue
+        if not isinstance(grad, Tensor):
+            raise TypeError(
+                f"{function}: the gradient at {path!r} is {describe(grad)}, not a tensor"
+            )
+        if grad.shape != leaf.shape:
+            raise ValueError(
+                f"{function}: the gradient at {path!r} has shape {tuple(grad.shape)} but the "
+                f"leaf has shape {tuple(leaf.shape)}"
+            )
+        scores.append((leaf * grad).abs())
+    return unflatten(spec, scores)
+
+
+def wanda_scores(params: Any, input_norms: Any) -> Any:
+    """Wanda's scores ``|W_ij| * ||X_j||_2`` for every 2-D weight with input norms.
+
+    ``W`` has shape ``(out_features, in_features)`` (an ``nn.Linear`` weight) and
+    ``input_norms`` holds, per weight, the L2 norm of each input feature over the calibration
+    tokens, as :func:`funcsparse.calibration.collect_input_norms` returns them. The paper
+    compares these scores within each output row; ``fs.Wanda`` does exactly that, while a
+    score-reading method given ``scores=wanda_scores(...)`` ranks them its own way (over the
+    whole tensor, or per block).
+
+    Examples:
+        >>> import torch
+        >>> from funcsparse.scores import wanda_scores
+        >>> w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+        >>> params = {"fc.weight": w, "fc.bias": torch.ones(2)}
+        >>> norms = {"fc.weight": torch.tensor([2.0, 0.5]), "fc.bias": None}
+        >>> wanda_scores(params, norms)
+        {'fc.weight': tensor([[2.0000, 1.0000],
+                [6.0000, 0.2500]]), 'fc.bias': None}
+
+    Args:
+        params: a pytree of tensors.
+        input_norms: a pytree of ``params``' structure: a real tensor of shape
+            ``(in_features,)`` for a 2-D weight, or None.
+
+    Returns:
+        A pytree of ``params``' structure: ``W.abs() * input_norms`` (in the promoted dtype)
+        where the norms are given, None elsewhere.
+
+    Raises:
+        ValueError: ``input_norms`` does not have ``params``' structure; or, at a leaf with
+            norms (the message names its path), the leaf is not 2-D, the norms' shape is not
+            ``(in_features,)``, or a norm is negative or not finite.
+        TypeError: at a leaf with norms, the leaf is not a floating tensor or the norms are
+            not a floating tensor.
+
+    References:
+        M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
+        Large Language Models. ICLR 2024. arXiv:2306.11695.
+    """
+    function = "wanda_scores"
+    paths, leaves, spec = flatten_with_paths(params, function=function)
+    norm_leaves = _entries(function, "input_norms", spec, input_norms)
+    scores: list[Tensor | None] = []
+    for path, leaf, norms in zip(paths, leaves, norm_leaves, strict=True):
+        if norms is None:
+            scores.append(None)
+            continue
+        if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
+            raise TypeError(
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; Wanda scores need a "
+                "floating-point weight"
+            )
+        if leaf.dim() != 2:
+            raise ValueError(
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; Wanda scores need a "
+                "2-D weight (out_features, in_features)"
+            )
+        if not isinstance(norms, Tensor) or not norms.is_floating_point():
+            raise TypeError(
+                f"{function}: input_norms at {path!r} is {describe(norms)}; expected a floating "
+                f"tensor of shape ({leaf.shape[1]},)"
+            )
+        if norms.shape != (leaf.shape[1],):
+            raise ValueError(
+                f"{function}: input_norms at {path!r} has shape {tuple(norms.shape)} for a "
+                f"weight of shape {tuple(leaf.shape)}; expected ({leaf.shape[1]},)"
+            )
+        if is_plain(norms) and norms.numel():
+            bad = ~(norms.isfinite() & (norms >= 0))
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"{function}: input_norms at {path!r} has entry {index} = "
+                    f"{norms[index].item()}; norms must be finite and non-negative"
+                )
+        scores.append(leaf.abs() * norms.to(leaf.device))
+    return unflatten(spec, scores)

@@ -1,0 +1,390 @@
+"""Wanda: the paper's per-row formula, exact row counts, prev_mask, vmap, errors, end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+import funcsparse as fs
+from funcsparse._select import smallest_k
+from funcsparse.calibration import collect_input_norms
+from funcsparse.methods.wanda import Wanda
+from funcsparse.testing import check_leaf_mask, check_masks, registered_methods
+from funcsparse.testing import strategies as fst
+
+
+def paper_mask(weight: Tensor, norms: Tensor, sparsity: float) -> Tensor:
+    """The reference code's unstructured Wanda (prune_wanda in locuslab/wanda), as a keep-mask.
+
+    ``W_metric = |W| * norms``; per row, the ``k`` entries first in a stable ascending sort
+    are pruned. The reference takes ``k = int(in * sparsity)``; funcsparse rounds, so ``k`` is
+    passed in rounded here (the two agree wherever ``sparsity * in`` is an integer).
+    """
+    metric = weight.double().abs() * norms.double().reshape(1, -1)
+    k = round(sparsity * weight.shape[1])
+    indices = torch.sort(metric, dim=-1, stable=True)[1][:, :k]
+    pruned = torch.zeros(weight.shape, dtype=torch.bool)
+    pruned.scatter_(1, indices, True)
+    return ~pruned
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn, *, ties: bool | None = None, special: bool = False
+) -> tuple[Wanda, Tensor, Tensor]:
+    method = draw(Wanda.configs(st))
+    weight = draw(fst.tensors(draw(fst.shapes(allow_empty=True)), ties=ties, special=special))
+    norms = draw(Wanda.example_data(st, weight))["input_norms"]
+    return method, weight, norms
+
+
+def test_pinned_mask() -> None:
+    w = torch.tensor([[1.0, -2.0, 3.0, -4.0], [4.0, 3.0, -2.0, 1.0]])
+    norms = torch.tensor([4.0, 1.0, 1.0, 0.5])
+    # scores [[4, 2, 3, 2], [16, 3, 2, 0.5]]; ties (row 0: 2 and 2) prune the lower column first
+    assert Wanda(sparsity=0.25)(w, input_norms=norms).tolist() == [
+        [True, False, True, True],
+        [True, True, True, False],
+    ]
+    assert Wanda(sparsity=0.75)(w, input_norms=norms).tolist() == [
+        [True, False, False, False],
+        [True, False, False, False],
+    ]
+    # the norms change the ranking: magnitude alone would prune column 0 of row 0 first
+    assert Wanda(sparsity=0.25)(w, input_norms=torch.ones(4))[0].tolist() == [
+        False,
+        True,
+        True,
+        True,
+    ]
+
+
+@given(cases(special=True))
+def test_equals_the_papers_formula_bit_for_bit(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    mask = method(weight, input_norms=norms)
+    assert mask.dtype == torch.bool
+    assert torch.equal(mask, paper_mask(weight, norms, method.sparsity))
+
+
+def test_equals_the_reference_pipeline_with_its_own_statistics() -> None:
+    """The reference accumulates ``scaler_row`` (a mean of squared norms over samples) in
+    float32 and takes ``k = int(in * sparsity)``; its masks equal ours on the same batches."""
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8)
+    batches = [torch.randn(2, 5, 16) for _ in range(3)]
+    scaler_row, nsamples = torch.zeros(16), 0
+    for inp in batches:  # WrappedGPT.add_batch, verbatim in substance
+        tmp = inp.shape[0]
+        inp = inp.reshape(-1, inp.shape[-1]).t().float()
+        scaler_row *= nsamples / (nsamples + tmp)
+        nsamples += tmp
+        scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / nsamples
+    params = {"weight": layer.weight.detach(), "bias": layer.bias.detach()}
+    norms = collect_input_norms(layer, params, batches)["weight"]
+    for sparsity in (0.25, 0.5, 0.75):
+        metric = layer.weight.detach().abs() * torch.sqrt(scaler_row.reshape(1, -1))
+        indices = torch.sort(metric, dim=-1, stable=True)[1][:, : int(16 * sparsity)]
+        reference = torch.ones(8, 16, dtype=torch.bool).scatter_(1, indices, False)
+        assert torch.equal(Wanda(sparsity=sparsity)(params["weight"], input_norms=norms), reference)
+
+
+@given(cases())
+def test_every_invariant_holds(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    mask = method(weight, input_norms=norms)
+    check_leaf_mask(method, weight, mask, data={"input_norms": norms})
+
+
+@given(cases(ties=True, special=True))
+def test_every_invariant_holds_on_ties_nan_and_inf(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    mask = method(weight, input_norms=norms)
+    check_leaf_mask(method, weight, mask, data={"input_norms": norms})
+
+
+@given(cases(ties=True))
+def test_every_row_prunes_exactly_round_sparsity_times_in(
+    case: tuple[Wanda, Tensor, Tensor],
+) -> None:
+    method, weight, norms = case
+    mask = method(weight, input_norms=norms)
+    k = round(method.sparsity * weight.shape[1])
+    assert ((~mask).sum(-1) == k).all()
+    assert method.expected_zeros(weight, input_norms=norms) == weight.shape[0] * k
+
+
+def test_structure_problem_catches_a_row_with_the_wrong_count() -> None:
+    weight = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    norms = torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    method = Wanda(sparsity=0.5)
+    mask = method(weight, input_norms=norms)
+    # move one zero from row 1 to row 2: the total count is right, the rows are not
+    corrupt = mask.clone()
+    corrupt[1, int((~mask[1]).nonzero()[0])] = True
+    corrupt[2, int(mask[2].nonzero()[0])] = False
+    assert int((~corrupt).sum()) == int((~mask).sum())
+    assert method.structure_problem(weight, corrupt) == (
+        "row 1 has 3 zeros; every row has 4 (round(sparsity * in_features) with sparsity=0.5, "
+        "in_features=8)"
+    )
+    with pytest.raises(AssertionError, match="another mask"):
+        check_leaf_mask(method, weight, corrupt, data={"input_norms": norms})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _WandaOverTheWholeTensor(Wanda):
+    """The usual mistake: one threshold over the whole weight instead of per output row."""
+
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        scores = (tensor.abs() * data["input_norms"]).reshape(-1)
+        k = tensor.shape[0] * self.rows_to_prune(tensor)
+        return ~smallest_k(scores, k).reshape(tensor.shape)
+
+
+def test_a_whole_tensor_threshold_breaks_the_row_structure() -> None:
+    weight = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    norms = torch.logspace(-1, 1, 8, dtype=torch.float64)
+    method = _WandaOverTheWholeTensor(sparsity=0.5)
+    mask = method(weight, input_norms=norms)
+    assert method.expected_zeros(weight, input_norms=norms) == int((~mask).sum())  # right total
+    with pytest.raises(
+        AssertionError, match=r"the pattern is broken: row \d has \d zeros; every row has 4"
+    ):
+        check_leaf_mask(method, weight, mask, data={"input_norms": norms})
+
+
+@given(cases(ties=True), st.data())
+def test_prev_mask_stays_pruned_and_counts_toward_the_row(
+    case: tuple[Wanda, Tensor, Tensor], data: st.DataObject
+) -> None:
+    method, weight, norms = case
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    prev = torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.3
+    mask = method(weight, input_norms=norms, prev_mask=prev)
+    assert not (mask & ~prev).any()
+    k = round(method.sparsity * weight.shape[1])
+    expected_rows = (~prev).sum(-1).clamp(min=k)
+    assert torch.equal((~mask).sum(-1), expected_rows)
+    check_leaf_mask(method, weight, mask, data={"input_norms": norms, "prev_mask": prev})
+    # through compute_masks: the same, and the level is the total target per row
+    masks = fs.compute_masks(
+        {"w": weight}, {"w": method}, prev_masks={"w": prev}, input_norms={"w": norms}
+    )
+    assert torch.equal(masks["w"], mask)
+
+
+def test_vmap_over_weights_and_norms() -> None:
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.randn(5, 6, 10, generator=generator)
+    norms = torch.rand(5, 10, generator=generator, dtype=torch.float64)
+    norms[2, :4] = 0.5  # ties in one member
+    method = Wanda(sparsity=0.3)
+    batched = torch.func.vmap(lambda w, n: method(w, input_norms=n))(weights, norms)
+    for i in range(5):
+        assert torch.equal(batched[i], method(weights[i], input_norms=norms[i]))
+    # one weight, several norms (e.g. statistics from several calibration sets)
+    per_norms = torch.func.vmap(lambda n: method(weights[0], input_norms=n))(norms)
+    for i in range(5):
+        assert torch.equal(per_norms[i], method(weights[0], input_norms=norms[i]))
+    # an ensemble through compute_masks(batch_dims=1)
+    stacked = fs.compute_masks(
+        {"w": weights}, {"w": method}, batch_dims=1, input_norms={"w": norms}
+    )["w"]
+    assert torch.equal(stacked, batched)
+
+
+def test_pytrees_through_check_masks() -> None:
+    generator = torch.Generator().manual_seed(4)
+    params = {
+        "layers": [
+            {"weight": torch.randn(6, 4, generator=generator), "bias": torch.randn(6)},
+            {"weight": torch.randn(3, 6, generator=generator, dtype=torch.float64)},
+        ]
+    }
+    norms = {
+        "layers": [
+            {"weight": torch.rand(4, dtype=torch.float64), "bias": None},
+            {"weight": torch.rand(6)},
+        ]
+    }
+    rules = {"layers.*.weight": Wanda(sparsity=0.5)}
+    check_masks(params, rules, input_norms=norms)
+    masks = fs.compute_masks(params, rules, input_norms=norms)
+    assert masks["layers"][0]["bias"] is None
+    assert ((~masks["layers"][1]["weight"]).sum(-1) == 3).all()
+
+
+def _message(err: pytest.ExceptionInfo[BaseException]) -> str:
+    return str(err.value)
+
+
+def test_compute_masks_names_the_leaf_without_statistics() -> None:
+    params = {"fc1.weight": torch.randn(4, 3), "fc2.weight": torch.randn(2, 4)}
+    norms = {"fc1.weight": torch.ones(3), "fc2.weight": None}
+    with pytest.raises(ValueError) as err:
+        fs.compute_masks(params, {"*.weight": Wanda(sparsity=0.5)}, input_norms=norms)
+    assert _message(err) == (
+        "compute_masks: rule '*.weight' (Wanda) got no input_norms at 'fc2.weight'; Wanda needs "
+        "input_norms, the L2 norm of every input feature over the calibration tokens, a tensor "
+        "of shape (in_features,) (funcsparse.calibration.collect_input_norms)"
+    )
+    with pytest.raises(ValueError, match=re.escape("got no input_norms at 'fc1.weight'")):
+        fs.compute_masks(params, {"*.weight": Wanda(sparsity=0.5)})
+
+
+@pytest.mark.parametrize(
+    ("weight", "norms", "error", "message"),
+    [
+        (
+            torch.randn(4, 3),
+            torch.ones(4),
+            ValueError,
+            "got input_norms of shape (4,) for a weight of shape (4, 3) at 'w'; Wanda needs "
+            "input_norms of shape (3,), one per input feature",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.ones(1, 3),
+            ValueError,
+            "got input_norms of shape (1, 3) for a weight of shape (4, 3) at 'w'",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([1.0, -1.0, 1.0]),
+            ValueError,
+            "got input_norms[1] = -1.0 at 'w'; norms must be finite and non-negative",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.tensor([1.0, 1.0, float("nan")]),
+            ValueError,
+            "got input_norms[2] = nan at 'w'; norms must be finite and non-negative",
+        ),
+        (
+            torch.randn(4, 3),
+            torch.ones(3, dtype=torch.long),
+            TypeError,
+            "got input_norms=a 1-D torch.int64 tensor of shape (3,) at 'w'; Wanda needs",
+        ),
+        (
+            torch.randn(4),
+            torch.ones(4),
+            ValueError,
+            "got a 1-D torch.float32 tensor of shape (4,) at 'w'; Wanda needs 2-D weights "
+            "(out_features, in_features)",
+        ),
+        (
+            torch.ones(4, 3, dtype=torch.long),
+            torch.ones(3),
+            TypeError,
+            "at 'w'; Wanda needs floating-point weights",
+        ),
+    ],
+)
+def test_bad_leaves_raise_naming_the_path(
+    weight: Tensor, norms: Tensor, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        fs.compute_masks({"w": weight}, {"w": Wanda(sparsity=0.5)}, input_norms={"w": norms})
+    with pytest.raises(error):  # the single-tensor call too
+        Wanda(sparsity=0.5)(weight, input_norms=norms)
+
+
+def test_unknown_keyword_data_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"keyword data \['scores'\]; Wanda takes"):
+        Wanda(sparsity=0.5)(torch.ones(2, 2), input_norms=torch.ones(2), scores=torch.ones(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (1.5, ValueError, "Wanda: sparsity must be a fraction in [0, 1], got 1.5"),
+        (-0.1, ValueError, "Wanda: sparsity must be a fraction in [0, 1], got -0.1"),
+        (float("nan"), ValueError, "Wanda: sparsity must not be NaN"),
+        ("0.5", TypeError, "Wanda: sparsity must be a real number, got str '0.5'"),
+        (True, TypeError, "Wanda: sparsity must be a real number, got bool True"),
+    ],
+)
+def test_bad_configs_raise(value: object, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        Wanda(sparsity=value)  # type: ignore[arg-type]
+
+
+def test_config_is_a_frozen_keyword_only_dataclass() -> None:
+    method = Wanda(sparsity=1)
+    assert method.sparsity == 1.0 and isinstance(method.sparsity, float)
+    assert method == Wanda(sparsity=1.0) and hash(method) == hash(Wanda(sparsity=1.0))
+    with pytest.raises(AttributeError):
+        method.sparsity = 0.5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Wanda(0.5)  # type: ignore[call-arg]
+    assert Wanda in registered_methods()
+    assert Wanda.needs_data and Wanda.vmappable and Wanda.level_field == "sparsity"
+
+
+def test_sparsity_ends_and_empty_weights() -> None:
+    weight, norms = torch.randn(3, 5), torch.ones(5)
+    assert Wanda(sparsity=0.0)(weight, input_norms=norms).all()
+    assert not Wanda(sparsity=1.0)(weight, input_norms=norms).any()
+    assert Wanda(sparsity=0.5)(torch.ones(0, 5), input_norms=norms).shape == (0, 5)
+    assert Wanda(sparsity=0.5)(torch.ones(3, 0), input_norms=torch.ones(0)).shape == (3, 0)
+
+
+def test_end_to_end_mlp() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    batches = [torch.randn(3, 7, 12) for _ in range(4)]
+    norms = collect_input_norms(model, params, batches)
+    rules = {"*.weight": Wanda(sparsity=0.5)}
+    masks = fs.compute_masks(params, rules, input_norms=norms)
+    check_masks(params, rules, masks, input_norms=norms)
+    assert masks["0.bias"] is None and masks["2.bias"] is None
+    assert ((~masks["0.weight"]).sum(-1) == 6).all() and ((~masks["2.weight"]).sum(-1) == 8).all()
+
+    # the Wanda mask from the hand-computed statistics
+    tokens = torch.cat([b.reshape(-1, 12) for b in batches]).double()
+    hidden = torch.relu(tokens @ params["0.weight"].double().T + params["0.bias"].double())
+    assert torch.equal(
+        masks["0.weight"], paper_mask(params["0.weight"], tokens.pow(2).sum(0).sqrt(), 0.5)
+    )
+    assert torch.equal(
+        masks["2.weight"], paper_mask(params["2.weight"], hidden.pow(2).sum(0).sqrt(), 0.5)
+    )
+
+    # a masked forward equals the forward with pruned weights zeroed by hand
+    x = torch.randn(5, 12)
+    out = fs.functional_call(model, params, masks, (x,))
+    w0 = params["0.weight"] * masks["0.weight"]
+    w2 = params["2.weight"] * masks["2.weight"]
+    expected = torch.relu(x @ w0.T + params["0.bias"]) @ w2.T + params["2.bias"]
+    torch.testing.assert_close(out, expected)
+    # inputs whose features differ in scale: Wanda's mask keeps the layer's outputs on the
+    # calibration data closer to the dense ones than pruning by magnitude per row does
+    scaled = [b * torch.logspace(-2, 2, 12) for b in batches]
+    scaled_norms = collect_input_norms(model, params, scaled)["0.weight"]
+    tokens = torch.cat([b.reshape(-1, 12) for b in scaled])
+    w = params["0.weight"]
+
+    def output_error(mask: Tensor) -> float:
+        return float((tokens @ (w * ~mask).T).norm())
+
+    wanda = Wanda(sparsity=0.5)(w, input_norms=scaled_norms)
+    by_magnitude = Wanda(sparsity=0.5)(w, input_norms=torch.ones(12))
+    assert output_error(wanda) < 0.5 * output_error(by_magnitude)
+
+    assert model.state_dict().keys() == state_before.keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state_before[key])
+    for name, p in model.named_parameters():
+        assert p is dict(model.named_parameters())[name] and torch.equal(p, params[name])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
