@@ -1,0 +1,255 @@
+"""NM: pinned N:M masks, agreement with torch.ao's 2:4 WeightNorm, any axis, prev_mask, errors."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import Tensor
+
+import funcsparse as fs
+from funcsparse.methods.nm import NM
+from funcsparse.testing import check_leaf_mask, check_masks
+from funcsparse.testing.oracles import ao_weight_norm_mask
+
+NM_PAIRS = st.one_of(
+    st.sampled_from([(2, 4), (1, 4), (4, 8), (1, 2), (3, 4), (0, 4), (4, 4)]),
+    st.integers(1, 8).flatmap(lambda m: st.tuples(st.integers(0, m), st.just(m))),
+)
+
+
+def tie_free(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Distinct magnitudes 1..n (a seeded permutation) with random signs, scaled by 1/8."""
+    g = torch.Generator().manual_seed(seed)
+    n = math.prod(shape)
+    magnitudes = torch.randperm(n, generator=g).double() + 1
+    signs = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
+    return (magnitudes * signs / 8).to(dtype).reshape(shape)
+
+
+@st.composite
+def nm_cases(draw: st.DrawFn, *, ties: bool = False) -> tuple[NM, Tensor]:
+    """A config and a tensor (1-D to 3-D) whose length along the config's axis divides by m."""
+    n, m = draw(NM_PAIRS)
+    ndim = draw(st.integers(1, 3))
+    axis = draw(st.integers(-ndim, ndim - 1))
+    shape = [draw(st.integers(1, 4)) for _ in range(ndim)]
+    shape[axis] = m * draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31 - 1))
+    if ties:
+        g = torch.Generator().manual_seed(seed)
+        tensor = torch.randint(-2, 3, tuple(shape), generator=g).float()
+    else:
+        tensor = tie_free(tuple(shape), seed, draw(st.sampled_from([torch.float32, torch.float64])))
+    return NM(n=n, m=m, axis=axis), tensor
+
+
+class TestPinned:
+    W = torch.tensor([[0.5, -2.0, 0.1, 3.0, 1.0, -0.2, 0.3, 4.0]])
+
+    def test_two_four(self) -> None:
+        assert NM(n=2, m=4)(self.W).tolist() == [
+            [False, True, False, True, True, False, False, True]
+        ]
+
+    def test_one_four_and_four_eight(self) -> None:
+        assert NM(n=1, m=4)(self.W).tolist() == [
+            [False, False, False, True, False, False, False, True]
+        ]
+        assert NM(n=4, m=8)(self.W).tolist() == [
+            [False, True, False, True, True, False, False, True]
+        ]
+        assert NM(n=3, m=8)(self.W).tolist() == [
+            [False, True, False, True, False, False, False, True]
+        ]
+
+    def test_n_zero_prunes_all_and_n_equal_m_keeps_all(self) -> None:
+        assert not bool(NM(n=0, m=4)(self.W).any())
+        assert bool(NM(n=4, m=4)(self.W).all())
+        assert bool(NM(n=1, m=1)(self.W).all())
+
+    def test_axis_zero(self) -> None:
+        w = torch.tensor([[1.0, -5.0], [-3.0, 2.0]])
+        assert NM(n=1, m=2, axis=0)(w).tolist() == [[False, True], [True, False]]
+        assert NM(n=1, m=2, axis=-2)(w).tolist() == [[False, True], [True, False]]
+        assert NM(n=1, m=2)(w).tolist() == [[False, True], [True, False]]
+
+    def test_conv_weight_along_input_channels(self) -> None:
+        w = torch.arange(1.0, 17.0).reshape(1, 4, 2, 2)  # larger index, larger magnitude
+        mask = NM(n=2, m=4, axis=1)(w)
+        assert (mask.sum(1) == 2).all()
+        assert mask[0, :, 0, 0].tolist() == [False, False, True, True]
+
+    def test_ties_prune_the_lower_position_first_and_nan_is_kept(self) -> None:
+        w = torch.tensor([1.0, -1.0, 1.0, 1.0, math.nan, 2.0, 2.0, 0.0])
+        assert NM(n=2, m=4)(w).tolist() == [False, False, True, True, True, False, True, False]
+
+    def test_scores_rank_by_their_absolute_value(self) -> None:
+        scores = torch.tensor([[-9.0, 0.1, 5.0, 0.2, 0.0, 1.0, -3.0, 2.0]])
+        assert NM(n=2, m=4)(self.W, scores=scores).tolist() == [
+            [True, False, True, False, False, False, True, True]
+        ]
+
+    def test_prev_mask_is_ranked_first_in_its_group(self) -> None:
+        prev = torch.tensor([[True, False, True, True, True, True, True, True]])  # -2.0 pruned
+        mask = NM(n=2, m=4)(self.W, prev_mask=prev)
+        # First group: -2.0 stays pruned and takes one of the two zeros; 0.1 takes the other.
+        assert mask.tolist() == [[True, False, False, True, True, False, False, True]]
+        assert NM(n=2, m=4).expected_zeros(self.W, prev_mask=prev) == 4
+
+    def test_group_with_fewer_than_n_left_keeps_what_it_had(self) -> None:
+        prev = torch.tensor([[False, False, False, True, True, True, True, True]])
+        mask = NM(n=2, m=4)(self.W, prev_mask=prev)
+        assert mask.tolist() == [[False, False, False, True, True, False, False, True]]
+        assert NM(n=2, m=4).expected_zeros(self.W, prev_mask=prev) == 5
+        check_leaf_mask(NM(n=2, m=4), self.W, mask, data={"prev_mask": prev})
+
+    def test_empty(self) -> None:
+        assert NM(n=2, m=4)(torch.empty(0, 8)).shape == (0, 8)
+        assert NM(n=2, m=4)(torch.empty(3, 0)).shape == (3, 0)
+
+    def test_inputs_untouched(self) -> None:
+        w = self.W.clone()
+        NM(n=2, m=4)(w, scores=w, prev_mask=torch.ones(1, 8, dtype=torch.bool))
+        assert torch.equal(w, self.W)
+
+
+class TestAgainstTorchAo:
+    @given(
+        rows=st.integers(1, 6),
+        groups=st.integers(1, 4),
+        seed=st.integers(0, 2**31 - 1),
+        dtype=st.sampled_from([torch.float32, torch.float64]),
+    )
+    def test_two_four_equals_weight_norm_sparsifier(
+        self, rows: int, groups: int, seed: int, dtype: torch.dtype
+    ) -> None:
+        w = tie_free((rows, 4 * groups), seed, dtype)
+        expected = ao_weight_norm_mask(
+            w, sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2, norm=1
+        )
+        assert torch.equal(NM(n=2, m=4)(w), expected)
+
+    @given(
+        pair=NM_PAIRS, rows=st.integers(1, 4), groups=st.integers(1, 3), seed=st.integers(0, 999)
+    )
+    def test_any_n_m_equals_weight_norm_sparsifier_with_blocks_of_m(
+        self, pair: tuple[int, int], rows: int, groups: int, seed: int
+    ) -> None:
+        n, m = pair
+        w = tie_free((rows, m * groups), seed)
+        expected = ao_weight_norm_mask(
+            w, sparsity_level=1.0, sparse_block_shape=(1, m), zeros_per_block=m - n, norm=1
+        )
+        assert torch.equal(NM(n=n, m=m)(w), expected)
+
+
+class TestInvariants:
+    @given(case=nm_cases(), ties=st.booleans(), data=st.data())
+    def test_exact_n_per_group_with_and_without_data(
+        self, case: tuple[NM, Tensor], ties: bool, data: st.DataObject
+    ) -> None:
+        method, w = case
+        if ties:
+            w = w.round()
+        kwargs: dict[str, Tensor] = {}
+        g = torch.Generator().manual_seed(data.draw(st.integers(0, 999)))
+        if data.draw(st.booleans()):
+            kwargs["prev_mask"] = torch.rand(w.shape, generator=g) < 0.8
+        if data.draw(st.booleans()):
+            kwargs["scores"] = torch.randn(w.shape, generator=g)
+        mask = method(w, **kwargs)
+        check_leaf_mask(method, w, mask, data=kwargs)  # counts, pattern, vmap, determinism
+        kept = mask.movedim(method.axis, -1).reshape(-1, method.m).sum(-1)
+        if "prev_mask" not in kwargs:
+            assert bool((kept == method.n).all())
+
+    @given(case=nm_cases())
+    def test_any_axis_equals_axis_last(self, case: tuple[NM, Tensor]) -> None:
+        method, w = case
+        moved = NM(n=method.n, m=method.m)(w.movedim(method.axis, -1))
+        assert torch.equal(method(w), moved.movedim(-1, method.axis))
+
+    @given(data=st.data())
+    def test_check_masks_through_compute_masks(self, data: st.DataObject) -> None:
+        method = data.draw(NM.configs(st))
+        params = {"a.weight": torch.randn(4, 8), "a.bias": torch.randn(4), "b": torch.randn(6, 3)}
+        rules = {name: method for name, p in params.items() if method.check_leaf(p) is None}
+        if rules:
+            check_masks(params, rules)
+
+    def test_vmap_equals_each_member(self) -> None:
+        ws = torch.stack([tie_free((3, 8), seed) for seed in range(4)])
+        prev = torch.rand(4, 3, 8, generator=torch.Generator().manual_seed(1)) < 0.7
+        method = NM(n=2, m=4)
+        for kwargs in ({}, {"prev_mask": prev}, {"scores": ws.flip(0)}):
+            batched = torch.func.vmap(lambda t, d: method(t, **d))(ws, kwargs)
+            for i in range(4):
+                alone = method(ws[i], **{k: v[i] for k, v in kwargs.items()})
+                assert torch.equal(batched[i], alone)
+
+    def test_ensemble_through_compute_masks(self) -> None:
+        ws = torch.stack([tie_free((4, 8), seed) for seed in range(3)])
+        masks = fs.compute_masks({"w": ws}, {"w": NM(n=1, m=4, axis=0)}, batch_dims=1)
+        for i in range(3):
+            assert torch.equal(masks["w"][i], NM(n=1, m=4, axis=0)(ws[i]))
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({"n": 3, "m": 2}, ValueError, "NM: n=3 must be in [0, m] = [0, 2]"),
+            ({"n": -1, "m": 4}, ValueError, "NM: n=-1 must be in [0, m] = [0, 4]"),
+            ({"n": 0, "m": 0}, ValueError, "NM: m=0 must be at least 1"),
+            ({"n": 2.0, "m": 4}, TypeError, "NM: n must be an int, got float 2.0"),
+            ({"n": 2, "m": True}, TypeError, "NM: m must be an int, got bool True"),
+            ({"n": 2, "m": 4, "axis": "rows"}, TypeError, "NM: axis must be an int, got str"),
+        ],
+    )
+    def test_bad_configs(
+        self, kwargs: dict[str, object], error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error, match=re.escape(message)):
+            NM(**kwargs)  # type: ignore[arg-type]
+
+    def test_n_and_m_are_required_and_keyword_only(self) -> None:
+        with pytest.raises(TypeError):
+            NM(2, 4)  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            NM(n=2)  # type: ignore[call-arg]
+
+    def test_length_not_divisible(self) -> None:
+        with pytest.raises(
+            ValueError,
+            match=re.escape("NM needs the length along axis=-1 (6) to be divisible by m=4"),
+        ):
+            NM(n=2, m=4)(torch.randn(3, 6))
+
+    def test_axis_out_of_range(self) -> None:
+        with pytest.raises(ValueError, match=re.escape("NM axis=2 is out of range for a 2-D")):
+            NM(n=2, m=4, axis=2)(torch.randn(4, 4))
+        with pytest.raises(ValueError, match=re.escape("NM axis=-1 is out of range for a 0-D")):
+            NM(n=1, m=1)(torch.tensor(1.0))
+
+    def test_through_compute_masks_names_the_leaf(self) -> None:
+        params = {"fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(6)}
+        with pytest.raises(ValueError) as info:
+            fs.compute_masks(params, {"fc.*": NM(n=2, m=4)})
+        message = str(info.value)
+        assert message.startswith("compute_masks: rule 'fc.*' (NM) got a 1-D torch.float32")
+        assert "at 'fc.bias'" in message
+        assert "length along axis=-1 (6) to be divisible by m=4" in message
+        with pytest.raises(ValueError, match=re.escape("at 'fc.bias'; NM axis=1 is out of range")):
+            fs.compute_masks(params, {"fc.*": NM(n=1, m=2, axis=1)})
+
+    def test_bad_data(self) -> None:
+        w = torch.randn(2, 4)
+        with pytest.raises(TypeError, match="NM needs floating scores"):
+            NM(n=2, m=4)(w, scores=torch.ones(2, 4, dtype=torch.int32))
+        with pytest.raises(TypeError, match="NM needs a floating-point tensor"):
+            NM(n=2, m=4)(torch.ones(2, 4, dtype=torch.int64))
