@@ -1,0 +1,660 @@
+"""LnStructured and RandomStructured: pinned masks, torch.nn.utils.prune as the oracle, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import zlib
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+import funcsparse as fs
+from funcsparse.methods.structured import LnStructured, RandomStructured, leaf_seed
+from funcsparse.testing import check_leaf_mask
+
+INF = math.inf
+NORMS: list[float | str] = [1, 2, INF, -INF, "fro", 0.5, 3]
+
+
+# --------------------------------------------------------------------------------------
+# torch.nn.utils.prune as the oracle
+# --------------------------------------------------------------------------------------
+
+
+def _module_with(weight: Tensor) -> nn.Module:
+    module = nn.Module()
+    module.weight = nn.Parameter(weight.clone())
+    return module
+
+
+def prune_ln_mask(
+    weight: Tensor, amount: float, n: float | str, dim: int, scores: Tensor | None = None
+) -> Tensor:
+    """prune.ln_structured's mask, as bool."""
+    module = _module_with(weight)
+    prune.ln_structured(module, "weight", amount=amount, n=n, dim=dim, importance_scores=scores)  # type: ignore[no-untyped-call]
+    return module.get_buffer("weight_mask").bool()
+
+
+def prune_random_mask(weight: Tensor, amount: float, dim: int, seed: int) -> Tensor:
+    """``torch.manual_seed(seed); prune.random_structured(...)``'s mask (global RNG restored)."""
+    module = _module_with(weight)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        prune.random_structured(module, "weight", amount=amount, dim=dim)  # type: ignore[no-untyped-call]
+    return module.get_buffer("weight_mask").bool()
+
+
+def prune_norms(weight: Tensor, n: float | str, dim: int) -> Tensor:
+    norms: Tensor = prune._compute_norm(weight, n, dim)  # type: ignore[no-untyped-call]
+    return norms
+
+
+# --------------------------------------------------------------------------------------
+# Strategies
+# --------------------------------------------------------------------------------------
+
+
+@st.composite
+def tie_free_tensors(
+    draw: st.DrawFn, *, min_dims: int = 2, max_dims: int = 4, shape: tuple[int, ...] = ()
+) -> Tensor:
+    """Distinct magnitudes (a seeded randperm plus a jitter below the gap) with random signs,
+    so that slice norms tie only by accident (the tests skip those). Default shape: drawn."""
+    if not shape:
+        ndim = draw(st.integers(min_dims, max_dims))
+        shape = tuple(draw(st.integers(1, 5)) for _ in range(ndim))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    n = math.prod(shape)
+    magnitudes = torch.randperm(n, generator=generator).double() + 1
+    magnitudes = magnitudes + 0.5 * torch.rand(n, generator=generator, dtype=torch.float64)
+    signs = torch.randint(0, 2, (n,), generator=generator).double() * 2 - 1
+    return (magnitudes * signs / n).to(dtype).reshape(shape)
+
+
+def amounts_for(size: int) -> st.SearchStrategy[float]:
+    return st.one_of(st.floats(0.0, 1.0), st.integers(0, size), st.sampled_from([0.5, 1.0]))
+
+
+def distinct(values: Tensor) -> bool:
+    return not bool(values.isnan().any()) and torch.unique(values).numel() == values.numel()
+
+
+def slice_pattern(mask: Tensor, dim: int) -> list[bool]:
+    """Per slice along dim: kept (True) or pruned (False); asserts slices are whole."""
+    rows = mask.movedim(dim, 0).flatten(1)
+    assert bool((rows.all(1) | ~rows.any(1)).all())
+    return rows.all(1).tolist()
+
+
+# --------------------------------------------------------------------------------------
+# Pinned masks
+# --------------------------------------------------------------------------------------
+
+
+class TestPinnedLn:
+    weight = torch.tensor([[1.0, -2.0, 0.0], [0.1, 0.2, -0.3], [3.0, 0.0, 0.5], [-1.0, 1.0, 1.0]])
+
+    def test_rows_of_a_linear_weight(self) -> None:
+        # L2 row norms: 2.24, 0.37, 3.04, 1.73 -> prune rows 1 and 3.
+        mask = LnStructured(amount=2, n=2, dim=0)(self.weight)
+        assert mask.tolist() == [[True] * 3, [False] * 3, [True] * 3, [False] * 3]
+
+    def test_columns(self) -> None:
+        # L1 column norms: 5.1, 3.2, 1.8 -> a third of 3 columns is 1: the last one.
+        mask = LnStructured(amount=1 / 3, n=1, dim=1)(self.weight)
+        assert mask.tolist() == [[True, True, False]] * 4
+        assert torch.equal(mask, LnStructured(amount=1, n=1, dim=-1)(self.weight))
+
+    def test_inf_and_minus_inf_norms(self) -> None:
+        # Row max |w|: 2, 0.3, 3, 1; row min |w|: 0, 0.1, 0, 1.
+        by_max = LnStructured(amount=1, n=INF, dim=0)(self.weight)
+        by_min = LnStructured(amount=3, n=-INF, dim=0)(self.weight)
+        assert slice_pattern(by_max, 0) == [True, False, True, True]
+        # Two rows tie at min 0: the lower index (row 0) is pruned first.
+        assert slice_pattern(by_min, 0) == [False, False, False, True]
+
+    def test_conv_filters_of_a_4d_weight(self) -> None:
+        weight = torch.ones(4, 2, 3, 3) * torch.tensor([3.0, 1.0, 4.0, 2.0]).view(4, 1, 1, 1)
+        mask = LnStructured(amount=0.5, n=2, dim=0)(weight)
+        assert slice_pattern(mask, 0) == [True, False, True, False]
+        assert int((~mask).sum()) == 2 * 2 * 3 * 3
+        # Input channels of the same weight (dim=1), by the L1 norm.
+        weight = weight * torch.tensor([1.0, -5.0]).view(1, 2, 1, 1)
+        mask = LnStructured(amount=1, n=1, dim=1)(weight)
+        assert slice_pattern(mask, 1) == [False, True]
+
+    def test_amount_zero_and_all(self) -> None:
+        assert bool(LnStructured(amount=0, n=2, dim=0)(self.weight).all())
+        assert bool(LnStructured(amount=0.0, n=2, dim=0)(self.weight).all())
+        assert not bool(LnStructured(amount=4, n=2, dim=0)(self.weight).any())
+        assert not bool(LnStructured(amount=1.0, n=1, dim=1)(self.weight).any())
+
+    def test_float_amounts_round_half_to_even_like_prune(self) -> None:
+        weight = torch.arange(1.0, 6.0)[:, None].expand(5, 2)
+        # round(0.5 * 5) == 2, round(0.7 * 5) == 4 (3.5 -> 4), round(0.3 * 5) == 2 (1.5 -> 2).
+        for amount, pruned in [(0.5, 2), (0.7, 4), (0.3, 2), (0.1, 0)]:
+            mask = LnStructured(amount=amount, n=1, dim=0)(weight)
+            assert slice_pattern(mask, 0) == [False] * pruned + [True] * (5 - pruned)
+            assert torch.equal(mask, prune_ln_mask(weight, amount, 1, 0))
+
+    def test_all_tied_norms_prune_the_lowest_indices(self) -> None:
+        mask = LnStructured(amount=2, n=2, dim=1)(torch.ones(3, 5))
+        assert slice_pattern(mask, 1) == [False, False, True, True, True]
+
+    def test_nan_norms_rank_highest(self) -> None:
+        weight = torch.tensor([[float("nan"), 0.0], [1.0, 1.0], [0.5, 0.5]])
+        mask = LnStructured(amount=2, n=2, dim=0)(weight)
+        assert slice_pattern(mask, 0) == [True, False, False]
+
+    def test_importance_scores_replace_the_weight(self) -> None:
+        scores = torch.tensor([[9.0, 9.0, 9.0], [0.0, 0.0, 0.0], [5.0, 5.0, 5.0], [7.0] * 3])
+        mask = LnStructured(amount=0.5, n=1, dim=0)(self.weight, scores=scores)
+        assert slice_pattern(mask, 0) == [True, False, False, True]
+
+    def test_fro_on_4d_is_the_flattened_2_norm(self) -> None:
+        weight = torch.randn(6, 3, 2, 2, generator=torch.Generator().manual_seed(4))
+        with pytest.raises(RuntimeError):  # torch.norm cannot take 'fro' over 3 dims
+            prune_ln_mask(weight, 2, "fro", 0)
+        fro = LnStructured(amount=2, n="fro", dim=0)(weight)
+        assert torch.equal(fro, LnStructured(amount=2, n=2, dim=0)(weight))
+
+    def test_nuc_on_3d_tensors_matches_prune(self) -> None:
+        weight = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(5))
+        for dim in (0, 1, 2, -1):
+            mask = LnStructured(amount=0.4, n="nuc", dim=dim)(weight)
+            assert torch.equal(mask, prune_ln_mask(weight, 0.4, "nuc", dim))
+
+
+class TestPinnedRandom:
+    def test_seeded_rows(self) -> None:
+        weight = torch.zeros(6, 3)
+        values = torch.rand(6, generator=torch.Generator().manual_seed(7))
+        lowest = set(values.argsort()[:2].tolist())
+        mask = RandomStructured(amount=2, dim=0, seed=7)(weight)
+        assert slice_pattern(mask, 0) == [i not in lowest for i in range(6)]
+
+    def test_conv_filters(self) -> None:
+        weight = torch.zeros(8, 3, 3, 3)
+        mask = RandomStructured(amount=0.25, dim=0, seed=1)(weight)
+        assert sum(not kept for kept in slice_pattern(mask, 0)) == 2
+        assert torch.equal(mask, prune_random_mask(weight, 0.25, 0, 1))
+
+    def test_any_dtype(self) -> None:
+        mask = RandomStructured(amount=1, dim=1, seed=0)(torch.zeros(2, 3, dtype=torch.int64))
+        assert int((~mask).sum()) == 2
+
+    def test_generator_overrides_the_seed_and_advances(self) -> None:
+        weight = torch.zeros(10, 2)
+        generator = torch.Generator().manual_seed(5)
+        first = RandomStructured(amount=4, dim=0, seed=0)(weight, generator=generator)
+        assert torch.equal(first, RandomStructured(amount=4, dim=0, seed=5)(weight))
+        state = generator.get_state()
+        assert not torch.equal(state, torch.Generator().manual_seed(5).get_state())
+
+    def test_no_draw_when_nothing_is_pruned(self) -> None:
+        generator = torch.Generator().manual_seed(5)
+        before = generator.get_state()
+        mask = RandomStructured(amount=0.0, dim=0)(torch.zeros(4, 2), generator=generator)
+        assert bool(mask.all())
+        assert torch.equal(generator.get_state(), before)
+
+    def test_global_rng_is_untouched(self) -> None:
+        before = torch.random.get_rng_state()
+        RandomStructured(amount=0.5, dim=0, seed=3)(torch.zeros(8, 2))
+        assert torch.equal(torch.random.get_rng_state(), before)
+
+    def test_tie_at_the_threshold_prunes_exactly_k_lower_index_first(self) -> None:
+        # Seed 10's float32 draw of 2048 values repeats one value, at indices 1078 and
+        # 1569, and that value is the 1096-th smallest: prune prunes both (<= threshold).
+        seed, size, k = 10, 2048, 1096
+        values = torch.rand(size, generator=torch.Generator().manual_seed(seed))
+        tied = (values == values[1078]).nonzero().flatten().tolist()
+        assert tied == [1078, 1569]
+        assert int((values < values[1078]).sum()) == k - 1
+        weight = torch.zeros(1, size)
+        ours = RandomStructured(amount=k, dim=1, seed=seed)(weight)
+        theirs = prune_random_mask(weight, k, 1, seed)
+        assert int((~ours).sum()) == k
+        assert int((~theirs).sum()) == k + 1
+        assert (ours != theirs).nonzero().tolist() == [[0, 1569]]
+        assert not bool(ours[0, 1078]) and bool(ours[0, 1569])
+
+    def test_for_leaf_mixes_the_seed_with_the_path_crc32(self) -> None:
+        method = RandomStructured(amount=2, dim=0, seed=3)
+        expected = ((3 << 32) ^ zlib.crc32(b"layers.0.weight")) % 2**64
+        assert method.for_leaf("layers.0.weight") == dataclasses.replace(method, seed=expected)
+        assert leaf_seed(3, "layers.0.weight") == expected
+        assert leaf_seed(2**64 - 1, "a") < 2**64
+
+    def test_compute_masks_gives_each_leaf_its_own_stream(self) -> None:
+        params = {f"{i}.weight": torch.zeros(32, 4) for i in range(3)}
+        method = RandomStructured(amount=0.5, dim=0, seed=0)
+        masks = fs.compute_masks(params, {"*.weight": method})
+        for path, mask in masks.items():
+            assert torch.equal(mask, method.for_leaf(path)(params[path]))
+            assert int((~mask).all(1).sum()) == 16
+        patterns = {tuple(slice_pattern(mask, 0)) for mask in masks.values()}
+        assert len(patterns) == 3
+        again = fs.compute_masks(params, {"*.weight": method})
+        assert all(torch.equal(again[p], masks[p]) for p in masks)
+
+    def test_ensemble_members_loop_and_share_the_leaf_stream(self) -> None:
+        method = RandomStructured(amount=2, dim=0, seed=1)
+        stacked = torch.zeros(3, 6, 2)
+        masks = fs.compute_masks({"w": stacked}, {"w": method}, batch_dims=1)["w"]
+        expected = method.for_leaf("w")(stacked[0])
+        assert all(torch.equal(masks[i], expected) for i in range(3))
+
+
+# --------------------------------------------------------------------------------------
+# Differential tests against torch.nn.utils.prune
+# --------------------------------------------------------------------------------------
+
+
+class TestAgainstPrune:
+    @given(st.data())
+    def test_ln_structured_bit_for_bit(self, data: st.DataObject) -> None:
+        weight = data.draw(tie_free_tensors())
+        ndim = weight.dim()
+        dim = data.draw(st.integers(-ndim, ndim - 1))
+        n = data.draw(st.sampled_from(NORMS + (["nuc"] if ndim == 3 else [])))
+        if n == "fro" and ndim > 3:
+            n = 2
+        amount = data.draw(amounts_for(weight.shape[dim]))
+        assume(distinct(prune_norms(weight, n, dim)))
+        mask = LnStructured(amount=amount, n=n, dim=dim)(weight)
+        assert torch.equal(mask, prune_ln_mask(weight, amount, n, dim))
+
+    @given(st.data())
+    def test_importance_scores_bit_for_bit(self, data: st.DataObject) -> None:
+        weight = data.draw(tie_free_tensors())
+        scores = data.draw(tie_free_tensors(shape=tuple(weight.shape)))
+        dim = data.draw(st.integers(-weight.dim(), weight.dim() - 1))
+        n = data.draw(st.sampled_from([1, 2, INF, -INF]))
+        amount = data.draw(amounts_for(weight.shape[dim]))
+        assume(distinct(prune_norms(scores, n, dim)))
+        mask = LnStructured(amount=amount, n=n, dim=dim)(weight, scores=scores)
+        assert torch.equal(mask, prune_ln_mask(weight, amount, n, dim, scores=scores))
+
+    @given(st.data())
+    def test_prev_mask_equals_prunes_default_mask(self, data: st.DataObject) -> None:
+        weight = data.draw(tie_free_tensors(max_dims=3))
+        dim = data.draw(st.integers(-weight.dim(), weight.dim() - 1))
+        amount = data.draw(amounts_for(weight.shape[dim]))
+        generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+        prev = torch.rand(weight.shape, generator=generator) > 0.3
+        assume(distinct(prune_norms(weight, 2, dim)))
+        method = LnStructured(amount=amount, n=2, dim=dim)
+        mask = method(weight, prev_mask=prev)
+        oracle = prune.LnStructured(amount, n=2, dim=dim).compute_mask(weight, prev.float())  # type: ignore[no-untyped-call]
+        assert torch.equal(mask, oracle.bool())
+        check_leaf_mask(method, weight, mask, data={"prev_mask": prev})
+
+    @given(st.data())
+    def test_random_structured_equals_manual_seed(self, data: st.DataObject) -> None:
+        ndim = data.draw(st.integers(2, 4))
+        shape = tuple(data.draw(st.integers(1, 6)) for _ in range(ndim))
+        dim = data.draw(st.integers(-ndim, ndim - 1))
+        amount = data.draw(amounts_for(shape[dim]))
+        seed = data.draw(st.integers(0, 2**63 - 1))
+        weight = torch.zeros(shape)
+        values = torch.rand(shape[dim], generator=torch.Generator().manual_seed(seed))
+        assume(distinct(values))
+        mask = RandomStructured(amount=amount, dim=dim, seed=seed)(weight)
+        assert torch.equal(mask, prune_random_mask(weight, amount, dim, seed))
+
+
+# --------------------------------------------------------------------------------------
+# Invariants: counts, patterns, nesting, vmap
+# --------------------------------------------------------------------------------------
+
+
+@st.composite
+def any_tensors(draw: st.DrawFn) -> Tensor:
+    """Tensors of 2 to 4 dims (sides may be 0), with ties, NaN and inf sometimes."""
+    ndim = draw(st.integers(2, 4))
+    shape = tuple(draw(st.integers(0 if draw(st.booleans()) else 1, 5)) for _ in range(ndim))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    values = torch.randint(-2, 3, shape, generator=generator).double() / 2
+    if draw(st.booleans()):
+        values = torch.randn(shape, generator=generator, dtype=torch.float64)
+    if draw(st.booleans()) and values.numel():
+        values.view(-1)[0] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+    return values.to(dtype)
+
+
+def _valid(method: Any, tensor: Tensor, **data: Any) -> bool:
+    return method.check_leaf(tensor, **data) is None
+
+
+@given(st.data())
+def test_ln_invariants(data: st.DataObject) -> None:
+    method = data.draw(LnStructured.configs(st))
+    tensor = data.draw(any_tensors())
+    assume(_valid(method, tensor))
+    mask = method(tensor)
+    check_leaf_mask(method, tensor, mask)
+    if tensor.numel():
+        dim = method.dim % tensor.dim()
+        pruned = (
+            round(method.amount * tensor.shape[dim])
+            if isinstance(method.amount, float)
+            else method.amount
+        )
+        assert slice_pattern(mask, dim).count(False) == pruned
+
+
+@given(st.data())
+def test_random_invariants(data: st.DataObject) -> None:
+    method = data.draw(RandomStructured.configs(st))
+    tensor = data.draw(any_tensors())
+    assume(_valid(method, tensor))
+    check_leaf_mask(method, tensor, method(tensor))
+    check_leaf_mask(method.for_leaf("a.b"), tensor, method.for_leaf("a.b")(tensor))
+
+
+@given(st.data())
+def test_higher_amount_prunes_a_superset(data: st.DataObject) -> None:
+    tensor = data.draw(any_tensors())
+    assume(tensor.numel() > 0)
+    dim = data.draw(st.integers(-tensor.dim(), tensor.dim() - 1))
+    size = tensor.shape[dim]
+    low, high = sorted(data.draw(st.lists(st.integers(0, size), min_size=2, max_size=2)))
+    n = data.draw(st.sampled_from(NORMS[:5]))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    for method in (
+        LnStructured(amount=low, n=n, dim=dim),
+        RandomStructured(amount=low, dim=dim, seed=seed),
+    ):
+        higher = dataclasses.replace(method, amount=high)
+        assert not bool((higher(tensor) & ~method(tensor)).any())
+    # Fractions too.
+    low_f, high_f = low / size, high / size
+    for method in (
+        LnStructured(amount=low_f, n=n, dim=dim),
+        RandomStructured(amount=low_f, dim=dim, seed=seed),
+    ):
+        higher = dataclasses.replace(method, amount=high_f)
+        assert not bool((higher(tensor) & ~method(tensor)).any())
+
+
+@given(st.data())
+def test_ln_vmap_agrees_with_members(data: st.DataObject) -> None:
+    first = data.draw(tie_free_tensors(min_dims=2, max_dims=3))
+    shape, dtype = first.shape, first.dtype
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    others = torch.randn(3, *shape, generator=generator, dtype=dtype)
+    stacked = torch.cat([first[None], others])
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1))
+    n = data.draw(st.sampled_from(NORMS + (["nuc"] if len(shape) == 3 else [])))
+    method = LnStructured(amount=data.draw(amounts_for(shape[dim])), n=n, dim=dim)
+    batched = torch.func.vmap(lambda t: method(t))(stacked)
+    for i in range(stacked.shape[0]):
+        assert torch.equal(batched[i], method(stacked[i]))
+    scores = stacked.abs().flip(0)
+    masks = fs.compute_masks({"w": stacked}, {"w": method}, batch_dims=1, scores={"w": scores})
+    through = masks["w"]
+    for i in range(stacked.shape[0]):
+        assert torch.equal(through[i], method(stacked[i], scores=scores[i]))
+
+
+class TestStructureChecks:
+    def test_structure_problem_catches_a_partial_slice(self) -> None:
+        weight = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+        for method in (LnStructured(amount=1, n=2, dim=0), RandomStructured(amount=1, dim=0)):
+            mask = method(weight).clone()
+            assert method.structure_problem(weight, mask) is None
+            row = int((~mask).all(1).nonzero()[0])
+            mask[row, 0] = True
+            assert method.structure_problem(weight, mask) == (
+                f"slice {row} along dim=0 has 2 of 3 entries pruned; a slice is all kept or "
+                "all pruned"
+            )
+
+    def test_structure_problem_counts_slices(self) -> None:
+        weight = torch.randn(4, 3)
+        method = LnStructured(amount=2, n=2, dim=0)
+        one_row = torch.ones(4, 3, dtype=torch.bool)
+        one_row[1] = False
+        assert method.structure_problem(weight, one_row) == (
+            "1 of 4 slices along dim=0 are pruned; expected 2 (amount=2)"
+        )
+        assert method.structure_problem(weight, method(weight)) is None
+        assert method.expected_zeros(weight) == 6
+        assert RandomStructured(amount=0.5, dim=-1).expected_zeros(torch.randn(2, 3, 4)) == 12
+
+    def test_structure_problem_with_prev_mask(self) -> None:
+        weight = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+        prev = torch.ones(4, 3, dtype=torch.bool)
+        prev[0, 0] = prev[2, 1] = False
+        method = RandomStructured(amount=1, dim=0, seed=2)
+        mask = method(weight, prev_mask=prev)
+        assert method.expected_zeros(weight, prev_mask=prev) is None
+        assert method.structure_problem(weight, mask, prev_mask=prev) is None
+        check_leaf_mask(method, weight, mask, data={"prev_mask": prev})
+        assert "keeps entries that prev_mask prunes" in str(
+            method.structure_problem(weight, torch.ones(4, 3, dtype=torch.bool), prev_mask=prev)
+        )
+        bad = prev.clone()
+        bad[3, 2] = False  # a new zero that is not a whole slice
+        assert "not all pruned" in str(method.structure_problem(weight, bad, prev_mask=prev))
+
+    def test_check_leaf_mask_rejects_a_corrupted_mask(self) -> None:
+        weight = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+        method = LnStructured(amount=1, n=2, dim=0)
+        mask = method(weight).clone()
+        mask[0, 0] = not bool(mask[0, 0])
+        with pytest.raises(AssertionError):
+            check_leaf_mask(method, weight, mask)
+
+
+# --------------------------------------------------------------------------------------
+# Configs and errors
+# --------------------------------------------------------------------------------------
+
+
+class TestConfig:
+    def test_frozen_and_keyword_only(self) -> None:
+        method = LnStructured(amount=0.5, n=2, dim=0)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            method.amount = 0.3  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            LnStructured(0.5, 2, 0)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            RandomStructured(0.5, 0)  # type: ignore[call-arg]
+        assert RandomStructured(amount=1, dim=0).seed == 0
+        assert LnStructured(amount=0.5, n=2, dim=0) == method
+
+    @pytest.mark.parametrize("cls", [LnStructured, RandomStructured])
+    @pytest.mark.parametrize(
+        ("amount", "error", "message"),
+        [
+            (-1, ValueError, "amount=-1 must be a non-negative count"),
+            (1.5, ValueError, r"amount=1.5 must be a fraction in \[0, 1\]"),
+            (-0.1, ValueError, r"amount=-0.1 must be a fraction in \[0, 1\]"),
+            (float("nan"), ValueError, r"amount=nan must be a fraction in \[0, 1\]"),
+            (True, TypeError, "amount must be an int .* got bool True"),
+            ("0.5", TypeError, "amount must be an int"),
+            (None, TypeError, "amount must be an int"),
+        ],
+    )
+    def test_bad_amounts(
+        self, cls: type[Any], amount: object, error: type[Exception], message: str
+    ) -> None:
+        kwargs: dict[str, object] = {"amount": amount, "dim": 0}
+        if cls is LnStructured:
+            kwargs["n"] = 2
+        with pytest.raises(error, match=f"{cls.__name__}: {message}"):
+            cls(**kwargs)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({"n": "l1"}, ValueError, "n must be a number, 'fro' or 'nuc', got 'l1'"),
+            ({"n": True}, TypeError, "n must be a real number"),
+            ({"n": None}, TypeError, "n must be a real number"),
+            ({"n": float("nan")}, ValueError, "n must not be NaN"),
+            ({"dim": 0.0}, TypeError, "dim must be an int"),
+            ({"dim": False}, TypeError, "dim must be an int"),
+        ],
+    )
+    def test_bad_ln_fields(
+        self, kwargs: dict[str, object], error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error, match=f"LnStructured: {message}"):
+            LnStructured(**{"amount": 0.5, "n": 2, "dim": 0, **kwargs})  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "message"),
+        [
+            ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\), got -1"),
+            ({"seed": 2**64}, ValueError, "seed must be in"),
+            ({"seed": 1.0}, TypeError, "seed must be an int"),
+            ({"dim": "0"}, TypeError, "dim must be an int"),
+        ],
+    )
+    def test_bad_random_fields(
+        self, kwargs: dict[str, object], error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error, match=f"RandomStructured: {message}"):
+            RandomStructured(**{"amount": 0.5, "dim": 0, **kwargs})  # type: ignore[arg-type]
+
+    def test_prune_rejects_the_same_amounts(self) -> None:
+        for amount in (-1, 1.5, -0.1):
+            with pytest.raises(ValueError):
+                prune.LnStructured(amount, n=2, dim=0)
+        with pytest.raises(ValueError, match="should be smaller than the number"):
+            prune_ln_mask(torch.randn(3, 2), 4, 2, 0)
+
+
+class TestLeafErrors:
+    @pytest.mark.parametrize(
+        ("method", "leaf", "error", "message"),
+        [
+            (
+                LnStructured(amount=1, n=2, dim=0),
+                torch.ones(4),
+                ValueError,
+                "LnStructured: got a 1-D torch.float32 tensor of shape (4,); structured pruning "
+                "needs a tensor of 2 or more dims (LnStructured prunes whole slices along dim=0)",
+            ),
+            (
+                RandomStructured(amount=1, dim=0),
+                torch.tensor(1.0),
+                ValueError,
+                "RandomStructured: got a 0-D torch.float32 tensor of shape (); structured "
+                "pruning needs a tensor of 2 or more dims",
+            ),
+            (
+                LnStructured(amount=1, n=2, dim=2),
+                torch.ones(3, 4),
+                ValueError,
+                "LnStructured: got dim=2 for a 2-D torch.float32 tensor of shape (3, 4); dim "
+                "must be in [-2, 1]",
+            ),
+            (
+                RandomStructured(amount=1, dim=-4),
+                torch.ones(2, 3, 4),
+                ValueError,
+                "dim=-4 for a 3-D torch.float32 tensor of shape (2, 3, 4); dim must be in [-3, 2]",
+            ),
+            (
+                LnStructured(amount=4, n=1, dim=0),
+                torch.ones(3, 5),
+                ValueError,
+                "LnStructured: got amount=4 for a 2-D torch.float32 tensor of shape (3, 5); "
+                "amount=4 is more than the 3 slices along dim=0",
+            ),
+            (
+                RandomStructured(amount=6, dim=-1),
+                torch.ones(3, 5),
+                ValueError,
+                "amount=6 is more than the 5 slices along dim=-1",
+            ),
+            (
+                LnStructured(amount=1, n="nuc", dim=0),
+                torch.ones(3, 5),
+                ValueError,
+                "n='nuc' needs a 3-D tensor",
+            ),
+            (
+                LnStructured(amount=1, n=2, dim=0),
+                torch.ones(3, 5, dtype=torch.int64),
+                TypeError,
+                "LnStructured needs floating-point weights",
+            ),
+            (LnStructured(amount=1, n=2, dim=0), [[1.0]], TypeError, "got list"),
+            (RandomStructured(amount=1, dim=0), [[1.0]], TypeError, "needs a tensor"),
+        ],
+    )
+    def test_bad_leaf(
+        self, method: Any, leaf: object, error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error, match=re.escape(message)):
+            method(leaf)
+
+    def test_bad_data(self) -> None:
+        weight = torch.ones(3, 4)
+        with pytest.raises(TypeError, match="LnStructured needs floating scores"):
+            LnStructured(amount=1, n=2, dim=0)(weight, scores=torch.ones(3, 4, dtype=torch.int32))
+        with pytest.raises(ValueError, match="scores must have the tensor's shape"):
+            LnStructured(amount=1, n=2, dim=0)(weight, scores=torch.ones(4, 3))
+        with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
+            RandomStructured(amount=1, dim=0)(weight, generator=3)
+        with pytest.raises(TypeError, match=r"LnStructured takes \['prev_mask', 'scores'\]"):
+            LnStructured(amount=1, n=2, dim=0)(weight, generator=torch.Generator())
+        with pytest.raises(TypeError, match=r"RandomStructured takes \['generator', 'prev_mask'\]"):
+            RandomStructured(amount=1, dim=0)(weight, scores=weight)
+
+    def test_compute_masks_names_the_leaf_path(self) -> None:
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                "compute_masks: rule '0.*' (LnStructured) got a 1-D torch.float32 tensor of "
+                "shape (4,) at '0.bias'; structured pruning needs a tensor of 2 or more dims"
+            ),
+        ):
+            fs.compute_masks(params, {"0.*": LnStructured(amount=0.5, n=1, dim=0)})
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                "compute_masks: rule '*.weight' (LnStructured) got amount=3 for a 4-D "
+                "torch.float32 tensor of shape (2, 4, 3, 3) at '2.weight'; amount=3 is more "
+                "than the 2 slices along dim=0"
+            ),
+        ):
+            fs.compute_masks(params, {"*.weight": LnStructured(amount=3, n=1, dim=0)})
+        with pytest.raises(ValueError, match=re.escape("at '0.weight'; dim must be in [-4, 3]")):
+            fs.compute_masks(params, {"0.weight": RandomStructured(amount=1, dim=4)})
+
+    def test_compute_masks_prunes_conv_filters(self) -> None:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        params = {name: p.detach() for name, p in model.named_parameters()}
+        masks = fs.compute_masks(params, {"*.weight": LnStructured(amount=0.5, n=1, dim=0)})
+        assert masks["0.bias"] is None
+        for name in ("0.weight", "2.weight"):
+            expected = prune_ln_mask(params[name], 0.5, 1, 0)
+            assert torch.equal(masks[name], expected)
+            assert slice_pattern(masks[name], 0).count(False) == params[name].shape[0] // 2
+
+
+@pytest.mark.parametrize("cls", [LnStructured, RandomStructured])
+def test_empty_tensors(cls: type[Any]) -> None:
+    method = cls(amount=0.5, n=-INF, dim=0) if cls is LnStructured else cls(amount=0.5, dim=0)
+    for shape in [(0, 3), (3, 0), (2, 0, 4)]:
+        weight = torch.ones(shape)
+        mask = method(weight)
+        assert mask.shape == weight.shape and mask.dtype == torch.bool
+        check_leaf_mask(method, weight, mask)
