@@ -2,17 +2,42 @@
 
 from funcsparse._apply import apply_masks, functional_call
 from funcsparse._compute import compute_masks
-from funcsparse.methods import LeafProblem, MaskMethod, NearlyDiagonal, WeightNorm
+from funcsparse.calibration import collect_input_norms
+from funcsparse.methods import (
+    NM,
+    GlobalMethod,
+    LeafProblem,
+    LnStructured,
+    Magnitude,
+    MaskMethod,
+    NearlyDiagonal,
+    Random,
+    RandomStructured,
+    Wanda,
+    WeightNorm,
+)
+from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NM",
+    "GlobalMethod",
     "LeafProblem",
+    "LnStructured",
+    "Magnitude",
     "MaskMethod",
     "NearlyDiagonal",
+    "Random",
+    "RandomStructured",
+    "Wanda",
     "WeightNorm",
     "__version__",
     "apply_masks",
+    "collect_input_norms",
     "compute_masks",
     "functional_call",
+    "magnitude_scores",
+    "saliency_scores",
+    "wanda_scores",
 ]

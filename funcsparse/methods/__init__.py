@@ -1,7 +1,29 @@
-"""Pruning methods: one module per method, each a frozen config mapping a tensor to a mask."""
+"""Pruning methods: one module per method, each a frozen config mapping a tensor to a mask.
 
-from funcsparse.methods._base import LeafProblem, MaskMethod
+Importing this package registers every method (see ``registered_methods``), so the shared
+invariant suite of ``funcsparse.testing`` covers all of them.
+"""
+
+from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, registered_methods
+from funcsparse.methods.magnitude import Magnitude
 from funcsparse.methods.nearly_diagonal import NearlyDiagonal
+from funcsparse.methods.nm import NM
+from funcsparse.methods.random import Random
+from funcsparse.methods.structured import LnStructured, RandomStructured
+from funcsparse.methods.wanda import Wanda
 from funcsparse.methods.weight_norm import WeightNorm
 
-__all__ = ["LeafProblem", "MaskMethod", "NearlyDiagonal", "WeightNorm"]
+__all__ = [
+    "NM",
+    "GlobalMethod",
+    "LeafProblem",
+    "LnStructured",
+    "Magnitude",
+    "MaskMethod",
+    "NearlyDiagonal",
+    "Random",
+    "RandomStructured",
+    "Wanda",
+    "WeightNorm",
+    "registered_methods",
+]

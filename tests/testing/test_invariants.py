@@ -32,7 +32,7 @@ def test_every_exported_method_is_registered() -> None:
     exported = {
         obj
         for obj in vars(fs).values()
-        if inspect.isclass(obj) and issubclass(obj, MaskMethod) and obj is not MaskMethod
+        if inspect.isclass(obj) and issubclass(obj, MaskMethod) and not inspect.isabstract(obj)
     }
     assert exported and exported <= set(METHODS)
 
@@ -79,7 +79,8 @@ class TestEveryMethod:
     ) -> None:
         tree = data.draw(fst.params())
         rules = data.draw(fst.rules_for(tree, methods=[method_cls]))
-        check_masks(tree, rules)
+        leaf_data = data.draw(fst.leaf_data_for(tree, rules))
+        check_masks(tree, rules, **leaf_data)
 
     @given(data=st.data())
     def test_ensembles_equal_their_members(
