@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.ao.pruning.sparsifier.nearly_diagonal_sparsifier import NearlyDiagonalSparsifier
 from torch.ao.pruning.sparsifier.weight_norm_sparsifier import WeightNormSparsifier
 
-from funcsparse.methods import NearlyDiagonal, WeightNorm
+from funcsparse.methods import NM, NearlyDiagonal, WeightNorm
 
 __all__ = [
     "ao_nearly_diagonal_mask",
@@ -120,6 +120,8 @@ def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
         if tensor.dim() != 2:
             return None
         return ao_nearly_diagonal_mask(tensor, nearliness=method.nearliness)
+    if isinstance(method, NM):
+        return _nm_as_weight_norm(method, tensor)
     if not isinstance(method, WeightNorm) or _scores_tie(method, tensor):
         return None
     level = float(method.sparsity_level)
@@ -135,6 +137,21 @@ def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
     if crashes and (height % rows or width % cols):
         return ao_weight_norm_padded_parts(tensor, **config)
     return ao_weight_norm_mask(tensor, **config)[:height, :width]
+
+
+def _nm_as_weight_norm(method: NM, tensor: Tensor) -> Tensor | None:
+    """N:M along the last dim of a 2-D weight is torch.ao's WeightNorm with (1, m) blocks."""
+    if tensor.dim() != 2 or method.axis not in (-1, 1) or not method.n < method.m:
+        return None
+    if torch.unique(tensor.abs()).numel() != tensor.numel() or bool(tensor.isnan().any()):
+        return None
+    return ao_weight_norm_mask(
+        tensor,
+        sparsity_level=1.0,
+        sparse_block_shape=(1, method.m),
+        zeros_per_block=method.m - method.n,
+        norm=1,
+    )
 
 
 def _scores_tie(method: WeightNorm, tensor: Tensor) -> bool:
