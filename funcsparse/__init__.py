@@ -5,6 +5,7 @@ from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms
 from funcsparse.methods import (
     NM,
+    GlobalMagnitude,
     GlobalMethod,
     LeafProblem,
     LnStructured,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NM",
+    "GlobalMagnitude",
     "GlobalMethod",
     "LeafProblem",
     "LnStructured",

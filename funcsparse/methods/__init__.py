@@ -5,6 +5,7 @@ invariant suite of ``funcsparse.testing`` covers all of them.
 """
 
 from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, registered_methods
+from funcsparse.methods.global_magnitude import GlobalMagnitude
 from funcsparse.methods.magnitude import Magnitude
 from funcsparse.methods.nearly_diagonal import NearlyDiagonal
 from funcsparse.methods.nm import NM
@@ -15,6 +16,7 @@ from funcsparse.methods.weight_norm import WeightNorm
 
 __all__ = [
     "NM",
+    "GlobalMagnitude",
     "GlobalMethod",
     "LeafProblem",
     "LnStructured",
