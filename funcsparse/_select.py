@@ -90,8 +90,11 @@ def _kth_smallest_value(scores: Tensor, k: int) -> float:
     lo = sample[lo_at].item() if lo_at > 0 else -math.inf
     hi = sample[hi_at].item() if hi_at < m - 1 else math.inf
     if not (math.isnan(lo) or math.isnan(hi)):
-        n_below = int((scores < lo).sum())
-        candidates = scores[(scores >= lo) & (scores <= hi)]
+        # Two comparisons over the scores: everything up to ``hi``, and of that, from ``lo``.
+        up_to_hi = scores <= hi
+        n_up_to_hi = int(torch.count_nonzero(up_to_hi))
+        candidates = scores[up_to_hi.logical_and_(scores >= lo)]
+        n_below = n_up_to_hi - candidates.numel()
         if n_below < k <= n_below + candidates.numel():
             if lo == hi:  # the bracket is one value (ties): that value is the k-th
                 return lo
@@ -107,10 +110,10 @@ def _smallest_k_eager(scores: Tensor, k: int) -> Tensor:
     if math.isnan(threshold):
         selected = ~scores.isnan()
         nan_positions = torch.nonzero(scores.isnan()).flatten()
-        selected[nan_positions[: k - int(selected.sum())]] = True
+        selected[nan_positions[: k - int(torch.count_nonzero(selected))]] = True
         return selected
     selected = scores <= threshold
-    surplus = int(selected.sum()) - k
+    surplus = int(torch.count_nonzero(selected)) - k
     if surplus > 0:
         tied = torch.nonzero(scores == threshold).flatten()
         selected[tied[tied.numel() - surplus :]] = False

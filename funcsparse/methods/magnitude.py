@@ -143,4 +143,4 @@ def _prune_lowest(ranking: Tensor, k: int, prev_mask: Tensor | None) -> Tensor:
 
 def _total_zeros(k: int, prev_mask: Tensor | None) -> int:
     """Zeros of a total-target mask: ``k``, or more where ``prev_mask`` had more."""
-    return k if prev_mask is None else max(k, int((~prev_mask).sum()))
+    return k if prev_mask is None else max(k, int(torch.count_nonzero(~prev_mask)))
