@@ -105,7 +105,7 @@ class Magnitude(MaskMethod):
         return _amount_problem("Magnitude", self.amount, tensor)
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        ranking = data.get("scores", tensor).abs()
+        ranking = data.get("scores", tensor).abs()  # a fresh tensor, which smallest_k may reuse
         k = count_to_prune("Magnitude", self.amount, tensor.numel())
         return _prune_lowest(ranking, k, data.get("prev_mask"))
 
@@ -138,7 +138,7 @@ def _prune_lowest(ranking: Tensor, k: int, prev_mask: Tensor | None) -> Tensor:
     pruned = smallest_k(ranking.reshape(-1), k).reshape(ranking.shape)
     if prev_mask is not None:
         pruned = pruned | ~prev_mask
-    return ~pruned
+    return pruned.logical_not_()  # fresh from smallest_k: negate in place, no new buffer
 
 
 def _total_zeros(k: int, prev_mask: Tensor | None) -> int:
