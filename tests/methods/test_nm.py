@@ -15,20 +15,12 @@ import funcsparse as fs
 from funcsparse.methods.nm import NM
 from funcsparse.testing import check_leaf_mask, check_masks
 from funcsparse.testing.oracles import ao_weight_norm_mask
+from tests.helpers import tie_free
 
 NM_PAIRS = st.one_of(
     st.sampled_from([(2, 4), (1, 4), (4, 8), (1, 2), (3, 4), (0, 4), (4, 4)]),
     st.integers(1, 8).flatmap(lambda m: st.tuples(st.integers(0, m), st.just(m))),
 )
-
-
-def tie_free(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Distinct magnitudes 1..n (a seeded permutation) with random signs, scaled by 1/8."""
-    g = torch.Generator().manual_seed(seed)
-    n = math.prod(shape)
-    magnitudes = torch.randperm(n, generator=g).double() + 1
-    signs = torch.randint(0, 2, (n,), generator=g).double() * 2 - 1
-    return (magnitudes * signs / 8).to(dtype).reshape(shape)
 
 
 @st.composite

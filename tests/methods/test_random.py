@@ -11,29 +11,16 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils import prune
 
 import funcsparse as fs
 from funcsparse.methods.random import Random
 from funcsparse.testing import check_leaf_mask, check_masks
+from tests.helpers import amounts, holder
 
 SHAPES = st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple)
 SEEDS = st.integers(0, 2**63 - 1)
-
-
-@st.composite
-def amounts(draw: st.DrawFn, numel: int) -> float | int:
-    """An amount valid for ``numel`` entries: a fraction or a count up to ``numel``."""
-    if draw(st.booleans()):
-        return draw(st.integers(0, numel))
-    return draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0]), st.floats(0.0, 1.0)))
-
-
-def holder(weight: Tensor) -> nn.Module:
-    module = nn.Module()
-    module.weight = nn.Parameter(weight.clone())
-    return module
 
 
 def zeros(mask: Tensor) -> int:
