@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from typing import Any, ClassVar
 
 import torch
@@ -11,11 +10,12 @@ from torch import Tensor
 
 from funcsparse.methods._amount import check_amount, count_to_prune
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+from funcsparse.methods._seeds import SEED_LIMIT, leaf_seed
 from funcsparse.methods.magnitude import _amount_problem, _prune_lowest, _total_zeros
 
 __all__ = ["Random"]
 
-_SEED_LIMIT = 1 << 64  # torch.Generator.manual_seed takes seeds below 2**64
+_SEED_LIMIT = SEED_LIMIT  # torch.Generator.manual_seed takes seeds below 2**64
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,7 +36,7 @@ class Random(MaskMethod):
     and the larger ``k`` takes a superset.
 
     Through ``fs.compute_masks`` every leaf gets its own stream: :meth:`for_leaf` derives the
-    leaf's seed as ``(seed * 2**32 + zlib.crc32(path.encode())) % 2**64`` (deterministic across
+    leaf's seed as ``funcsparse.methods._seeds.leaf_seed(seed, path)``, a hash (deterministic across
     runs and processes, unlike Python's ``hash``). Call ``method.for_leaf(path)`` to get the
     config that ``compute_masks`` applied to ``path``. Members of an ensemble
     (``batch_dims=1``) each get the mask they would get alone, that is, the same draw.
@@ -113,10 +113,8 @@ class Random(MaskMethod):
         )
 
     def for_leaf(self, path: str) -> Random:
-        """This config with the seed of the leaf at ``path``:
-        ``(seed * 2**32 + zlib.crc32(path.encode())) % 2**64``."""
-        mixed = (self.seed * (1 << 32) + zlib.crc32(path.encode("utf-8"))) % _SEED_LIMIT
-        return dataclasses.replace(self, seed=mixed)
+        """This config with the seed of the leaf at ``path``: ``leaf_seed(seed, path)``."""
+        return dataclasses.replace(self, seed=leaf_seed(self.seed, path))
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import zlib
 from typing import Any, ClassVar
 
 import torch
@@ -18,27 +17,10 @@ from torch import Tensor
 from funcsparse._select import smallest_k
 from funcsparse.methods._amount import check_amount, count_to_prune
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
+from funcsparse.methods._seeds import SEED_LIMIT as _SEED_LIMIT
+from funcsparse.methods._seeds import leaf_seed
 
 __all__ = ["LnStructured", "RandomStructured", "leaf_seed"]
-
-_SEED_LIMIT = 1 << 64
-
-
-def leaf_seed(seed: int, path: str) -> int:
-    """The seed ``RandomStructured.for_leaf(path)`` uses: ``seed`` mixed with the leaf path.
-
-    ``(seed << 32) ^ zlib.crc32(path.encode("utf-8"))``, modulo ``2**64``: the seed in the
-    high 32 bits, the CRC-32 of the path in the low ones. It depends on nothing but its
-    arguments (never Python's salted ``hash()``), so it is the same in every process; for
-    seeds below ``2**32`` distinct (seed, CRC) pairs give distinct seeds.
-
-    Examples:
-        >>> leaf_seed(0, "0.weight") == zlib.crc32(b"0.weight")
-        True
-        >>> leaf_seed(1, "0.weight") - leaf_seed(0, "0.weight")
-        4294967296
-    """
-    return ((seed << 32) ^ zlib.crc32(path.encode("utf-8"))) % _SEED_LIMIT
 
 
 def _slice_problem(owner: str, tensor: Tensor, dim: int, amount: float) -> LeafProblem | None:
@@ -323,10 +305,11 @@ class RandomStructured(MaskMethod):
     ``for_leaf(path)``, whose seed is :func:`leaf_seed` ``(seed, path)``, the seed mixed
     with the CRC-32 of the path. ``method.for_leaf(path)(tensor)`` reproduces that leaf's
     mask. Ensemble members (``batch_dims``) of one leaf share the leaf's stream, so they
-    get the same slices unless a ``generator`` is passed.
+    get the same slices.
 
-    Keyword data: ``generator``, a ``torch.Generator`` that replaces the seed's (drawn from,
-    so it advances; values are drawn on its device); ``prev_mask``, intersected with the
+    Keyword data: ``generator``, a ``torch.Generator`` whose state replaces the seed (drawn
+    from a copy, so it is not advanced and the same state gives the same mask; values are
+    drawn on its device); ``prev_mask``, intersected with the
     result (``amount`` counts slices of the whole tensor). The method draws random numbers,
     so it is not ``vmappable``: ``compute_masks(..., batch_dims=...)`` loops over members.
 
@@ -411,9 +394,12 @@ class RandomStructured(MaskMethod):
         count = _n_pruned("RandomStructured", self.amount, tensor, dim)
         if count == 0:  # prune draws nothing here either
             return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
-        generator = data.get("generator")
-        if generator is None:
-            generator = torch.Generator().manual_seed(self.seed)
+        given = data.get("generator")
+        generator = torch.Generator(device=given.device if given is not None else "cpu")
+        if given is None:
+            generator.manual_seed(self.seed)
+        else:  # draw from a copy: the caller's generator is not advanced
+            generator.set_state(given.get_state())
         values = torch.rand(size, generator=generator, dtype=torch.float32, device=generator.device)
         pruned = smallest_k(values, count).to(tensor.device)
         return _keep_slices(pruned.logical_not(), tensor.shape, dim)

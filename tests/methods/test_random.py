@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zlib
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor
 from torch.nn.utils import prune
 
 import funcsparse as fs
+from funcsparse.methods._seeds import leaf_seed
 from funcsparse.methods.random import Random
 from funcsparse.testing import check_leaf_mask, check_masks
 from tests.helpers import amounts, holder
@@ -169,7 +169,9 @@ class TestPerLeafStreams:
     def test_for_leaf_mixes_the_path_into_the_seed(self) -> None:
         method = Random(amount=0.5, seed=3)
         leaf = method.for_leaf("layers.0.weight")
-        assert leaf == Random(amount=0.5, seed=3 * 2**32 + zlib.crc32(b"layers.0.weight"))
+        assert leaf == Random(amount=0.5, seed=leaf_seed(3, "layers.0.weight"))
+        # Seeds that differ by 2**32 no longer share a stream.
+        assert Random(amount=0.5, seed=2**32 + 3).for_leaf("layers.0.weight") != leaf
         assert method.for_leaf("layers.0.weight") == leaf
         big = Random(amount=0.5, seed=2**64 - 1).for_leaf("w")
         assert 0 <= big.seed < 2**64

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import zlib
 from typing import Any
 
 import pytest
@@ -192,13 +191,13 @@ class TestPinnedRandom:
         mask = RandomStructured(amount=1, dim=1, seed=0)(torch.zeros(2, 3, dtype=torch.int64))
         assert int((~mask).sum()) == 2
 
-    def test_generator_overrides_the_seed_and_advances(self) -> None:
+    def test_generator_overrides_the_seed_without_advancing(self) -> None:
         weight = torch.zeros(10, 2)
         generator = torch.Generator().manual_seed(5)
         first = RandomStructured(amount=4, dim=0, seed=0)(weight, generator=generator)
         assert torch.equal(first, RandomStructured(amount=4, dim=0, seed=5)(weight))
         state = generator.get_state()
-        assert not torch.equal(state, torch.Generator().manual_seed(5).get_state())
+        assert torch.equal(state, torch.Generator().manual_seed(5).get_state())
 
     def test_no_draw_when_nothing_is_pruned(self) -> None:
         generator = torch.Generator().manual_seed(5)
@@ -228,12 +227,20 @@ class TestPinnedRandom:
         assert (ours != theirs).nonzero().tolist() == [[0, 1569]]
         assert not bool(ours[0, 1078]) and bool(ours[0, 1569])
 
-    def test_for_leaf_mixes_the_seed_with_the_path_crc32(self) -> None:
+    def test_for_leaf_hashes_the_seed_with_the_path(self) -> None:
         method = RandomStructured(amount=2, dim=0, seed=3)
-        expected = ((3 << 32) ^ zlib.crc32(b"layers.0.weight")) % 2**64
+        expected = leaf_seed(3, "layers.0.weight")
         assert method.for_leaf("layers.0.weight") == dataclasses.replace(method, seed=expected)
-        assert leaf_seed(3, "layers.0.weight") == expected
-        assert leaf_seed(2**64 - 1, "a") < 2**64
+        assert leaf_seed(3 + 2**32, "layers.0.weight") != expected
+        assert 0 <= leaf_seed(2**64 - 1, "a") < 2**64
+
+    def test_a_generator_is_copied_not_advanced(self) -> None:
+        generator = torch.Generator().manual_seed(1)
+        weight = torch.randn(50, 4)
+        state = generator.get_state()
+        first = RandomStructured(amount=0.5, dim=0)(weight, generator=generator)
+        assert torch.equal(generator.get_state(), state)
+        assert torch.equal(RandomStructured(amount=0.5, dim=0)(weight, generator=generator), first)
 
     def test_compute_masks_gives_each_leaf_its_own_stream(self) -> None:
         params = {f"{i}.weight": torch.zeros(32, 4) for i in range(3)}
