@@ -99,6 +99,15 @@ def compute_masks(
                 f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "
                 f"at least {batch_dims} dimensions"
             )
+        for name, value in leaf_kwargs.items():
+            lead = tuple(leaf.shape[:batch_dims]) if isinstance(leaf, Tensor) else ()
+            if batch_dims and isinstance(value, Tensor) and tuple(value.shape[:batch_dims]) != lead:
+                shown = "prev_masks" if name == "prev_mask" else name
+                raise ValueError(
+                    f"{where} got {shown} of shape {tuple(value.shape)} at {path!r} for a leaf "
+                    f"of shape {tuple(leaf.shape)}; with batch_dims={batch_dims} both need the "
+                    f"leading shape {lead}"
+                )
         member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
         problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
         if problem is None and batch_dims and leaf_kwargs and isinstance(leaf, Tensor):
@@ -112,6 +121,18 @@ def compute_masks(
     for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
         if assigned is not None and isinstance(method, GlobalMethod):
             groups.setdefault(assigned.key, []).append(i)
+    for key, members in groups.items():
+        method = methods[members[0]]
+        if not isinstance(method, GlobalMethod):  # unreachable: grouped by type above
+            continue
+        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
+        group = [_member(leaves[i], batch_dims) for i in members]
+        problem = method.group_problem(group)  # type: ignore[arg-type]
+        if problem is None and batch_dims:  # the members are shapes only: check real devices
+            problem = GlobalMethod.group_problem(method, [leaves[i] for i in members])
+        if problem is not None:
+            group_paths = [paths[i] for i in members]
+            raise problem.error(f"{where} got {problem.got} over {group_paths}; {problem.need}")
     for key, members in groups.items():
         method = methods[members[0]]
         if not isinstance(method, GlobalMethod):  # unreachable: grouped by type above

@@ -139,3 +139,32 @@ def test_errors_while_computing_name_the_leaf() -> None:
 def test_colliding_paths_are_an_error() -> None:
     with pytest.raises(ValueError, match=r"compute_masks: two leaves have the path 'a\.b'"):
         fs.compute_masks({"a.b": torch.randn(4, 4), "a": {"b": torch.randn(4, 4)}}, {"a.b": WN})
+
+
+def test_ensemble_data_must_have_the_members_of_the_leaf() -> None:
+    from funcsparse.methods.random import Random
+
+    leaf = {"a": torch.randn(2, 4, 8)}
+    with pytest.raises(
+        ValueError,
+        match=r"got prev_masks of shape \(3, 4, 8\) at 'a' for a leaf of shape \(2, 4, 8\); with batch_dims=1 both need the leading shape \(2,\)",
+    ):
+        fs.compute_masks(
+            leaf,
+            {"a": Random(amount=0.5)},
+            batch_dims=1,
+            prev_masks={"a": torch.rand(3, 4, 8) > 0.5},
+        )
+    with pytest.raises(ValueError, match=r"got scores of shape \(4, 8\) at 'a'"):
+        fs.compute_masks(
+            leaf, {"a": fs.Magnitude(amount=0.5)}, batch_dims=1, scores={"a": torch.randn(4, 8)}
+        )
+
+
+def test_a_global_group_needs_one_device() -> None:
+    params = {"a": torch.randn(3, 3), "b": torch.empty(3, 3, device="meta")}
+    with pytest.raises(
+        ValueError,
+        match=r"got tensors on devices \['cpu', 'meta'\] over \['a', 'b'\]; a global selection needs one device",
+    ):
+        fs.compute_masks(params, {"*": fs.GlobalMagnitude(amount=0.5)})

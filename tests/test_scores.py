@@ -184,7 +184,7 @@ def test_wanda_scores_ranked_per_row_are_the_wanda_mask(
     params = {"w": torch.randn(rows, cols, generator=generator)}
     norms = {"w": torch.rand(cols, generator=generator, dtype=torch.float64)}
     scores = wanda_scores(params, norms)["w"]
-    k = round(sparsity * cols)
+    k = int(cols * sparsity)
     ranked = torch.sort(scores, dim=-1, stable=True).indices[:, :k]
     expected = torch.ones(rows, cols, dtype=torch.bool).scatter_(1, ranked, False)
     assert torch.equal(Wanda(sparsity=sparsity)(params["w"], input_norms=norms["w"]), expected)

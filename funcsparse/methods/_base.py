@@ -202,11 +202,27 @@ class GlobalMethod(MaskMethod):
 
     vmappable: ClassVar[bool] = False
 
+    def group_problem(self, tensors: Sequence[Tensor]) -> LeafProblem | None:
+        """Why this method cannot select across ``tensors`` together, or None.
+
+        The base check: every tensor on one device (one threshold is found over all).
+        """
+        devices = sorted({str(t.device) for t in tensors})
+        if len(devices) > 1:
+            return LeafProblem(
+                ValueError, f"tensors on devices {devices}", "a global selection needs one device"
+            )
+        return None
+
     def global_masks(
         self, tensors: Sequence[Tensor], data: Sequence[dict[str, Any]] | None = None
     ) -> list[Tensor]:
         """The masks of ``tensors`` selected together (``data``: keyword data per tensor)."""
         data = [{} for _ in tensors] if data is None else list(data)
+        name = type(self).__name__
+        group = self.group_problem(tensors)
+        if group is not None:
+            raise group.error(f"{name}: got {group.got}; {group.need}")
         for i, (tensor, leaf_data) in enumerate(zip(tensors, data, strict=True)):
             problem = self.check_leaf(tensor, **leaf_data)
             if problem is not None:
@@ -224,6 +240,9 @@ class GlobalMethod(MaskMethod):
             cleaned.append(kept)
         masks = self._global_masks([t.detach() for t in tensors], cleaned)
         return [m if p is None else m & p for m, p in zip(masks, prev_masks, strict=True)]
+
+    def __call__(self, tensor: Tensor, /, **data: Any) -> Tensor:
+        return self.global_masks([tensor], [data])[0]
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         return self._global_masks([tensor], [data])[0]

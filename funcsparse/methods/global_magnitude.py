@@ -140,6 +140,20 @@ class GlobalMagnitude(GlobalMethod):
         )
         return st.builds(cls, amount=st.one_of(fractions, st.just(0)))
 
+    def group_problem(self, tensors: Sequence[Tensor]) -> LeafProblem | None:
+        """One device for the group, and an int ``amount`` no larger than its entries."""
+        problem = super().group_problem(tensors)
+        if problem is not None:
+            return problem
+        total = sum(t.numel() for t in tensors)
+        if isinstance(self.amount, int) and self.amount > total:
+            return LeafProblem(
+                ValueError,
+                f"amount={self.amount} for {total} entries",
+                "amount is more than there are",
+            )
+        return None
+
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return LeafProblem(

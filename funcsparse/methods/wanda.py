@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from funcsparse._select import is_plain, smallest_k
-from funcsparse.methods._amount import count_to_prune
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_real
 
 __all__ = ["Wanda"]
@@ -30,14 +29,15 @@ class Wanda(MaskMethod):
     ``input_norms``, shape ``(in_features,)``, from
     :func:`funcsparse.calibration.collect_input_norms`). As the paper defines it, scores are
     compared within each output row: every row prunes exactly
-    ``round(sparsity * in_features)`` entries. Ties follow funcsparse's rule (equal scores:
-    the lower column is pruned first; NaN ranks above every number), which is the order of
+    ``int(in_features * sparsity)`` entries (a floor, as the reference code counts). Ties
+    follow funcsparse's rule (equal scores: the lower column is pruned first; NaN ranks
+    above every number), which is the order of
     the reference code's ``torch.sort(..., stable=True)``. Scores are computed in the
     promoted dtype of the weight and the norms (float64 for float64 norms).
 
     With ``prev_mask`` (``fs.compute_masks(..., prev_masks=...)``), entries pruned before
     stay pruned and count towards the row's target: a row prunes
-    ``max(round(sparsity * in_features), its previous zeros)`` entries.
+    ``max(int(in_features * sparsity), its previous zeros)`` entries.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -100,8 +100,9 @@ class Wanda(MaskMethod):
         )
 
     def rows_to_prune(self, tensor: Tensor) -> int:
-        """Entries every row prunes: ``round(sparsity * in_features)``."""
-        return count_to_prune("Wanda", float(self.sparsity), tensor.shape[-1])
+        """Entries every row prunes: ``int(in_features * sparsity)``, the reference code's
+        count (a floor: 3 of 7 at sparsity 0.5)."""
+        return int(tensor.shape[-1] * float(self.sparsity))
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
@@ -145,7 +146,7 @@ class Wanda(MaskMethod):
         return ~pruned
 
     def _row_zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> Tensor:
-        """Zeros promised in every row: ``round(sparsity * in)``, or more where pruned before."""
+        """Zeros promised in every row: ``int(in * sparsity)``, or more where pruned before."""
         k = self.rows_to_prune(tensor)
         rows = torch.full((tensor.shape[0],), k, dtype=torch.long)
         if prev_mask is None:
@@ -153,13 +154,13 @@ class Wanda(MaskMethod):
         return rows.maximum((~prev_mask.cpu()).sum(-1))
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
-        """``out_features * round(sparsity * in_features)`` (rows pruned before may hold more)."""
+        """``out_features * int(in_features * sparsity)`` (rows pruned before may hold more)."""
         if not isinstance(tensor, Tensor) or tensor.dim() != 2:
             return None
         return int(self._row_zeros(tensor, data.get("prev_mask")).sum())
 
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
-        """Every row holds exactly ``round(sparsity * in_features)`` zeros (or its previous
+        """Every row holds exactly ``int(in_features * sparsity)`` zeros (or its previous
         zeros, where ``prev_mask`` pruned more), and every entry pruned before stays pruned."""
         if tensor.dim() != 2:
             return None
@@ -171,7 +172,7 @@ class Wanda(MaskMethod):
             row = int(wrong[0])
             return (
                 f"row {row} has {int(found[row])} zeros; every row has {int(expected[row])} "
-                f"(round(sparsity * in_features) with sparsity={self.sparsity}, "
+                f"(int(in_features * sparsity) with sparsity={self.sparsity}, "
                 f"in_features={tensor.shape[1]})"
             )
         if prev_mask is not None:

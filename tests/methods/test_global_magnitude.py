@@ -498,12 +498,12 @@ def test_an_int_amount_above_the_group_total_names_the_rule() -> None:
     masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=17)})
     assert not masks["a.weight"].any() and not masks["b.weight"].any()
     expected = (
-        "compute_masks: rule '*.weight' (GlobalMagnitude): GlobalMagnitude: amount=18 is "
-        "more than the 17 entries there are"
+        "compute_masks: rule '*.weight' (GlobalMagnitude) got amount=18 for 17 entries over "
+        "['a.weight', 'b.weight']; amount is more than there are"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
         fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=18)})
-    with pytest.raises(ValueError, match=re.escape("amount=13 is more than the 12 entries")):
+    with pytest.raises(ValueError, match=re.escape("amount=13 for 12 entries")):
         GlobalMagnitude(amount=13)(params["a.weight"])
 
 
@@ -534,7 +534,7 @@ def test_empty_groups_and_tensors() -> None:
     got = GlobalMagnitude(amount=0.5).global_masks([torch.empty(0, 3), weight, torch.empty(0)])
     expected = [torch.ones(0, 3, dtype=torch.bool), torch.tensor([True, False, False, True])]
     assert_masks_equal(got, [*expected, torch.ones(0, dtype=torch.bool)])
-    with pytest.raises(ValueError, match=re.escape("amount=1 is more than the 0 entries")):
+    with pytest.raises(ValueError, match=re.escape("amount=1 for 0 entries")):
         GlobalMagnitude(amount=1).global_masks([torch.empty(0)])
 
 

@@ -28,7 +28,7 @@ def paper_mask(weight: Tensor, norms: Tensor, sparsity: float) -> Tensor:
     passed in rounded here (the two agree wherever ``sparsity * in`` is an integer).
     """
     metric = weight.double().abs() * norms.double().reshape(1, -1)
-    k = round(sparsity * weight.shape[1])
+    k = int(weight.shape[1] * sparsity)
     indices = torch.sort(metric, dim=-1, stable=True)[1][:, :k]
     pruned = torch.zeros(weight.shape, dtype=torch.bool)
     pruned.scatter_(1, indices, True)
@@ -111,12 +111,12 @@ def test_every_invariant_holds_on_ties_nan_and_inf(case: tuple[Wanda, Tensor, Te
 
 
 @given(cases(ties=True))
-def test_every_row_prunes_exactly_round_sparsity_times_in(
+def test_every_row_prunes_exactly_in_times_sparsity_floored(
     case: tuple[Wanda, Tensor, Tensor],
 ) -> None:
     method, weight, norms = case
     mask = method(weight, input_norms=norms)
-    k = round(method.sparsity * weight.shape[1])
+    k = int(weight.shape[1] * method.sparsity)
     assert ((~mask).sum(-1) == k).all()
     assert method.expected_zeros(weight, input_norms=norms) == weight.shape[0] * k
 
@@ -132,7 +132,7 @@ def test_structure_problem_catches_a_row_with_the_wrong_count() -> None:
     corrupt[2, int(mask[2].nonzero()[0])] = False
     assert int((~corrupt).sum()) == int((~mask).sum())
     assert method.structure_problem(weight, corrupt) == (
-        "row 1 has 3 zeros; every row has 4 (round(sparsity * in_features) with sparsity=0.5, "
+        "row 1 has 3 zeros; every row has 4 (int(in_features * sparsity) with sparsity=0.5, "
         "in_features=8)"
     )
     with pytest.raises(AssertionError, match="another mask"):
@@ -170,7 +170,7 @@ def test_prev_mask_stays_pruned_and_counts_toward_the_row(
     prev = torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.3
     mask = method(weight, input_norms=norms, prev_mask=prev)
     assert not (mask & ~prev).any()
-    k = round(method.sparsity * weight.shape[1])
+    k = int(weight.shape[1] * method.sparsity)
     expected_rows = (~prev).sum(-1).clamp(min=k)
     assert torch.equal((~mask).sum(-1), expected_rows)
     check_leaf_mask(method, weight, mask, data={"input_norms": norms, "prev_mask": prev})
