@@ -62,7 +62,7 @@ def test_grad_and_value_through_functional_call() -> None:
 )
 def test_ensemble_masks_by_vmap_equal_a_loop(rules: dict[str, fs.MaskMethod]) -> None:
     models = [mlp(seed) for seed in range(4)]
-    params, _ = torch.func.stack_module_state(models)  # type: ignore[arg-type]
+    params, _ = torch.func.stack_module_state(models)
     masks = fs.compute_masks(params, rules, batch_dims=1)
     for i, member in enumerate(models):
         alone = fs.compute_masks(dict(member.named_parameters()), rules)
@@ -74,7 +74,7 @@ def test_ensemble_masks_by_vmap_equal_a_loop(rules: dict[str, fs.MaskMethod]) ->
 
 def test_ensemble_forward_under_vmap_equals_a_loop() -> None:
     models = [mlp(seed) for seed in range(3)]
-    params, _ = torch.func.stack_module_state(models)  # type: ignore[arg-type]
+    params, _ = torch.func.stack_module_state(models)
     masks = fs.compute_masks(params, RULES, batch_dims=1)
     base = copy.deepcopy(models[0]).to("meta")
     x = torch.randn(3, 5, 6)

@@ -58,7 +58,7 @@ def row_zero_sparsifier(pruning: ModuleType) -> type:
     ``linear1.weight``.
     """
 
-    class RowZeroSparsifier(pruning.BaseSparsifier):  # type: ignore[name-defined, misc]
+    class RowZeroSparsifier(pruning.BaseSparsifier):
         def __init__(self, **defaults: Any) -> None:
             super().__init__(defaults=defaults)
 
@@ -76,7 +76,7 @@ def halving_scheduler(pruning: ModuleType) -> type:
     Epoch 0 keeps the configured levels; every later epoch halves the current ones.
     """
 
-    class HalvingScheduler(pruning.BaseScheduler):  # type: ignore[name-defined, misc]
+    class HalvingScheduler(pruning.BaseScheduler):
         def get_sl(self) -> list[float]:
             if self.last_epoch > 0:
                 return [group["sparsity_level"] * 0.5 for group in self.sparsifier.groups]
@@ -128,7 +128,7 @@ def sparsity_of(module: nn.Module) -> float:
 
 def scheduler_module_file(pruning: ModuleType) -> str:
     """The file that defines ``pruning.BaseScheduler`` (where its warnings are raised)."""
-    return sys.modules[pruning.BaseScheduler.__module__].__file__  # type: ignore[return-value]
+    return sys.modules[pruning.BaseScheduler.__module__].__file__
 
 
 # -- test_sparsifier.py: TestBaseSparsifier ---------------------------------------------

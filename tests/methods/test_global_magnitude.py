@@ -66,7 +66,7 @@ def prune_global(
         importance_scores=importance,
         amount=amount,
     )
-    return [m.weight_mask.bool() for m in modules]  # type: ignore[union-attr]
+    return [m.weight_mask.bool() for m in modules]
 
 
 def reference(
@@ -85,7 +85,7 @@ def reference(
         assert source is not None
         values = source.detach().abs().double().reshape(-1).clone()
         if prev is not None and prev[i] is not None:
-            pruned_before = ~prev[i].reshape(-1)  # type: ignore[union-attr]
+            pruned_before = ~prev[i].reshape(-1)
             values[pruned_before] = -math.inf
             n_prev += int(pruned_before.sum())
         flat.append(values)
@@ -489,7 +489,7 @@ def test_bad_amounts_raise_on_construction(
     amount: object, error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=re.escape(message)):
-        GlobalMagnitude(amount=amount)  # type: ignore[arg-type]
+        GlobalMagnitude(amount=amount)
 
 
 def test_an_int_amount_above_the_group_total_names_the_rule() -> None:

@@ -22,7 +22,7 @@ FLOATS = st.sampled_from([torch.float32, torch.float64])
 
 
 def prune_mask(module: nn.Module) -> Tensor:
-    mask: Tensor = module.weight_mask  # type: ignore[assignment]
+    mask: Tensor = module.weight_mask
     return mask.bool()
 
 
@@ -230,14 +230,14 @@ class TestErrors:
     )
     def test_bad_amounts(self, amount: object, error: type[Exception], message: str) -> None:
         with pytest.raises(error, match=re.escape(message)) as info:
-            Magnitude(amount=amount)  # type: ignore[arg-type]
+            Magnitude(amount=amount)
         assert str(info.value).startswith("Magnitude: amount")
 
     def test_keyword_only_and_frozen(self) -> None:
         with pytest.raises(TypeError):
-            Magnitude(0.5)  # type: ignore[misc]
+            Magnitude(0.5)
         with pytest.raises(AttributeError):
-            Magnitude(amount=0.5).amount = 0.7  # type: ignore[misc]
+            Magnitude(amount=0.5).amount = 0.7
 
     def test_count_above_size_names_amount_and_size(self) -> None:
         with pytest.raises(ValueError, match=r"amount=7 is more than the 6 entries there are"):

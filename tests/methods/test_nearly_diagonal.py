@@ -92,16 +92,16 @@ def test_narrow_and_wide_bands_agree_with_torch_ao(nearliness: int) -> None:
 )
 def test_bad_leaf(leaf: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        fs.NearlyDiagonal()(leaf)  # type: ignore[arg-type]
+        fs.NearlyDiagonal()(leaf)
 
 
 def test_config() -> None:
     with pytest.raises(TypeError, match="nearliness must be an int"):
-        fs.NearlyDiagonal(nearliness=3.0)  # type: ignore[arg-type]
+        fs.NearlyDiagonal(nearliness=3.0)
     with pytest.raises(TypeError):
-        fs.NearlyDiagonal(3)  # type: ignore[misc]
+        fs.NearlyDiagonal(3)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        fs.NearlyDiagonal().nearliness = 3  # type: ignore[misc]
+        fs.NearlyDiagonal().nearliness = 3
 
 
 def test_under_vmap_broadcasts_over_the_batch() -> None:

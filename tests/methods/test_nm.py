@@ -207,13 +207,13 @@ class TestErrors:
         self, kwargs: dict[str, object], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error, match=re.escape(message)):
-            NM(**kwargs)  # type: ignore[arg-type]
+            NM(**kwargs)
 
     def test_n_and_m_are_required_and_keyword_only(self) -> None:
         with pytest.raises(TypeError):
-            NM(2, 4)  # type: ignore[misc]
+            NM(2, 4)
         with pytest.raises(TypeError):
-            NM(n=2)  # type: ignore[call-arg]
+            NM(n=2)
 
     def test_length_not_divisible(self) -> None:
         with pytest.raises(

@@ -234,7 +234,7 @@ class TestErrors:
         self, kwargs: dict[str, object], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error, match=re.escape(message)) as info:
-            Random(**kwargs)  # type: ignore[arg-type]
+            Random(**kwargs)
         assert str(info.value).startswith("Random: ")
 
     def test_count_above_size_through_compute_masks_names_the_leaf(self) -> None:
@@ -251,4 +251,4 @@ class TestErrors:
 
     def test_frozen(self) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
-            Random(amount=0.5).seed = 1  # type: ignore[misc]
+            Random(amount=0.5).seed = 1

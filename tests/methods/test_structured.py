@@ -38,7 +38,7 @@ def prune_ln_mask(
 ) -> Tensor:
     """prune.ln_structured's mask, as bool."""
     module = _module_with(weight)
-    prune.ln_structured(module, "weight", amount=amount, n=n, dim=dim, importance_scores=scores)  # type: ignore[no-untyped-call]
+    prune.ln_structured(module, "weight", amount=amount, n=n, dim=dim, importance_scores=scores)
     return module.get_buffer("weight_mask").bool()
 
 
@@ -47,12 +47,12 @@ def prune_random_mask(weight: Tensor, amount: float, dim: int, seed: int) -> Ten
     module = _module_with(weight)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        prune.random_structured(module, "weight", amount=amount, dim=dim)  # type: ignore[no-untyped-call]
+        prune.random_structured(module, "weight", amount=amount, dim=dim)
     return module.get_buffer("weight_mask").bool()
 
 
 def prune_norms(weight: Tensor, n: float | str, dim: int) -> Tensor:
-    norms: Tensor = prune._compute_norm(weight, n, dim)  # type: ignore[no-untyped-call]
+    norms: Tensor = prune._compute_norm(weight, n, dim)
     return norms
 
 
@@ -302,7 +302,7 @@ class TestAgainstPrune:
         assume(distinct(prune_norms(weight, 2, dim)))
         method = LnStructured(amount=amount, n=2, dim=dim)
         mask = method(weight, prev_mask=prev)
-        oracle = prune.LnStructured(amount, n=2, dim=dim).compute_mask(weight, prev.float())  # type: ignore[no-untyped-call]
+        oracle = prune.LnStructured(amount, n=2, dim=dim).compute_mask(weight, prev.float())
         assert torch.equal(mask, oracle.bool())
         check_leaf_mask(method, weight, mask, data={"prev_mask": prev})
 
@@ -474,11 +474,11 @@ class TestConfig:
     def test_frozen_and_keyword_only(self) -> None:
         method = LnStructured(amount=0.5, n=2, dim=0)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            method.amount = 0.3  # type: ignore[misc]
+            method.amount = 0.3
         with pytest.raises(TypeError):
-            LnStructured(0.5, 2, 0)  # type: ignore[call-arg]
+            LnStructured(0.5, 2, 0)
         with pytest.raises(TypeError):
-            RandomStructured(0.5, 0)  # type: ignore[call-arg]
+            RandomStructured(0.5, 0)
         assert RandomStructured(amount=1, dim=0).seed == 0
         assert LnStructured(amount=0.5, n=2, dim=0) == method
 
@@ -519,7 +519,7 @@ class TestConfig:
         self, kwargs: dict[str, object], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error, match=f"LnStructured: {message}"):
-            LnStructured(**{"amount": 0.5, "n": 2, "dim": 0, **kwargs})  # type: ignore[arg-type]
+            LnStructured(**{"amount": 0.5, "n": 2, "dim": 0, **kwargs})
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
@@ -534,7 +534,7 @@ class TestConfig:
         self, kwargs: dict[str, object], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error, match=f"RandomStructured: {message}"):
-            RandomStructured(**{"amount": 0.5, "dim": 0, **kwargs})  # type: ignore[arg-type]
+            RandomStructured(**{"amount": 0.5, "dim": 0, **kwargs})
 
     def test_prune_rejects_the_same_amounts(self) -> None:
         for amount in (-1, 1.5, -0.1):

@@ -315,7 +315,7 @@ def test_unknown_keyword_data_is_refused() -> None:
 )
 def test_bad_configs_raise(value: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=re.escape(message)):
-        Wanda(sparsity=value)  # type: ignore[arg-type]
+        Wanda(sparsity=value)
 
 
 def test_config_is_a_frozen_keyword_only_dataclass() -> None:
@@ -323,9 +323,9 @@ def test_config_is_a_frozen_keyword_only_dataclass() -> None:
     assert method.sparsity == 1.0 and isinstance(method.sparsity, float)
     assert method == Wanda(sparsity=1.0) and hash(method) == hash(Wanda(sparsity=1.0))
     with pytest.raises(AttributeError):
-        method.sparsity = 0.5  # type: ignore[misc]
+        method.sparsity = 0.5
     with pytest.raises(TypeError):
-        Wanda(0.5)  # type: ignore[call-arg]
+        Wanda(0.5)
     assert Wanda in registered_methods()
     assert Wanda.needs_data and Wanda.vmappable and Wanda.level_field == "sparsity"
 

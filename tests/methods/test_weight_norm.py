@@ -45,17 +45,17 @@ def ours(case: dict[str, object]) -> torch.Tensor:
     config = {key: value for key, value in case.items() if key != "weight"}
     weight = case["weight"]
     assert isinstance(weight, torch.Tensor)
-    return fs.WeightNorm(**config)(weight)  # type: ignore[arg-type]
+    return fs.WeightNorm(**config)(weight)
 
 
 def torch_ao_defective(case: dict[str, object]) -> bool:
     """torch.ao crashes or returns a padded mask: non-dividing blocks, 0 < zeros < size."""
     weight = case["weight"]
-    rows, cols = case["sparse_block_shape"]  # type: ignore[misc]
+    rows, cols = case["sparse_block_shape"]
     size = rows * cols
     zeros = size if case["zeros_per_block"] is None else case["zeros_per_block"]
-    divides = weight.shape[0] % rows == 0 and weight.shape[1] % cols == 0  # type: ignore[union-attr]
-    return not divides and 0 < zeros < size and case["sparsity_level"] > 0  # type: ignore[operator]
+    divides = weight.shape[0] % rows == 0 and weight.shape[1] % cols == 0
+    return not divides and 0 < zeros < size and case["sparsity_level"] > 0
 
 
 class TestPinned:
@@ -151,26 +151,26 @@ class TestAgainstTorchAO:
     @given(weight_norm_cases())
     def test_bit_for_bit(self, case: dict[str, object]) -> None:
         assume(not torch_ao_defective(case))
-        expected = ao_weight_norm_mask(**case)  # type: ignore[arg-type]
-        if expected.shape != case["weight"].shape:  # type: ignore[union-attr]
+        expected = ao_weight_norm_mask(**case)
+        if expected.shape != case["weight"].shape:
             # torch.ao at level >= 1 with 0 < zeros < size stores a mask of the padded grid
             # (a defect: the next forward fails); funcsparse returns it cropped.
-            height, width = case["weight"].shape  # type: ignore[union-attr]
+            height, width = case["weight"].shape
             expected = expected[:height, :width]
         assert torch.equal(ours(case), expected)
 
     @given(weight_norm_cases(divisible=True))
     def test_bit_for_bit_on_dividing_shapes(self, case: dict[str, object]) -> None:
-        assert torch.equal(ours(case), ao_weight_norm_mask(**case))  # type: ignore[arg-type]
+        assert torch.equal(ours(case), ao_weight_norm_mask(**case))
 
     @given(weight_norm_cases())
     def test_padded_cases_crop_what_torch_ao_computes(self, case: dict[str, object]) -> None:
         assume(torch_ao_defective(case))
         level = case["sparsity_level"]
         assert isinstance(level, float)
-        height, width = case["weight"].shape  # type: ignore[union-attr]
+        height, width = case["weight"].shape
         try:
-            stored = ao_weight_norm_mask(**case)  # type: ignore[arg-type]
+            stored = ao_weight_norm_mask(**case)
         except RuntimeError:  # torch.ao's size mismatch between its two masks
             stored = None
         # The defect this test pins: torch.ao crashes, or stores a mask of the padded grid
@@ -180,7 +180,7 @@ class TestAgainstTorchAO:
             assert stored is not None
             expected = stored[:height, :width]
         else:
-            expected = ao_weight_norm_padded_parts(**case)  # type: ignore[arg-type]
+            expected = ao_weight_norm_padded_parts(**case)
         assert torch.equal(ours(case), expected)
 
     def test_callable_norm(self) -> None:
@@ -225,10 +225,10 @@ class TestConfig:
     def test_frozen_and_keyword_only(self) -> None:
         method = fs.WeightNorm(sparsity_level=0.3)
         with pytest.raises(dataclasses.FrozenInstanceError):
-            method.sparsity_level = 0.5  # type: ignore[misc]
+            method.sparsity_level = 0.5
         with pytest.raises(TypeError):
-            fs.WeightNorm(0.5)  # type: ignore[misc]
-        assert fs.WeightNorm(sparse_block_shape=[2, 2]).sparse_block_shape == (2, 2)  # type: ignore[arg-type]
+            fs.WeightNorm(0.5)
+        assert fs.WeightNorm(sparse_block_shape=[2, 2]).sparse_block_shape == (2, 2)
         assert fs.WeightNorm(sparsity_level=0.3) == method
 
     @pytest.mark.parametrize(
@@ -258,7 +258,7 @@ class TestConfig:
         self, kwargs: dict[str, object], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error, match=message):
-            fs.WeightNorm(**kwargs)  # type: ignore[arg-type]
+            fs.WeightNorm(**kwargs)
 
     def test_torch_ao_raises_the_same_zeros_per_block_errors(self) -> None:
         from torch.ao.pruning import WeightNormSparsifier
@@ -288,7 +288,7 @@ class TestConfig:
     )
     def test_bad_leaf(self, leaf: object, error: type[Exception], message: str) -> None:
         with pytest.raises(error, match=message):
-            fs.WeightNorm()(leaf)  # type: ignore[arg-type]
+            fs.WeightNorm()(leaf)
 
     def test_callable_norm_must_return_a_matching_tensor(self) -> None:
         with pytest.raises(TypeError, match="norm callable must return a floating tensor of shape"):
