@@ -91,54 +91,26 @@ def compute_masks(
     for path, leaf, assigned, method, leaf_kwargs in zip(
         paths, leaves, assignments, methods, data, strict=True
     ):
-        if assigned is None or method is None:
-            continue
-        where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
-        if isinstance(leaf, Tensor) and leaf.dim() < batch_dims:
-            raise ValueError(
-                f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "
-                f"at least {batch_dims} dimensions"
-            )
-        for name, value in leaf_kwargs.items():
-            lead = tuple(leaf.shape[:batch_dims]) if isinstance(leaf, Tensor) else ()
-            if batch_dims and isinstance(value, Tensor) and tuple(value.shape[:batch_dims]) != lead:
-                shown = "prev_masks" if name == "prev_mask" else name
-                raise ValueError(
-                    f"{where} got {shown} of shape {tuple(value.shape)} at {path!r} for a leaf "
-                    f"of shape {tuple(leaf.shape)}; with batch_dims={batch_dims} both need the "
-                    f"leading shape {lead}"
-                )
-        member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
-        problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
-        if problem is None and batch_dims and leaf_kwargs and isinstance(leaf, Tensor):
-            # Data values (statistics) are checked member by member, outside vmap.
-            problem = _first_member_problem(method, leaf, leaf_kwargs, batch_dims)
-        if problem is not None:
-            raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
-
-    masks: list[Tensor | None] = [None] * len(leaves)
-    groups: dict[str, list[int]] = {}
+        if assigned is not None and method is not None:
+            where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
+            _check_leaf(where, path, method, leaf, leaf_kwargs, batch_dims)
+    groups: dict[str, tuple[GlobalMethod, list[int]]] = {}
     for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
         if assigned is not None and isinstance(method, GlobalMethod):
-            groups.setdefault(assigned.key, []).append(i)
-    for key, members in groups.items():
-        method = methods[members[0]]
-        if not isinstance(method, GlobalMethod):  # unreachable: grouped by type above
-            continue
-        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
-        group = [_member(leaves[i], batch_dims) for i in members]
-        problem = method.group_problem(group)  # type: ignore[arg-type]
+            groups.setdefault(assigned.key, (method, []))[1].append(i)
+    for key, (method, members) in groups.items():
+        problem = method.group_problem([_member(leaves[i], batch_dims) for i in members])  # type: ignore[misc]
         if problem is None and batch_dims:  # the members are shapes only: check real devices
             problem = GlobalMethod.group_problem(method, [leaves[i] for i in members])
         if problem is not None:
+            where = f"compute_masks: rule {key!r} ({type(method).__name__})"
             group_paths = [paths[i] for i in members]
             raise problem.error(f"{where} got {problem.got} over {group_paths}; {problem.need}")
-    for key, members in groups.items():
-        method = methods[members[0]]
-        if not isinstance(method, GlobalMethod):  # unreachable: grouped by type above
-            continue
-        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
-        with _naming(where):
+
+    # Everything is checked: compute.
+    masks: list[Tensor | None] = [None] * len(leaves)
+    for key, (method, members) in groups.items():
+        with _naming(f"compute_masks: rule {key!r} ({type(method).__name__})"):
             results = _batched_global(
                 method, [leaves[i] for i in members], [data[i] for i in members], batch_dims
             )
@@ -152,6 +124,38 @@ def compute_masks(
         with _naming(f"compute_masks: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"):
             masks[i] = _batched_mask(method, leaf, batch_dims, data[i])
     return unflatten(spec, masks)
+
+
+def _check_leaf(
+    where: str,
+    path: str,
+    method: MaskMethod,
+    leaf: Any,
+    leaf_kwargs: dict[str, Any],
+    batch_dims: int,
+) -> None:
+    """Raise (naming ``where`` and ``path``) if ``method`` cannot mask ``leaf`` with its data."""
+    if isinstance(leaf, Tensor) and leaf.dim() < batch_dims:
+        raise ValueError(
+            f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "
+            f"at least {batch_dims} dimensions"
+        )
+    lead = tuple(leaf.shape[:batch_dims]) if isinstance(leaf, Tensor) else ()
+    for name, value in leaf_kwargs.items():
+        if batch_dims and isinstance(value, Tensor) and tuple(value.shape[:batch_dims]) != lead:
+            shown = "prev_masks" if name == "prev_mask" else name
+            raise ValueError(
+                f"{where} got {shown} of shape {tuple(value.shape)} at {path!r} for a leaf "
+                f"of shape {tuple(leaf.shape)}; with batch_dims={batch_dims} both need the "
+                f"leading shape {lead}"
+            )
+    member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
+    problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
+    if problem is None and batch_dims and leaf_kwargs and isinstance(leaf, Tensor):
+        # Data values (statistics) are checked member by member, outside vmap.
+        problem = _first_member_problem(method, leaf, leaf_kwargs, batch_dims)
+    if problem is not None:
+        raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
 
 
 class _naming:
