@@ -162,9 +162,9 @@ class MaskMethod(abc.ABC):
                 return LeafProblem(
                     TypeError, f"prev_mask of dtype {value.dtype}", "masks are torch.bool"
                 )
-            if key == "scores" and (value.is_complex() or value.dtype == torch.bool):
+            if key == "scores" and not value.is_floating_point():
                 return LeafProblem(
-                    TypeError, f"scores of dtype {value.dtype}", "scores must be real"
+                    TypeError, f"scores of dtype {value.dtype}", f"{name} needs floating scores"
                 )
         return self.leaf_problem(tensor, **data)
 

@@ -159,13 +159,6 @@ class GlobalMagnitude(GlobalMethod):
             return LeafProblem(
                 TypeError, describe(tensor), "GlobalMagnitude needs a floating-point tensor"
             )
-        scores = data.get("scores")
-        if isinstance(scores, Tensor) and not scores.is_floating_point():
-            return LeafProblem(
-                TypeError,
-                f"scores of dtype {scores.dtype}",
-                "GlobalMagnitude needs floating scores",
-            )
         return None
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:

@@ -97,11 +97,6 @@ class Magnitude(MaskMethod):
             return LeafProblem(
                 TypeError, describe(tensor), "Magnitude needs a floating-point tensor"
             )
-        scores = data.get("scores")
-        if scores is not None and not scores.is_floating_point():
-            return LeafProblem(
-                TypeError, f"scores of dtype {scores.dtype}", "Magnitude needs floating scores"
-            )
         return _amount_problem("Magnitude", self.amount, tensor)
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:

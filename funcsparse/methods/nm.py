@@ -95,11 +95,6 @@ class NM(MaskMethod):
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return LeafProblem(TypeError, describe(tensor), "NM needs a floating-point tensor")
-        scores = data.get("scores")
-        if scores is not None and not scores.is_floating_point():
-            return LeafProblem(
-                TypeError, f"scores of dtype {scores.dtype}", "NM needs floating scores"
-            )
         ndim = tensor.dim()
         if not -ndim <= self.axis < ndim:
             return LeafProblem(

@@ -255,11 +255,6 @@ class LnStructured(MaskMethod):
                 describe(tensor),
                 "n='nuc' needs a 3-D tensor (the nuclear norm of each 2-D slice)",
             )
-        scores = data.get("scores")
-        if scores is not None and not scores.is_floating_point():
-            return LeafProblem(
-                TypeError, f"scores of dtype {scores.dtype}", "LnStructured needs floating scores"
-            )
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:

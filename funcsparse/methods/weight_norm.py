@@ -149,11 +149,6 @@ class WeightNorm(MaskMethod):
             )
         if tensor.dim() != 2:
             return LeafProblem(ValueError, describe(tensor), "WeightNorm needs 2-D weights")
-        scores = data.get("scores")
-        if scores is not None and not scores.is_floating_point():
-            return LeafProblem(
-                TypeError, f"scores of dtype {scores.dtype}", "WeightNorm needs floating scores"
-            )
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:

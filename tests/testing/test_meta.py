@@ -337,7 +337,7 @@ def test_params_flat_layout_has_dotted_keys(tree: dict[str, Tensor]) -> None:
         match = pattern.fullmatch(key)
         assert match is not None, key
         layers.setdefault(int(match[1]), {})[match[2]] = leaf
-    assert 1 <= len(layers) <= 3 and sorted(layers) == list(range(len(layers)))
+    assert 0 < len(layers) <= 3 and sorted(layers) == list(range(len(layers)))
     for layer in layers.values():
         _assert_layer(layer)
 
@@ -346,7 +346,7 @@ def test_params_flat_layout_has_dotted_keys(tree: dict[str, Tensor]) -> None:
 def test_params_nested_layout_is_dicts_of_dicts(tree: dict[str, Any]) -> None:
     assert set(tree) == {"layers"} and isinstance(tree["layers"], dict)
     layers = tree["layers"]
-    assert 1 <= len(layers) <= 4 and list(layers) == [str(i) for i in range(len(layers))]
+    assert 0 < len(layers) <= 4 and list(layers) == [str(i) for i in range(len(layers))]
     for layer in layers.values():
         assert isinstance(layer, dict)
         _assert_layer(layer)
@@ -355,7 +355,7 @@ def test_params_nested_layout_is_dicts_of_dicts(tree: dict[str, Any]) -> None:
 @given(fst.params(layout="sequence"))
 def test_params_sequence_layout_is_a_list_or_tuple_of_dicts(tree: dict[str, Any]) -> None:
     assert set(tree) == {"layers"} and type(tree["layers"]) in (list, tuple)
-    assert 1 <= len(tree["layers"]) <= 4
+    assert 0 < len(tree["layers"]) <= 4
     for layer in tree["layers"]:
         assert isinstance(layer, dict)
         _assert_layer(layer)
