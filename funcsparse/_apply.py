@@ -105,7 +105,7 @@ def functional_call(
         >>> import torch, funcsparse as fs
         >>> model = torch.nn.Linear(4, 1, bias=False)
         >>> params = {"weight": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
-        >>> method = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))
+        >>> method = fs.WeightNorm(0.5, sparse_block_shape=(1, 1))
         >>> masks = fs.compute_masks(params, {"weight": method})
         >>> fs.functional_call(model, params, masks, (torch.ones(1, 4),))
         tensor([[7.]])

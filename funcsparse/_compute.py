@@ -46,7 +46,7 @@ def compute_masks(
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> params = dict(model.named_parameters())
-        >>> masks = fs.compute_masks(params, {"*.weight": fs.WeightNorm(sparsity_level=0.5)})
+        >>> masks = fs.compute_masks(params, {"*.weight": fs.WeightNorm(0.5)})
         >>> {name: None if m is None else m.float().mean().item() for name, m in masks.items()}
         {'0.weight': 0.5, '0.bias': None, '2.weight': 0.5, '2.bias': None}
 

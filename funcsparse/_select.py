@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["smallest_k", "smallest_k_per_group"]
+__all__ = ["keep_all_but_lowest", "lowest_covering", "smallest_k", "smallest_k_per_group"]
 
 # Below this many scores a plain ``kthvalue`` beats the sampled bracket.
 _BRACKET_MIN = 1 << 16
@@ -66,6 +66,59 @@ def smallest_k(scores: Tensor, k: int) -> Tensor:
     if scores.dim() == 1 and n >= _BRACKET_MIN and is_plain(scores):
         return _smallest_k_eager(scores, k)
     return _smallest_k_pure(scores, k)
+
+
+def keep_all_but_lowest(ranking: Tensor, k: int, prev_mask: Tensor | None = None) -> Tensor:
+    """A keep-mask of ``ranking``'s shape that prunes its ``k`` lowest-ranked entries (flat).
+
+    With ``prev_mask``, entries it prunes rank below every other and stay pruned, so ``k``
+    is the total: the mask prunes ``max(k, previously pruned)`` entries. Branch-free in the
+    data (``k`` depends on shapes only), so it runs under vmap.
+
+    Examples:
+        >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 2)
+        tensor([ True, False,  True, False])
+        >>> prev = torch.tensor([False, True, True])
+        >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0]), 1, prev)
+        tensor([False,  True,  True])
+    """
+    if prev_mask is not None:
+        ranking = torch.where(prev_mask, ranking, torch.full_like(ranking, -torch.inf))
+    pruned = smallest_k(ranking.reshape(-1), k).reshape(ranking.shape)
+    if prev_mask is not None:
+        pruned = pruned | ~prev_mask
+    return pruned.logical_not_()  # fresh from smallest_k: negate in place, no new buffer
+
+
+def lowest_covering(scores: Tensor, gains: Tensor, needed: int) -> Tensor:
+    """Select units in rank order (lowest score first) until their ``gains`` reach ``needed``.
+
+    The shortest prefix of the ranking (funcsparse's total order: ties by position, NaN
+    last) whose gains sum to at least ``needed``; everything when they never do, nothing
+    when ``needed <= 0``. Structured methods use it with a ``prev_mask``: a unit's gain is
+    the zeros that pruning it adds, so the total zeros reach the level's target.
+
+    Args:
+        scores: 1-D real tensor, one score per unit.
+        gains: 1-D non-negative integer tensor of ``scores``' shape.
+        needed: the sum of gains to reach.
+
+    Returns:
+        A 1-D ``torch.bool`` tensor, True at the selected units.
+
+    Examples:
+        >>> lowest_covering(torch.tensor([0.5, 0.1, 0.9, 0.3]), torch.tensor([2, 0, 2, 1]), 3)
+        tensor([ True,  True, False,  True])
+    """
+    selected = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if needed <= 0 or scores.numel() == 0:
+        return selected
+    order = torch.sort(scores, stable=True).indices
+    reached = torch.cumsum(gains[order], 0) >= needed
+    taken = int(torch.count_nonzero(~reached)) + 1 if bool(reached[-1]) else scores.numel()
+    # ``reached`` is monotone: the prefix up to and including its first True.
+    selected[order[:taken]] = True
+    return selected
 
 
 def _smallest_k_pure(scores: Tensor, k: int) -> Tensor:

@@ -188,7 +188,7 @@ def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
     dense_acc = _accuracy(model, params, dense_masks, x_test, y_test)
 
     # Phase 2: prune, then fine-tune with the masks fixed.
-    method = fs.WeightNorm(sparsity_level=level, sparse_block_shape=_BLOCK)
+    method = fs.WeightNorm(level, sparse_block_shape=_BLOCK)
     masks: Masks = fs.compute_masks(params, {"*.weight": method})
     pruned_acc = _accuracy(model, params, masks, x_test, y_test)
     params = _train(

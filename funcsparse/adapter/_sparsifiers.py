@@ -73,8 +73,12 @@ class WeightNormSparsifier(BaseSparsifier):
         zeros_per_block: int,
         **kwargs: Any,
     ) -> Tensor:
+        # torch.ao keeps everything at levels <= 0 and selects every block at >= 1.
+        level = sparsity_level
+        if isinstance(level, (int, float)) and not isinstance(level, bool) and level == level:
+            level = min(1.0, max(0.0, float(level)))
         method = WeightNorm(
-            sparsity_level=sparsity_level,
+            sparsity=level,
             sparse_block_shape=tuple(sparse_block_shape),  # type: ignore[arg-type]
             zeros_per_block=zeros_per_block,
             norm=self.norm,

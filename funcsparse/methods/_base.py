@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ __all__ = [
     "LeafProblem",
     "MaskMethod",
     "describe",
+    "ranking",
     "registered_methods",
     "require_int",
     "require_real",
@@ -56,6 +58,15 @@ def require_int(owner: str, name: str, value: object) -> int:
     return value
 
 
+def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
+    """What an entry-wise method ranks: ``scores`` as given (signed), else ``|tensor|``.
+
+    The lowest value is pruned first, so a score of -3 goes before a score of 1.
+    """
+    scores = data.get("scores")
+    return tensor.abs() if scores is None else scores
+
+
 def require_real(owner: str, name: str, value: object) -> float:
     """``value`` as a float that is not NaN, or a TypeError/ValueError naming ``owner.name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -67,7 +78,50 @@ def require_real(owner: str, name: str, value: object) -> float:
     return float(value)
 
 
-class MaskMethod(abc.ABC):
+# Names of other libraries (torch.ao, nn.utils.prune) for the level, and funcsparse's.
+_RENAMED = {
+    "amount": "sparsity (a fraction in [0, 1]) or count (a number of entries)",
+    "sparsity_level": "sparsity",
+}
+
+
+def _init_signature(cls: type) -> inspect.Signature:
+    """The signature of ``cls.__init__`` (``self`` first)."""
+    init = next(vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass))
+    return inspect.signature(init)
+
+
+def usage(cls: type) -> str:
+    """How to call the method class ``cls``: its name and fields, as its signature shows them."""
+    shown = []
+    star = False
+    for param in list(_init_signature(cls).parameters.values())[1:]:
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and not star:
+            shown.append("*")
+            star = True
+        if param.default is inspect.Parameter.empty:
+            shown.append(param.name)
+        else:
+            shown.append(f"{param.name}={param.default!r}")
+    return f"{cls.__name__}({', '.join(shown)})"
+
+
+class _MethodMeta(abc.ABCMeta):
+    """Turns a wrong constructor call into a TypeError that says how to call the method."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            _init_signature(cls).bind(None, *args, **kwargs)
+        except TypeError as err:
+            hints = [
+                f"funcsparse's {old!r} is {new}" for old, new in _RENAMED.items() if old in kwargs
+            ]
+            hint = f" ({'; '.join(hints)})" if hints else ""
+            raise TypeError(f"{cls.__name__}: {err}{hint}; call it as {usage(cls)}") from None
+        return super().__call__(*args, **kwargs)
+
+
+class MaskMethod(abc.ABC, metaclass=_MethodMeta):
     """Base of every funcsparse method.
 
     A method is a frozen, keyword-only dataclass that validates itself on construction.
@@ -81,7 +135,9 @@ class MaskMethod(abc.ABC):
     """
 
     vmappable: ClassVar[bool] = True
-    #: The config field whose increase never un-prunes a weight (None: no such promise).
+    #: The config field holding the level, a fraction whose increase never un-prunes a
+    #: weight (None: the method has no level). A method that also takes ``count`` (a
+    #: number to prune) uses that field instead whenever it is given.
     level_field: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -123,6 +179,49 @@ class MaskMethod(abc.ABC):
     #: Whether the method ranks a ``prev_mask``'s pruned entries itself (so that the level
     #: is the total target); when False, its mask is intersected with ``prev_mask``.
     uses_prev_mask: ClassVar[bool] = False
+
+    def scaled(self, fraction: float) -> MaskMethod:
+        """This method at ``fraction`` of its level, as a schedule asks for it.
+
+        ``sparsity * fraction`` (or ``round(count * fraction)`` where a count is given);
+        ``fraction=1`` gives the method itself. A higher fraction never un-prunes a weight.
+
+        Raises:
+            TypeError: the method has no level to scale.
+            ValueError: ``fraction`` is not in [0, 1].
+        """
+        name = type(self).__name__
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"{name}.scaled: fraction must be in [0, 1], got {fraction!r}")
+        if fraction == 1.0:
+            return self
+        count = getattr(self, "count", None)
+        if count is not None:
+            return dataclasses.replace(self, count=round(count * fraction))  # type: ignore[type-var]
+        field = self.level_field
+        if field is None:
+            raise TypeError(
+                f"{name} has no level that a schedule can scale; prune it without a schedule"
+            )
+        scaled = float(getattr(self, field)) * fraction
+        return dataclasses.replace(self, **{field: scaled})  # type: ignore[type-var]
+
+    # -- state carried between pruning steps (fs.Pruner); stateless by default -----------
+
+    #: Whether the method accumulates state from gradients (``fs.Pruner.update(grads=)``).
+    needs_grads: ClassVar[bool] = False
+
+    def init_state(self, tensor: Tensor) -> Tensor | None:
+        """The method's state for ``tensor`` before the first step (None: stateless)."""
+        return None
+
+    def next_state(self, state: Tensor | None, tensor: Tensor, grad: Tensor) -> Tensor | None:
+        """The state after one training step with ``tensor``'s gradient ``grad``."""
+        return state
+
+    def state_data(self, state: Tensor | None) -> dict[str, Any]:
+        """The keyword data a call reads from the state (e.g. ``{"scores": state}``)."""
+        return {}
 
     def for_leaf(self, path: str) -> MaskMethod:
         """The method as applied to the leaf at ``path`` (default: itself).

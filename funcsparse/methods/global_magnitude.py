@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 
 from funcsparse._select import _kth_smallest_value
-from funcsparse.methods._amount import check_amount, count_to_prune
 from funcsparse.methods._base import GlobalMethod, LeafProblem, describe
+from funcsparse.methods._level import check_level, count_to_prune, level_configs
 
 __all__ = ["GlobalMagnitude"]
 
 # Entries drawn to bracket the threshold, and the bracket's half-width: _SAMPLE_SIGMAS
 # standard deviations of the sample quantile's position, plus _SAMPLE_SLACK entries. A sample
-# of 65536 brackets about 1.4% of the scores at amount=0.5.
+# of 65536 brackets about 1.4% of the scores at sparsity=0.5.
 _SAMPLE_SIZE = 1 << 16
 _SAMPLE_SIGMAS = 3.5
 _SAMPLE_SLACK = 8
@@ -49,22 +49,22 @@ _NARROW_SEED = 0x5EED
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GlobalMagnitude(GlobalMethod):
-    """Zero the ``amount`` entries of lowest ``|w|`` across all the tensors of a rule.
+    """Zero the entries of lowest ``|w|`` across all the tensors of a rule, with one threshold.
 
     ``fs.compute_masks`` hands a global method every leaf its rule matches at once (in the
-    params' flattening order, the *group*); ``count_to_prune(amount, total)`` entries of
+    params' flattening order, the *group*); ``round(sparsity * total)`` entries (or ``count``) of
     lowest ``|w|`` over the whole group are pruned, with one threshold, so a layer of small
     weights loses more than a layer of large ones. Called on one tensor, it prunes within
     that tensor. On tie-free inputs the masks equal
-    ``torch.nn.utils.prune.global_unstructured(params, prune.L1Unstructured, amount=amount)``
+    ``torch.nn.utils.prune.global_unstructured(params, prune.L1Unstructured, amount=a)``
     bit for bit.
 
-    ``amount`` is read as ``torch.nn.utils.prune`` reads it: a float is a fraction of the
-    group's entries (``round(amount * total)``, Python's round-half-to-even), an int a count.
+    The level is ``sparsity``, a fraction of the group's entries (``round(sparsity * total)``,
+    Python's round-half-to-even, as ``torch.nn.utils.prune`` counts), or ``count``.
     Exactly that many entries are pruned, whatever the ties. Ties across tensors follow one
     order: equal scores are pruned first in the tensor that comes first in the group, and
     within a tensor in row-major order (the lower flat index first). NaN counts as the
-    largest score, so NaN weights are kept unless ``amount`` reaches them.
+    largest score, so NaN weights are kept unless the level reaches them.
 
     Unlike ``prune.global_unstructured``, no concatenated copy of the weights (or scores)
     is made: peak extra memory is the bool masks it returns, one tensor's ``|w|`` and a
@@ -72,15 +72,16 @@ class GlobalMagnitude(GlobalMethod):
 
     Keyword data per tensor (``fs.compute_masks`` pytrees of the same name):
 
-    * ``scores``: importance scores of the tensor's shape, ranked by ``|scores|`` instead of
-      ``|w|`` (``global_unstructured``'s ``importance_scores``).
+    * ``scores``: importance scores of the tensor's shape, ranked as given (signed: the
+      lowest is pruned first) instead of ``|w|``. ``global_unstructured``'s
+      ``importance_scores=s`` ranks ``|s|``: pass ``s.abs()`` for its masks.
     * ``prev_mask``: the mask of an earlier round (``compute_masks(..., prev_masks=...)``).
-      A weight pruned before stays pruned, and ``amount`` is the *total* target over the
-      group: previously pruned entries rank below every other entry, then the ``amount``
-      lowest are pruned. Where more entries were pruned before than ``amount`` asks for, the
+      A weight pruned before stays pruned, and the level is the *total* target over the
+      group: previously pruned entries rank below every other entry, then the lowest are
+      pruned up to the level. Where more entries were pruned before than it asks for, the
       masks are the previous ones.
 
-    Raising ``amount`` never un-prunes an entry (the masks nest).
+    Raising the level never un-prunes an entry (the masks nest).
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -89,25 +90,28 @@ class GlobalMagnitude(GlobalMethod):
         ...     "a.weight": torch.tensor([[0.5, -2.0], [0.1, 3.0]]),
         ...     "b.weight": torch.tensor([[-0.3, 0.2, 4.0]]),
         ... }
-        >>> masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=3)})
+        >>> masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(count=3)})
         >>> masks["a.weight"]
         tensor([[ True,  True],
                 [False,  True]])
         >>> masks["b.weight"]
         tensor([[False, False,  True]])
-        >>> GlobalMagnitude(amount=0.5)(params["a.weight"])  # one tensor: within it
+        >>> GlobalMagnitude(0.5)(params["a.weight"])  # one tensor: within it
         tensor([[False,  True],
                 [False,  True]])
 
     Args:
-        amount: a float in ``[0, 1]`` (the fraction of the group's entries to prune) or a
-            non-negative int (the count). Required.
+        sparsity: the fraction of the group's entries to prune, in ``[0, 1]``; may be
+            given positionally. Give it or ``count``.
+        count: the number of entries to prune across the group, an int ``>= 0``. Give it
+            or ``sparsity``.
 
     Raises:
-        TypeError: ``amount`` is not an int or float (bools are refused); on a call, a
+        TypeError: neither or both of ``sparsity`` and ``count``, or one of the wrong type
+            (bools are refused); on a call, a
             tensor that is not floating-point, or ``scores`` that are not floating.
-        ValueError: a float ``amount`` outside ``[0, 1]`` (or NaN), or a negative int; on a
-            call, an int ``amount`` above the group's number of entries (``compute_masks``
+        ValueError: ``sparsity`` outside ``[0, 1]`` (or NaN), or a negative ``count``; on a
+            call, a ``count`` above the group's number of entries (``compute_masks``
             names the rule), or ``scores`` / ``prev_mask`` of another shape than the tensor.
 
     References:
@@ -117,15 +121,18 @@ class GlobalMagnitude(GlobalMethod):
         ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``.
     """
 
-    amount: float | int
+    sparsity: float | None = dataclasses.field(default=None, kw_only=False)
+    count: int | None = None
 
-    level_field: ClassVar[str | None] = "amount"
+    level_field: ClassVar[str | None] = "sparsity"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"scores"})
     uses_prev_mask: ClassVar[bool] = True
     needs_data: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_amount("GlobalMagnitude", self.amount)
+        sparsity, count = check_level("GlobalMagnitude", self.sparsity, self.count)
+        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "count", count)
 
     @classmethod
     def configs(cls, st: Any) -> Any:
@@ -134,23 +141,19 @@ class GlobalMagnitude(GlobalMethod):
         Counts above 0 are left out: they raise on tensors (or groups) with fewer entries,
         which the shared suite draws (empty tensors included).
         """
-        fractions = st.one_of(
-            st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]),
-            st.floats(0.0, 1.0, allow_nan=False),
-        )
-        return st.builds(cls, amount=st.one_of(fractions, st.just(0)))
+        return level_configs(st, cls, max_count=0)
 
     def group_problem(self, tensors: Sequence[Tensor]) -> LeafProblem | None:
-        """One device for the group, and an int ``amount`` no larger than its entries."""
+        """One device for the group, and a ``count`` no larger than its entries."""
         problem = super().group_problem(tensors)
         if problem is not None:
             return problem
         total = sum(t.numel() for t in tensors)
-        if isinstance(self.amount, int) and self.amount > total:
+        if self.count is not None and self.count > total:
             return LeafProblem(
                 ValueError,
-                f"amount={self.amount} for {total} entries",
-                "amount is more than there are",
+                f"count={self.count} for {total} entries",
+                "count is more than there are",
             )
         return None
 
@@ -168,15 +171,15 @@ class GlobalMagnitude(GlobalMethod):
     def expected_global_zeros(
         self, tensors: Sequence[Tensor], data: Sequence[dict[str, Any]]
     ) -> int | None:
-        """``count_to_prune(amount, total)``, or the previous zeros where there are more."""
+        """The level's count over the group, or the previous zeros where there are more."""
         total = sum(t.numel() for t in tensors)
-        k = count_to_prune("GlobalMagnitude", self.amount, total)
+        k = count_to_prune("GlobalMagnitude", self.sparsity, self.count, total)
         previous = sum(int((~d["prev_mask"]).sum()) for d in data if d.get("prev_mask") is not None)
         return max(k, previous)
 
     def _global_masks(self, tensors: list[Tensor], data: list[dict[str, Any]]) -> list[Tensor]:
         group = _Group(tensors, data)
-        k = count_to_prune("GlobalMagnitude", self.amount, group.total)
+        k = count_to_prune("GlobalMagnitude", self.sparsity, self.count, group.total)
         k = max(k, group.previously_pruned)
         if k <= 0:
             return [torch.ones(t.shape, dtype=torch.bool, device=t.device) for t in tensors]
@@ -262,7 +265,7 @@ class _Threshold:
 
 
 class _Group:
-    """The scores of a group: ``|x|`` (or ``|scores|``), -inf where previously pruned.
+    """The scores of a group: ``|x|`` (or ``scores`` as given), -inf where previously pruned.
 
     Scores are computed chunk by chunk (at most ``_CHUNK`` entries, or one row of a
     non-contiguous tensor, at a time) into a reused buffer, so no pass holds more than one
@@ -275,6 +278,7 @@ class _Group:
         self._sources: list[Tensor] = [
             d.get("scores", t) for t, d in zip(tensors, data, strict=True)
         ]
+        self._signed = ["scores" in d for d in data]  # given scores rank as they are
         self._prev: list[Tensor | None] = [d.get("prev_mask") for d in data]
         self.sizes = [s.numel() for s in self._sources]
         self.offsets = [0]
@@ -303,14 +307,16 @@ class _Group:
             if buffer is None or buffer.numel() < piece.numel():
                 buffer = torch.empty(piece.numel(), dtype=piece.dtype, device=piece.device)
                 self._buffers[piece.dtype] = buffer
-            scores = torch.abs(piece, out=buffer[: piece.numel()])
+            out = buffer[: piece.numel()]
+            scores = out.copy_(piece) if self._signed[i] else torch.abs(piece, out=out)
             if prev is not None:
                 scores.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
             yield start, scores
 
     def sample_at(self, i: int, index: Tensor) -> Tensor:
         """Scores of tensor ``i`` at the flat positions ``index`` (computed for those only)."""
-        values = _flat_take(self._sources[i], index).abs()
+        values = _flat_take(self._sources[i], index)
+        values = values.clone() if self._signed[i] else values.abs()
         prev = self._prev[i]
         if prev is not None:
             values.masked_fill_(_flat_take(prev, index).logical_not(), -math.inf)

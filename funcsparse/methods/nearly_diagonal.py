@@ -53,7 +53,11 @@ class NearlyDiagonal(MaskMethod):
         return st.builds(cls, nearliness=st.one_of(odd, st.integers(-2, 0)))
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
-        """Entries off the band of ``2 * (nearliness // 2) + 1`` diagonals."""
+        """Entries off the band of ``2 * (nearliness // 2) + 1`` diagonals (and, with a
+        ``prev_mask``, the entries it prunes)."""
+        prev_mask = data.get("prev_mask")
+        if prev_mask is not None:
+            return int((~(self._band(tensor) & prev_mask.cpu())).sum())
         if self.nearliness <= 0:
             return tensor.numel()
         height, width = tensor.shape
@@ -64,19 +68,26 @@ class NearlyDiagonal(MaskMethod):
         return height * width - int(kept)
 
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
-        """The mask must be the band ``|i - j| <= nearliness // 2`` exactly."""
-        if self.nearliness <= 0:
-            band = torch.zeros(tensor.shape, dtype=torch.bool)
-        else:
-            height, width = tensor.shape
-            offset = torch.arange(width)[None, :] - torch.arange(height)[:, None]
-            band = offset.abs() <= self.nearliness // 2
+        """The mask must be the band ``|i - j| <= nearliness // 2`` exactly (within
+        ``prev_mask``, where one is given: the kept set only shrinks)."""
+        band = self._band(tensor)
+        prev_mask = data.get("prev_mask")
+        if prev_mask is not None:
+            band &= prev_mask.cpu()
         wrong = (mask.cpu() != band).nonzero()
         if wrong.numel():
             i, j = (int(v) for v in wrong[0])
             state = "kept" if bool(mask[i, j]) else "pruned"
             return f"entry ({i}, {j}) is {state}, against the band of nearliness {self.nearliness}"
         return None
+
+    def _band(self, tensor: Tensor) -> Tensor:
+        """The band ``|i - j| <= nearliness // 2`` on the CPU (all False at ``nearliness <= 0``)."""
+        if self.nearliness <= 0:
+            return torch.zeros(tensor.shape, dtype=torch.bool)
+        height, width = tensor.shape
+        offset = torch.arange(width)[None, :] - torch.arange(height)[:, None]
+        return offset.abs() <= self.nearliness // 2
 
     def __post_init__(self) -> None:
         nearliness = require_int("NearlyDiagonal", "nearliness", self.nearliness)

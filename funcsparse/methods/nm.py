@@ -10,6 +10,7 @@ from torch import Tensor
 
 from funcsparse._select import smallest_k_per_group
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+from funcsparse.methods._base import ranking as ranking_of
 
 __all__ = ["NM"]
 
@@ -29,8 +30,8 @@ class NM(MaskMethod):
 
     Keyword data of a call (or ``fs.compute_masks`` pytrees of the same name):
 
-    * ``scores``: importance scores of the tensor's shape, ranked by ``|scores|`` in place
-      of ``|w|``.
+    * ``scores``: importance scores of the tensor's shape, ranked as given in place of
+      ``|w|`` (signed: the lowest in a group is pruned first).
     * ``prev_mask``: the mask of an earlier round. Previously pruned entries stay pruned and
       rank first within their group, so a group keeps exactly ``n`` entries whenever it
       had at least ``n`` left (and all it had left otherwise).
@@ -92,6 +93,15 @@ class NM(MaskMethod):
             st.sampled_from([-1, 0, 1, -2]),
         )
 
+    def scaled(self, fraction: float) -> NM:
+        """``round(fraction * (m - n))`` zeros per group: ``NM(n=2, m=4).scaled(0.5)`` is 3:4.
+
+        Every step of a schedule keeps an N:M pattern, and the masks nest as it rises.
+        """
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"NM.scaled: fraction must be in [0, 1], got {fraction!r}")
+        return dataclasses.replace(self, n=self.m - round(fraction * (self.m - self.n)))
+
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return LeafProblem(TypeError, describe(tensor), "NM needs a floating-point tensor")
@@ -113,7 +123,7 @@ class NM(MaskMethod):
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        ranking = data.get("scores", tensor).abs()
+        ranking = ranking_of(tensor, data)
         prev_mask: Tensor | None = data.get("prev_mask")
         if prev_mask is not None:
             ranking = torch.where(prev_mask, ranking, torch.full_like(ranking, -torch.inf))

@@ -8,10 +8,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from funcsparse.methods._amount import check_amount, count_to_prune
+from funcsparse._select import keep_all_but_lowest
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+from funcsparse.methods._level import (
+    check_level,
+    count_problem,
+    count_to_prune,
+    level_configs,
+    total_zeros,
+)
 from funcsparse.methods._seeds import SEED_LIMIT, leaf_seed
-from funcsparse.methods.magnitude import _amount_problem, _prune_lowest, _total_zeros
 
 __all__ = ["Random"]
 
@@ -20,19 +26,19 @@ _SEED_LIMIT = SEED_LIMIT  # torch.Generator.manual_seed takes seeds below 2**64
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Random(MaskMethod):
-    """Zero ``amount`` entries of a tensor of any shape, chosen at random from a seed.
+    """Zero entries of a tensor of any shape, chosen at random from a seed.
 
     The random values are ``torch.rand(tensor.shape, dtype=tensor.dtype, generator=g)`` with
     ``g = torch.Generator(device=tensor.device).manual_seed(seed)``, and the entries with the
-    ``k`` *largest* values are pruned (``k`` from ``amount`` as ``torch.nn.utils.prune``
-    reads it: a float is a fraction, ``round(amount * numel)``; an int is a count). That is
-    what ``prune.random_unstructured`` does with ``torch.rand_like`` and ``topk``, so after
-    ``torch.manual_seed(s)``, ``prune.random_unstructured(module, "weight", amount)`` gives
-    the mask of ``Random(amount=amount, seed=s)(module.weight)`` (where the random values do
-    not tie; equal values are pruned lowest flat index first). The global RNG is never read
-    or advanced: the same config gives the same mask every time, on a given device.
+    ``k`` *largest* values are pruned (``k = round(sparsity * numel)``, or ``count``, as
+    ``torch.nn.utils.prune`` counts a fraction or an int ``amount``). That is what
+    ``prune.random_unstructured`` does with ``torch.rand_like`` and ``topk``, so after
+    ``torch.manual_seed(s)``, ``prune.random_unstructured(module, "weight", amount=a)``
+    gives the mask of ``Random(a, seed=s)(module.weight)`` (where the random values do not
+    tie; equal values are pruned lowest flat index first). The global RNG is never read or
+    advanced: the same config gives the same mask every time, on a given device.
 
-    Raising ``amount`` (same seed) never un-prunes an entry: the random values are the same,
+    Raising the level (same seed) never un-prunes an entry: the random values are the same,
     and the larger ``k`` takes a superset.
 
     Through ``fs.compute_masks`` every leaf gets its own stream: :meth:`for_leaf` derives the
@@ -47,7 +53,7 @@ class Random(MaskMethod):
       in place of ``seed``. It is not advanced (the draw uses a copy of its state), so the
       same generator state gives the same mask; advance it, or change ``seed``, for a new one.
     * ``prev_mask``: the mask of an earlier round. A weight pruned before stays pruned and
-      ``amount`` is the *total* target: previously pruned entries rank before every other,
+      the level is the *total* target: previously pruned entries rank before every other,
       then the ``k`` are taken; where more were pruned before, the mask is ``prev_mask``.
 
     A random method: ``vmappable`` is False (``compute_masks`` loops over ensemble members).
@@ -58,10 +64,10 @@ class Random(MaskMethod):
         >>> from torch.nn.utils import prune
         >>> from funcsparse.methods.random import Random
         >>> w = torch.randn(4, 6)
-        >>> mask = Random(amount=0.5, seed=7)(w)
+        >>> mask = Random(0.5, seed=7)(w)
         >>> int((~mask).sum())
         12
-        >>> torch.equal(mask, Random(amount=0.5, seed=7)(w))
+        >>> torch.equal(mask, Random(0.5, seed=7)(w))
         True
         >>> layer = nn.Linear(6, 4)
         >>> _ = torch.manual_seed(7)
@@ -70,32 +76,36 @@ class Random(MaskMethod):
         True
 
     Args:
-        amount: a float in ``[0, 1]`` (the fraction of entries to prune) or a non-negative
-            int (the count). Required.
+        sparsity: the fraction of entries to prune, in ``[0, 1]``; may be given
+            positionally. Give it or ``count``.
+        count: the number of entries to prune, an int ``>= 0``. Give it or ``sparsity``.
         seed: an int in ``[0, 2**64)`` seeding the draw. Default 0.
 
     Raises:
-        TypeError: ``amount`` is not an int or float (bools and strings are refused) or
-            ``seed`` is not an int; on a call, a tensor that is not floating-point, or a
+        TypeError: neither or both of ``sparsity`` and ``count``, one of the wrong type, or
+            ``seed`` not an int; on a call, a tensor that is not floating-point, or a
             ``generator`` that is not a ``torch.Generator``.
-        ValueError: a float ``amount`` outside ``[0, 1]`` (or NaN), a negative int, or a seed
-            outside ``[0, 2**64)``; on a call, an int ``amount`` above the tensor's number of
+        ValueError: ``sparsity`` outside ``[0, 1]`` (or NaN), a negative ``count``, or a seed
+            outside ``[0, 2**64)``; on a call, a ``count`` above the tensor's number of
             entries, or a ``generator`` on another device than the tensor.
 
     References:
         ``torch.nn.utils.prune.RandomUnstructured``, whose semantics this reproduces.
     """
 
-    amount: float | int
+    sparsity: float | None = dataclasses.field(default=None, kw_only=False)
+    count: int | None = None
     seed: int = 0
 
-    level_field: ClassVar[str | None] = "amount"
+    level_field: ClassVar[str | None] = "sparsity"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"generator"})
     uses_prev_mask: ClassVar[bool] = True
     vmappable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_amount("Random", self.amount)
+        sparsity, count = check_level("Random", self.sparsity, self.count)
+        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "count", count)
         seed = require_int("Random", "seed", self.seed)
         if not 0 <= seed < _SEED_LIMIT:
             raise ValueError(f"Random: seed={seed} must be in [0, 2**64)")
@@ -103,14 +113,8 @@ class Random(MaskMethod):
     @classmethod
     def configs(cls, st: Any) -> Any:
         """Valid Random configs: fractions (edges included), small counts, a few seeds."""
-        fractions = st.one_of(
-            st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0, allow_nan=False)
-        )
-        return st.builds(
-            cls,
-            amount=st.one_of(fractions, st.integers(0, 20)),
-            seed=st.one_of(st.integers(0, 3), st.integers(0, _SEED_LIMIT - 1)),
-        )
+        seeds = st.one_of(st.integers(0, 3), st.integers(0, _SEED_LIMIT - 1))
+        return level_configs(st, cls, seed=seeds)
 
     def for_leaf(self, path: str) -> Random:
         """This config with the seed of the leaf at ``path``: ``leaf_seed(seed, path)``."""
@@ -133,13 +137,13 @@ class Random(MaskMethod):
                     f"a generator on {generator.device} for a tensor on {tensor.device}",
                     "the generator must be on the tensor's device",
                 )
-        return _amount_problem("Random", self.amount, tensor)
+        return count_problem("Random", self.count, tensor)
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        k = count_to_prune("Random", self.amount, tensor.numel())
+        k = count_to_prune("Random", self.sparsity, self.count, tensor.numel())
         values = self.random_values(tensor, generator=data.get("generator"))
         # The k largest values are the k smallest negated ones (negation is exact).
-        return _prune_lowest(values.neg(), k, data.get("prev_mask"))
+        return keep_all_but_lowest(values.neg(), k, data.get("prev_mask"))
 
     def random_values(self, tensor: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """The random values that rank ``tensor``'s entries (the largest are pruned first).
@@ -159,6 +163,6 @@ class Random(MaskMethod):
         return torch.rand(tensor.shape, dtype=tensor.dtype, device=tensor.device, generator=g)
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
-        """``count_to_prune(amount, numel)``, or the previous zeros where there are more."""
-        k = count_to_prune("Random", self.amount, tensor.numel())
-        return _total_zeros(k, data.get("prev_mask"))
+        """The level's count of entries, or the previous zeros where there are more."""
+        k = count_to_prune("Random", self.sparsity, self.count, tensor.numel())
+        return total_zeros(k, data.get("prev_mask"))

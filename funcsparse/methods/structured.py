@@ -6,52 +6,162 @@ as ``torch.nn.utils.prune.ln_structured`` and ``random_structured`` do, as pure 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
-import numbers
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from funcsparse._select import smallest_k
-from funcsparse.methods._amount import check_amount, count_to_prune
+from funcsparse._select import lowest_covering, smallest_k
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
+from funcsparse.methods._level import check_level, count_to_prune, level_configs
 from funcsparse.methods._seeds import SEED_LIMIT as _SEED_LIMIT
 from funcsparse.methods._seeds import leaf_seed
 
 __all__ = ["LnStructured", "RandomStructured", "leaf_seed"]
 
 
-def _slice_problem(owner: str, tensor: Tensor, dim: int, amount: float) -> LeafProblem | None:
-    """Why ``owner`` cannot prune slices of ``tensor`` along ``dim`` (prune's checks)."""
-    ndim = tensor.dim()
-    if ndim <= 1:
-        return LeafProblem(
-            ValueError,
-            describe(tensor),
-            f"structured pruning needs a tensor of 2 or more dims ({owner} prunes whole "
-            f"slices along dim={dim})",
-        )
-    if not -ndim <= dim < ndim:
-        return LeafProblem(
-            ValueError,
-            f"dim={dim} for {describe(tensor)}",
-            f"dim must be in [{-ndim}, {ndim - 1}]",
-        )
-    size = tensor.shape[dim]
-    if isinstance(amount, numbers.Integral) and amount > size:
-        return LeafProblem(
-            ValueError,
-            f"amount={amount} for {describe(tensor)}",
-            f"amount={amount} is more than the {size} slices along dim={dim}",
-        )
-    return None
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Slices(MaskMethod):
+    """What the slice methods share: the level in slices, the checks and the selection.
 
+    With a ``prev_mask``, slices are taken in rank order until the zeros reach the level's
+    target (``count`` slices' worth of entries), counting the zeros ``prev_mask`` already
+    has: a slice adds the entries of it that were not pruned before. So the level is the
+    total target, the kept set only shrinks, and slices pruned whole before cost nothing.
+    """
 
-def _n_pruned(owner: str, amount: float, tensor: Tensor, dim: int) -> int:
-    """Slices along ``dim`` that ``amount`` prunes (nn.utils.prune's rounding)."""
-    return count_to_prune(owner, amount, tensor.shape[dim], what="slices")
+    sparsity: float | None = dataclasses.field(default=None, kw_only=False)
+    count: int | None = None
+    dim: int
+
+    level_field: ClassVar[str | None] = "sparsity"
+    uses_prev_mask: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        sparsity, count = check_level(name, self.sparsity, self.count)
+        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "count", count)
+        require_int(name, "dim", self.dim)
+
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        name = type(self).__name__
+        if not isinstance(tensor, Tensor):
+            return LeafProblem(TypeError, describe(tensor), f"{name} needs a tensor")
+        ndim = tensor.dim()
+        if ndim <= 1:
+            return LeafProblem(
+                ValueError,
+                describe(tensor),
+                f"structured pruning needs a tensor of 2 or more dims ({name} prunes whole "
+                f"slices along dim={self.dim})",
+            )
+        if not -ndim <= self.dim < ndim:
+            return LeafProblem(
+                ValueError,
+                f"dim={self.dim} for {describe(tensor)}",
+                f"dim must be in [{-ndim}, {ndim - 1}]",
+            )
+        size = tensor.shape[self.dim]
+        if self.count is not None and self.count > size:
+            return LeafProblem(
+                ValueError,
+                f"count={self.count} for {describe(tensor)}",
+                f"count={self.count} is more than the {size} slices along dim={self.dim}",
+            )
+        return None
+
+    def slices_to_prune(self, tensor: Tensor) -> int:
+        """Slices along ``dim`` that the level prunes (nn.utils.prune's rounding)."""
+        size = tensor.shape[self.dim]
+        return count_to_prune(type(self).__name__, self.sparsity, self.count, size, what="slices")
+
+    @abc.abstractmethod
+    def slice_scores(self, tensor: Tensor, data: dict[str, Any]) -> Tensor:
+        """One score per slice along ``dim`` (the lowest are pruned first)."""
+
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        dim = self.dim % tensor.dim()
+        size = tensor.shape[dim]
+        count = self.slices_to_prune(tensor)
+        prev_mask: Tensor | None = data.get("prev_mask")
+        if tensor.numel() == 0 or (count == 0 and prev_mask is None):
+            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+        if count >= size:
+            return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        if prev_mask is None:
+            pruned = smallest_k(self.slice_scores(tensor, data), count)
+            return _keep_slices(pruned.logical_not(), tensor.shape, dim)
+        slice_size = tensor.numel() // size
+        prev_zeros = (~prev_mask).movedim(dim, 0).reshape(size, -1).sum(1)
+        needed = count * slice_size - int(prev_zeros.sum())
+        pruned = lowest_covering(self.slice_scores(tensor, data), slice_size - prev_zeros, needed)
+        return _keep_slices(pruned.logical_not(), tensor.shape, dim).logical_and_(prev_mask)
+
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
+        """Pruned slices times the slice size (None with a ``prev_mask`` that has zeros)."""
+        prev_mask = data.get("prev_mask")
+        if prev_mask is not None and not bool(prev_mask.all()):
+            return None
+        if tensor.numel() == 0:
+            return 0
+        return self.slices_to_prune(tensor) * (tensor.numel() // tensor.shape[self.dim])
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
+        """Every slice all kept or all pruned, and exactly the promised number pruned.
+
+        With a ``prev_mask``: the mask keeps nothing ``prev_mask`` prunes, its new zeros fill
+        whole slices, the total reaches the target (or everything is pruned), and it would
+        not without the slice that adds the most (the fewest slices were taken).
+        """
+        if tensor.numel() == 0:
+            return None
+        dim = self.dim % tensor.dim()
+        size = tensor.shape[dim]
+        count = self.slices_to_prune(tensor)
+        level = f"sparsity={self.sparsity}" if self.count is None else f"count={self.count}"
+        rows = mask.detach().cpu().movedim(dim, 0).reshape(size, -1)
+        all_pruned = ~rows.any(dim=1)
+        prev_mask = data.get("prev_mask")
+        if prev_mask is None:
+            partial = rows.any(dim=1) & ~rows.all(dim=1)
+            if bool(partial.any()):
+                index = int(partial.nonzero()[0])
+                zeros = int((~rows[index]).sum())
+                return (
+                    f"slice {index} along dim={dim} has {zeros} of {rows.shape[1]} entries "
+                    "pruned; a slice is all kept or all pruned"
+                )
+            if int(all_pruned.sum()) != count:
+                return (
+                    f"{int(all_pruned.sum())} of {size} slices along dim={dim} are pruned; "
+                    f"expected {count} ({level})"
+                )
+            return None
+        prev_rows = prev_mask.detach().cpu().movedim(dim, 0).reshape(size, -1)
+        if bool((rows & ~prev_rows).any()):
+            return "the mask keeps entries that prev_mask prunes"
+        touched = (~rows & prev_rows).any(dim=1)
+        if bool((touched & ~all_pruned).any()):
+            index = int((touched & ~all_pruned).nonzero()[0])
+            return (
+                f"slice {index} along dim={dim} has new zeros but is not all pruned; pruning "
+                "takes whole slices"
+            )
+        target = count * rows.shape[1]
+        zeros = int((~rows).sum())
+        gains = prev_rows.sum(1)[touched]
+        if zeros < min(target, rows.numel()):
+            return f"{zeros} zeros; the level's target is {target} ({level})"
+        if gains.numel() and zeros - int(gains.max()) >= target:
+            return (
+                f"{zeros} zeros where {target} are the target ({level}): more slices were "
+                "pruned than needed"
+            )
+        return None
 
 
 def _keep_slices(keep: Tensor, shape: torch.Size, dim: int) -> Tensor:
@@ -59,70 +169,6 @@ def _keep_slices(keep: Tensor, shape: torch.Size, dim: int) -> Tensor:
     view = [1] * len(shape)
     view[dim] = shape[dim]
     return keep.reshape(view).expand(shape).contiguous()
-
-
-def _expected_zeros(
-    owner: str, amount: float, dim: int, tensor: Tensor, data: dict[str, Any]
-) -> int | None:
-    """Pruned slices times the slice size; None where a ``prev_mask`` has zeros of its own."""
-    prev_mask = data.get("prev_mask")
-    if prev_mask is not None and not bool(prev_mask.all()):
-        return None
-    if tensor.numel() == 0:
-        return 0
-    size = tensor.shape[dim]
-    return _n_pruned(owner, amount, tensor, dim) * (tensor.numel() // size)
-
-
-def _slices_problem(
-    owner: str, amount: float, dim: int, tensor: Tensor, mask: Tensor, data: dict[str, Any]
-) -> str | None:
-    """Every slice all kept or all pruned, and exactly the promised number pruned.
-
-    With a ``prev_mask``, the mask must be ``prev_mask`` with exactly that many whole slices
-    zeroed: its zeros include ``prev_mask``'s, and its other zeros fill whole slices, at most
-    as many as promised, among at least as many all-zero slices.
-    """
-    if tensor.numel() == 0:
-        return None
-    dim = dim % tensor.dim()
-    size = tensor.shape[dim]
-    count = _n_pruned(owner, amount, tensor, dim)
-    rows = mask.detach().cpu().movedim(dim, 0).reshape(size, -1)
-    all_pruned = ~rows.any(dim=1)
-    prev_mask = data.get("prev_mask")
-    if prev_mask is None:
-        partial = rows.any(dim=1) & ~rows.all(dim=1)
-        if bool(partial.any()):
-            index = int(partial.nonzero()[0])
-            zeros = int((~rows[index]).sum())
-            return (
-                f"slice {index} along dim={dim} has {zeros} of {rows.shape[1]} entries pruned; "
-                "a slice is all kept or all pruned"
-            )
-        if int(all_pruned.sum()) != count:
-            return (
-                f"{int(all_pruned.sum())} of {size} slices along dim={dim} are pruned; "
-                f"expected {count} (amount={amount})"
-            )
-        return None
-    prev_rows = prev_mask.detach().cpu().movedim(dim, 0).reshape(size, -1)
-    if bool((rows & ~prev_rows).any()):
-        return "the mask keeps entries that prev_mask prunes"
-    touched = (~rows & prev_rows).any(dim=1)
-    if bool((touched & ~all_pruned).any()):
-        index = int((touched & ~all_pruned).nonzero()[0])
-        return (
-            f"slice {index} along dim={dim} has new zeros but is not all pruned; pruning "
-            "takes whole slices"
-        )
-    if not int(touched.sum()) <= count <= int(all_pruned.sum()):
-        return (
-            f"{int(touched.sum())} slices along dim={dim} are newly pruned and "
-            f"{int(all_pruned.sum())} are all pruned; {count} pruned slices cannot explain it "
-            f"(amount={amount})"
-        )
-    return None
 
 
 def _norms(tensor: Tensor, n: float | str, dim: int) -> Tensor:
@@ -143,16 +189,15 @@ def _norms(tensor: Tensor, n: float | str, dim: int) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LnStructured(MaskMethod):
+class LnStructured(_Slices):
     """Prune the slices along ``dim`` of lowest Ln norm: rows, output channels, conv filters.
 
     A slice is everything with one index along ``dim``: ``dim=0`` selects the rows of a
     Linear weight (its output features) or the filters of a Conv2d weight ``(out, in, kh,
     kw)``; ``dim=1`` the columns (input features, input channels). Each slice's score is its
     Ln norm over all other dims, computed by the same ``torch.norm`` call as
-    ``torch.nn.utils.prune.ln_structured``, and the ``amount`` slices of lowest norm are
-    pruned whole: ``round(amount * size)`` slices for a float ``amount``, ``amount`` slices
-    for an int.
+    ``torch.nn.utils.prune.ln_structured``, and the slices of lowest norm are pruned whole:
+    ``round(sparsity * size)`` of them, or ``count``.
 
     The masks equal ``torch.nn.utils.prune.ln_structured``'s bit for bit when the slice norms
     have no ties. prune keeps the ``topk`` largest norms, so which of two tied slices it
@@ -161,47 +206,47 @@ class LnStructured(MaskMethod):
     ``torch.norm`` (and so prune) raises, uses the 2-norm of each flattened slice, which is
     its Frobenius norm.
 
-    ``scores`` (keyword data) are importance scores standing in for the weight, as prune's
-    ``importance_scores``: the norms are taken over the scores. A ``prev_mask`` (keyword
-    data) is intersected with the result: slices are ranked over the whole tensor and
-    ``amount`` counts slices of the whole tensor, as one ``prune.LnStructured.compute_mask``
-    with ``default_mask=prev_mask`` does. (prune's iterative ``ln_structured`` on an already
-    pruned module ranks only the slices not yet all zero, and a float ``amount`` is a
-    fraction of those.)
+    Keyword data: ``scores``, importance scores of the tensor's shape, ranked as given: a
+    slice's score is the sum of its entries' scores (signed), and the lowest is pruned
+    first. (prune's ``importance_scores=s`` ranks the Ln norm of ``s``; for a finite ``n``
+    pass ``scores=s.abs() ** n``, whose slice sums rank the same.) ``prev_mask``, the mask
+    of an earlier round: the norms are taken over the weights as the model sees them (pruned
+    entries count as 0), nothing pruned before comes back, and slices are taken in rank
+    order until the zeros, old and new, reach the level's total.
 
     Examples:
-        >>> import torch
-        >>> from funcsparse.methods.structured import LnStructured
+        >>> import torch, funcsparse as fs
         >>> w = torch.tensor([[1.0, -2.0], [0.1, 0.2], [3.0, 0.0]])
-        >>> LnStructured(amount=1, n=2, dim=0)(w)  # the row of lowest L2 norm
+        >>> fs.LnStructured(count=1, n=2, dim=0)(w)  # the row of lowest L2 norm
         tensor([[ True,  True],
                 [False, False],
                 [ True,  True]])
-        >>> LnStructured(amount=0.5, n=1, dim=1)(w)  # half the columns, by L1 norm
+        >>> fs.LnStructured(0.5, n=1, dim=1)(w)  # half the columns, by L1 norm
         tensor([[ True, False],
                 [ True, False],
                 [ True, False]])
         >>> conv = torch.randn(8, 3, 3, 3)  # Conv2d(3, 8, 3).weight: 8 filters
-        >>> mask = LnStructured(amount=0.25, n=2, dim=0)(conv)
+        >>> mask = fs.LnStructured(0.25, n=2, dim=0)(conv)
         >>> (~mask).flatten(1).all(1).sum().item()  # filters pruned whole
         2
 
     Args:
-        amount: a float in [0, 1] (the fraction of slices to prune) or an int >= 0 (how
-            many slices), as in ``torch.nn.utils.prune``.
+        sparsity: the fraction of slices to prune, in ``[0, 1]``; may be given
+            positionally. Give it or ``count``.
+        count: the number of slices to prune, an int ``>= 0``. Give it or ``sparsity``.
         n: the norm's order, as ``p`` of ``torch.norm``: an int or float (``1``, ``2``,
             ``math.inf``, ``-math.inf``, ...), ``'fro'`` or ``'nuc'`` (3-D tensors only:
             the nuclear norm of each 2-D slice).
         dim: the dim whose indices are the slices; negative dims count from the end.
 
     Raises:
-        TypeError: ``amount`` is not a real number (bools refused), ``n`` is neither a real
-            number nor a string, ``dim`` is not an int; on a call, a leaf (or ``scores``)
-            that is not a floating tensor.
-        ValueError: ``amount`` is a float outside [0, 1] or a negative int, ``n`` is NaN or a
+        TypeError: neither or both of ``sparsity`` and ``count`` (or one of the wrong
+            type), ``n`` is neither a real number nor a string, ``dim`` is not an int; on a
+            call, a leaf (or ``scores``) that is not a floating tensor.
+        ValueError: ``sparsity`` outside [0, 1], a negative ``count``, ``n`` is NaN or a
             string other than ``'fro'``/``'nuc'``; on a call, a tensor of fewer than 2 dims,
-            ``dim`` out of range, an int ``amount`` above the number of slices, ``n='nuc'``
-            on a tensor that is not 3-D.
+            ``dim`` out of range, a ``count`` above the number of slices, ``n='nuc'`` on a
+            tensor that is not 3-D.
 
     References:
         Li, Kadav, Durdanovic, Samet, Graf. "Pruning Filters for Efficient ConvNets".
@@ -209,15 +254,12 @@ class LnStructured(MaskMethod):
         ``torch.nn.utils.prune.LnStructured`` (PyTorch), whose semantics this reproduces.
     """
 
-    amount: float
     n: float | str
-    dim: int
 
-    level_field: ClassVar[str | None] = "amount"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"scores"})
 
     def __post_init__(self) -> None:
-        check_amount("LnStructured", self.amount)
+        super().__post_init__()
         if isinstance(self.n, str):
             if self.n not in ("fro", "nuc"):
                 raise ValueError(
@@ -225,18 +267,15 @@ class LnStructured(MaskMethod):
                 )
         else:
             require_real("LnStructured", "n", self.n)
-        require_int("LnStructured", "dim", self.dim)
 
     @classmethod
     def configs(cls, st: Any) -> Any:
         """Valid configs: fractions and small counts, n in (1, 2, inf, -inf, 'fro'), dims
         0, 1, -1."""
-        amounts = st.one_of(
-            st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.floats(0.0, 1.0), st.integers(0, 3)
-        )
-        return st.builds(
+        return level_configs(
+            st,
             cls,
-            amount=amounts,
+            max_count=3,
             n=st.sampled_from([1, 2, math.inf, -math.inf, "fro"]),
             dim=st.sampled_from([0, 1, -1]),
         )
@@ -246,7 +285,7 @@ class LnStructured(MaskMethod):
             return LeafProblem(
                 TypeError, describe(tensor), "LnStructured needs floating-point weights"
             )
-        problem = _slice_problem("LnStructured", tensor, self.dim, self.amount)
+        problem = super().leaf_problem(tensor, **data)
         if problem is not None:
             return problem
         if self.n == "nuc" and tensor.dim() != 3:
@@ -257,80 +296,71 @@ class LnStructured(MaskMethod):
             )
         return None
 
-    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        scores = data.get("scores", tensor)  # importance scores stand in for the weight
+    def slice_scores(self, tensor: Tensor, data: dict[str, Any]) -> Tensor:
+        """The Ln norm of every slice of the weight, or the sum of its given scores."""
         dim = self.dim % tensor.dim()
-        size = tensor.shape[dim]
-        count = _n_pruned("LnStructured", self.amount, tensor, dim)
-        if count == 0 or tensor.numel() == 0:
-            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
-        if count >= size:
-            return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
-        pruned = smallest_k(_norms(scores, self.n, dim), count)
-        return _keep_slices(pruned.logical_not(), tensor.shape, dim)
-
-    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
-        """Pruned slices times the slice size (None with a ``prev_mask`` that has zeros)."""
-        return _expected_zeros("LnStructured", self.amount, self.dim, tensor, data)
-
-    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
-        """Every slice along ``dim`` is all kept or all pruned; exactly the promised number
-        of slices is pruned."""
-        return _slices_problem("LnStructured", self.amount, self.dim, tensor, mask, data)
+        scores: Tensor | None = data.get("scores")
+        if scores is not None:
+            dims = [d for d in range(tensor.dim()) if d != dim]
+            return scores.sum(dim=dims)
+        prev_mask = data.get("prev_mask")
+        if prev_mask is not None:
+            tensor = torch.where(prev_mask, tensor, torch.zeros((), dtype=tensor.dtype))
+        return _norms(tensor, self.n, dim)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RandomStructured(MaskMethod):
+class RandomStructured(_Slices):
     """Prune random slices along ``dim``, reproducibly from a seed.
 
     Draws one uniform value per slice, ``torch.rand(size)`` in float32 on the CPU from a
-    ``torch.Generator`` seeded with ``seed`` (never the global RNG), and prunes the
-    ``amount`` slices with the lowest values: ``round(amount * size)`` slices for a float
-    ``amount``, ``amount`` slices for an int. That is the draw
-    ``torch.nn.utils.prune.random_structured`` makes, so a single-tensor call equals
+    ``torch.Generator`` seeded with ``seed`` (never the global RNG), and prunes the slices
+    with the lowest values: ``round(sparsity * size)`` of them, or ``count``. That is the
+    draw ``torch.nn.utils.prune.random_structured`` makes, so a single-tensor call equals
     ``torch.manual_seed(seed); prune.random_structured(...)`` (under the default float32
     dtype). prune prunes every value ``<=`` the k-th smallest, so on a tie at the threshold
     (float32 values repeat: likely among a few thousand slices) it prunes more than
     promised; funcsparse prunes exactly the promised number, the lower index first among
     tied values. Like prune, nothing is drawn when no slice is pruned.
 
-    A higher ``amount`` with the same seed prunes a superset: the same values, more slices.
+    A higher level with the same seed prunes a superset: the same values, more slices.
 
     Through ``fs.compute_masks`` every leaf gets its own stream: the leaf at ``path`` uses
-    ``for_leaf(path)``, whose seed is :func:`leaf_seed` ``(seed, path)``, the seed mixed
-    with the CRC-32 of the path. ``method.for_leaf(path)(tensor)`` reproduces that leaf's
-    mask. Ensemble members (``batch_dims``) of one leaf share the leaf's stream, so they
-    get the same slices.
+    ``for_leaf(path)``, whose seed is :func:`leaf_seed` ``(seed, path)``, a hash of the
+    seed and the path. ``method.for_leaf(path)(tensor)`` reproduces that leaf's mask.
+    Ensemble members (``batch_dims``) of one leaf share the leaf's stream, so they get the
+    same slices.
 
     Keyword data: ``generator``, a ``torch.Generator`` whose state replaces the seed (drawn
     from a copy, so it is not advanced and the same state gives the same mask; values are
-    drawn on its device); ``prev_mask``, intersected with the
-    result (``amount`` counts slices of the whole tensor). The method draws random numbers,
-    so it is not ``vmappable``: ``compute_masks(..., batch_dims=...)`` loops over members.
+    drawn on its device); ``prev_mask``, the mask of an earlier round: nothing pruned before
+    comes back, and slices are taken in the order of their values until the level's total
+    is reached. The method draws random numbers, so it is not ``vmappable``:
+    ``compute_masks(..., batch_dims=...)`` loops over members.
 
     Examples:
-        >>> import torch
-        >>> from funcsparse.methods.structured import RandomStructured
+        >>> import torch, funcsparse as fs
         >>> w = torch.randn(6, 4)
-        >>> mask = RandomStructured(amount=0.5, dim=0, seed=3)(w)
+        >>> mask = fs.RandomStructured(0.5, dim=0, seed=3)(w)
         >>> (~mask).all(1).sum().item(), (~mask).sum().item()  # 3 rows of 4
         (3, 12)
-        >>> torch.equal(mask, RandomStructured(amount=0.5, dim=0, seed=3)(w))
+        >>> torch.equal(mask, fs.RandomStructured(0.5, dim=0, seed=3)(w))
         True
 
     Args:
-        amount: a float in [0, 1] (the fraction of slices to prune) or an int >= 0 (how
-            many slices), as in ``torch.nn.utils.prune``.
+        sparsity: the fraction of slices to prune, in ``[0, 1]``; may be given
+            positionally. Give it or ``count``.
+        count: the number of slices to prune, an int ``>= 0``. Give it or ``sparsity``.
         dim: the dim whose indices are the slices; negative dims count from the end.
         seed: the seed of the stream, an int in ``[0, 2**64)``. Default 0.
 
     Raises:
-        TypeError: ``amount`` is not a real number (bools refused), ``dim`` or ``seed`` is
-            not an int; on a call, a leaf that is not a tensor, or a ``generator`` that is
-            not a ``torch.Generator``.
-        ValueError: ``amount`` is a float outside [0, 1] or a negative int, ``seed`` is out
-            of range; on a call, a tensor of fewer than 2 dims, ``dim`` out of range, or an
-            int ``amount`` above the number of slices.
+        TypeError: neither or both of ``sparsity`` and ``count`` (or one of the wrong
+            type), ``dim`` or ``seed`` is not an int; on a call, a leaf that is not a
+            tensor, or a ``generator`` that is not a ``torch.Generator``.
+        ValueError: ``sparsity`` outside [0, 1], a negative ``count``, ``seed`` out of
+            range; on a call, a tensor of fewer than 2 dims, ``dim`` out of range, or a
+            ``count`` above the number of slices.
 
     References:
         ``torch.nn.utils.prune.RandomStructured`` (PyTorch), whose draw this reproduces.
@@ -338,17 +368,13 @@ class RandomStructured(MaskMethod):
         (random filter pruning as the baseline of norm-based selection).
     """
 
-    amount: float
-    dim: int
     seed: int = 0
 
-    level_field: ClassVar[str | None] = "amount"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"generator"})
     vmappable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        check_amount("RandomStructured", self.amount)
-        require_int("RandomStructured", "dim", self.dim)
+        super().__post_init__()
         seed = require_int("RandomStructured", "seed", self.seed)
         if not 0 <= seed < _SEED_LIMIT:
             raise ValueError(f"RandomStructured: seed must be in [0, 2**64), got {seed}")
@@ -356,12 +382,10 @@ class RandomStructured(MaskMethod):
     @classmethod
     def configs(cls, st: Any) -> Any:
         """Valid configs: fractions and small counts, dims 0, 1, -1, a few seeds."""
-        amounts = st.one_of(
-            st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.floats(0.0, 1.0), st.integers(0, 3)
-        )
-        return st.builds(
+        return level_configs(
+            st,
             cls,
-            amount=amounts,
+            max_count=3,
             dim=st.sampled_from([0, 1, -1]),
             seed=st.integers(0, 2**32 - 1),
         )
@@ -371,9 +395,7 @@ class RandomStructured(MaskMethod):
         return dataclasses.replace(self, seed=leaf_seed(self.seed, path))
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
-        if not isinstance(tensor, Tensor):
-            return LeafProblem(TypeError, describe(tensor), "RandomStructured needs a tensor")
-        problem = _slice_problem("RandomStructured", tensor, self.dim, self.amount)
+        problem = super().leaf_problem(tensor, **data)
         if problem is not None:
             return problem
         generator = data.get("generator")
@@ -383,12 +405,9 @@ class RandomStructured(MaskMethod):
             )
         return None
 
-    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        dim = self.dim % tensor.dim()
-        size = tensor.shape[dim]
-        count = _n_pruned("RandomStructured", self.amount, tensor, dim)
-        if count == 0:  # prune draws nothing here either
-            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+    def slice_scores(self, tensor: Tensor, data: dict[str, Any]) -> Tensor:
+        """One uniform draw per slice (from a copy of ``generator``, or from ``seed``)."""
+        size = tensor.shape[self.dim]
         given = data.get("generator")
         generator = torch.Generator(device=given.device if given is not None else "cpu")
         if given is None:
@@ -396,14 +415,4 @@ class RandomStructured(MaskMethod):
         else:  # draw from a copy: the caller's generator is not advanced
             generator.set_state(given.get_state())
         values = torch.rand(size, generator=generator, dtype=torch.float32, device=generator.device)
-        pruned = smallest_k(values, count).to(tensor.device)
-        return _keep_slices(pruned.logical_not(), tensor.shape, dim)
-
-    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
-        """Pruned slices times the slice size (None with a ``prev_mask`` that has zeros)."""
-        return _expected_zeros("RandomStructured", self.amount, self.dim, tensor, data)
-
-    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
-        """Every slice along ``dim`` is all kept or all pruned; exactly the promised number
-        of slices is pruned."""
-        return _slices_problem("RandomStructured", self.amount, self.dim, tensor, mask, data)
+        return values.to(tensor.device)

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from funcsparse._select import is_plain, smallest_k
-from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_real
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe
+from funcsparse.methods._level import check_sparsity
 
 __all__ = ["Wanda"]
 
@@ -49,7 +50,8 @@ class Wanda(MaskMethod):
                 [ True,  True, False, False]])
 
     Args:
-        sparsity: the fraction of every row pruned, in [0, 1]. Default 0.5.
+        sparsity: the fraction of every row pruned, in [0, 1]; may be given positionally.
+            Default 0.5.
 
     Raises:
         TypeError: ``sparsity`` is not a real number; on a call, a leaf that is not a floating
@@ -63,7 +65,7 @@ class Wanda(MaskMethod):
         Large Language Models. ICLR 2024. arXiv:2306.11695.
     """
 
-    sparsity: float = 0.5
+    sparsity: float = dataclasses.field(default=0.5, kw_only=False)
 
     level_field: ClassVar[str | None] = "sparsity"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"input_norms"})
@@ -72,10 +74,7 @@ class Wanda(MaskMethod):
     vmappable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        sparsity = require_real("Wanda", "sparsity", self.sparsity)
-        if not 0.0 <= sparsity <= 1.0:
-            raise ValueError(f"Wanda: sparsity must be a fraction in [0, 1], got {self.sparsity!r}")
-        object.__setattr__(self, "sparsity", sparsity)
+        object.__setattr__(self, "sparsity", check_sparsity("Wanda", self.sparsity))
 
     @classmethod
     def configs(cls, st: Any) -> Any:

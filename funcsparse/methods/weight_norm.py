@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from funcsparse._select import smallest_k, smallest_k_per_group
-from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
+from funcsparse._select import lowest_covering, smallest_k, smallest_k_per_group
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+from funcsparse.methods._level import check_sparsity
 
 __all__ = ["WeightNorm"]
 
@@ -27,12 +28,12 @@ class WeightNorm(MaskMethod):
     The weight is cut into ``sparse_block_shape`` blocks starting at index ``(0, 0)``; the
     last row and column of blocks may be partial. Each block's score is the mean of
     ``norm(w)`` over its entries (``|w|`` for ``norm=1``, ``w * w`` for ``norm=2``, or any
-    elementwise callable). ``round(sparsity_level * n_blocks)`` blocks of lowest score are
-    selected (at most ``n_blocks - 1`` while ``sparsity_level < 1``, all of them at
-    ``sparsity_level >= 1``), and in each selected block the ``zeros_per_block`` entries of
-    lowest ``norm(w)`` are zeroed. With ``zeros_per_block`` equal to the block size whole
-    blocks are zeroed; with ``sparsity_level=1.0, sparse_block_shape=(1, 4),
-    zeros_per_block=2`` every row gets the 2:4 pattern.
+    elementwise callable). ``round(sparsity * n_blocks)`` blocks of lowest score are
+    selected (at most ``n_blocks - 1`` while ``sparsity < 1``, all of them at
+    ``sparsity=1``), and in each selected block the ``zeros_per_block`` entries of lowest
+    ``norm(w)`` are zeroed. With ``zeros_per_block`` equal to the block size whole blocks
+    are zeroed; with ``sparsity=1.0, sparse_block_shape=(1, 4), zeros_per_block=2`` every
+    row gets the 2:4 pattern.
 
     The masks equal ``torch.ao.pruning.WeightNormSparsifier``'s bit for bit wherever the
     scores have no ties. Ties follow funcsparse's rule (equal scores: the lower row-major
@@ -42,18 +43,27 @@ class WeightNorm(MaskMethod):
     >= 1); funcsparse returns what torch.ao computes on its padded grid, cropped to the
     weight's shape: padding never takes a block's zeros.
 
+    Keyword data: ``scores``, importance scores of the weight's shape, ranked as given in
+    place of ``norm(w)`` (signed: a block's score is the mean of its entries' scores, the
+    lowest is pruned first). ``prev_mask``, the mask of an earlier round: nothing pruned
+    before comes back, the weights are scored as the model sees them (pruned entries are
+    0), pruned entries are the first of their block's zeros, and blocks are taken in rank
+    order until the zeros, old and new, reach the level's target
+    (``round(sparsity * n_blocks) * zeros_per_block``).
+
     Examples:
         >>> import torch, funcsparse as fs
         >>> w = torch.tensor([[1.0, -4.0, 0.5, 3.0], [2.0, -0.1, 6.0, 0.2]])
-        >>> fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 2))(w)
+        >>> fs.WeightNorm(0.5, sparse_block_shape=(1, 2))(w)
         tensor([[ True,  True, False, False],
                 [False, False,  True,  True]])
-        >>> fs.WeightNorm(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)(w)
+        >>> fs.WeightNorm(1.0, sparse_block_shape=(1, 4), zeros_per_block=2)(w)
         tensor([[False,  True, False,  True],
                 [ True, False,  True, False]])
 
     Args:
-        sparsity_level: fraction of blocks selected; ``<= 0`` keeps everything. Default 0.5.
+        sparsity: the fraction of blocks selected, in ``[0, 1]``; may be given
+            positionally. Default 0.5.
         sparse_block_shape: ``(block_rows, block_cols)``, positive ints. Default ``(1, 4)``.
         zeros_per_block: entries zeroed in each selected block, from 0 to the block size.
             Default None: the whole block.
@@ -62,7 +72,7 @@ class WeightNorm(MaskMethod):
     Raises:
         TypeError: a field of the wrong type; on a call, a leaf that is not a floating tensor,
             or a ``norm`` callable that does not return a real tensor of the weight's shape.
-        ValueError: ``sparsity_level`` is NaN, a block side is not positive,
+        ValueError: ``sparsity`` is outside [0, 1] or NaN, a block side is not positive,
             ``zeros_per_block`` is negative or above the block size, ``norm`` is an int other
             than 1 or 2; on a call, a weight that is not 2-D.
 
@@ -70,27 +80,26 @@ class WeightNorm(MaskMethod):
         torch.ao.pruning.WeightNormSparsifier (PyTorch), whose semantics this reproduces.
     """
 
-    sparsity_level: float = 0.5
+    sparsity: float = dataclasses.field(default=0.5, kw_only=False)
     sparse_block_shape: tuple[int, int] = (1, 4)
     zeros_per_block: int | None = None
     norm: int | Callable[[Tensor], Tensor] = 2
 
-    level_field: ClassVar[str | None] = "sparsity_level"
+    level_field: ClassVar[str | None] = "sparsity"
     leaf_data: ClassVar[frozenset[str]] = frozenset({"scores"})
+    uses_prev_mask: ClassVar[bool] = True
 
     @classmethod
     def configs(cls, st: Any) -> Any:
-        """Valid WeightNorm configs: levels in and out of [0, 1], blocks up to 4x4, norms 1, 2."""
-        levels = st.one_of(
-            st.sampled_from([-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5]), st.floats(0.0, 1.0)
-        )
+        """Valid WeightNorm configs: levels in [0, 1], blocks up to 4x4, norms 1, 2."""
+        levels = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0))
 
         def with_shape(shape: tuple[int, int]) -> Any:
             zeros = st.one_of(st.none(), st.integers(0, shape[0] * shape[1]))
             norms = st.sampled_from([1, 2])
             return st.builds(
                 cls,
-                sparsity_level=levels,
+                sparsity=levels,
                 sparse_block_shape=st.just(shape),
                 zeros_per_block=zeros,
                 norm=norms,
@@ -99,7 +108,7 @@ class WeightNorm(MaskMethod):
         return st.tuples(st.integers(1, 4), st.integers(1, 4)).flatmap(with_shape)
 
     def __post_init__(self) -> None:
-        require_real("WeightNorm", "sparsity_level", self.sparsity_level)
+        object.__setattr__(self, "sparsity", check_sparsity("WeightNorm", self.sparsity))
         shape = self.sparse_block_shape
         if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
             raise TypeError(f"WeightNorm: sparse_block_shape must be a pair of ints, got {shape!r}")
@@ -152,69 +161,127 @@ class WeightNorm(MaskMethod):
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        tensor = data.get("scores", tensor)  # importance scores stand in for the weight
-        level = float(self.sparsity_level)
-        zeros = self.block_zeros
+        prev_mask: Tensor | None = data.get("prev_mask")
+        given: Tensor | None = data.get("scores")
+        level, zeros = self.sparsity, self.block_zeros
+        if prev_mask is not None and given is None:  # the weights as the model sees them
+            tensor = torch.where(prev_mask, tensor, torch.zeros((), dtype=tensor.dtype))
         if level <= 0 or zeros == 0 or tensor.numel() == 0:
-            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+            ones = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+            return ones if prev_mask is None else prev_mask.clone()
+        entries = self._scores(tensor) if given is None else given
+        if prev_mask is not None:
+            source = tensor if given is None else given
+            return self._mask_after(source, entries, prev_mask, given=given is not None)
         if level >= 1 and zeros == self.block_size:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
         if level >= 1:
-            return self._zeros_within_blocks(self._scores(tensor)).logical_not()
-        keep = self._kept_blocks(tensor, level)
+            return self._zeros_within_blocks(entries).logical_not()
+        keep = self._kept_blocks(tensor if given is None else given, level, given=given is not None)
         if zeros < self.block_size:
-            keep = keep | self._zeros_within_blocks(self._scores(tensor)).logical_not()
+            keep = keep | self._zeros_within_blocks(entries).logical_not()
         return keep
+
+    def _mask_after(
+        self, source: Tensor, entries: Tensor, prev_mask: Tensor, *, given: bool
+    ) -> Tensor:
+        """The mask given an earlier one: its zeros stay and count towards the target."""
+        rows, cols = self.sparse_block_shape
+        grid_rows, grid_cols = self._block_grid(source)
+        height, width = source.shape
+        ranked = torch.where(prev_mask, entries, torch.full_like(entries, -torch.inf))
+        within = self._zeros_within_blocks(ranked)  # pruned entries come first in a block
+        if self.sparsity < 1:
+            pad = (0, grid_cols * cols - width, 0, grid_rows * rows - height)
+            old = _as_groups(F.pad((~prev_mask).to(torch.int64), pad), rows, cols).sum(-1)
+            sizes = self._block_sizes(source).to(old.device)
+            gains = (sizes.clamp(max=self.block_zeros) - old).clamp(min=0)
+            n_blocks = grid_rows * grid_cols
+            k = max(0, min(n_blocks - 1, round(self.sparsity * n_blocks)))
+            needed = k * self.block_zeros - int(old.sum())
+            selected = lowest_covering(
+                self._block_scores(source, given=given).reshape(-1),
+                gains.reshape(-1),
+                needed,
+            ).view(grid_rows, 1, grid_cols, 1)
+            selected = selected.expand(grid_rows, rows, grid_cols, cols)
+            selected = selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
+            within = within & selected
+        return within.logical_not_().logical_and_(prev_mask)
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Exact zeros, where they do not depend on which blocks the data selects.
 
-        Levels in (0, 1) over partial blocks select blocks of different sizes, so the count
-        is data-dependent there (None); :meth:`structure_problem` still pins every block.
+        Levels in (0, 1) over partial blocks (or after a ``prev_mask``) select blocks of
+        different sizes, so the count is data-dependent there (None);
+        :meth:`structure_problem` still pins every block.
         """
-        level, zeros = float(self.sparsity_level), self.block_zeros
+        level, zeros = self.sparsity, self.block_zeros
+        prev_mask = data.get("prev_mask")
+        old = self._old_zeros(tensor, prev_mask)
         if level <= 0 or zeros == 0 or tensor.numel() == 0:
-            return 0
+            return int(old.sum())
         sizes = self._block_sizes(tensor)
         if level >= 1:
-            return int(sizes.clamp(max=zeros).sum())
-        if bool((sizes == self.block_size).all()):
+            return int(sizes.clamp(max=zeros).maximum(old).sum())
+        if prev_mask is None and bool((sizes == self.block_size).all()):
             n_blocks = sizes.numel()
             return max(0, min(n_blocks - 1, round(level * n_blocks))) * zeros
         return None
 
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
-        """Every block holds 0 or ``min(zeros_per_block, its size)`` zeros, and the number of
-        blocks with zeros is ``round(level * n_blocks)`` (all blocks at level >= 1)."""
-        level, zeros = float(self.sparsity_level), self.block_zeros
+        """Every block holds its old zeros or ``max(min(zeros_per_block, its size), old)``
+        (selected), and the number of selected blocks is ``round(level * n_blocks)`` (all
+        blocks at level 1); after a ``prev_mask``, nothing pruned comes back and the zeros
+        reach the target unless every block was taken."""
+        level, zeros = self.sparsity, self.block_zeros
         if tensor.numel() == 0:
             return None
+        prev_mask = data.get("prev_mask")
+        if prev_mask is not None and bool((mask.cpu() & ~prev_mask.cpu()).any()):
+            return "the mask keeps entries that prev_mask prunes"
         rows, cols = self.sparse_block_shape
         grid_rows, grid_cols = self._block_grid(tensor)
         padded = torch.ones(grid_rows * rows, grid_cols * cols, dtype=torch.bool)
         padded[: tensor.shape[0], : tensor.shape[1]] = mask.cpu()
         block_zeros = (~_as_groups(padded, rows, cols)).sum(-1).flatten()
-        full = self._block_sizes(tensor).clamp(max=zeros).flatten()
+        old = self._old_zeros(tensor, prev_mask).flatten()
+        full = self._block_sizes(tensor).clamp(max=zeros).flatten().maximum(old)
+        n_blocks = block_zeros.numel()
         if level <= 0 or zeros == 0:
             selected = 0
         elif level >= 1:
-            selected = block_zeros.numel()
+            selected = n_blocks
         else:
-            n_blocks = block_zeros.numel()
             selected = max(0, min(n_blocks - 1, round(level * n_blocks)))
-        partial = (block_zeros != 0) & (block_zeros != full)
+        partial = (block_zeros != old) & (block_zeros != full)
         if bool(partial.any()):
             index = int(partial.nonzero()[0])
             return (
                 f"block {divmod(index, grid_cols)} has {int(block_zeros[index])} zeros; a block "
-                f"has 0 or {int(full[index])}"
+                f"has {int(old[index])} or {int(full[index])}"
             )
-        if int((block_zeros != 0).sum()) != (selected if zeros else 0):
-            return (
-                f"{int((block_zeros != 0).sum())} blocks have zeros; expected {selected} of "
-                f"{block_zeros.numel()} (sparsity_level={level})"
-            )
+        if prev_mask is None:
+            if int((block_zeros != 0).sum()) != (selected if zeros else 0):
+                return (
+                    f"{int((block_zeros != 0).sum())} blocks have zeros; expected {selected} "
+                    f"of {n_blocks} (sparsity={level})"
+                )
+            return None
+        target = selected * zeros
+        if int(block_zeros.sum()) < target and not bool((block_zeros == full).all()):
+            return f"{int(block_zeros.sum())} zeros; the level's target is {target}"
         return None
+
+    def _old_zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> Tensor:
+        """Zeros of ``prev_mask`` in every block, ``(grid_rows, grid_cols)`` (0 without it)."""
+        rows, cols = self.sparse_block_shape
+        grid_rows, grid_cols = self._block_grid(tensor)
+        if prev_mask is None:
+            return torch.zeros(grid_rows, grid_cols, dtype=torch.int64)
+        padded = torch.zeros(grid_rows * rows, grid_cols * cols, dtype=torch.int64)
+        padded[: tensor.shape[0], : tensor.shape[1]] = (~prev_mask.cpu()).to(torch.int64)
+        return _as_groups(padded, rows, cols).sum(-1)
 
     def _block_sizes(self, tensor: Tensor) -> Tensor:
         """Entries of every block inside the weight, ``(grid_rows, grid_cols)``."""
@@ -248,34 +315,39 @@ class WeightNorm(MaskMethod):
         rows, cols = self.sparse_block_shape
         return -(-tensor.shape[0] // rows), -(-tensor.shape[1] // cols)
 
-    def _kept_blocks(self, tensor: Tensor, level: float) -> Tensor:
+    def _kept_blocks(self, tensor: Tensor, level: float, *, given: bool) -> Tensor:
         """Entries outside the ``round(level * n_blocks)`` blocks of lowest mean score."""
         rows, cols = self.sparse_block_shape
         grid_rows, grid_cols = self._block_grid(tensor)
         n_blocks = grid_rows * grid_cols
         k = max(0, min(n_blocks - 1, round(level * n_blocks)))
-        pruned = smallest_k(self._block_scores(tensor).reshape(-1), k)
+        pruned = smallest_k(self._block_scores(tensor, given=given).reshape(-1), k)
         # One pass from the block grid to the entries, negated on the way.
         keep = pruned.view(grid_rows, 1, grid_cols, 1).expand(grid_rows, rows, grid_cols, cols)
         keep = keep.logical_not().reshape(grid_rows * rows, grid_cols * cols)
         height, width = tensor.shape
         return keep if keep.shape == tensor.shape else keep[:height, :width]
 
-    def _block_scores(self, tensor: Tensor) -> Tensor:
-        """Mean score per block, bit-identical to torch.ao's ``avg_pool2d(ceil_mode=True)``."""
+    def _block_scores(self, tensor: Tensor, *, given: bool = False) -> Tensor:
+        """Mean score per block, bit-identical to torch.ao's ``avg_pool2d(ceil_mode=True)``.
+
+        ``given``: ``tensor`` holds scores to average as they are, not weights to take the
+        norm of.
+        """
         rows, cols = self.sparse_block_shape
         if self.block_size == 1:
-            return self._scores(tensor)
+            return tensor if given else self._scores(tensor)
         height, width = tensor.shape
         fused = (
-            self.norm in (1, 2)
+            not given
+            and self.norm in (1, 2)
             and tensor.dtype in (torch.float32, torch.float64)
             and height % rows == 0
             and width % cols == 0
             and self.block_size <= _FUSED_BLOCK_MAX
         )
         if not fused:
-            scores = self._scores(tensor)[None, None]
+            scores = (tensor if given else self._scores(tensor))[None, None]
             pooled = F.avg_pool2d(scores, self.sparse_block_shape, ceil_mode=True)
             return pooled[0, 0]
         # avg_pool2d sums a window row by row, left to right, then divides: do the same

@@ -37,15 +37,22 @@ def _snapshot(tree: Any) -> list[Any]:
     return [leaf.detach().clone() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
 
 
+def _level_name(method: MaskMethod) -> str | None:
+    """The field holding ``method``'s level: ``count`` where one is given, else its fraction."""
+    if getattr(method, "count", None) is not None:
+        return "count"
+    return method.level_field
+
+
 def _raised_level(method: MaskMethod) -> MaskMethod | None:
-    """``method`` with its ``level_field`` raised a step (None: no field, or at the top)."""
-    field = method.level_field
+    """``method`` with its level raised a step (None: no level, or at the top)."""
+    field = _level_name(method)
     if field is None:
         return None
     value = getattr(method, field)
     try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return dataclasses.replace(method, **{field: value + 1})  # type: ignore[type-var]
+        if field == "count":
+            return dataclasses.replace(method, count=value + 1)  # type: ignore[type-var]
         if float(value) >= 1:
             return None
         raised = min(1.0, max(float(value), 0.0) + 0.25)
@@ -106,13 +113,13 @@ def check_leaf_mask(
         if not (torch.equal(stacked[0], mask) and torch.equal(stacked[1], mask)):
             raise _fail(where, "torch.func.vmap over the method gives another mask")
     higher = _raised_level(method)
-    if higher is not None and method.level_field is not None:
+    field = _level_name(method)
+    if higher is not None and field is not None:
         try:
             higher_mask = higher(tensor, **kwargs)
         except ValueError:  # e.g. a count above the tensor's size
             higher_mask = None
         if higher_mask is not None and bool((higher_mask & ~mask).any()):
-            field = method.level_field
             raise _fail(
                 where,
                 f"{field}={getattr(higher, field)} keeps {int((higher_mask & ~mask).sum())} "
@@ -162,7 +169,7 @@ def _check_global_group(
         if raised is not None and any(
             bool((r & ~m).any()) for r, m in zip(raised, masks, strict=True)
         ):
-            raise _fail(where, f"{method.level_field} raised keeps entries the lower level prunes")
+            raise _fail(where, f"{_level_name(method)} raised keeps entries the lower level prunes")
 
 
 def check_masks(
@@ -188,9 +195,9 @@ def check_masks(
         >>> import torch, funcsparse as fs
         >>> from funcsparse.testing import check_masks
         >>> params = {"w": torch.randn(8, 8), "b": torch.randn(8)}
-        >>> check_masks(params, {"w": fs.WeightNorm(sparsity_level=0.5)})
+        >>> check_masks(params, {"w": fs.WeightNorm(0.5)})
         >>> bad = {"w": torch.ones(8, 8, dtype=torch.bool), "b": None}
-        >>> check_masks(params, {"w": fs.WeightNorm(sparsity_level=0.5)}, bad)
+        >>> check_masks(params, {"w": fs.WeightNorm(0.5)}, bad)
         Traceback (most recent call last):
             ...
         AssertionError: check_masks: leaf 'w' (rule 'w', WeightNorm): calling the method again ...

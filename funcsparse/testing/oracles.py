@@ -124,7 +124,7 @@ def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
         return _nm_as_weight_norm(method, tensor)
     if not isinstance(method, WeightNorm) or _scores_tie(method, tensor):
         return None
-    level = float(method.sparsity_level)
+    level = float(method.sparsity)
     config: dict[str, Any] = {
         "sparsity_level": level,
         "sparse_block_shape": method.sparse_block_shape,
