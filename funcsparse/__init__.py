@@ -1,5 +1,6 @@
 """funcsparse: functional, stateless pruning masks for PyTorch, built on torch.func."""
 
+from funcsparse import schedules
 from funcsparse._apply import apply_masks, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms
@@ -11,12 +12,14 @@ from funcsparse.methods import (
     LnStructured,
     Magnitude,
     MaskMethod,
+    Movement,
     NearlyDiagonal,
     Random,
     RandomStructured,
     Wanda,
     WeightNorm,
 )
+from funcsparse.pruner import Pruner, PrunerState
 from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
 
 __version__ = "0.1.0"
@@ -29,7 +32,10 @@ __all__ = [
     "LnStructured",
     "Magnitude",
     "MaskMethod",
+    "Movement",
     "NearlyDiagonal",
+    "Pruner",
+    "PrunerState",
     "Random",
     "RandomStructured",
     "Wanda",
@@ -41,5 +47,6 @@ __all__ = [
     "functional_call",
     "magnitude_scores",
     "saliency_scores",
+    "schedules",
     "wanda_scores",
 ]

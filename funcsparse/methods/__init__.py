@@ -7,6 +7,7 @@ invariant suite of ``funcsparse.testing`` covers all of them.
 from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, registered_methods
 from funcsparse.methods.global_magnitude import GlobalMagnitude
 from funcsparse.methods.magnitude import Magnitude
+from funcsparse.methods.movement import Movement
 from funcsparse.methods.nearly_diagonal import NearlyDiagonal
 from funcsparse.methods.nm import NM
 from funcsparse.methods.random import Random
@@ -22,6 +23,7 @@ __all__ = [
     "LnStructured",
     "Magnitude",
     "MaskMethod",
+    "Movement",
     "NearlyDiagonal",
     "Random",
     "RandomStructured",

@@ -1,0 +1,343 @@
+"""Pruner: gradual pruning inside a training loop, with its state as plain data.
+
+A :class:`Pruner` is a frozen config (rules and a schedule). Everything that persists
+between training steps lives in a :class:`PrunerState`, a plain dict of ints, floats and
+tensors that the caller carries: ``init`` makes it, ``update`` takes it and returns a new
+one. ``torch.save`` and ``torch.load(weights_only=True)`` round-trip it, and resuming from
+a saved state gives the masks of an uninterrupted run, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+from torch import Tensor
+
+from funcsparse._compute import compute_masks, data_per_leaf
+from funcsparse._rules import Assignment, assign_rules
+from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like, unflatten
+from funcsparse.methods._base import MaskMethod, describe, require_int
+from funcsparse.schedules import Schedule
+
+__all__ = ["Pruner", "PrunerState"]
+
+
+class PrunerState(TypedDict):
+    """A pruner's state: a plain dict, so that ``torch.load(weights_only=True)`` takes it.
+
+    Keys:
+        step: the training step the next ``update`` is (0 after ``init``).
+        fraction: the schedule's fraction of each level that ``masks`` were made at
+            (None before the first mask update).
+        masks: a pytree of the params' structure: the current bool masks, None where no
+            rule applies (and everywhere before the first mask update).
+        method_state: a pytree of the params' structure: what a method accumulates between
+            updates (``fs.Movement``'s scores), None where it keeps nothing.
+    """
+
+    step: int
+    fraction: float | None
+    masks: Any
+    method_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruner:
+    """Gradual pruning in a functional training loop: rules, a schedule, state as data.
+
+    Call :meth:`init` once, then :meth:`update` once per training step. The first ``update``
+    after ``init`` is step 0 and every ``update`` advances the step by one. Masks are
+    recomputed only on the schedule's update steps, at ``schedule(step)`` times each rule's
+    level (``method.scaled(fraction)``); between them ``update`` returns the very same mask
+    objects and does next to nothing (methods that accumulate, like ``fs.Movement``, add
+    one step's gradients to their state).
+
+    Pruned stays pruned: each update passes the current masks as ``prev_masks`` to
+    ``fs.compute_masks``, so the kept set only shrinks and each level is the total target
+    (gradual magnitude pruning, Zhu & Gupta 2017). ``regrow=True`` selects afresh at every
+    update instead, so weights may come back (use it with gradients that reach pruned
+    weights: ``fs.functional_call(..., straight_through=True)``).
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> params = {"w": torch.arange(1.0, 17.0).reshape(4, 4), "b": torch.zeros(4)}
+        >>> pruner = fs.Pruner(
+        ...     {"w": fs.Magnitude(0.5)},
+        ...     schedule=fs.schedules.linear(begin_step=0, end_step=4, every=2),
+        ... )
+        >>> state = pruner.init(params)
+        >>> for step in range(5):
+        ...     masks, state = pruner.update(params, state)
+        ...     print(step, state["fraction"], int((~masks["w"]).sum()))
+        0 0.0 0
+        1 0.0 0
+        2 0.5 4
+        3 0.5 4
+        4 1.0 8
+        >>> masks["b"] is None
+        True
+
+    Args:
+        rules: leaf paths or glob patterns mapped to methods (or None), as for
+            ``fs.compute_masks``.
+        schedule: maps the training step to a fraction in [0, 1] of each rule's level, with
+            ``is_update_step(step)`` saying when masks change (``fs.schedules``); a plain
+            callable ``step -> fraction`` updates the masks whenever its value changes.
+            Default None: the full level, masks made once at step 0.
+        regrow: select afresh at every update (weights may come back) instead of keeping
+            pruned weights pruned. Default False.
+
+    Raises:
+        TypeError: ``rules`` is not a mapping of paths to methods; ``schedule`` is not
+            callable; a rule's method has no level a schedule can scale.
+
+    References:
+        M. Zhu, S. Gupta. To prune, or not to prune: exploring the efficacy of pruning for
+        model compression. 2017. arXiv:1710.01878.
+    """
+
+    rules: Mapping[str, MaskMethod | None]
+    schedule: Schedule | Callable[[int], float] | None = dataclasses.field(
+        default=None, kw_only=True
+    )
+    regrow: bool = dataclasses.field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rules, Mapping):
+            raise TypeError(
+                f"Pruner: rules must be a mapping of leaf paths or patterns to methods, "
+                f"got {type(self.rules).__name__}"
+            )
+        object.__setattr__(self, "rules", dict(self.rules))
+        for key, method in self.rules.items():
+            if method is not None and not isinstance(method, MaskMethod):
+                raise TypeError(
+                    f"Pruner: rule {key!r} must map to a funcsparse method or None, got "
+                    f"{describe(method)}"
+                )
+        if self.schedule is not None:
+            if not callable(self.schedule):
+                raise TypeError(
+                    f"Pruner: schedule must be an fs.schedules schedule or a callable "
+                    f"step -> fraction, got {describe(self.schedule)}"
+                )
+            for key, method in self.rules.items():
+                if method is None:
+                    continue
+                try:
+                    method.scaled(0.5)
+                except TypeError as err:
+                    raise TypeError(f"Pruner: rule {key!r}: {err}") from None
+        if not isinstance(self.regrow, bool):
+            raise TypeError(f"Pruner: regrow must be a bool, got {describe(self.regrow)}")
+
+    def init(self, params: Any) -> PrunerState:
+        """The state before the first training step: step 0, no masks yet.
+
+        Checks that every rule matches a leaf and every matched leaf is a tensor.
+
+        Args:
+            params: the params pytree the loop trains (``dict(model.named_parameters())``).
+
+        Returns:
+            A :class:`PrunerState`.
+
+        Raises:
+            TypeError: a matched leaf is not a tensor.
+            ValueError: a rule matches no leaf, or two patterns match one leaf.
+        """
+        paths, leaves, spec = flatten_with_paths(params, function="Pruner.init")
+        methods = self._methods(paths, leaves, "Pruner.init")
+        method_state = [
+            None if method is None else method.init_state(leaf)
+            for method, leaf in zip(methods, leaves, strict=True)
+        ]
+        return PrunerState(
+            step=0,
+            fraction=None,
+            masks=unflatten(spec, [None] * len(leaves)),
+            method_state=unflatten(spec, method_state),
+        )
+
+    def update(
+        self, params: Any, state: PrunerState, *, grads: Any = None, **leaf_data: Any
+    ) -> tuple[Any, PrunerState]:
+        """One training step: the masks to train with, and the next state.
+
+        Call it once per training step, with the params of that step (and their gradients
+        where a method accumulates them). Nothing passed in is changed.
+
+        Args:
+            params: the params pytree, of the structure ``init`` saw.
+            state: the state from ``init`` or the previous ``update``.
+            grads: gradients of the loss, a pytree of ``params``' structure (None where
+                absent); needed at every step by methods that accumulate them
+                (``fs.Movement``). Default None.
+            **leaf_data: per-leaf data the methods read on update steps (``input_norms``,
+                ``scores``, ...), as for ``fs.compute_masks``.
+
+        Returns:
+            ``(masks, state)``: masks of ``params``' structure (bool tensors, None where no
+            rule applies or before the first mask update), and the new state.
+
+        Raises:
+            TypeError: ``state`` is not a pruner state, or what ``fs.compute_masks`` raises.
+            ValueError: ``state`` does not fit ``params``, gradients are missing where a
+                method needs them, or what ``fs.compute_masks`` raises.
+        """
+        function = "Pruner.update"
+        paths, leaves, spec = flatten_with_paths(params, function=function)
+        step, _, method_state = self._unpack(state, spec, function)
+        methods = self._methods(paths, leaves, function)
+        if any(method is not None and method.needs_grads for method in methods):
+            method_state = self._accumulate(paths, leaves, spec, methods, method_state, grads)
+        fraction = state["fraction"]
+        if self._updates_at(step, fraction):
+            fraction = 1.0 if self.schedule is None else float(self.schedule(step))
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(
+                    f"{function}: the schedule gave {fraction!r} at step {step}; a schedule "
+                    "gives a fraction in [0, 1]"
+                )
+            rules = {
+                key: None if method is None else method.scaled(fraction)
+                for key, method in self.rules.items()
+            }
+            data = self._leaf_data(paths, spec, methods, method_state, leaf_data)
+            prev = None if self.regrow else state["masks"]
+            masks_tree = compute_masks(params, rules, prev_masks=prev, **data)
+        else:
+            masks_tree = state["masks"]
+        new_state = PrunerState(
+            step=step + 1,
+            fraction=fraction,
+            masks=masks_tree,
+            method_state=unflatten(spec, method_state),
+        )
+        return masks_tree, new_state
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _methods(self, paths: list[str], leaves: list[Any], function: str) -> list[Any]:
+        """Each leaf's method (``for_leaf`` applied), None where no rule applies."""
+        assignments: list[Assignment | None] = assign_rules(paths, self.rules, function=function)
+        methods: list[MaskMethod | None] = []
+        for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
+            if assigned is None:
+                methods.append(None)
+                continue
+            if not isinstance(leaf, Tensor):
+                raise TypeError(
+                    f"{function}: rule {assigned.key!r} matches {path!r}, which is "
+                    f"{describe(leaf)}, not a tensor"
+                )
+            methods.append(assigned.method.for_leaf(path))
+        return methods
+
+    def _updates_at(self, step: int, fraction: float | None) -> bool:
+        """Whether the masks are recomputed at ``step`` (``fraction``: the current one)."""
+        if self.schedule is None:
+            return step == 0
+        is_update_step = getattr(self.schedule, "is_update_step", None)
+        if callable(is_update_step):
+            return bool(is_update_step(step))
+        return fraction is None or float(self.schedule(step)) != fraction
+
+    @staticmethod
+    def _unpack(state: object, spec: Any, function: str) -> tuple[int, list[Any], list[Any]]:
+        """``state``'s step, mask leaves and method-state leaves, checked against ``spec``."""
+        keys = set(PrunerState.__annotations__)
+        if not isinstance(state, Mapping) or set(state) != keys:
+            got = sorted(state) if isinstance(state, Mapping) else describe(state)
+            raise TypeError(
+                f"{function}: state must be the dict that Pruner.init or Pruner.update "
+                f"returned, with keys {sorted(keys)}; got {got}"
+            )
+        step = require_int(function, "state['step']", state["step"])
+        if step < 0:
+            raise ValueError(f"{function}: state['step'] must be >= 0, got {step}")
+        trees = []
+        for key in ("masks", "method_state"):
+            try:
+                trees.append(leaves_like(spec, state[key]))
+            except ValueError:
+                raise ValueError(
+                    f"{function}: state[{key!r}] does not have the structure of params "
+                    f"({describe_structure_mismatch(spec, state[key])}); was the state made "
+                    "for other params?"
+                ) from None
+        return step, trees[0], trees[1]
+
+    @staticmethod
+    def _accumulate(
+        paths: list[str],
+        leaves: list[Any],
+        spec: Any,
+        methods: list[MaskMethod | None],
+        method_state: list[Any],
+        grads: Any,
+    ) -> list[Any]:
+        """Each accumulating method's state after this step's gradients (new tensors)."""
+        function = "Pruner.update"
+        needing = [
+            p for p, m in zip(paths, methods, strict=True) if m is not None and m.needs_grads
+        ]
+        if grads is None:
+            raise ValueError(
+                f"{function}: the methods at {needing[:8]} accumulate gradients; pass "
+                "grads= (the gradients of this step's loss) at every update"
+            )
+        try:
+            grad_leaves = leaves_like(spec, grads)
+        except ValueError:
+            raise ValueError(
+                f"{function}: grads does not have the structure of params "
+                f"({describe_structure_mismatch(spec, grads)})"
+            ) from None
+        new_state = list(method_state)
+        for i, (path, leaf, method, grad) in enumerate(
+            zip(paths, leaves, methods, grad_leaves, strict=True)
+        ):
+            if method is None or not method.needs_grads:
+                continue
+            if not isinstance(grad, Tensor) or grad.shape != leaf.shape:
+                raise ValueError(
+                    f"{function}: {type(method).__name__} at {path!r} needs the gradient of "
+                    f"a tensor of shape {tuple(leaf.shape)}, got {describe(grad)}"
+                )
+            new_state[i] = method.next_state(method_state[i], leaf, grad)
+        return new_state
+
+    @staticmethod
+    def _leaf_data(
+        paths: list[str],
+        spec: Any,
+        methods: list[MaskMethod | None],
+        method_state: list[Any],
+        leaf_data: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The user's per-leaf data, with what the methods' states provide merged in."""
+        from_state = [
+            {} if method is None else method.state_data(entry)
+            for method, entry in zip(methods, method_state, strict=True)
+        ]
+        names = {name for entry in from_state for name in entry}
+        if not names:
+            return leaf_data
+        given = data_per_leaf(
+            spec, {k: v for k, v in leaf_data.items() if k in names}, len(methods)
+        )
+        merged: dict[str, Any] = dict(leaf_data)
+        for name in names:
+            entries = []
+            for path, method, mine, theirs in zip(paths, methods, from_state, given, strict=True):
+                if name in mine and name in theirs:
+                    raise ValueError(
+                        f"Pruner.update: {name} given for {path!r}, whose method "
+                        f"({type(method).__name__}) keeps its own"
+                    )
+                entries.append(mine.get(name, theirs.get(name)))
+            merged[name] = unflatten(spec, entries)
+        return merged
