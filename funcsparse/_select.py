@@ -90,18 +90,20 @@ def keep_all_but_lowest(ranking: Tensor, k: int, prev_mask: Tensor | None = None
     return pruned.logical_not_()  # fresh from smallest_k: negate in place, no new buffer
 
 
-def lowest_covering(scores: Tensor, gains: Tensor, needed: int) -> Tensor:
+def lowest_covering(scores: Tensor, gains: Tensor, needed: int | Tensor) -> Tensor:
     """Select units in rank order (lowest score first) until their ``gains`` reach ``needed``.
 
     The shortest prefix of the ranking (funcsparse's total order: ties by position, NaN
-    last) whose gains sum to at least ``needed``; everything when they never do, nothing
-    when ``needed <= 0``. Structured methods use it with a ``prev_mask``: a unit's gain is
-    the zeros that pruning it adds, so the total zeros reach the level's target.
+    last) whose gains sum to at least ``needed``: a unit is selected when the gains of the
+    units ranked before it sum to less than ``needed``. Everything is selected when the
+    gains never reach it, nothing when ``needed <= 0``. Structured methods use it with a
+    ``prev_mask``: a unit's gain is the zeros that pruning it adds, so the total zeros reach
+    the level's target. Branch-free (``needed`` may be a tensor), so it runs under vmap.
 
     Args:
         scores: 1-D real tensor, one score per unit.
         gains: 1-D non-negative integer tensor of ``scores``' shape.
-        needed: the sum of gains to reach.
+        needed: the sum of gains to reach (an int or a 0-d tensor).
 
     Returns:
         A 1-D ``torch.bool`` tensor, True at the selected units.
@@ -110,15 +112,11 @@ def lowest_covering(scores: Tensor, gains: Tensor, needed: int) -> Tensor:
         >>> lowest_covering(torch.tensor([0.5, 0.1, 0.9, 0.3]), torch.tensor([2, 0, 2, 1]), 3)
         tensor([ True,  True, False,  True])
     """
-    selected = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    if needed <= 0 or scores.numel() == 0:
-        return selected
     order = torch.sort(scores, stable=True).indices
-    reached = torch.cumsum(gains[order], 0) >= needed
-    taken = int(torch.count_nonzero(~reached)) + 1 if bool(reached[-1]) else scores.numel()
-    # ``reached`` is monotone: the prefix up to and including its first True.
-    selected[order[:taken]] = True
-    return selected
+    ranked_gains = gains.gather(-1, order)
+    before = torch.cumsum(ranked_gains, -1) - ranked_gains
+    selected = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    return selected.scatter(-1, order, before < needed)
 
 
 def _smallest_k_pure(scores: Tensor, k: int) -> Tensor:

@@ -342,13 +342,18 @@ def test_movement_with_nm_and_block_selections() -> None:
 def test_movement_bad_configs_and_missing_scores() -> None:
     with pytest.raises(TypeError, match=r"Movement: give a level .* or a select method, not both"):
         fs.Movement(0.5, select=fs.NM(n=2, m=4))
-    with pytest.raises(TypeError, match=r"Movement: select must be a funcsparse method that reads scores"):
+    with pytest.raises(
+        TypeError, match=r"Movement: select must be a funcsparse method that reads scores"
+    ):
         fs.Movement(select=fs.NearlyDiagonal(nearliness=3))
     with pytest.raises(TypeError, match=r"Movement: select=GlobalMagnitude selects across tensors"):
         fs.Movement(select=fs.GlobalMagnitude(0.5))
     with pytest.raises(TypeError, match=r"Movement: give exactly one of sparsity"):
         fs.Movement()
-    with pytest.raises(ValueError, match=r"compute_masks: rule 'w' \(Movement\) got no scores at 'w'; Movement ranks movement scores"):
+    with pytest.raises(
+        ValueError,
+        match=r"compute_masks: rule 'w' \(Movement\) got no scores at 'w'; Movement ranks movement scores",
+    ):
         fs.compute_masks({"w": torch.ones(2, 2)}, {"w": fs.Movement(0.5)})
 
 
@@ -359,12 +364,20 @@ def test_movement_needs_grads_at_every_update() -> None:
     params = small_params()
     pruner = fs.Pruner({"a.weight": fs.Movement(0.5)})
     state = pruner.init(params)
-    with pytest.raises(ValueError, match=r"Pruner.update: the methods at \['a.weight'\] accumulate gradients; pass grads="):
+    with pytest.raises(
+        ValueError,
+        match=r"Pruner.update: the methods at \['a.weight'\] accumulate gradients; pass grads=",
+    ):
         pruner.update(params, state)
     bad = {k: torch.ones(3) for k in params}
-    with pytest.raises(ValueError, match=r"Pruner.update: Movement at 'a.weight' needs the gradient of a tensor of shape \(8, 16\), got a 1-D"):
+    with pytest.raises(
+        ValueError,
+        match=r"Pruner.update: Movement at 'a.weight' needs the gradient of a tensor of shape \(8, 16\), got a 1-D",
+    ):
         pruner.update(params, state, grads=bad)
-    with pytest.raises(ValueError, match=r"Pruner.update: grads does not have the structure of params"):
+    with pytest.raises(
+        ValueError, match=r"Pruner.update: grads does not have the structure of params"
+    ):
         pruner.update(params, state, grads={"a.weight": torch.ones(8, 16)})
 
 
@@ -372,25 +385,39 @@ def test_bad_states_are_refused_naming_the_problem() -> None:
     params = small_params()
     pruner = fs.Pruner({"*.weight": fs.Magnitude(0.5)})
     state = pruner.init(params)
-    with pytest.raises(TypeError, match=r"Pruner.update: state must be the dict that Pruner.init or Pruner.update returned"):
+    with pytest.raises(
+        TypeError,
+        match=r"Pruner.update: state must be the dict that Pruner.init or Pruner.update returned",
+    ):
         pruner.update(params, {"step": 0})  # type: ignore[typeddict-item]
-    with pytest.raises(ValueError, match=r"Pruner.update: state\['masks'\] does not have the structure of params .*other params"):
+    with pytest.raises(
+        ValueError,
+        match=r"Pruner.update: state\['masks'\] does not have the structure of params .*other params",
+    ):
         pruner.update({"x": torch.ones(2)}, state)
-    with pytest.raises(TypeError, match=r"Pruner.update: state\['step'\] must be an int, got float 1.5"):
+    with pytest.raises(
+        TypeError, match=r"Pruner.update: state\['step'\] must be an int, got float 1.5"
+    ):
         pruner.update(params, {**state, "step": 1.5})  # type: ignore[typeddict-item]
     with pytest.raises(ValueError, match=r"Pruner.update: state\['step'\] must be >= 0, got -1"):
         pruner.update(params, {**state, "step": -1})
 
 
 def test_bad_configs_are_refused_at_construction() -> None:
-    with pytest.raises(TypeError, match=r"Pruner: rule 'w': NearlyDiagonal has no level that a schedule can scale"):
+    with pytest.raises(
+        TypeError, match=r"Pruner: rule 'w': NearlyDiagonal has no level that a schedule can scale"
+    ):
         fs.Pruner({"w": fs.NearlyDiagonal(nearliness=3)}, schedule=fs.schedules.constant())
     fs.Pruner({"w": fs.NearlyDiagonal(nearliness=3)})  # without a schedule it is fine
-    with pytest.raises(TypeError, match=r"Pruner: rule 'w' must map to a funcsparse method or None, got float 0.5"):
+    with pytest.raises(
+        TypeError, match=r"Pruner: rule 'w' must map to a funcsparse method or None, got float 0.5"
+    ):
         fs.Pruner({"w": 0.5})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"Pruner: rules must be a mapping"):
         fs.Pruner([("w", fs.Magnitude(0.5))])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"Pruner: schedule must be an fs.schedules schedule or a callable"):
+    with pytest.raises(
+        TypeError, match=r"Pruner: schedule must be an fs.schedules schedule or a callable"
+    ):
         fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=0.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"Pruner: regrow must be a bool"):
         fs.Pruner({"w": fs.Magnitude(0.5)}, regrow=1)  # type: ignore[arg-type]
@@ -402,7 +429,10 @@ def test_a_schedule_outside_zero_one_is_refused_with_nothing_changed() -> None:
     params = {"w": torch.ones(4)}
     pruner = fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=lambda step: 1.5)
     state = pruner.init(params)
-    with pytest.raises(ValueError, match=r"Pruner.update: the schedule gave 1.5 at step 0; a schedule gives a fraction in \[0, 1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"Pruner.update: the schedule gave 1.5 at step 0; a schedule gives a fraction in \[0, 1\]",
+    ):
         pruner.update(params, state)
     assert state["step"] == 0 and state["masks"] == {"w": None}
 

@@ -97,9 +97,9 @@ class _Slices(MaskMethod):
             return _keep_slices(pruned.logical_not(), tensor.shape, dim)
         slice_size = tensor.numel() // size
         prev_zeros = (~prev_mask).movedim(dim, 0).reshape(size, -1).sum(1)
-        needed = count * slice_size - int(prev_zeros.sum())
+        needed = count * slice_size - prev_zeros.sum()
         pruned = lowest_covering(self.slice_scores(tensor, data), slice_size - prev_zeros, needed)
-        return _keep_slices(pruned.logical_not(), tensor.shape, dim).logical_and_(prev_mask)
+        return _keep_slices(pruned.logical_not(), tensor.shape, dim) & prev_mask
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Pruned slices times the slice size (None with a ``prev_mask`` that has zeros)."""

@@ -198,7 +198,7 @@ class WeightNorm(MaskMethod):
             gains = (sizes.clamp(max=self.block_zeros) - old).clamp(min=0)
             n_blocks = grid_rows * grid_cols
             k = max(0, min(n_blocks - 1, round(self.sparsity * n_blocks)))
-            needed = k * self.block_zeros - int(old.sum())
+            needed = k * self.block_zeros - old.sum()
             selected = lowest_covering(
                 self._block_scores(source, given=given).reshape(-1),
                 gains.reshape(-1),
@@ -207,7 +207,7 @@ class WeightNorm(MaskMethod):
             selected = selected.expand(grid_rows, rows, grid_cols, cols)
             selected = selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
             within = within & selected
-        return within.logical_not_().logical_and_(prev_mask)
+        return within.logical_not() & prev_mask
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Exact zeros, where they do not depend on which blocks the data selects.
