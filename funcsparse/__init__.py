@@ -1,7 +1,7 @@
 """funcsparse: functional, stateless pruning masks for PyTorch, built on torch.func."""
 
 from funcsparse import schedules
-from funcsparse._apply import apply_masks, functional_call
+from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms
 from funcsparse.methods import (
@@ -42,6 +42,7 @@ __all__ = [
     "WeightNorm",
     "__version__",
     "apply_masks",
+    "apply_masks_",
     "collect_input_norms",
     "compute_masks",
     "functional_call",

@@ -1,4 +1,11 @@
-"""Applying masks: zeroed copies of params, and a masked ``torch.func.functional_call``."""
+"""Applying masks: zeroed copies of params, projection in place, a masked functional_call.
+
+Speed notes (CPU, eager): ``torch.where(mask, leaf, 0)`` runs a scalar (not vectorised) kernel,
+about five times slower than a multiply, so the masked forward multiplies by the bool mask, as
+torch.ao's FakeSparsity does with a float mask. In-place projection multiplies the bit pattern
+by the mask (an integer multiply by 0 or 1): pruned entries become +0.0 even where they hold
+inf or NaN, and kept entries keep their exact bits.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from funcsparse._tree import (
+    PyTreeSpec,
     describe_structure_mismatch,
     flatten_with_paths,
     leaves_like,
@@ -15,12 +23,22 @@ from funcsparse._tree import (
 )
 from funcsparse.methods._base import describe
 
-__all__ = ["apply_masks", "functional_call"]
+__all__ = ["apply_masks", "apply_masks_", "functional_call"]
+
+_SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _masked_leaves(params: Any, masks: Any, *, function: str) -> tuple[list[str], list[Any], Any]:
-    """Check ``masks`` against ``params`` completely, then zero the pruned entries."""
+def _checked_masks(
+    params: Any, masks: Any, *, function: str
+) -> tuple[list[str], list[Any], list[Tensor | None], PyTreeSpec]:
+    """Paths, leaves, mask leaves (None: dense) and structure, after checking every mask.
+
+    Everything is checked before the caller touches a leaf, so that an error never leaves
+    params half-updated. ``masks=None`` means no leaf is masked.
+    """
     paths, leaves, spec = flatten_with_paths(params, function=function)
+    if masks is None:
+        return paths, leaves, [None] * len(leaves), spec
     try:
         mask_leaves = leaves_like(spec, masks)
     except ValueError:
@@ -44,21 +62,42 @@ def _masked_leaves(params: Any, masks: Any, *, function: str) -> tuple[list[str]
                 f"{function}: the mask at {path!r} has shape {tuple(mask.shape)} but the "
                 f"leaf has shape {tuple(leaf.shape)}"
             )
-    masked = [
-        leaf
-        if mask is None
-        else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
-        for leaf, mask in zip(leaves, mask_leaves, strict=True)
-    ]
-    return paths, masked, spec
+        if mask.device != leaf.device:
+            raise ValueError(
+                f"{function}: the mask at {path!r} is on {mask.device} but the leaf is on "
+                f"{leaf.device}"
+            )
+    return paths, leaves, mask_leaves, spec
+
+
+def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Tensor:
+    """``leaf * mask``; with ``straight_through`` its gradient is the upstream one, unmasked.
+
+    Straight-through subtracts the pruned values as a constant: ``leaf - leaf * ~mask`` is
+    ``leaf * mask`` exactly for finite values, and the subtraction passes gradients through.
+    """
+    if straight_through:
+        return leaf - (leaf * mask.logical_not()).detach()
+    return leaf * mask
+
+
+def _zero_pruned_(leaf: Tensor, mask: Tensor) -> None:
+    """Zero ``leaf`` in place where ``mask`` is False (+0.0, even at inf or NaN)."""
+    bits = _SAME_SIZE_INT.get(leaf.element_size())
+    if (leaf.is_floating_point() or leaf.is_complex()) and bits is not None:
+        leaf.view(bits).mul_(mask)  # the bit pattern times 0 or 1
+    elif leaf.is_floating_point() or leaf.is_complex():
+        leaf.masked_fill_(mask.logical_not(), 0)
+    else:
+        leaf.mul_(mask)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:
     """A new pytree whose masked leaves are zeroed where their mask is False.
 
-    Leaves whose mask is None are returned as they are (the same objects). Gradients through
-    a masked leaf are exactly zero at pruned entries, even where the upstream gradient is
-    inf or NaN.
+    Leaves whose mask is None are returned as they are (the same objects); ``masks=None``
+    returns ``params`` itself. Pruned entries are exactly 0.0 even where the leaf is inf or
+    NaN, and so are gradients through them, even where the upstream gradient is inf or NaN.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -71,17 +110,64 @@ def apply_masks(params: Any, masks: Any) -> Any:
     Args:
         params: a pytree of tensors.
         masks: a pytree of ``params``' structure with a ``torch.bool`` tensor of the leaf's
-            shape, or None, at every leaf.
+            shape and device, or None, at every leaf; or None for no masks.
 
     Returns:
         A pytree of ``params``' structure.
 
     Raises:
-        ValueError: the structures differ, or a mask's shape differs from its leaf's.
+        ValueError: the structures differ, or a mask's shape or device differs from its
+            leaf's.
         TypeError: a mask is not a bool tensor, or a masked leaf is not a tensor.
     """
-    _, masked, spec = _masked_leaves(params, masks, function="apply_masks")
+    if masks is None:
+        _checked_masks(params, None, function="apply_masks")
+        return params
+    _, leaves, mask_leaves, spec = _checked_masks(params, masks, function="apply_masks")
+    masked = [
+        leaf
+        if mask is None
+        else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
+        for leaf, mask in zip(leaves, mask_leaves, strict=True)
+    ]
     return unflatten(spec, masked)
+
+
+def apply_masks_(params: Any, masks: Any) -> Any:
+    """Zero the pruned entries of ``params``' tensors in place; return ``params``.
+
+    The projection step of a masked training loop: after ``optimizer.step()`` on a module's
+    own parameters, or on the fresh params a functional update made. Runs under
+    ``torch.no_grad()``. Pruned entries become +0.0 even where they hold inf or NaN; kept
+    entries keep their exact values. Every mask is checked before any tensor is touched.
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> model = torch.nn.Linear(2, 2)
+        >>> masks = {"weight": torch.tensor([[True, False], [False, True]]), "bias": None}
+        >>> params = fs.apply_masks_(dict(model.named_parameters()), masks)
+        >>> (model.weight == 0).tolist()
+        [[False, True], [True, False]]
+        >>> params["weight"] is model.weight
+        True
+
+    Args:
+        params: a pytree of tensors; the masked ones are modified in place.
+        masks: as in :func:`apply_masks`.
+
+    Returns:
+        ``params``, the same object.
+
+    Raises:
+        ValueError: as :func:`apply_masks`.
+        TypeError: as :func:`apply_masks`.
+    """
+    _, leaves, mask_leaves, _ = _checked_masks(params, masks, function="apply_masks_")
+    with torch.no_grad():
+        for leaf, mask in zip(leaves, mask_leaves, strict=True):
+            if mask is not None:
+                _zero_pruned_(leaf, mask)
+    return params
 
 
 def functional_call(
@@ -91,6 +177,7 @@ def functional_call(
     args: Any,
     kwargs: dict[str, Any] | None = None,
     *,
+    straight_through: bool = False,
     strict: bool = False,
     tie_weights: bool = True,
 ) -> Any:
@@ -98,25 +185,42 @@ def functional_call(
 
     Neither the module nor ``params`` is mutated. ``params`` may cover only part of the
     module: the rest comes from the module's own parameters and buffers. Composes with
-    ``torch.func.grad``, ``vmap`` and ``torch.compile``; gradients are exactly zero at pruned
-    entries.
+    ``torch.func.grad``, ``vmap`` and ``torch.compile(fullgraph=True)``.
+
+    The forward uses ``leaf * mask``, as torch.ao's FakeSparsity does: pruned entries of
+    finite weights are exactly 0.0 (a pruned inf or NaN gives NaN; :func:`apply_masks` zeroes
+    those too). Gradients are exactly zero at pruned entries, unless ``straight_through``.
+
+    When the params are kept projected (pruned entries already zero, e.g. by
+    :func:`apply_masks_` after every update), ``masks=None`` gives the same loss and the same
+    gradients at kept entries, faster.
 
     Examples:
         >>> import torch, funcsparse as fs
         >>> model = torch.nn.Linear(4, 1, bias=False)
         >>> params = {"weight": torch.tensor([[1.0, 2.0, 3.0, 4.0]])}
-        >>> method = fs.WeightNorm(0.5, sparse_block_shape=(1, 1))
-        >>> masks = fs.compute_masks(params, {"weight": method})
-        >>> fs.functional_call(model, params, masks, (torch.ones(1, 4),))
+        >>> masks = {"weight": torch.tensor([[False, False, True, True]])}
+        >>> x = torch.ones(1, 4)
+        >>> fs.functional_call(model, params, masks, (x,))
         tensor([[7.]])
+        >>> def loss(p, straight_through):
+        ...     out = fs.functional_call(model, p, masks, (x,), straight_through=straight_through)
+        ...     return out.sum()
+        >>> torch.func.grad(loss)(params, False)["weight"]
+        tensor([[0., 0., 1., 1.]])
+        >>> torch.func.grad(loss)(params, True)["weight"]
+        tensor([[1., 1., 1., 1.]])
 
     Args:
         module: the module to run.
         params: a pytree of tensors whose dotted leaf paths are names of the module's
             parameters or buffers (``dict(module.named_parameters())`` or a part of it).
-        masks: masks for ``params`` (see :func:`apply_masks`).
+        masks: masks for ``params`` (see :func:`apply_masks`); None runs ``params`` dense.
         args: positional inputs, a tensor or a tuple.
         kwargs: keyword inputs. Default None.
+        straight_through: the forward is masked, the backward is dense: the gradient reaches
+            pruned entries unchanged, as if unmasked (for methods that let weights come back,
+            e.g. movement pruning). Default False.
         strict: as in ``torch.func.functional_call``: require params for every parameter and
             buffer. Default False.
         tie_weights: as in ``torch.func.functional_call``. Default True.
@@ -129,7 +233,7 @@ def functional_call(
             not fit ``params`` (see :func:`apply_masks`).
         TypeError: as :func:`apply_masks`.
     """
-    paths, masked, _ = _masked_leaves(params, masks, function="functional_call")
+    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function="functional_call")
     known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
     known.update(name for name, _ in module.named_buffers(remove_duplicate=False))
     unknown = [path for path in paths if path not in known]
@@ -138,6 +242,10 @@ def functional_call(
             f"functional_call: params has leaves that name no parameter or buffer of the "
             f"{type(module).__name__}: {unknown[:8]}"
         )
+    masked = [
+        leaf if mask is None else _masked_forward(leaf, mask, straight_through=straight_through)
+        for leaf, mask in zip(leaves, mask_leaves, strict=True)
+    ]
     return torch.func.functional_call(
         module,
         dict(zip(paths, masked, strict=True)),
