@@ -1,9 +1,10 @@
-"""End-to-end demo: train a small MLP functionally, prune it with WeightNorm, fine-tune it.
+"""End-to-end demo: train a small MLP functionally and prune it gradually while it trains.
 
 Everything is stateless: parameters live in a dict of tensors, gradients come from
 ``torch.func.grad_and_value`` of a loss that runs the model through
-:func:`funcsparse.functional_call`, and the Adam updates are plain tensor arithmetic. The
-``nn.Module`` only supplies the architecture and is never mutated.
+``torch.func.functional_call``, the Adam updates are plain tensor arithmetic, and the
+pruner's state is a dict the loop carries. The ``nn.Module`` only supplies the
+architecture and is never mutated.
 
 Run it with ``python -m funcsparse demo`` (see :mod:`funcsparse.__main__`).
 """
@@ -23,7 +24,7 @@ import funcsparse as fs
 __all__ = ["DEFAULT_STEPS", "run_demo"]
 
 DEFAULT_STEPS = 200
-"""Dense training steps of ``python -m funcsparse demo``."""
+"""Training steps of ``python -m funcsparse demo``."""
 
 _N_CLASSES = 4
 _N_FEATURES = 32
@@ -74,38 +75,31 @@ def _accuracy(model: nn.Module, params: Params, masks: Masks, x: Tensor, y: Tens
     return float((logits.argmax(dim=1) == y).float().mean().item())
 
 
-def _train(
-    model: nn.Module,
-    params: Params,
-    masks: Masks,
-    x: Tensor,
-    y: Tensor,
-    *,
-    steps: int,
-    lr: float,
-    generator: torch.Generator,
-) -> Params:
-    """``steps`` minibatch Adam steps from fresh optimizer state; returns new params."""
-
-    def loss(p: Params, m: Masks, xb: Tensor, yb: Tensor) -> Tensor:
-        return _loss(model, p, m, xb, yb)
-
-    grad_fn: Callable[[Params, Masks, Tensor, Tensor], tuple[Params, Tensor]]
-    grad_fn = torch.func.grad_and_value(loss)
+def _adam(
+    params: Params, grads: Params, moments: tuple[Params, Params], step: int, lr: float
+) -> tuple[Params, tuple[Params, Params]]:
+    """One functional Adam step: new params and new moments (nothing mutated)."""
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    first = {name: torch.zeros_like(value) for name, value in params.items()}
-    second = {name: torch.zeros_like(value) for name, value in params.items()}
-    for step in range(1, steps + 1):
-        batch = torch.randint(0, x.shape[0], (_BATCH,), generator=generator)
-        grads, _ = grad_fn(params, masks, x[batch], y[batch])
-        first = {k: beta1 * first[k] + (1 - beta1) * grads[k] for k in params}
-        second = {k: beta2 * second[k] + (1 - beta2) * grads[k] * grads[k] for k in params}
-        scale1, scale2 = 1 - beta1**step, 1 - beta2**step
-        params = {
-            k: params[k] - lr * (first[k] / scale1) / ((second[k] / scale2).sqrt() + eps)
-            for k in params
-        }
-    return params
+    first = {k: beta1 * moments[0][k] + (1 - beta1) * grads[k] for k in params}
+    second = {k: beta2 * moments[1][k] + (1 - beta2) * grads[k] * grads[k] for k in params}
+    scale1, scale2 = 1 - beta1**step, 1 - beta2**step
+    new = {
+        k: params[k] - lr * (first[k] / scale1) / ((second[k] / scale2).sqrt() + eps)
+        for k in params
+    }
+    return new, (first, second)
+
+
+def _schedule(steps: int) -> fs.schedules.Schedule | None:
+    """Gradual pruning over the middle of the run: dense warm-up, cubic ramp, fine-tuning.
+
+    Runs of fewer than 5 steps prune at step 0, at the full level.
+    """
+    if steps < 5:
+        return None
+    begin = steps // 5
+    end = max(begin + 1, (7 * steps) // 10)
+    return fs.schedules.polynomial(begin_step=begin, end_step=end, every=max(1, (end - begin) // 5))
 
 
 def _require_int(name: str, value: object, minimum: int) -> int:
@@ -131,25 +125,28 @@ def run_demo(
     sparsity: float = 0.5,
     out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
-    """Train dense, prune with :class:`funcsparse.WeightNorm`, fine-tune, and report.
+    """Train an MLP and prune it gradually with :class:`funcsparse.Pruner`, and report.
 
-    Dense training runs ``steps`` Adam steps; fine-tuning runs ``max(1, steps // 4)`` more
-    with the masks held fixed. Results are deterministic for a given ``seed``: the demo
-    runs on one intra-op thread (the caller's thread count is restored).
+    One run of ``steps`` Adam steps in a pure ``torch.func`` loop: dense for the first
+    fifth, then ``fs.WeightNorm`` (1x4 blocks) on every weight, raised to ``sparsity`` by a
+    cubic schedule (``fs.schedules.polynomial``) until 70% of the run, then fine-tuning at
+    the final masks. The loop is the one docs/training.md recommends: a dense gradient on
+    params kept pruned, the optimizer step, and ``fs.apply_masks`` after it. The schedule's
+    levels are printed as the masks change. Results are deterministic for a given ``seed``:
+    the demo runs on one intra-op thread (the caller's thread count is restored).
 
     Args:
         seed: seeds the dataset, the model's initialisation and the minibatches.
-        steps: dense training steps, at least 1.
-        sparsity: ``WeightNorm``'s ``sparsity_level`` for every ``*.weight``, in [0, 1];
-            blocks are ``(1, 4)``.
+        steps: training steps, at least 1 (fewer than 5: pruned at step 0, full level).
+        sparsity: ``WeightNorm``'s level for every ``*.weight``, in [0, 1].
         out: where the report is printed.
 
     Returns:
-        A dict with ``seed``, ``steps``, ``finetune_steps``, ``sparsity``,
-        ``dense_accuracy``, ``pruned_accuracy``, ``finetuned_accuracy`` (held-out split,
-        fractions in [0, 1]), ``overall_sparsity`` (over the pruned weights) and ``layers``:
-        one dict per pruned weight with ``path``, ``shape``, ``kept``, ``total`` and
-        ``sparsity``.
+        A dict with ``seed``, ``steps``, ``sparsity``, ``dense_accuracy`` (held-out, when
+        pruning begins), ``final_accuracy`` (held-out, at the end), ``updates`` (one dict per
+        mask update: ``step``, ``fraction`` of the level, ``sparsity`` reached over the
+        pruned weights), ``overall_sparsity`` and ``layers``: one dict per pruned weight
+        with ``path``, ``shape``, ``kept``, ``total`` and ``sparsity``.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -172,30 +169,58 @@ def run_demo(
 
 
 def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
-    finetune_steps = max(1, steps // 4)
-
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train, x_test, y_test = _make_data(generator)
     model = _make_model(seed)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params: Params = {k: v.detach().clone() for k, v in model.named_parameters()}
 
-    # Phase 1: dense training (a None mask leaves its leaf as it is).
-    dense_masks: Masks = dict.fromkeys(params)
-    params = _train(
-        model, params, dense_masks, x_train, y_train, steps=steps, lr=3e-3, generator=generator
-    )
-    dense_acc = _accuracy(model, params, dense_masks, x_test, y_test)
-
-    # Phase 2: prune, then fine-tune with the masks fixed.
+    schedule = _schedule(steps)
     method = fs.WeightNorm(level, sparse_block_shape=_BLOCK)
-    masks: Masks = fs.compute_masks(params, {"*.weight": method})
-    pruned_acc = _accuracy(model, params, masks, x_test, y_test)
-    params = _train(
-        model, params, masks, x_train, y_train, steps=finetune_steps, lr=1e-3, generator=generator
+    pruner = fs.Pruner({"*.weight": method}, schedule=schedule)
+    state = pruner.init(params)
+    moments = ({k: torch.zeros_like(v) for k, v in params.items()},) * 2
+
+    def loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
+        # Dense: the params are kept pruned (projected after every step), so this is the
+        # masked model's loss, and its gradient at kept weights is the masked one.
+        return nn.functional.cross_entropy(torch.func.functional_call(model, p, (xb,)), yb)
+
+    grad_fn: Callable[[Params, Tensor, Tensor], tuple[Params, Tensor]]
+    grad_fn = torch.func.grad_and_value(loss)
+    chance = 1.0 / _N_CLASSES
+    print(
+        f"funcsparse demo: seed={seed}, {_N_TRAIN} train / {_N_TEST} test points, "
+        f"{_N_CLASSES} classes (chance {chance:.1%}), MLP {_N_FEATURES}-{_HIDDEN}-{_HIDDEN}-"
+        f"{_N_CLASSES}, {steps} Adam steps",
+        file=out,
     )
-    finetuned_acc = _accuracy(model, params, masks, x_test, y_test)
-    final: Params = fs.apply_masks(params, masks)
+    print(
+        f"pruning every weight with WeightNorm({level:g}, blocks {_BLOCK[0]}x{_BLOCK[1]}), "
+        f"schedule {schedule if schedule is not None else 'none: full level at step 0'}",
+        file=out,
+    )
+    dense_acc = None
+    updates: list[dict[str, Any]] = []
+    masks: Masks = dict.fromkeys(params)
+    for step in range(steps):
+        batch = torch.randint(0, x_train.shape[0], (_BATCH,), generator=generator)
+        grads, value = grad_fn(params, x_train[batch], y_train[batch])
+        if dense_acc is None and (schedule is None or schedule.is_update_step(step)):
+            dense_acc = _accuracy(model, params, masks, x_test, y_test)
+        previous = state["fraction"]
+        masks, state = pruner.update(params, state)
+        params, moments = _adam(params, grads, moments, step + 1, lr=3e-3)
+        params = fs.apply_masks(params, masks)  # pruned weights stay exactly zero
+        if state["fraction"] != previous or (schedule and schedule.is_update_step(step)):
+            reached = _overall(masks)
+            updates.append({"step": step, "fraction": state["fraction"], "sparsity": reached})
+            print(
+                f"  step {step:>4}: schedule {state['fraction']:.3f} x sparsity {level:g} -> "
+                f"{reached:6.2%} of the weights pruned, train loss {value.item():.3f}",
+                file=out,
+            )
+    final_acc = _accuracy(model, params, masks, x_test, y_test)
 
     after = model.state_dict()
     if before.keys() != after.keys() or any(not torch.equal(before[k], after[k]) for k in before):
@@ -207,7 +232,7 @@ def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
             continue
         total = mask.numel()
         kept = int(mask.sum().item())
-        if int(torch.count_nonzero(final[path]).item()) > kept:
+        if int(torch.count_nonzero(params[path]).item()) > kept:
             raise RuntimeError(f"run_demo: pruned entries of {path!r} are nonzero")
         layers.append(
             {
@@ -222,23 +247,8 @@ def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
     all_total = sum(layer["total"] for layer in layers)
     overall = 1.0 - all_kept / all_total
 
-    chance = 1.0 / _N_CLASSES
-    print(
-        f"funcsparse demo: seed={seed}, {_N_TRAIN} train / {_N_TEST} test points, "
-        f"{_N_CLASSES} classes (chance {chance:.1%}), MLP {_N_FEATURES}-{_HIDDEN}-{_HIDDEN}-"
-        f"{_N_CLASSES}",
-        file=out,
-    )
-    print(f"dense accuracy        ({steps} steps): {dense_acc:.2%}", file=out)
-    print(
-        f"pruned accuracy       (WeightNorm sparsity_level={level:g}, blocks "
-        f"{_BLOCK[0]}x{_BLOCK[1]}): {pruned_acc:.2%}",
-        file=out,
-    )
-    print(
-        f"fine-tuned accuracy   ({finetune_steps} steps, masks fixed): {finetuned_acc:.2%}",
-        file=out,
-    )
+    print(f"accuracy when pruning began: {dense_acc:.2%}", file=out)
+    print(f"final accuracy (pruned):     {final_acc:.2%}", file=out)
     print("", file=out)
     header = f"{'layer':<10} {'shape':<12} {'kept':>7} {'total':>7} {'sparsity':>9}"
     print(header, file=out)
@@ -254,11 +264,17 @@ def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
     return {
         "seed": seed,
         "steps": steps,
-        "finetune_steps": finetune_steps,
         "sparsity": level,
         "dense_accuracy": dense_acc,
-        "pruned_accuracy": pruned_acc,
-        "finetuned_accuracy": finetuned_acc,
+        "final_accuracy": final_acc,
+        "updates": updates,
         "overall_sparsity": overall,
         "layers": layers,
     }
+
+
+def _overall(masks: Masks) -> float:
+    """The fraction of pruned entries over the masked leaves."""
+    present = [m for m in masks.values() if m is not None]
+    total = sum(m.numel() for m in present)
+    return 0.0 if not total else 1.0 - sum(int(m.sum()) for m in present) / total

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import funcsparse as fs
 from funcsparse.__main__ import main
 from funcsparse.demo import run_demo
 
@@ -31,14 +32,33 @@ def result() -> dict[str, Any]:
 
 def test_accuracies_are_sane(result: dict[str, Any]) -> None:
     assert result["dense_accuracy"] > 0.6  # chance is 0.25
-    assert 0.25 < result["pruned_accuracy"] <= 1.0
-    assert result["finetuned_accuracy"] > 0.6
-    assert result["finetune_steps"] == STEPS // 4
+    assert result["final_accuracy"] > 0.6
+
+
+def test_pruning_is_gradual_and_follows_the_schedule(result: dict[str, Any]) -> None:
+    """Masks change on the schedule's update steps, the level rises to the full one, and
+    the sparsity reached at each update is nondecreasing and ends at the target."""
+    schedule = fs.schedules.polynomial(begin_step=12, end_step=42, every=6)
+    updates = result["updates"]
+    assert [u["step"] for u in updates] == [12, 18, 24, 30, 36, 42]
+    assert [u["fraction"] for u in updates] == [schedule(u["step"]) for u in updates]
+    reached = [u["sparsity"] for u in updates]
+    assert reached == sorted(reached) and reached[0] == 0.0 and reached[-1] == 0.5
+    assert 0.0 < reached[2] < 0.5
+
+
+def test_the_schedule_levels_are_printed() -> None:
+    buffer = io.StringIO()
+    run_demo(seed=0, steps=STEPS, sparsity=0.5, out=buffer)
+    lines = [line for line in buffer.getvalue().splitlines() if line.lstrip().startswith("step")]
+    assert len(lines) == 6
+    assert lines[-1].startswith("  step   42: schedule 1.000 x sparsity 0.5 -> 50.00% of the")
 
 
 @pytest.mark.parametrize("level", [0.0, 0.3, 0.5, 0.9, 1.0])
-def test_sparsity_is_what_weightnorm_promises(level: float) -> None:
-    res = run_demo(seed=1, steps=2, sparsity=level, out=io.StringIO())
+@pytest.mark.parametrize("steps", [2, 20])
+def test_sparsity_is_what_weightnorm_promises(level: float, steps: int) -> None:
+    res = run_demo(seed=1, steps=steps, sparsity=level, out=io.StringIO())
     layers = res["layers"]
     assert [layer["path"] for layer in layers] == ["0.weight", "2.weight", "4.weight"]
     assert [layer["shape"] for layer in layers] == [(128, 32), (128, 128), (4, 128)]
@@ -65,7 +85,7 @@ def test_restores_thread_count() -> None:
 def test_main_demo_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--seed", "0", "--steps", str(STEPS), "--sparsity", "0.5"]) == 0
     printed = capsys.readouterr().out
-    for text in ("dense accuracy", "pruned accuracy", "fine-tuned accuracy", "sparsity"):
+    for text in ("accuracy when pruning began", "final accuracy", "schedule", "sparsity"):
         assert text in printed
     for row in ("0.weight", "2.weight", "4.weight"):
         assert any(line.startswith(row) and "50.00%" in line for line in printed.splitlines())
