@@ -19,6 +19,7 @@ None of them carries state: the caller passes the step.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -107,30 +108,18 @@ class _Schedule:
     usage: ClassVar[str]
 
     def __new__(cls: type[_S], *args: object, **kwargs: object) -> _S:
-        # Python's own messages for these calls do not say how to call the schedule.
-        fields = [field for field in dataclasses.fields(cls) if field.init]
-        positional = [field.name for field in fields if not field.kw_only]
-        if len(args) > len(positional):
-            takes = (
-                f"only {', '.join(positional)} by position" if positional else "none by position"
-            )
-            raise TypeError(
-                f"{cls.__name__}: takes its arguments by name ({takes}), got {len(args)} "
-                f"positional; call it as {cls.usage}"
-            )
-        names = {field.name for field in fields}
-        for key in kwargs:
-            if key not in names:
-                raise TypeError(
-                    f"{cls.__name__}: unexpected argument {key!r}; call it as {cls.usage}"
-                )
-        given = {*positional[: len(args)], *kwargs}
-        for field in fields:
-            required = field.default is field.default_factory is dataclasses.MISSING
-            if required and field.name not in given:
-                raise TypeError(
-                    f"{cls.__name__}: missing argument {field.name!r}; call it as {cls.usage}"
-                )
+        # Python's own message for a wrong call does not say how to call the schedule.
+        signature = inspect.signature(cls.__init__)
+        unknown = [key for key in kwargs if key not in signature.parameters]
+        # A misspelled argument first: one_shot(step=5) misspells ``at``, it does not omit it.
+        problem = f"got an unexpected keyword argument {unknown[0]!r}" if unknown else None
+        if problem is None:
+            try:
+                signature.bind(None, *args, **kwargs)
+            except TypeError as err:
+                problem = str(err)
+        if problem is not None:
+            raise TypeError(f"{cls.__name__}: {problem}; call it as {cls.usage}")
         return super().__new__(cls)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -163,7 +152,7 @@ def _check_ramp(schedule: linear | polynomial) -> None:
             f" (for one jump to the full level, use one_shot(at={begin}))" if end == begin else ""
         )
         raise ValueError(f"{owner}: end_step={end} must be greater than begin_step={begin}{hint}")
-    _positive(owner, "every", schedule.every)
+    every = _positive(owner, "every", schedule.every)
     initial = _fraction(owner, "initial", schedule.initial)
     final = _fraction(owner, "final", schedule.final)
     if final < initial:
@@ -171,6 +160,8 @@ def _check_ramp(schedule: linear | polynomial) -> None:
             f"{owner}: final={schedule.final!r} is less than initial={schedule.initial!r}; "
             "decreasing targets are not supported (a schedule's level never decreases)"
         )
+    for name, value in dict(begin_step=begin, end_step=end, every=every).items():
+        object.__setattr__(schedule, name, value)  # plain ints (e.g. from numpy integers)
     object.__setattr__(schedule, "initial", initial)
     object.__setattr__(schedule, "final", final)
 
@@ -234,7 +225,7 @@ class constant(_Schedule):
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", _fraction("constant", "value", self.value))
         if self.every is not None:
-            _positive("constant", "every", self.every)
+            object.__setattr__(self, "every", _positive("constant", "every", self.every))
 
     def __call__(self, step: int) -> float:
         """``value``, at every step ``>= 0``."""
@@ -279,7 +270,7 @@ class one_shot(_Schedule):
     at: int
 
     def __post_init__(self) -> None:
-        _non_negative("one_shot", "at", self.at)
+        object.__setattr__(self, "at", _non_negative("one_shot", "at", self.at))
 
     def __call__(self, step: int) -> float:
         """0.0 before ``at``, 1.0 from ``at`` on."""
@@ -376,8 +367,10 @@ class polynomial(_Schedule):
         value = final + (initial - final) * (1 - progress) ** power
 
     With ``every=1`` and ``power=3`` this is :func:`cubic_sparsity` with ``delta_steps=1``
-    and ``total_steps=end_step - begin_step``, in training steps; unlike ``cubic_sparsity``,
-    ``end_step`` is the step where ``final`` is reached, whatever ``every`` is.
+    and ``total_steps=end_step - begin_step`` after ``begin_step`` (at ``begin_step`` it is
+    ``initial`` exactly, where torch.ao's arithmetic may round one ulp away); unlike
+    ``cubic_sparsity``, ``end_step`` is the step where ``final`` is reached, whatever
+    ``every`` is.
 
     Examples:
         >>> from funcsparse import schedules
@@ -439,7 +432,10 @@ class polynomial(_Schedule):
             return 0.0
         if t >= self.end_step:
             return self.final
-        remaining = 1.0 - _ramp_progress(self, t)
+        progress = _ramp_progress(self, t)
+        if progress == 0.0:  # exactly initial: final + (initial - final) may round away from it
+            return self.initial
+        remaining = 1.0 - progress
         level: float = self.final + (self.initial - self.final) * remaining**self.power
         # The clamp of torch.ao's CubicSL: rounding stays within [initial, final].
         return max(self.initial, min(self.final, level))
