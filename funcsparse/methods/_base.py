@@ -109,6 +109,13 @@ def usage(cls: type) -> str:
 class _MethodMeta(abc.ABCMeta):
     """Turns a wrong constructor call into a TypeError that says how to call the method."""
 
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        """The fields, as ``__init__`` takes them (so ``inspect.signature`` and help show
+        them, not this metaclass's ``__call__``)."""
+        signature = _init_signature(cls)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         try:
             _init_signature(cls).bind(None, *args, **kwargs)
