@@ -73,12 +73,14 @@ def _checked_masks(
 def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Tensor:
     """``leaf * mask``; with ``straight_through`` its gradient is the upstream one, unmasked.
 
-    Straight-through subtracts the pruned values as a constant: ``leaf - leaf * ~mask`` is
-    ``leaf * mask`` exactly for finite values, and the subtraction passes gradients through.
+    The mask is cast to the leaf's dtype once: a CPU multiply by a bool tensor casts it into
+    a temporary anyway, and the backward would cast it again. Straight-through subtracts the
+    pruned values as a constant: ``leaf - leaf * ~mask`` is ``leaf * mask`` exactly for finite
+    values, and the subtraction passes gradients through unchanged.
     """
     if straight_through:
         return leaf - (leaf * mask.logical_not()).detach()
-    return leaf * mask
+    return leaf * mask.to(leaf.dtype)
 
 
 def _zero_pruned_(leaf: Tensor, mask: Tensor) -> None:
