@@ -10,7 +10,7 @@ from torch import nn
 
 import funcsparse as fs
 
-RULES = {"*.weight": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 2))}
+RULES = {"*.weight": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 2))}
 
 
 def mlp(seed: int) -> nn.Sequential:
@@ -48,16 +48,10 @@ def test_grad_and_value_through_functional_call() -> None:
     [
         RULES,
         {
-            "0.weight": fs.WeightNorm(
-                sparsity_level=1.0, sparse_block_shape=(1, 2), zeros_per_block=1
-            ),
+            "0.weight": fs.WeightNorm(sparsity=1.0, sparse_block_shape=(1, 2), zeros_per_block=1),
             "2.weight": fs.NearlyDiagonal(nearliness=3),
         },
-        {
-            "*.weight": fs.WeightNorm(
-                sparsity_level=0.4, sparse_block_shape=(3, 5), zeros_per_block=4
-            )
-        },
+        {"*.weight": fs.WeightNorm(sparsity=0.4, sparse_block_shape=(3, 5), zeros_per_block=4)},
     ],
 )
 def test_ensemble_masks_by_vmap_equal_a_loop(rules: dict[str, fs.MaskMethod]) -> None:

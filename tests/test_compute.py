@@ -12,7 +12,7 @@ from torch import nn
 
 import funcsparse as fs
 
-WN = fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))
+WN = fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 4))
 
 
 def model() -> nn.Module:
@@ -151,13 +151,13 @@ def test_ensemble_data_must_have_the_members_of_the_leaf() -> None:
     ):
         fs.compute_masks(
             leaf,
-            {"a": Random(amount=0.5)},
+            {"a": Random(sparsity=0.5)},
             batch_dims=1,
             prev_masks={"a": torch.rand(3, 4, 8) > 0.5},
         )
     with pytest.raises(ValueError, match=r"got scores of shape \(4, 8\) at 'a'"):
         fs.compute_masks(
-            leaf, {"a": fs.Magnitude(amount=0.5)}, batch_dims=1, scores={"a": torch.randn(4, 8)}
+            leaf, {"a": fs.Magnitude(sparsity=0.5)}, batch_dims=1, scores={"a": torch.randn(4, 8)}
         )
 
 
@@ -167,4 +167,4 @@ def test_a_global_group_needs_one_device() -> None:
         ValueError,
         match=r"got tensors on devices \['cpu', 'meta'\] over \['a', 'b'\]; a global selection needs one device",
     ):
-        fs.compute_masks(params, {"*": fs.GlobalMagnitude(amount=0.5)})
+        fs.compute_masks(params, {"*": fs.GlobalMagnitude(sparsity=0.5)})

@@ -15,7 +15,7 @@ PATHS = [
     "linear1.weight",
     "head.weight",
 ]
-A = fs.WeightNorm(sparsity_level=0.5)
+A = fs.WeightNorm(sparsity=0.5)
 B = fs.NearlyDiagonal(nearliness=3)
 
 

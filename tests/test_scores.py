@@ -72,7 +72,7 @@ def test_magnitude_is_abs_on_every_leaf(params: Any) -> None:
 def test_magnitude_scores_plug_into_compute_masks() -> None:
     w = torch.tensor([[1.0, -3.0, 0.5, 2.0]])
     params = {"w": w, "b": torch.ones(1)}
-    rule = {"w": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1), norm=1)}
+    rule = {"w": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 1), norm=1)}
     with_scores = fs.compute_masks(params, rule, scores=magnitude_scores(params))
     assert with_scores["w"].tolist() == [[False, True, False, True]]
     assert torch.equal(with_scores["w"], fs.compute_masks(params, rule)["w"])
@@ -108,7 +108,7 @@ def test_saliency_prunes_by_weight_times_gradient() -> None:
         return (x @ p["w"].T).pow(2).sum()
 
     scores = saliency_scores(params, torch.func.grad(loss_fn)(params))
-    rule = {"w": fs.WeightNorm(sparsity_level=0.25, sparse_block_shape=(1, 1))}
+    rule = {"w": fs.WeightNorm(sparsity=0.25, sparse_block_shape=(1, 1))}
     assert fs.compute_masks(params, rule, scores=scores)["w"].tolist() == [
         [False, True, True, True]
     ]
@@ -246,6 +246,6 @@ def test_scores_from_wanda_plug_into_compute_masks() -> None:
     """Wanda's scores with a score-reading method: one threshold over the whole tensor."""
     params = {"w": torch.tensor([[1.0, 1.0], [1.0, 1.0]])}
     norms = {"w": torch.tensor([1.0, 3.0])}
-    rule = {"w": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 1))}
+    rule = {"w": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 1))}
     masks = fs.compute_masks(params, rule, scores=wanda_scores(params, norms))
     assert masks["w"].tolist() == [[False, True], [False, True]]

@@ -391,7 +391,7 @@ def test_funcsparse_masks_match_the_adapters() -> None:
     sparsifier.prepare(model, None)
     sparsifier.step()
     functional = fs.compute_masks(
-        params, {"*.weight": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))}
+        params, {"*.weight": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 4))}
     )
     for fqn, mask in masks_of(sparsifier).items():
         assert torch.equal(mask, functional[fqn])

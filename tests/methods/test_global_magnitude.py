@@ -69,6 +69,13 @@ def prune_global(
     return [m.weight_mask.bool() for m in modules]
 
 
+def from_amount(amount: float | int) -> GlobalMagnitude:
+    """The GlobalMagnitude of prune's ``amount``: an int is a count, a float a sparsity."""
+    if isinstance(amount, int):
+        return GlobalMagnitude(count=amount)
+    return GlobalMagnitude(amount)
+
+
 def reference(
     tensors: list[Tensor],
     amount: float | int,
@@ -76,14 +83,15 @@ def reference(
     scores: list[Tensor | None] | None = None,
     prev: list[Tensor | None] | None = None,
 ) -> list[Tensor]:
-    """The documented rule by brute force: one stable sort of every |score| concatenated
-    (previously pruned entries at -inf, NaN last), the k lowest-ranked pruned."""
+    """The documented rule by brute force: one stable sort of every score concatenated
+    (|w|, or given scores as they are; previously pruned entries at -inf, NaN last), the k
+    lowest-ranked pruned."""
     flat = []
     n_prev = 0
     for i, tensor in enumerate(tensors):
-        source = tensor if scores is None or scores[i] is None else scores[i]
-        assert source is not None
-        values = source.detach().abs().double().reshape(-1).clone()
+        given = None if scores is None else scores[i]
+        source = tensor.detach().abs() if given is None else given.detach()
+        values = source.double().reshape(-1).clone()
         if prev is not None and prev[i] is not None:
             pruned_before = ~prev[i].reshape(-1)
             values[pruned_before] = -math.inf
@@ -133,7 +141,7 @@ def narrowing_spy() -> Iterator[mock.MagicMock]:
         yield spy
 
 
-AMOUNTS = st.one_of(
+SPARSITIES = st.one_of(
     st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]), st.floats(0.0, 1.0, allow_nan=False)
 )
 
@@ -144,46 +152,48 @@ AMOUNTS = st.one_of(
 @given(
     shapes=SHAPES,
     seed=st.integers(0, 2**31 - 1),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     dtype=st.sampled_from([torch.float32, torch.float64]),
     chunked=st.booleans(),
 )
-def test_float_amounts_equal_prune_global_unstructured(
-    shapes: list[tuple[int, ...]], seed: int, amount: float, dtype: torch.dtype, chunked: bool
+def test_sparsities_equal_prune_global_unstructured(
+    shapes: list[tuple[int, ...]], seed: int, sparsity: float, dtype: torch.dtype, chunked: bool
 ) -> None:
     tensors = tie_free(shapes, seed, dtype)
     with small_chunks() if chunked else contextlib.nullcontext():
-        got = GlobalMagnitude(amount=amount).global_masks(tensors)
-    assert_masks_equal(got, prune_global(tensors, amount))
+        got = GlobalMagnitude(sparsity).global_masks(tensors)
+    assert_masks_equal(got, prune_global(tensors, sparsity))
 
 
 @given(shapes=SHAPES, seed=st.integers(0, 2**31 - 1), data=st.data())
-def test_int_amounts_equal_prune_global_unstructured(
+def test_counts_equal_prune_global_unstructured(
     shapes: list[tuple[int, ...]], seed: int, data: st.DataObject
 ) -> None:
     tensors = tie_free(shapes, seed)
-    amount = data.draw(st.integers(0, sum(t.numel() for t in tensors)))
-    got = GlobalMagnitude(amount=amount).global_masks(tensors)
-    assert_masks_equal(got, prune_global(tensors, amount))
-    assert sum(int((~m).sum()) for m in got) == amount
+    count = data.draw(st.integers(0, sum(t.numel() for t in tensors)))
+    got = GlobalMagnitude(count=count).global_masks(tensors)
+    assert_masks_equal(got, prune_global(tensors, count))
+    assert sum(int((~m).sum()) for m in got) == count
 
 
-@given(shapes=SHAPES, seed=st.integers(0, 2**31 - 1), amount=AMOUNTS)
+@given(shapes=SHAPES, seed=st.integers(0, 2**31 - 1), sparsity=SPARSITIES)
 def test_importance_scores_equal_prune_global_unstructured(
-    shapes: list[tuple[int, ...]], seed: int, amount: float
+    shapes: list[tuple[int, ...]], seed: int, sparsity: float
 ) -> None:
     tensors = [torch.randn(shape) for shape in shapes]  # ties in |w| do not matter here
     scores = tie_free(shapes, seed + 1)
-    got = GlobalMagnitude(amount=amount).global_masks(tensors, [{"scores": s} for s in scores])
-    assert_masks_equal(got, prune_global(tensors, amount, scores))
+    # prune ranks |importance_scores|; funcsparse ranks scores as given: pass |s|.
+    data = [{"scores": s.abs()} for s in scores]
+    got = GlobalMagnitude(sparsity).global_masks(tensors, data)
+    assert_masks_equal(got, prune_global(tensors, sparsity, scores))
 
 
 @pytest.mark.parametrize("amount", [0.0007, 0.3, 0.5, 0.97, 12345])
-def test_large_groups_through_the_sampled_bracket_equal_prune(amount: float) -> None:
+def test_large_groups_through_the_sampled_bracket_equal_prune(amount: float | int) -> None:
     # 660k entries: a strided sample of 65536 and a gathered bracket, as on real models.
     shapes = [(300, 700), (1000,), (640, 700), (7, 11, 13)]
     tensors = tie_free(shapes, seed=3)
-    got = GlobalMagnitude(amount=amount).global_masks(tensors)
+    got = from_amount(amount).global_masks(tensors)
     assert_masks_equal(got, prune_global(tensors, amount))
 
 
@@ -192,7 +202,7 @@ def test_compute_masks_selects_across_the_rules_leaves_in_flattening_order() -> 
     tensors = tie_free(shapes, seed=7)
     tensors[0] = tensors[0] / 4  # a layer of small weights: global pruning takes more there
     params = {"a.weight": tensors[0], "a.bias": tensors[1], "b.weight": tensors[2]}
-    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=0.4)})
+    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(sparsity=0.4)})
     expected = prune_global([tensors[0], tensors[2]], 0.4)
     assert masks["a.bias"] is None
     assert_masks_equal([masks["a.weight"], masks["b.weight"]], expected)
@@ -206,7 +216,7 @@ def test_one_tensor_prunes_within_it_like_l1_unstructured() -> None:
     with torch.no_grad():
         module.weight.copy_(weight)
     prune.l1_unstructured(module, "weight", amount=0.3)
-    assert torch.equal(GlobalMagnitude(amount=0.3)(weight), module.weight_mask.bool())
+    assert torch.equal(GlobalMagnitude(sparsity=0.3)(weight), module.weight_mask.bool())
 
 
 # --- the tie rule, pinned ------------------------------------------------------------------
@@ -217,19 +227,19 @@ def test_ties_across_tensors_prune_the_earlier_tensor_then_the_lower_index_first
     second = torch.tensor([-1.0, 1.0, 0.5])
     # 0.5 is lowest; then four entries tie at |w| = 1: first[0, 0], first[1, 1], second[0],
     # second[1]. Three zeros take first[0, 0] and first[1, 1].
-    got = GlobalMagnitude(amount=3).global_masks([first, second])
+    got = GlobalMagnitude(count=3).global_masks([first, second])
     assert_masks_equal(
         got,
         [torch.tensor([[False, True], [True, False]]), torch.tensor([True, True, False])],
     )
     # four zeros reach into the second tensor, lower index first
-    got = GlobalMagnitude(amount=4).global_masks([first, second])
+    got = GlobalMagnitude(count=4).global_masks([first, second])
     assert_masks_equal(
         got,
         [torch.tensor([[False, True], [True, False]]), torch.tensor([False, True, False])],
     )
     # the order is the group's: swapping the tensors swaps who loses the ties
-    got = GlobalMagnitude(amount=3).global_masks([second, first])
+    got = GlobalMagnitude(count=3).global_masks([second, first])
     assert_masks_equal(
         got,
         [torch.tensor([False, False, False]), torch.tensor([[True, True], [True, True]])],
@@ -240,11 +250,11 @@ def test_nan_ranks_above_every_number_and_ties_among_nans_go_in_group_order() ->
     nan, inf = math.nan, math.inf
     first = torch.tensor([nan, 1.0, inf])
     second = torch.tensor([nan, -inf, 0.0])
-    got = GlobalMagnitude(amount=4).global_masks([first, second])
+    got = GlobalMagnitude(count=4).global_masks([first, second])
     assert_masks_equal(
         got, [torch.tensor([True, False, False]), torch.tensor([True, False, False])]
     )
-    got = GlobalMagnitude(amount=5).global_masks([first, second])
+    got = GlobalMagnitude(count=5).global_masks([first, second])
     assert_masks_equal(
         got, [torch.tensor([False, False, False]), torch.tensor([True, False, False])]
     )
@@ -258,39 +268,41 @@ def test_nan_ranks_above_every_number_and_ties_among_nans_go_in_group_order() ->
         min_size=1,
         max_size=4,
     ),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     mode=st.sampled_from(["plain", "tiny", "chunked"]),
 )
 def test_ties_nan_inf_and_mixed_dtypes_follow_the_documented_order(
-    tensors: list[Tensor], amount: float, mode: str
+    tensors: list[Tensor], sparsity: float, mode: str
 ) -> None:
     contexts = {"plain": contextlib.nullcontext, "tiny": tiny_bracket, "chunked": small_chunks}
     with contexts[mode]():
-        got = GlobalMagnitude(amount=amount).global_masks(tensors)
-    assert_masks_equal(got, reference(tensors, amount))
+        got = GlobalMagnitude(sparsity).global_masks(tensors)
+    assert_masks_equal(got, reference(tensors, sparsity))
 
 
 @given(
     tensors=st.lists(fst.tensors(ties=False), min_size=1, max_size=4),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     seed=st.integers(0, 2**31 - 1),
 )
-def test_mixed_dtypes_compare_exact_values(tensors: list[Tensor], amount: float, seed: int) -> None:
+def test_mixed_dtypes_compare_exact_values(
+    tensors: list[Tensor], sparsity: float, seed: int
+) -> None:
     # Values that no narrower dtype holds: a threshold from a float64 tensor compared with
     # float16 entries must not be rounded first.
     generator = torch.Generator().manual_seed(seed)
     extra = (torch.rand(17, generator=generator, dtype=torch.float64) * 3).reshape(17)
     group = [*tensors, extra]
-    got = GlobalMagnitude(amount=amount).global_masks(group)
-    assert_masks_equal(got, reference(group, amount))
+    got = GlobalMagnitude(sparsity).global_masks(group)
+    assert_masks_equal(got, reference(group, sparsity))
 
 
 # --- exact counts through funcsparse.testing ----------------------------------------------
 
 
-@given(tree=fst.params(ties=None, special=True), amount=AMOUNTS)
-def test_check_masks_holds_on_every_layout(tree: object, amount: float) -> None:
-    check_masks(tree, {"**.weight": GlobalMagnitude(amount=amount)})
+@given(tree=fst.params(ties=None, special=True), sparsity=SPARSITIES)
+def test_check_masks_holds_on_every_layout(tree: object, sparsity: float) -> None:
+    check_masks(tree, {"**.weight": GlobalMagnitude(sparsity)})
 
 
 @given(tree=fst.params(biases=False, ties=True), data=st.data())
@@ -299,18 +311,18 @@ def test_check_masks_holds_for_counts(tree: object, data: st.DataObject) -> None
 
     _, leaves, _ = flatten_with_paths(tree)
     total = sum(leaf.numel() for leaf in leaves)
-    amount = data.draw(st.integers(0, total))
-    check_masks(tree, {"**.weight": GlobalMagnitude(amount=amount)})
-    masks = fs.compute_masks(tree, {"**.weight": GlobalMagnitude(amount=amount)})
+    count = data.draw(st.integers(0, total))
+    check_masks(tree, {"**.weight": GlobalMagnitude(count=count)})
+    masks = fs.compute_masks(tree, {"**.weight": GlobalMagnitude(count=count)})
     _, mask_leaves, _ = flatten_with_paths(masks)
-    assert sum(int((~m).sum()) for m in mask_leaves) == amount
+    assert sum(int((~m).sum()) for m in mask_leaves) == count
 
 
-def test_raising_the_amount_never_unprunes() -> None:
+def test_raising_the_level_never_unprunes() -> None:
     tensors = [torch.randint(-3, 4, (40, 30)).float(), torch.randn(500)]
     previous = None
-    for amount in [0.0, 0.1, 0.3, 0.5, 0.8, 1.0]:
-        masks = GlobalMagnitude(amount=amount).global_masks(tensors)
+    for sparsity in [0.0, 0.1, 0.3, 0.5, 0.8, 1.0]:
+        masks = GlobalMagnitude(sparsity).global_masks(tensors)
         if previous is not None:
             assert not any(bool((m & ~p).any()) for m, p in zip(masks, previous, strict=True))
         previous = masks
@@ -319,12 +331,12 @@ def test_raising_the_amount_never_unprunes() -> None:
 @given(
     shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
     seed=st.integers(0, 2**31 - 1),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     tiny=st.booleans(),
     prev_too=st.booleans(),
 )
 def test_inputs_are_untouched_and_non_contiguous_tensors_rank_in_row_major_order(
-    shape: tuple[int, int, int], seed: int, amount: float, tiny: bool, prev_too: bool
+    shape: tuple[int, int, int], seed: int, sparsity: float, tiny: bool, prev_too: bool
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
     permuted = torch.randint(-2, 3, shape, generator=generator).float().permute(2, 0, 1)
@@ -333,10 +345,10 @@ def test_inputs_are_untouched_and_non_contiguous_tensors_rank_in_row_major_order
     data = [{"prev_mask": prev[0]}, {}] if prev_too else None
     before = [permuted.clone(), other.clone(), prev[0].clone()]
     with tiny_bracket() if tiny else contextlib.nullcontext():
-        got = GlobalMagnitude(amount=amount).global_masks([permuted, other], data)
+        got = GlobalMagnitude(sparsity).global_masks([permuted, other], data)
     expected = reference(
         [permuted.contiguous(), other],
-        amount,
+        sparsity,
         prev=[prev[0].contiguous(), None] if prev_too else None,
     )
     assert_masks_equal(got, expected)
@@ -355,11 +367,11 @@ def test_structured_data_that_defeats_the_strided_sample_is_exact() -> None:
     values = torch.arange(1, total + 1, dtype=torch.float32) / total
     values[::stride] += 2.0  # still distinct in float32
     tensors = [values[: total // 2].reshape(1024, -1).clone(), values[total // 2 :].clone()]
-    for amount in [0.25, 0.5, 0.999]:
+    for sparsity in [0.25, 0.5, 0.999]:
         with narrowing_spy() as spy:
-            got = GlobalMagnitude(amount=amount).global_masks(tensors)
+            got = GlobalMagnitude(sparsity).global_masks(tensors)
         assert spy.called
-        assert_masks_equal(got, prune_global(tensors, amount))
+        assert_masks_equal(got, prune_global(tensors, sparsity))
 
 
 def test_heavy_ties_are_exact() -> None:
@@ -369,9 +381,9 @@ def test_heavy_ties_are_exact() -> None:
         torch.randint(-2, 3, (300_000,), generator=generator).float(),
         torch.zeros(1000, 70),
     ]
-    for amount in [0.2, 0.5, 0.77, 0.9]:
-        got = GlobalMagnitude(amount=amount).global_masks(tensors)
-        assert_masks_equal(got, reference(tensors, amount))
+    for sparsity in [0.2, 0.5, 0.77, 0.9]:
+        got = GlobalMagnitude(sparsity).global_masks(tensors)
+        assert_masks_equal(got, reference(tensors, sparsity))
 
 
 def test_a_bracket_of_ties_past_the_gather_cap_narrows_exactly() -> None:
@@ -384,7 +396,7 @@ def test_a_bracket_of_ties_past_the_gather_cap_narrows_exactly() -> None:
     tensors = [values[: 4 * block].reshape(512, -1).clone(), values[4 * block :].clone()]
     for amount in [4 * block, 4 * block - 1, 4 * block + 1, 0.5, 3 * block + 17]:
         with narrowing_spy() as spy:
-            got = GlobalMagnitude(amount=amount).global_masks(tensors)
+            got = from_amount(amount).global_masks(tensors)
         assert spy.called
         assert_masks_equal(got, reference(tensors, amount))
 
@@ -392,11 +404,11 @@ def test_a_bracket_of_ties_past_the_gather_cap_narrows_exactly() -> None:
 @given(
     shapes=SHAPES,
     seed=st.integers(0, 2**31 - 1),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     alphabet=st.sampled_from([2, 3, 1000]),
 )
 def test_the_narrowing_loop_is_exact(
-    shapes: list[tuple[int, ...]], seed: int, amount: float, alphabet: int
+    shapes: list[tuple[int, ...]], seed: int, sparsity: float, alphabet: int
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
     tensors = [
@@ -404,8 +416,8 @@ def test_the_narrowing_loop_is_exact(
         for shape in shapes
     ]
     with tiny_bracket():
-        got = GlobalMagnitude(amount=amount).global_masks(tensors)
-    assert_masks_equal(got, reference(tensors, amount))
+        got = GlobalMagnitude(sparsity).global_masks(tensors)
+    assert_masks_equal(got, reference(tensors, sparsity))
 
 
 def test_the_narrowing_loop_agrees_with_prune_on_tie_free_inputs() -> None:
@@ -413,34 +425,34 @@ def test_the_narrowing_loop_agrees_with_prune_on_tie_free_inputs() -> None:
     with tiny_bracket(sample=16, gather=8):
         for amount in [1, 0.01, 0.5, 0.99, 4700]:
             with narrowing_spy() as spy:
-                got = GlobalMagnitude(amount=amount).global_masks(tensors)
+                got = from_amount(amount).global_masks(tensors)
             assert spy.called
             assert_masks_equal(got, prune_global(tensors, amount))
 
 
-# --- prev_mask: the amount is the total target --------------------------------------------
+# --- prev_mask: the level is the total target ---------------------------------------------
 
 
 @given(
     shapes=SHAPES,
     seed=st.integers(0, 2**31 - 1),
-    amount=AMOUNTS,
+    sparsity=SPARSITIES,
     density=st.sampled_from([0.0, 0.2, 0.6, 1.0]),
     tiny=st.booleans(),
 )
 def test_prev_mask_pruned_entries_rank_first_and_stay_pruned(
-    shapes: list[tuple[int, ...]], seed: int, amount: float, density: float, tiny: bool
+    shapes: list[tuple[int, ...]], seed: int, sparsity: float, density: float, tiny: bool
 ) -> None:
     tensors = tie_free(shapes, seed)
     generator = torch.Generator().manual_seed(seed + 1)
     prev = [torch.rand(shape, generator=generator) >= density for shape in shapes]
     with tiny_bracket() if tiny else contextlib.nullcontext():
-        got = GlobalMagnitude(amount=amount).global_masks(tensors, [{"prev_mask": p} for p in prev])
-    assert_masks_equal(got, reference(tensors, amount, prev=list(prev)))
+        got = GlobalMagnitude(sparsity).global_masks(tensors, [{"prev_mask": p} for p in prev])
+    assert_masks_equal(got, reference(tensors, sparsity, prev=list(prev)))
     total = sum(t.numel() for t in tensors)
     previously = sum(int((~p).sum()) for p in prev)
     zeros = sum(int((~m).sum()) for m in got)
-    assert zeros == max(round(amount * total), previously)
+    assert zeros == max(round(sparsity * total), previously)
     assert all(not bool((m & ~p).any()) for m, p in zip(got, prev, strict=True))
 
 
@@ -450,13 +462,13 @@ def test_prev_masks_through_compute_masks_and_check_masks() -> None:
     prev = {"a.weight": tensors[0].abs() > 0.7, "b.weight": torch.ones(10, 5, dtype=torch.bool)}
     pruned_before = int((~prev["a.weight"]).sum())
     assert 0 < pruned_before < 75
-    rules = {"*.weight": GlobalMagnitude(amount=0.5)}
+    rules = {"*.weight": GlobalMagnitude(sparsity=0.5)}
     masks = fs.compute_masks(params, rules, prev_masks=prev)
     assert sum(int((~m).sum()) for m in masks.values()) == 75  # the total, not 75 more
     assert not bool((masks["a.weight"] & ~prev["a.weight"]).any())
     check_masks(params, rules, prev_masks=prev)
     # a smaller target than what was pruned before: the previous masks, unchanged
-    few = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=1)}, prev_masks=prev)
+    few = fs.compute_masks(params, {"*.weight": GlobalMagnitude(count=1)}, prev_masks=prev)
     assert torch.equal(few["a.weight"], prev["a.weight"])
     assert torch.equal(few["b.weight"], prev["b.weight"])
 
@@ -466,45 +478,67 @@ def test_scores_and_prev_mask_together() -> None:
     scores = tie_free([(20, 20), (50,)], seed=9)
     prev = [torch.rand(20, 20) > 0.1, torch.rand(50) > 0.1]
     data = [{"scores": s, "prev_mask": p} for s, p in zip(scores, prev, strict=True)]
-    got = GlobalMagnitude(amount=0.6).global_masks(tensors, data)
+    got = GlobalMagnitude(sparsity=0.6).global_masks(tensors, data)
     assert_masks_equal(got, reference(tensors, 0.6, scores=list(scores), prev=list(prev)))
+
+
+def test_scores_rank_as_given_signed_across_tensors() -> None:
+    # Movement-style scores: the lowest (most negative) is pruned first, wherever it is.
+    weights = [torch.ones(2), torch.ones(2)]
+    scores = [torch.tensor([2.0, -3.0]), torch.tensor([1.0, 4.0])]
+    data = [{"scores": s} for s in scores]
+    got = GlobalMagnitude(count=1).global_masks(weights, data)
+    assert_masks_equal(got, [torch.tensor([True, False]), torch.tensor([True, True])])
+    got = GlobalMagnitude(count=2).global_masks(weights, data)
+    assert_masks_equal(got, [torch.tensor([True, False]), torch.tensor([False, True])])
+    params = {"a": weights[0], "b": weights[1]}
+    masks = fs.compute_masks(
+        params, {"*": GlobalMagnitude(0.75)}, scores={"a": scores[0], "b": scores[1]}
+    )
+    assert masks["a"].tolist() == [False, False] and masks["b"].tolist() == [False, True]
+    # Without scores the weights rank by |w|: -3 is the largest magnitude.
+    got = GlobalMagnitude(count=1).global_masks(scores)
+    assert_masks_equal(got, [torch.tensor([True, True]), torch.tensor([False, True])])
 
 
 # --- errors --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("amount", "error", "message"),
+    ("level", "error", "message"),
     [
-        (-1, ValueError, "GlobalMagnitude: amount=-1 must be a non-negative count"),
-        (1.5, ValueError, "GlobalMagnitude: amount=1.5 must be a fraction in [0, 1]"),
-        (-0.1, ValueError, "GlobalMagnitude: amount=-0.1 must be a fraction in [0, 1]"),
-        (math.nan, ValueError, "GlobalMagnitude: amount=nan must be a fraction in [0, 1]"),
-        (True, TypeError, "GlobalMagnitude: amount must be an int (a count) or a float"),
-        ("0.5", TypeError, "GlobalMagnitude: amount must be an int (a count) or a float"),
-        (None, TypeError, "GlobalMagnitude: amount must be an int (a count) or a float"),
+        ({"count": -1}, ValueError, "GlobalMagnitude: count=-1 must be a non-negative number"),
+        ({"sparsity": 1.5}, ValueError, "GlobalMagnitude: sparsity must be a fraction in [0, 1]"),
+        ({"sparsity": -0.1}, ValueError, "sparsity must be a fraction in [0, 1], got -0.1"),
+        ({"sparsity": math.nan}, ValueError, "sparsity must be a fraction in [0, 1], got nan"),
+        ({"sparsity": True}, TypeError, "GlobalMagnitude: sparsity must be a fraction in [0, 1]"),
+        ({"sparsity": "0.5"}, TypeError, "GlobalMagnitude: sparsity must be a fraction in [0, 1]"),
+        ({"count": 3.0}, TypeError, "GlobalMagnitude: count must be an int (a number of entries)"),
+        ({}, TypeError, "GlobalMagnitude: give exactly one of sparsity"),
+        ({"sparsity": 0.5, "count": 3}, TypeError, "got both; e.g. GlobalMagnitude(0.5)"),
+        ({"amount": 0.5}, TypeError, "GlobalMagnitude: got an unexpected keyword argument"),
     ],
 )
-def test_bad_amounts_raise_on_construction(
-    amount: object, error: type[Exception], message: str
+def test_bad_levels_raise_on_construction(
+    level: dict[str, object], error: type[Exception], message: str
 ) -> None:
     with pytest.raises(error, match=re.escape(message)):
-        GlobalMagnitude(amount=amount)
+        GlobalMagnitude(**level)
 
 
-def test_an_int_amount_above_the_group_total_names_the_rule() -> None:
+def test_a_count_above_the_group_total_names_the_rule() -> None:
     params = {"a.weight": torch.randn(3, 4), "b.weight": torch.randn(5), "b.bias": torch.randn(9)}
     # 17 weights in the group: 17 is fine although every single leaf is smaller
-    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=17)})
+    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(count=17)})
     assert not masks["a.weight"].any() and not masks["b.weight"].any()
     expected = (
-        "compute_masks: rule '*.weight' (GlobalMagnitude) got amount=18 for 17 entries over "
-        "['a.weight', 'b.weight']; amount is more than there are"
+        "compute_masks: rule '*.weight' (GlobalMagnitude) got count=18 for 17 entries over "
+        "['a.weight', 'b.weight']; count is more than there are"
     )
     with pytest.raises(ValueError, match=re.escape(expected)):
-        fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=18)})
-    with pytest.raises(ValueError, match=re.escape("amount=13 for 12 entries")):
-        GlobalMagnitude(amount=13)(params["a.weight"])
+        fs.compute_masks(params, {"*.weight": GlobalMagnitude(count=18)})
+    with pytest.raises(ValueError, match=re.escape("count=13 for 12 entries")):
+        GlobalMagnitude(count=13)(params["a.weight"])
 
 
 def test_bad_leaves_and_data_raise_naming_the_leaf() -> None:
@@ -512,30 +546,30 @@ def test_bad_leaves_and_data_raise_naming_the_leaf() -> None:
     with pytest.raises(
         TypeError, match=re.escape("at 'b.weight'; GlobalMagnitude needs a floating-point tensor")
     ):
-        fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=0.5)})
+        fs.compute_masks(params, {"*.weight": GlobalMagnitude(sparsity=0.5)})
     weights = {"a.weight": torch.randn(3, 4)}
     with pytest.raises(TypeError, match=re.escape("GlobalMagnitude needs floating scores")):
         fs.compute_masks(
             weights,
-            {"*.weight": GlobalMagnitude(amount=0.5)},
+            {"*.weight": GlobalMagnitude(sparsity=0.5)},
             scores={"a.weight": torch.ones(3, 4, dtype=torch.int32)},
         )
     with pytest.raises(ValueError, match=re.escape("scores must have the tensor's shape")):
-        GlobalMagnitude(amount=0.5).global_masks(
+        GlobalMagnitude(sparsity=0.5).global_masks(
             [torch.randn(3, 4)], [{"scores": torch.randn(4, 3)}]
         )
     with pytest.raises(TypeError, match=re.escape("GlobalMagnitude takes ['prev_mask', 'scores']")):
-        GlobalMagnitude(amount=0.5)(torch.randn(3), grads=torch.randn(3))
+        GlobalMagnitude(sparsity=0.5)(torch.randn(3), grads=torch.randn(3))
 
 
 def test_empty_groups_and_tensors() -> None:
-    assert GlobalMagnitude(amount=0.5).global_masks([]) == []
+    assert GlobalMagnitude(sparsity=0.5).global_masks([]) == []
     weight = torch.tensor([0.4, -0.1, 0.3, 2.0])
-    got = GlobalMagnitude(amount=0.5).global_masks([torch.empty(0, 3), weight, torch.empty(0)])
+    got = GlobalMagnitude(sparsity=0.5).global_masks([torch.empty(0, 3), weight, torch.empty(0)])
     expected = [torch.ones(0, 3, dtype=torch.bool), torch.tensor([True, False, False, True])]
     assert_masks_equal(got, [*expected, torch.ones(0, dtype=torch.bool)])
-    with pytest.raises(ValueError, match=re.escape("amount=1 for 0 entries")):
-        GlobalMagnitude(amount=1).global_masks([torch.empty(0)])
+    with pytest.raises(ValueError, match=re.escape("count=1 for 0 entries")):
+        GlobalMagnitude(count=1).global_masks([torch.empty(0)])
 
 
 def test_ensembles_select_per_member() -> None:
@@ -544,7 +578,7 @@ def test_ensembles_select_per_member() -> None:
         "a.weight": torch.stack([m[0] for m in members]),
         "b.weight": torch.stack([m[1] for m in members]),
     }
-    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(amount=0.5)}, batch_dims=1)
+    masks = fs.compute_masks(params, {"*.weight": GlobalMagnitude(sparsity=0.5)}, batch_dims=1)
     for j, member in enumerate(members):
         expected = prune_global(member, 0.5)
         assert_masks_equal([masks["a.weight"][j], masks["b.weight"][j]], expected)

@@ -15,7 +15,7 @@ from torch.nn.utils import prune
 import funcsparse as fs
 from funcsparse.methods.magnitude import Magnitude
 from funcsparse.testing import check_leaf_mask, check_masks
-from tests.helpers import amounts, holder, tie_free
+from tests.helpers import holder, levels, prune_amount, pruned_count, tie_free
 
 SHAPES = st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple)
 FLOATS = st.sampled_from([torch.float32, torch.float64])
@@ -30,66 +30,94 @@ class TestPinned:
     W = torch.tensor([[0.5, -2.0, 0.1], [3.0, -0.2, 1.0]])
 
     def test_fraction_prunes_lowest_absolute_values(self) -> None:
-        assert Magnitude(amount=0.5)(self.W).tolist() == [[False, True, False], [True, False, True]]
+        assert Magnitude(sparsity=0.5)(self.W).tolist() == [
+            [False, True, False],
+            [True, False, True],
+        ]
 
     def test_count(self) -> None:
-        assert Magnitude(amount=2)(self.W).tolist() == [[True, True, False], [True, False, True]]
+        assert Magnitude(count=2)(self.W).tolist() == [[True, True, False], [True, False, True]]
 
     def test_fraction_rounds_half_to_even_like_prune(self) -> None:
         # 0.25 * 6 = 1.5 rounds to 2; 0.5 * 5 = 2.5 rounds to 2; 0.1 * 5 = 0.5 rounds to 0.
-        assert int((~Magnitude(amount=0.25)(self.W)).sum()) == 2
-        assert int((~Magnitude(amount=0.5)(torch.arange(1.0, 6.0))).sum()) == 2
-        assert int((~Magnitude(amount=0.1)(torch.arange(1.0, 6.0))).sum()) == 0
+        assert int((~Magnitude(sparsity=0.25)(self.W)).sum()) == 2
+        assert int((~Magnitude(sparsity=0.5)(torch.arange(1.0, 6.0))).sum()) == 2
+        assert int((~Magnitude(sparsity=0.1)(torch.arange(1.0, 6.0))).sum()) == 0
 
-    @pytest.mark.parametrize(("amount", "zeros"), [(0, 0), (0.0, 0), (1.0, 6), (6, 6), (1, 1)])
-    def test_edges(self, amount: float, zeros: int) -> None:
-        mask = Magnitude(amount=amount)(self.W)
+    @pytest.mark.parametrize(
+        ("level", "zeros"),
+        [
+            ({"count": 0}, 0),
+            ({"sparsity": 0.0}, 0),
+            ({"sparsity": 1.0}, 6),
+            ({"count": 6}, 6),
+            ({"count": 1}, 1),
+        ],
+    )
+    def test_edges(self, level: dict[str, float], zeros: int) -> None:
+        mask = Magnitude(**level)(self.W)
         assert mask.dtype == torch.bool and mask.shape == self.W.shape
         assert int((~mask).sum()) == zeros
 
-    def test_int_one_is_a_count_and_float_one_is_everything(self) -> None:
-        assert int((~Magnitude(amount=1)(self.W)).sum()) == 1
-        assert int((~Magnitude(amount=1.0)(self.W)).sum()) == 6
+    def test_count_one_is_one_entry_and_sparsity_one_is_everything(self) -> None:
+        assert int((~Magnitude(count=1)(self.W)).sum()) == 1
+        assert int((~Magnitude(sparsity=1.0)(self.W)).sum()) == 6
+
+    def test_level_may_be_positional(self) -> None:
+        assert Magnitude(0.5) == Magnitude(sparsity=0.5)
+        assert torch.equal(Magnitude(0.5)(self.W), Magnitude(sparsity=0.5)(self.W))
 
     def test_any_shape(self) -> None:
-        assert Magnitude(amount=1)(torch.tensor(-3.0)).tolist() is False
+        assert Magnitude(count=1)(torch.tensor(-3.0)).tolist() is False
         w = torch.tensor([[[4.0, -1.0], [2.0, 3.0]]])
-        assert Magnitude(amount=2)(w).tolist() == [[[True, False], [False, True]]]
-        assert Magnitude(amount=0.5)(torch.empty(0, 3)).shape == (0, 3)
+        assert Magnitude(count=2)(w).tolist() == [[[True, False], [False, True]]]
+        assert Magnitude(sparsity=0.5)(torch.empty(0, 3)).shape == (0, 3)
 
     def test_ties_prune_lower_flat_index_first_and_nan_is_kept(self) -> None:
         w = torch.tensor([1.0, -1.0, 1.0, math.nan, 1.0])
-        assert Magnitude(amount=2)(w).tolist() == [False, False, True, True, True]
-        assert Magnitude(amount=4)(w).tolist() == [False, False, False, True, False]
+        assert Magnitude(count=2)(w).tolist() == [False, False, True, True, True]
+        assert Magnitude(count=4)(w).tolist() == [False, False, False, True, False]
 
-    def test_scores_rank_by_their_absolute_value(self) -> None:
+    def test_scores_rank_as_given_signed(self) -> None:
+        # The lowest score is pruned first, sign included: -9 and -7 go before 0.1.
         scores = torch.tensor([[-9.0, 0.1, 5.0], [0.2, -7.0, 0.3]])
-        mask = Magnitude(amount=3)(self.W, scores=scores)
+        mask = Magnitude(count=3)(self.W, scores=scores)
+        assert mask.tolist() == [[False, False, True], [True, False, True]]
+        # abs(scores) reproduces the old (and nn.utils.prune's) ranking by |score|.
+        mask = Magnitude(count=3)(self.W, scores=scores.abs())
         assert mask.tolist() == [[True, False, True], [False, True, False]]
+
+    def test_movement_scores_prune_the_most_negative_first(self) -> None:
+        w = torch.tensor([5.0, 5.0, 5.0, 5.0])
+        scores = torch.tensor([-3.0, 1.0, 2.0, 4.0])
+        assert Magnitude(count=1)(w, scores=scores).tolist() == [False, True, True, True]
+        assert Magnitude(count=2)(w, scores=scores).tolist() == [False, False, True, True]
+        # Weights themselves still rank by |w|: -3 is the largest magnitude here.
+        assert Magnitude(count=1)(scores).tolist() == [True, False, True, True]
 
     def test_prev_mask_total_target(self) -> None:
         prev = torch.tensor([[True, True, True], [False, True, True]])  # 3.0 pruned before
-        assert Magnitude(amount=2)(self.W, prev_mask=prev).tolist() == [
+        assert Magnitude(count=2)(self.W, prev_mask=prev).tolist() == [
             [True, True, False],
             [False, True, True],
         ]
         # One zero asked for, one there already: nothing new.
-        assert torch.equal(Magnitude(amount=1)(self.W, prev_mask=prev), prev)
+        assert torch.equal(Magnitude(count=1)(self.W, prev_mask=prev), prev)
 
-    def test_more_previous_zeros_than_the_amount_keeps_them_all(self) -> None:
+    def test_more_previous_zeros_than_the_level_keeps_them_all(self) -> None:
         prev = torch.tensor([[False, False, True], [False, True, True]])
-        assert torch.equal(Magnitude(amount=0.25)(self.W, prev_mask=prev), prev)
-        assert Magnitude(amount=0.25).expected_zeros(self.W, prev_mask=prev) == 3
+        assert torch.equal(Magnitude(sparsity=0.25)(self.W, prev_mask=prev), prev)
+        assert Magnitude(sparsity=0.25).expected_zeros(self.W, prev_mask=prev) == 3
 
     def test_inputs_untouched(self) -> None:
         w, scores, prev = self.W.clone(), self.W.flip(0), torch.ones(2, 3, dtype=torch.bool)
-        Magnitude(amount=0.5)(w, scores=scores, prev_mask=prev)
+        Magnitude(sparsity=0.5)(w, scores=scores, prev_mask=prev)
         assert torch.equal(w, self.W) and torch.equal(scores, self.W.flip(0))
         assert bool(prev.all())
 
     def test_gradients_do_not_flow_and_mask_is_bool(self) -> None:
         w = self.W.clone().requires_grad_()
-        mask = Magnitude(amount=0.5)(w)
+        mask = Magnitude(sparsity=0.5)(w)
         assert mask.dtype == torch.bool and not mask.requires_grad
 
 
@@ -99,12 +127,12 @@ class TestAgainstPrune:
         self, shape: tuple[int, ...], seed: int, dtype: torch.dtype, data: st.DataObject
     ) -> None:
         w = tie_free(shape, seed, dtype)
-        amount = data.draw(amounts(w.numel()))
+        level = data.draw(levels(w.numel()))
         module = holder(w)
-        prune.l1_unstructured(module, "weight", amount=amount)
-        mask = Magnitude(amount=amount)(w)
+        prune.l1_unstructured(module, "weight", amount=prune_amount(level))
+        mask = Magnitude(**level)(w)
         assert torch.equal(mask, prune_mask(module))
-        check_leaf_mask(Magnitude(amount=amount), w, mask)
+        check_leaf_mask(Magnitude(**level), w, mask)
 
     @given(shape=SHAPES, seed=st.integers(0, 2**31 - 1), data=st.data())
     def test_importance_scores_equal_prune(
@@ -112,30 +140,32 @@ class TestAgainstPrune:
     ) -> None:
         w = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         scores = tie_free(shape, seed + 1)
-        amount = data.draw(amounts(w.numel()))
+        level = data.draw(levels(w.numel()))
         module = holder(w)
+        amount = prune_amount(level)
         prune.l1_unstructured(module, "weight", amount=amount, importance_scores=scores)
-        mask = Magnitude(amount=amount)(w, scores=scores)
+        # prune ranks |importance_scores|; funcsparse ranks scores as given: pass |s|.
+        mask = Magnitude(**level)(w, scores=scores.abs())
         assert torch.equal(mask, prune_mask(module))
-        check_leaf_mask(Magnitude(amount=amount), w, mask, data={"scores": scores})
+        check_leaf_mask(Magnitude(**level), w, mask, data={"scores": scores.abs()})
 
     def test_large_tensor_takes_the_eager_path_and_still_equals_prune(self) -> None:
         w = tie_free((300, 300), seed=3)
         module = holder(w)
         prune.l1_unstructured(module, "weight", amount=0.37)
-        assert torch.equal(Magnitude(amount=0.37)(w), prune_mask(module))
+        assert torch.equal(Magnitude(sparsity=0.37)(w), prune_mask(module))
 
     def test_container_semantics_by_arithmetic(self) -> None:
         # 16 weights: prune 0.5 (8), then 0.5 of the 8 that remain (4): 12 in all, which is
-        # exactly Magnitude(amount=0.75) with the first round's mask.
+        # exactly Magnitude(sparsity=0.75) with the first round's mask.
         w = tie_free((4, 4), seed=11)
-        first = Magnitude(amount=0.5)(w)
+        first = Magnitude(sparsity=0.5)(w)
         remaining = int(first.sum())
         assert remaining == 8
         total = (16 - remaining) + round(0.5 * remaining)
         assert total == 12 == round(0.75 * 16)
-        second = Magnitude(amount=0.75)(w, prev_mask=first)
-        assert torch.equal(second, Magnitude(amount=total)(w, prev_mask=first))
+        second = Magnitude(sparsity=0.75)(w, prev_mask=first)
+        assert torch.equal(second, Magnitude(count=total)(w, prev_mask=first))
         assert int((~second).sum()) == 12 and not bool((second & ~first).any())
         module = holder(w)
         prune.l1_unstructured(module, "weight", amount=0.5)
@@ -160,8 +190,8 @@ class TestAgainstPrune:
         prune.l1_unstructured(module, "weight", amount=then)
         pruned_before = int((~prev).sum())
         total = pruned_before + round(then * (w.numel() - pruned_before))
-        assert torch.equal(prev, Magnitude(amount=first)(w))
-        ours = fs.compute_masks({"w": w}, {"w": Magnitude(amount=total)}, prev_masks={"w": prev})
+        assert torch.equal(prev, Magnitude(first)(w))
+        ours = fs.compute_masks({"w": w}, {"w": Magnitude(count=total)}, prev_masks={"w": prev})
         assert torch.equal(ours["w"], prune_mask(module))
 
 
@@ -173,19 +203,19 @@ class TestInvariants:
         # Ties included: values from a small alphabet.
         g = torch.Generator().manual_seed(seed)
         w = torch.randint(-2, 3, shape, generator=g).float()
-        amount = data.draw(amounts(w.numel()))
+        level = data.draw(levels(w.numel()))
         kwargs: dict[str, Tensor] = {}
         if data.draw(st.booleans()):
             kwargs["prev_mask"] = torch.rand(shape, generator=g) < 0.7
         if data.draw(st.booleans()):
             kwargs["scores"] = torch.randint(-2, 3, shape, generator=g).float()
-        method = Magnitude(amount=amount)
+        method = Magnitude(**level)
         mask = method(w, **kwargs)
         check_leaf_mask(method, w, mask, data=kwargs)
         prev = kwargs.get("prev_mask")
         if prev is not None:
             assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
-        k = round(amount * w.numel()) if isinstance(amount, float) else amount
+        k = pruned_count(level, w.numel())
         pruned_before = 0 if prev is None else int((~prev).sum())
         assert int((~mask).sum()) == max(k, pruned_before)
 
@@ -200,7 +230,7 @@ class TestInvariants:
     def test_vmap_equals_each_member(self) -> None:
         ws = torch.stack([tie_free((5, 4), seed) for seed in range(3)])
         prev = torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(0)) < 0.8
-        method = Magnitude(amount=0.6)
+        method = Magnitude(sparsity=0.6)
         for kwargs in ({}, {"prev_mask": prev}, {"scores": ws.flip(0)}):
             batched = torch.func.vmap(lambda t, d: method(t, **d))(ws, kwargs)
             for i in range(3):
@@ -210,68 +240,98 @@ class TestInvariants:
 
     def test_ensemble_through_compute_masks(self) -> None:
         ws = torch.stack([tie_free((6, 4), seed) for seed in range(4)])
-        masks = fs.compute_masks({"w": ws}, {"w": Magnitude(amount=7)}, batch_dims=1)
+        masks = fs.compute_masks({"w": ws}, {"w": Magnitude(count=7)}, batch_dims=1)
         for i in range(4):
-            assert torch.equal(masks["w"][i], Magnitude(amount=7)(ws[i]))
+            assert torch.equal(masks["w"][i], Magnitude(count=7)(ws[i]))
 
 
 class TestErrors:
     @pytest.mark.parametrize(
-        ("amount", "error", "message"),
+        ("level", "error", "message"),
         [
-            (-1, ValueError, "amount=-1 must be a non-negative count"),
-            (-0.1, ValueError, "amount=-0.1 must be a fraction in [0, 1]"),
-            (1.5, ValueError, "amount=1.5 must be a fraction in [0, 1]"),
-            (math.nan, ValueError, "amount=nan must be a fraction in [0, 1]"),
-            (True, TypeError, "got bool True"),
-            ("0.5", TypeError, "got str '0.5'"),
-            (None, TypeError, "got NoneType None"),
+            ({"count": -1}, ValueError, "count=-1 must be a non-negative number"),
+            ({"sparsity": -0.1}, ValueError, "sparsity must be a fraction in [0, 1], got -0.1"),
+            ({"sparsity": 1.5}, ValueError, "sparsity must be a fraction in [0, 1], got 1.5"),
+            ({"sparsity": math.nan}, ValueError, "sparsity must be a fraction in [0, 1], got nan"),
+            ({"sparsity": True}, TypeError, "sparsity must be a fraction in [0, 1], got bool True"),
+            ({"sparsity": "0.5"}, TypeError, "got str '0.5'"),
+            ({"count": True}, TypeError, "count must be an int (a number of entries), got bool"),
+            ({"count": 0.5}, TypeError, "got float 0.5; for a fraction use sparsity="),
         ],
     )
-    def test_bad_amounts(self, amount: object, error: type[Exception], message: str) -> None:
+    def test_bad_levels(
+        self, level: dict[str, object], error: type[Exception], message: str
+    ) -> None:
         with pytest.raises(error, match=re.escape(message)) as info:
-            Magnitude(amount=amount)
-        assert str(info.value).startswith("Magnitude: amount")
+            Magnitude(**level)
+        assert str(info.value).startswith("Magnitude: ")
 
-    def test_keyword_only_and_frozen(self) -> None:
-        with pytest.raises(TypeError):
-            Magnitude(0.5)
+    @pytest.mark.parametrize(
+        ("level", "given"),
+        [({}, "neither"), ({"sparsity": None}, "neither"), ({"sparsity": 0.5, "count": 1}, "both")],
+    )
+    def test_exactly_one_of_sparsity_and_count(self, level: dict[str, object], given: str) -> None:
+        with pytest.raises(TypeError) as info:
+            Magnitude(**level)
+        assert str(info.value) == (
+            "Magnitude: give exactly one of sparsity (a fraction in [0, 1]) and count (a "
+            f"number of entries), got {given}; e.g. Magnitude(0.5) or Magnitude(count=10)"
+        )
+
+    @pytest.mark.parametrize(
+        ("old", "hint"),
+        [
+            ("amount", "sparsity (a fraction in [0, 1]) or count (a number of entries)"),
+            ("sparsity_level", "sparsity"),
+        ],
+    )
+    def test_old_level_names_say_how_to_call_it(self, old: str, hint: str) -> None:
+        with pytest.raises(TypeError) as info:
+            Magnitude(**{old: 0.5})
+        assert str(info.value) == (
+            f"Magnitude: got an unexpected keyword argument '{old}' (funcsparse's '{old}' is "
+            f"{hint}); call it as Magnitude(sparsity=None, *, count=None)"
+        )
+
+    def test_count_is_keyword_only_and_frozen(self) -> None:
+        with pytest.raises(TypeError, match=r"too many positional arguments; call it as Magnitude"):
+            Magnitude(0.5, 3)
         with pytest.raises(AttributeError):
-            Magnitude(amount=0.5).amount = 0.7
+            Magnitude(sparsity=0.5).sparsity = 0.7
 
-    def test_count_above_size_names_amount_and_size(self) -> None:
-        with pytest.raises(ValueError, match=r"amount=7 is more than the 6 entries there are"):
-            Magnitude(amount=7)(torch.randn(2, 3))
+    def test_count_above_size_names_count_and_size(self) -> None:
+        with pytest.raises(ValueError, match=r"count=7 is more than the 6 entries there are"):
+            Magnitude(count=7)(torch.randn(2, 3))
 
     def test_count_above_size_through_compute_masks_names_the_leaf(self) -> None:
         params = {"enc.weight": torch.randn(4, 4), "enc.bias": torch.randn(4)}
         with pytest.raises(ValueError) as info:
-            fs.compute_masks(params, {"enc.*": Magnitude(amount=5)})
+            fs.compute_masks(params, {"enc.*": Magnitude(count=5)})
         message = str(info.value)
         assert message.startswith("compute_masks: rule 'enc.*' (Magnitude) got a 1-D")
-        assert "at 'enc.bias'" in message and "amount=5 is more than the 4 entries" in message
+        assert "at 'enc.bias'" in message and "count=5 is more than the 4 entries" in message
 
     def test_count_above_member_size_with_batch_dims(self) -> None:
-        with pytest.raises(ValueError, match=r"amount=5 is more than the 4 entries"):
-            fs.compute_masks({"w": torch.randn(3, 4)}, {"w": Magnitude(amount=5)}, batch_dims=1)
+        with pytest.raises(ValueError, match=r"count=5 is more than the 4 entries"):
+            fs.compute_masks({"w": torch.randn(3, 4)}, {"w": Magnitude(count=5)}, batch_dims=1)
 
     def test_integer_tensor(self) -> None:
         with pytest.raises(TypeError, match="Magnitude needs a floating-point tensor"):
-            Magnitude(amount=1)(torch.arange(4))
+            Magnitude(count=1)(torch.arange(4))
 
     def test_bad_scores(self) -> None:
         w = torch.randn(2, 3)
         with pytest.raises(ValueError, match=r"scores of shape \(3, 2\)"):
-            Magnitude(amount=1)(w, scores=torch.randn(3, 2))
+            Magnitude(count=1)(w, scores=torch.randn(3, 2))
         with pytest.raises(TypeError, match="Magnitude needs floating scores"):
-            Magnitude(amount=1)(w, scores=torch.ones(2, 3, dtype=torch.int64))
+            Magnitude(count=1)(w, scores=torch.ones(2, 3, dtype=torch.int64))
         with pytest.raises(ValueError, match=r"at 'w'; scores must have the tensor's shape"):
-            fs.compute_masks({"w": w}, {"w": Magnitude(amount=1)}, scores={"w": torch.ones(6)})
+            fs.compute_masks({"w": w}, {"w": Magnitude(count=1)}, scores={"w": torch.ones(6)})
 
     def test_bad_prev_mask(self) -> None:
         with pytest.raises(TypeError, match=r"prev_mask of dtype torch\.float32"):
-            Magnitude(amount=1)(torch.randn(2, 3), prev_mask=torch.ones(2, 3))
+            Magnitude(count=1)(torch.randn(2, 3), prev_mask=torch.ones(2, 3))
 
     def test_unknown_data(self) -> None:
         with pytest.raises(TypeError, match=r"keyword data \['grad'\]"):
-            Magnitude(amount=1)(torch.randn(2, 3), grad=torch.randn(2, 3))
+            Magnitude(count=1)(torch.randn(2, 3), grad=torch.randn(2, 3))

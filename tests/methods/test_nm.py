@@ -80,10 +80,19 @@ class TestPinned:
         w = torch.tensor([1.0, -1.0, 1.0, 1.0, math.nan, 2.0, 2.0, 0.0])
         assert NM(n=2, m=4)(w).tolist() == [False, False, True, True, True, False, True, False]
 
-    def test_scores_rank_by_their_absolute_value(self) -> None:
+    def test_scores_rank_as_given_signed(self) -> None:
+        # Per group the lowest given scores go first, sign included: -9 before 0.1, and -3
+        # before 0.0 (ranked by |score| the groups would keep -9 and -3 instead).
         scores = torch.tensor([[-9.0, 0.1, 5.0, 0.2, 0.0, 1.0, -3.0, 2.0]])
         assert NM(n=2, m=4)(self.W, scores=scores).tolist() == [
+            [False, False, True, True, False, True, False, True]
+        ]
+        assert NM(n=2, m=4)(self.W, scores=scores.abs()).tolist() == [
             [True, False, True, False, False, False, True, True]
+        ]
+        movement = torch.tensor([[-3.0, 1.0, 2.0, 4.0]])
+        assert NM(n=3, m=4)(torch.ones(1, 4), scores=movement).tolist() == [
+            [False, True, True, True]
         ]
 
     def test_prev_mask_is_ranked_first_in_its_group(self) -> None:

@@ -17,7 +17,7 @@ import funcsparse as fs
 from funcsparse.methods._seeds import leaf_seed
 from funcsparse.methods.random import Random
 from funcsparse.testing import check_leaf_mask, check_masks
-from tests.helpers import amounts, holder
+from tests.helpers import holder, levels, prune_amount
 
 SHAPES = st.lists(st.integers(1, 6), min_size=1, max_size=3).map(tuple)
 SEEDS = st.integers(0, 2**63 - 1)
@@ -38,13 +38,13 @@ class TestAgainstPrune:
         self, shape: tuple[int, ...], seed: int, dtype: torch.dtype, data: st.DataObject
     ) -> None:
         w = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed % 997))
-        amount = data.draw(amounts(w.numel()))
-        method = Random(amount=amount, seed=seed)
+        level = data.draw(levels(w.numel()))
+        method = Random(**level, seed=seed)
         values = method.random_values(w)
         assume(torch.unique(values).numel() == values.numel())  # topk breaks ties its own way
         module = holder(w)
         torch.manual_seed(seed)
-        prune.random_unstructured(module, "weight", amount=amount)
+        prune.random_unstructured(module, "weight", amount=prune_amount(level))
         mask = method(w)
         assert torch.equal(mask, module.weight_mask.bool())
         check_leaf_mask(method, w, mask)
@@ -53,7 +53,7 @@ class TestAgainstPrune:
         w = torch.zeros(10)
         torch.manual_seed(1234)
         expected = torch.rand(10)
-        mask = Random(amount=3, seed=1234)(w)
+        mask = Random(count=3, seed=1234)(w)
         assert mask.tolist() == (expected < expected.topk(3).values[-1]).tolist()
         module = holder(w)
         torch.manual_seed(1234)
@@ -66,10 +66,10 @@ class TestAgainstPrune:
         try:
             torch.manual_seed(99)
             before = torch.get_rng_state()
-            first = Random(amount=0.5)(w)
+            first = Random(sparsity=0.5)(w)
             assert torch.equal(torch.get_rng_state(), before)
             torch.manual_seed(12345)
-            assert torch.equal(Random(amount=0.5)(w), first)
+            assert torch.equal(Random(sparsity=0.5)(w), first)
         finally:
             torch.set_rng_state(saved)
 
@@ -77,55 +77,57 @@ class TestAgainstPrune:
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             w = torch.ones(3, 4, dtype=dtype)
             torch.manual_seed(5)
-            assert torch.equal(Random(amount=0, seed=5).random_values(w), torch.rand_like(w))
+            assert torch.equal(Random(count=0, seed=5).random_values(w), torch.rand_like(w))
 
 
 class TestSemantics:
     W = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
 
     def test_exact_counts_any_shape(self) -> None:
-        assert zeros(Random(amount=0.25)(self.W)) == 16
-        assert zeros(Random(amount=5)(self.W)) == 5
-        assert zeros(Random(amount=1.0)(self.W)) == 64
-        assert zeros(Random(amount=0)(self.W)) == 0
-        assert Random(amount=1)(torch.tensor(2.0)).tolist() is False
-        assert Random(amount=0.5)(torch.empty(0, 4)).shape == (0, 4)
+        assert zeros(Random(sparsity=0.25)(self.W)) == 16
+        assert zeros(Random(count=5)(self.W)) == 5
+        assert zeros(Random(sparsity=1.0)(self.W)) == 64
+        assert zeros(Random(count=0)(self.W)) == 0
+        assert Random(count=1)(torch.tensor(2.0)).tolist() is False
+        assert Random(sparsity=0.5)(torch.empty(0, 4)).shape == (0, 4)
 
     def test_the_mask_does_not_depend_on_the_values(self) -> None:
-        assert torch.equal(Random(amount=0.5, seed=3)(self.W), Random(amount=0.5, seed=3)(-self.W))
+        assert torch.equal(
+            Random(sparsity=0.5, seed=3)(self.W), Random(sparsity=0.5, seed=3)(-self.W)
+        )
 
     def test_seeds_give_other_masks(self) -> None:
-        masks = {tuple(Random(amount=0.5, seed=s)(self.W).flatten().tolist()) for s in range(8)}
+        masks = {tuple(Random(sparsity=0.5, seed=s)(self.W).flatten().tolist()) for s in range(8)}
         assert len(masks) == 8
 
-    def test_higher_amount_prunes_a_superset(self) -> None:
+    def test_higher_level_prunes_a_superset(self) -> None:
         previous = torch.ones(8, 8, dtype=torch.bool)
-        for amount in [0.0, 0.1, 0.3, 0.5, 0.51, 0.9, 1.0]:
-            mask = Random(amount=amount, seed=4)(self.W)
+        for sparsity in [0.0, 0.1, 0.3, 0.5, 0.51, 0.9, 1.0]:
+            mask = Random(sparsity, seed=4)(self.W)
             assert not bool((mask & ~previous).any())
             previous = mask
 
     def test_prev_mask_total_target(self) -> None:
-        prev = Random(amount=0.5, seed=1)(self.W)
-        mask = Random(amount=0.75, seed=2)(self.W, prev_mask=prev)
+        prev = Random(sparsity=0.5, seed=1)(self.W)
+        mask = Random(sparsity=0.75, seed=2)(self.W, prev_mask=prev)
         assert zeros(mask) == 48
         assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
         # The 16 new zeros are the largest random values among the 32 entries left.
-        values = Random(amount=0.75, seed=2).random_values(self.W)
+        values = Random(sparsity=0.75, seed=2).random_values(self.W)
         left = values[prev]
         threshold = left.topk(16).values[-1]
         assert torch.equal(mask, prev & (values < threshold))
 
-    def test_more_previous_zeros_than_the_amount_keeps_them_all(self) -> None:
-        prev = Random(amount=0.5, seed=1)(self.W)
-        assert torch.equal(Random(amount=0.25, seed=2)(self.W, prev_mask=prev), prev)
-        assert Random(amount=0.25).expected_zeros(self.W, prev_mask=prev) == 32
+    def test_more_previous_zeros_than_the_level_keeps_them_all(self) -> None:
+        prev = Random(sparsity=0.5, seed=1)(self.W)
+        assert torch.equal(Random(sparsity=0.25, seed=2)(self.W, prev_mask=prev), prev)
+        assert Random(sparsity=0.25).expected_zeros(self.W, prev_mask=prev) == 32
 
     def test_random_container_semantics_by_arithmetic(self) -> None:
         # Prune 0.5, then 0.5 of what remains: 32 + round(0.5 * 32) = 48 = 0.75 of 64.
-        first = Random(amount=0.5, seed=1)(self.W)
+        first = Random(sparsity=0.5, seed=1)(self.W)
         total = zeros(first) + round(0.5 * int(first.sum()))
-        second = Random(amount=total, seed=2)(self.W, prev_mask=first)
+        second = Random(count=total, seed=2)(self.W, prev_mask=first)
         assert total == 48 and zeros(second) == 48 and not bool((second & ~first).any())
 
 
@@ -135,15 +137,15 @@ class TestGenerator:
     def test_a_generator_replaces_the_seed(self) -> None:
         g = torch.Generator().manual_seed(42)
         assert torch.equal(
-            Random(amount=0.5)(self.W, generator=g), Random(amount=0.5, seed=42)(self.W)
+            Random(sparsity=0.5)(self.W, generator=g), Random(sparsity=0.5, seed=42)(self.W)
         )
 
     def test_the_generator_is_not_advanced(self) -> None:
         g = torch.Generator().manual_seed(42)
         state = g.get_state()
-        first = Random(amount=0.5)(self.W, generator=g)
+        first = Random(sparsity=0.5)(self.W, generator=g)
         assert torch.equal(g.get_state(), state)
-        check_leaf_mask(Random(amount=0.5), self.W, first, data={"generator": g})
+        check_leaf_mask(Random(sparsity=0.5), self.W, first, data={"generator": g})
 
     def test_an_advanced_generator_gives_its_current_state(self) -> None:
         g = torch.Generator().manual_seed(42)
@@ -151,39 +153,39 @@ class TestGenerator:
         h = torch.Generator()
         h.set_state(g.get_state())
         expected = torch.rand(self.W.shape, generator=h)
-        mask = Random(amount=10)(self.W, generator=g)
+        mask = Random(count=10)(self.W, generator=g)
         assert torch.equal(mask, expected < expected.flatten().topk(10).values[-1])
 
     def test_generator_through_compute_masks(self) -> None:
         g = torch.Generator().manual_seed(7)
         params = {"w": self.W, "b": torch.randn(5)}
-        masks = fs.compute_masks(params, {"w": Random(amount=0.5)}, generator={"w": g, "b": None})
-        assert torch.equal(masks["w"], Random(amount=0.5, seed=7)(self.W))
+        masks = fs.compute_masks(params, {"w": Random(sparsity=0.5)}, generator={"w": g, "b": None})
+        assert torch.equal(masks["w"], Random(sparsity=0.5, seed=7)(self.W))
 
     def test_not_a_generator(self) -> None:
         with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
-            Random(amount=0.5)(self.W, generator=7)
+            Random(sparsity=0.5)(self.W, generator=7)
 
 
 class TestPerLeafStreams:
     def test_for_leaf_mixes_the_path_into_the_seed(self) -> None:
-        method = Random(amount=0.5, seed=3)
+        method = Random(sparsity=0.5, seed=3)
         leaf = method.for_leaf("layers.0.weight")
-        assert leaf == Random(amount=0.5, seed=leaf_seed(3, "layers.0.weight"))
+        assert leaf == Random(sparsity=0.5, seed=leaf_seed(3, "layers.0.weight"))
         # Seeds that differ by 2**32 no longer share a stream.
-        assert Random(amount=0.5, seed=2**32 + 3).for_leaf("layers.0.weight") != leaf
+        assert Random(sparsity=0.5, seed=2**32 + 3).for_leaf("layers.0.weight") != leaf
         assert method.for_leaf("layers.0.weight") == leaf
-        big = Random(amount=0.5, seed=2**64 - 1).for_leaf("w")
+        big = Random(sparsity=0.5, seed=2**64 - 1).for_leaf("w")
         assert 0 <= big.seed < 2**64
 
     def test_same_shaped_leaves_get_their_own_masks(self) -> None:
         params = {f"l{i}.weight": torch.randn(6, 6) for i in range(4)}
-        masks = fs.compute_masks(params, {"*.weight": Random(amount=0.5)})
+        masks = fs.compute_masks(params, {"*.weight": Random(sparsity=0.5)})
         patterns = {tuple(m.flatten().tolist()) for m in masks.values()}
         assert len(patterns) == 4
         for path, mask in masks.items():
-            assert torch.equal(mask, Random(amount=0.5).for_leaf(path)(params[path]))
-        again = fs.compute_masks(params, {"*.weight": Random(amount=0.5)})
+            assert torch.equal(mask, Random(sparsity=0.5).for_leaf(path)(params[path]))
+        again = fs.compute_masks(params, {"*.weight": Random(sparsity=0.5)})
         assert all(torch.equal(masks[p], again[p]) for p in params)
 
     @given(data=st.data())
@@ -199,10 +201,10 @@ class TestPerLeafStreams:
         self, shape: tuple[int, ...], seed: int, data: st.DataObject
     ) -> None:
         w = torch.randn(shape, generator=torch.Generator().manual_seed(seed % 991))
-        amount = data.draw(amounts(w.numel()))
+        level = data.draw(levels(w.numel()))
         prev = data.draw(st.lists(st.booleans(), min_size=w.numel(), max_size=w.numel()))
         prev_mask = torch.tensor(prev, dtype=torch.bool).reshape(shape)
-        method = Random(amount=amount, seed=seed)
+        method = Random(**level, seed=seed)
         mask = method(w, prev_mask=prev_mask)
         check_leaf_mask(method, w, mask, data={"prev_mask": prev_mask})
         assert not bool((mask & ~prev_mask).any())
@@ -210,24 +212,28 @@ class TestPerLeafStreams:
     def test_ensemble_members_are_looped_and_each_equals_its_own_call(self) -> None:
         assert Random.vmappable is False
         ws = torch.randn(3, 4, 5)
-        masks = fs.compute_masks({"w": ws}, {"w": Random(amount=0.5)}, batch_dims=1)
+        masks = fs.compute_masks({"w": ws}, {"w": Random(sparsity=0.5)}, batch_dims=1)
         for i in range(3):
-            assert torch.equal(masks["w"][i], Random(amount=0.5).for_leaf("w")(ws[i]))
+            assert torch.equal(masks["w"][i], Random(sparsity=0.5).for_leaf("w")(ws[i]))
 
 
 class TestErrors:
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
         [
-            ({"amount": -1}, ValueError, "amount=-1 must be a non-negative count"),
-            ({"amount": 1.01}, ValueError, "amount=1.01 must be a fraction in [0, 1]"),
-            ({"amount": math.nan}, ValueError, "amount=nan must be a fraction"),
-            ({"amount": False}, TypeError, "got bool False"),
-            ({"amount": "all"}, TypeError, "got str 'all'"),
-            ({"amount": 0.5, "seed": -1}, ValueError, "seed=-1 must be in [0, 2**64)"),
-            ({"amount": 0.5, "seed": 2**64}, ValueError, f"seed={2**64} must be in [0, 2**64)"),
-            ({"amount": 0.5, "seed": 1.0}, TypeError, "seed must be an int, got float 1.0"),
-            ({"amount": 0.5, "seed": True}, TypeError, "seed must be an int, got bool True"),
+            ({"count": -1}, ValueError, "count=-1 must be a non-negative number"),
+            ({"sparsity": 1.01}, ValueError, "sparsity must be a fraction in [0, 1], got 1.01"),
+            ({"sparsity": math.nan}, ValueError, "sparsity must be a fraction in [0, 1], got nan"),
+            ({"sparsity": False}, TypeError, "got bool False"),
+            ({"sparsity": "all"}, TypeError, "got str 'all'"),
+            ({"count": 2.0}, TypeError, "count must be an int (a number of entries), got float"),
+            ({}, TypeError, "give exactly one of sparsity (a fraction in [0, 1]) and count"),
+            ({"sparsity": 0.5, "count": 2}, TypeError, "got both; e.g. Random(0.5)"),
+            ({"amount": 0.5}, TypeError, "unexpected keyword argument 'amount'"),
+            ({"sparsity": 0.5, "seed": -1}, ValueError, "seed=-1 must be in [0, 2**64)"),
+            ({"sparsity": 0.5, "seed": 2**64}, ValueError, f"seed={2**64} must be in [0, 2**64)"),
+            ({"sparsity": 0.5, "seed": 1.0}, TypeError, "seed must be an int, got float 1.0"),
+            ({"sparsity": 0.5, "seed": True}, TypeError, "seed must be an int, got bool True"),
         ],
     )
     def test_bad_configs(
@@ -240,15 +246,15 @@ class TestErrors:
     def test_count_above_size_through_compute_masks_names_the_leaf(self) -> None:
         params = {"enc.weight": torch.randn(4, 4), "enc.bias": torch.randn(4)}
         with pytest.raises(ValueError) as info:
-            fs.compute_masks(params, {"enc.*": Random(amount=9)})
+            fs.compute_masks(params, {"enc.*": Random(count=9)})
         message = str(info.value)
         assert message.startswith("compute_masks: rule 'enc.*' (Random) got a 1-D")
-        assert "at 'enc.bias'" in message and "amount=9 is more than the 4 entries" in message
+        assert "at 'enc.bias'" in message and "count=9 is more than the 4 entries" in message
 
     def test_integer_tensor(self) -> None:
         with pytest.raises(TypeError, match="Random needs a floating-point tensor"):
-            Random(amount=1)(torch.arange(4))
+            Random(count=1)(torch.arange(4))
 
     def test_frozen(self) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
-            Random(amount=0.5).seed = 1
+            Random(sparsity=0.5).seed = 1

@@ -78,7 +78,7 @@ class _MutatingThenPrunes(_AnyLeaf):
 
     def _mask(self, tensor: Tensor, **kwargs: Any) -> Tensor:
         tensor.add_(1.0)
-        return WeightNorm(sparsity_level=0.5)(tensor)
+        return WeightNorm(sparsity=0.5)(tensor)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,8 +156,8 @@ class _MoveOneOffBand(NearlyDiagonal):
 class _PrunesLargest(WeightNorm):
     """WeightNorm ranking blocks by negated score: right count and pattern, wrong blocks."""
 
-    def _block_scores(self, tensor: Tensor) -> Tensor:
-        return -super()._block_scores(tensor)
+    def _block_scores(self, tensor: Tensor, *, given: bool = False) -> Tensor:
+        return -super()._block_scores(tensor, given=given)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -440,10 +440,15 @@ def test_method_configs_fail_loudly_without_configs() -> None:
         fst.method_configs([WeightNorm, _NoConfigs])
 
 
-def test_method_configs_reach_levels_out_of_range() -> None:
+def test_method_configs_reach_the_edges_of_the_level() -> None:
+    # Levels outside [0, 1] are refused since issue 8 (torch.ao's clamping lives in the
+    # adapter), so the edges are 0 and 1 themselves, and counts where a method takes them.
     wn = [WeightNorm]
-    assert find(fst.method_configs(wn), lambda m: m.sparsity_level > 1).sparsity_level > 1
-    assert find(fst.method_configs(wn), lambda m: m.sparsity_level < 0).sparsity_level < 0
+    assert find(fst.method_configs(wn), lambda m: m.sparsity >= 1).sparsity == 1.0
+    assert find(fst.method_configs(wn), lambda m: m.sparsity <= 0).sparsity == 0.0
+    magnitude = [fs.Magnitude]
+    assert find(fst.method_configs(magnitude), lambda m: m.count is not None).sparsity is None
+    assert find(fst.method_configs(magnitude), lambda m: m.sparsity == 1.0).count is None
     nd = find(fst.method_configs([NearlyDiagonal]), lambda m: m.nearliness <= 0)
     assert nd.nearliness <= 0
 
@@ -495,18 +500,18 @@ PASSING = {
     "sequential": (
         _model_params,
         {
-            "*.weight": fs.WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4)),
+            "*.weight": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 4)),
             "2.weight": fs.NearlyDiagonal(nearliness=3),
-            "4.weight": fs.WeightNorm(sparsity_level=1.0, zeros_per_block=2),
+            "4.weight": fs.WeightNorm(sparsity=1.0, zeros_per_block=2),
         },
     ),
     "blocks that do not divide": (
         lambda: {"w": _weight(7, 10), "b": torch.randn(7)},
-        {"w": fs.WeightNorm(sparsity_level=0.6, sparse_block_shape=(2, 3), zeros_per_block=4)},
+        {"w": fs.WeightNorm(sparsity=0.6, sparse_block_shape=(2, 3), zeros_per_block=4)},
     ),
     "nested and exempt": (
         lambda: {"enc": {"w": _weight(6, 6), "b": torch.randn(6)}, "head": {"w": _weight(6, 2)}},
-        {"**.w": fs.WeightNorm(sparsity_level=0.25, norm=1), "head.w": None},
+        {"**.w": fs.WeightNorm(sparsity=0.25, norm=1), "head.w": None},
     ),
     "sequence": (
         lambda: {"layers": [{"weight": _weight(5, 5, seed=i)} for i in range(3)]},
@@ -538,7 +543,7 @@ def test_check_masks_passes_on_well_behaved_custom_methods() -> None:
 # check_masks / check_leaf_mask catch corrupted masks
 # --------------------------------------------------------------------------------------
 
-WN = fs.WeightNorm(sparsity_level=0.5)  # 8x8 in (1, 4) blocks: 8 of 16 blocks, 32 zeros
+WN = fs.WeightNorm(sparsity=0.5)  # 8x8 in (1, 4) blocks: 8 of 16 blocks, 32 zeros
 ND = fs.NearlyDiagonal(nearliness=3)
 
 
@@ -568,12 +573,12 @@ CORRUPTED: dict[str, tuple[MaskMethod, Callable[[Tensor], Any], str]] = {
     ),
     "mask of a lower level": (
         WN,
-        lambda m: fs.WeightNorm(sparsity_level=0.25)(_weight()),
+        lambda m: fs.WeightNorm(sparsity=0.25)(_weight()),
         "calling the method again gives another mask (16 entries differ)",
     ),
     "mask of a higher level": (
         WN,
-        lambda m: fs.WeightNorm(sparsity_level=0.75)(_weight()),
+        lambda m: fs.WeightNorm(sparsity=0.75)(_weight()),
         "calling the method again gives another mask (16 entries differ)",
     ),
     "mask of another band": (
@@ -586,11 +591,11 @@ CORRUPTED: dict[str, tuple[MaskMethod, Callable[[Tensor], Any], str]] = {
 # name: (broken method, pattern of the message tail); the method's own mask is checked.
 BROKEN_CASES: dict[str, tuple[MaskMethod, str]] = {
     "one zero too many or too few": (
-        _FlipOne(sparsity_level=0.5),
+        _FlipOne(sparsity=0.5),
         r"expected exactly 32 zeros, found 3[13]",
     ),
     "a zero moved between blocks": (
-        _MoveOne(sparsity_level=0.5),
+        _MoveOne(sparsity=0.5),
         r"the pattern is broken: block \(\d+, \d+\) has [13] zeros; a block has 0 or 4",
     ),
     "a zero moved off the band": (
@@ -612,7 +617,7 @@ BROKEN_CASES: dict[str, tuple[MaskMethod, str]] = {
         re.escape("level=0.5 keeps 16 entries that level=0.25 prunes"),
     ),
     "torch.ao disagrees": (
-        _PrunesLargest(sparsity_level=0.5),
+        _PrunesLargest(sparsity=0.5),
         r"torch.ao.pruning's mask differs in 64 entries",
     ),
     "mutates its input": (_Mutating(), "the method mutated the tensor it was given"),
@@ -662,7 +667,7 @@ def test_check_leaf_mask_catches_a_broken_method(name: str) -> None:
 
 def test_the_broken_methods_pass_every_check_but_their_own() -> None:
     # _PrunesLargest is caught by the oracle alone: its count, pattern, nesting and vmap hold.
-    method, weight = _PrunesLargest(sparsity_level=0.5), _weight()
+    method, weight = _PrunesLargest(sparsity=0.5), _weight()
     mask = method(weight)
     assert int((~mask).sum()) == method.expected_zeros(weight) == 32
     assert method.structure_problem(weight, mask) is None
@@ -783,7 +788,7 @@ def test_check_masks_names_the_leaf_and_the_glob_rule() -> None:
 # determinism: the promises are strong enough to pin the mask.
 # --------------------------------------------------------------------------------------
 
-WEIGHT_NORM_IN_RANGE = WeightNorm.configs(st).filter(lambda m: 0 < m.sparsity_level < 1)
+WEIGHT_NORM_IN_RANGE = WeightNorm.configs(st).filter(lambda m: 0 < m.sparsity < 1)
 
 
 @given(st.data())
