@@ -13,9 +13,10 @@ mask of a model once:
 
 Cases:
 
-* ``weightnorm-1x4``: ``WeightNorm(sparsity_level=0.5, sparse_block_shape=(1, 4))``.
+* ``weightnorm-1x4``: ``fs.WeightNorm(0.5, sparse_block_shape=(1, 4))`` vs torch.ao's
+  ``WeightNormSparsifier(sparsity_level=0.5, sparse_block_shape=(1, 4))``.
 * ``weightnorm-1x1``: the same with ``sparse_block_shape=(1, 1)``.
-* ``weightnorm-2:4``: ``sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2``.
+* ``weightnorm-2:4``: level 1.0, ``sparse_block_shape=(1, 4), zeros_per_block=2``.
 * ``nearlydiagonal-4096``: ``NearlyDiagonal(nearliness=3)`` on one ``nn.Linear(4096, 4096)``.
 
 The WeightNorm cases run on a transformer-like stack of bias-free ``nn.Linear`` layers:
@@ -236,23 +237,22 @@ def run_case(case: Case, repeats: int) -> Result:
 def build_cases(layers: int) -> list[Case]:
     """The four benchmark cases; the WeightNorm ones share one transformer stack."""
     stack = transformer_stack(layers)
-    weightnorm = {
-        "weightnorm-1x4": {"sparsity_level": 0.5, "sparse_block_shape": (1, 4)},
-        "weightnorm-1x1": {"sparsity_level": 0.5, "sparse_block_shape": (1, 1)},
-        "weightnorm-2:4": {
-            "sparsity_level": 1.0,
-            "sparse_block_shape": (1, 4),
-            "zeros_per_block": 2,
-        },
+    # (level, block config): torch.ao names the level sparsity_level, funcsparse sparsity.
+    weightnorm: dict[str, tuple[float, dict[str, Any]]] = {
+        "weightnorm-1x4": (0.5, {"sparse_block_shape": (1, 4)}),
+        "weightnorm-1x1": (0.5, {"sparse_block_shape": (1, 1)}),
+        "weightnorm-2:4": (1.0, {"sparse_block_shape": (1, 4), "zeros_per_block": 2}),
     }
     cases = [
         Case(
             name=name,
             model=stack,
-            make_sparsifier=lambda kw=kwargs: WeightNormSparsifier(**kw),
-            rules={"**.weight": fs.WeightNorm(**kwargs)},
+            make_sparsifier=lambda level=level, kw=kwargs: WeightNormSparsifier(
+                sparsity_level=level, **kw
+            ),
+            rules={"**.weight": fs.WeightNorm(level, **kwargs)},
         )
-        for name, kwargs in weightnorm.items()
+        for name, (level, kwargs) in weightnorm.items()
     ]
     cases.append(
         Case(

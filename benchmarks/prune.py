@@ -8,9 +8,9 @@ mask of a model once, and for the unstructured cases the peak memory it takes.
 Cases, on the transformer-like stack of ``benchmarks/masks.py`` (12 blocks of bias-free
 ``nn.Linear`` layers, 84.9M tie-free fp32 weights in 72 tensors; ``--quick``: 2 blocks):
 
-* ``magnitude-per-layer``: ``fs.compute_masks(params, {"**.weight": Magnitude(amount=0.5)})``
+* ``magnitude-per-layer``: ``fs.compute_masks(params, {"**.weight": Magnitude(0.5)})``
   vs ``prune.l1_unstructured(module, "weight", amount=0.5)`` on every Linear.
-* ``global-magnitude``: ``GlobalMagnitude(amount=0.5)`` over all the weights vs
+* ``global-magnitude``: ``GlobalMagnitude(0.5)`` over all the weights vs
   ``prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.5)``.
 * ``nm-2:4``: ``NM(n=2, m=4)`` vs torch.ao's ``WeightNormSparsifier(sparsity_level=1.0,
   sparse_block_shape=(1, 4), zeros_per_block=2, norm=1)`` ``step()``.
@@ -124,9 +124,9 @@ def linears(model: nn.Module) -> dict[str, nn.Module]:
 
 def fs_rules(case: str) -> dict[str, fs.MaskMethod]:
     if case == "magnitude-per-layer":
-        return {"**.weight": Magnitude(amount=0.5)}
+        return {"**.weight": Magnitude(0.5)}
     if case == "global-magnitude":
-        return {"**.weight": GlobalMagnitude(amount=0.5)}
+        return {"**.weight": GlobalMagnitude(0.5)}
     if case == "nm-2:4":
         return {"**.weight": NM(n=2, m=4)}
     raise ValueError(f"unknown case {case!r}")
