@@ -255,8 +255,8 @@ def training_run(
     pruner: fs.Pruner, steps: int, *, resume_at: int | None = None
 ) -> list[dict[str, Tensor | None]]:
     """A small SGD loop with gradual pruning; optionally saved and reloaded mid-way."""
-    model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
     torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     data = torch.Generator().manual_seed(1)
     x = torch.randn(64, 12, generator=data)
