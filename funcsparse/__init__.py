@@ -21,6 +21,7 @@ from funcsparse.methods import (
 )
 from funcsparse.pruner import Pruner, PrunerState
 from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
+from funcsparse.sensitivity import Sensitivity, sensitivity
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "PrunerState",
     "Random",
     "RandomStructured",
+    "Sensitivity",
     "Wanda",
     "WeightNorm",
     "__version__",
@@ -49,5 +51,6 @@ __all__ = [
     "magnitude_scores",
     "saliency_scores",
     "schedules",
+    "sensitivity",
     "wanda_scores",
 ]

@@ -13,23 +13,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcsparse.methods._base import LeafProblem, describe
+from funcsparse.methods._base import LeafProblem, describe, usage
 
 __all__ = [
-    "check_level",
     "check_sparsity",
     "count_problem",
     "count_to_prune",
     "level_configs",
+    "set_level",
     "total_zeros",
 ]
 
 
-def check_sparsity(owner: str, sparsity: object) -> float:
+def check_sparsity(owner: str, sparsity: object, *, count_too: bool = False) -> float:
     """``sparsity`` as a float in [0, 1], or a TypeError/ValueError naming ``owner``.
 
+    Where the method also takes a count (``count_too``), an int other than 0 is refused:
+    ``1`` could mean "everything" (a fraction) or "one entry" (``torch.nn.utils.prune``'s
+    int ``amount``); write ``1.0``, or ``count=1``.
+
     Raises:
-        TypeError: not a real number (bools and strings are refused).
+        TypeError: not a real number (bools and strings are refused), or (``count_too``) an
+            int other than 0.
         ValueError: NaN or outside [0, 1].
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
@@ -37,39 +42,45 @@ def check_sparsity(owner: str, sparsity: object) -> float:
             f"{owner}: sparsity must be a fraction in [0, 1], got "
             f"{type(sparsity).__name__} {sparsity!r}"
         )
+    if count_too and isinstance(sparsity, numbers.Integral) and sparsity != 0:
+        raise TypeError(
+            f"{owner}: sparsity={sparsity} is an int; sparsity is a fraction (write "
+            f"{sparsity}.0), a number to prune is count={sparsity}"
+        )
     value = float(sparsity)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{owner}: sparsity must be a fraction in [0, 1], got {sparsity!r}")
     return value
 
 
-def check_level(owner: str, sparsity: object, count: object) -> tuple[float | None, int | None]:
-    """Check that exactly one of ``sparsity`` (a fraction) and ``count`` (an int) is given.
-
-    Returns:
-        ``(sparsity as a float or None, count as an int or None)``.
+def set_level(method: Any, *, what: str = "entries") -> None:
+    """Check a method's ``sparsity`` and ``count`` fields (exactly one given) and store them
+    normalised (a float, an int), from its ``__post_init__``.
 
     Raises:
-        TypeError: neither or both are given, ``sparsity`` is not a real number, or
-            ``count`` is not an int (bools are refused).
+        TypeError: neither or both are given, ``sparsity`` is not a real number (or an int
+            other than 0), or ``count`` is not an int (bools are refused).
         ValueError: ``sparsity`` is NaN or outside [0, 1], or ``count`` is negative.
     """
+    owner = type(method).__name__
+    sparsity, count = method.sparsity, method.count
     if (sparsity is None) == (count is None):
         given = "both" if sparsity is not None else "neither"
         raise TypeError(
             f"{owner}: give exactly one of sparsity (a fraction in [0, 1]) and count (a "
-            f"number of entries), got {given}; e.g. {owner}(0.5) or {owner}(count=10)"
+            f"number of {what}), got {given}; call it as {usage(type(method))}"
         )
     if count is not None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral):
             raise TypeError(
-                f"{owner}: count must be an int (a number of entries), got "
+                f"{owner}: count must be an int (a number of {what}), got "
                 f"{type(count).__name__} {count!r}; for a fraction use sparsity="
             )
         if count < 0:
             raise ValueError(f"{owner}: count={count} must be a non-negative number")
-        return None, int(count)
-    return check_sparsity(owner, sparsity), None
+        object.__setattr__(method, "count", int(count))
+        return
+    object.__setattr__(method, "sparsity", check_sparsity(owner, sparsity, count_too=True))
 
 
 def count_to_prune(

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from funcsparse._select import _kth_smallest_value
 from funcsparse.methods._base import GlobalMethod, LeafProblem, describe
-from funcsparse.methods._level import check_level, count_to_prune, level_configs
+from funcsparse.methods._level import count_to_prune, level_configs, set_level
 
 __all__ = ["GlobalMagnitude"]
 
@@ -130,9 +130,7 @@ class GlobalMagnitude(GlobalMethod):
     needs_data: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        sparsity, count = check_level("GlobalMagnitude", self.sparsity, self.count)
-        object.__setattr__(self, "sparsity", sparsity)
-        object.__setattr__(self, "count", count)
+        set_level(self)
 
     @classmethod
     def configs(cls, st: Any) -> Any:

@@ -10,10 +10,10 @@ from torch import Tensor
 from funcsparse._select import keep_all_but_lowest
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, ranking
 from funcsparse.methods._level import (
-    check_level,
     count_problem,
     count_to_prune,
     level_configs,
+    set_level,
     total_zeros,
 )
 
@@ -89,9 +89,7 @@ class Magnitude(MaskMethod):
     uses_prev_mask: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        sparsity, count = check_level("Magnitude", self.sparsity, self.count)
-        object.__setattr__(self, "sparsity", sparsity)
-        object.__setattr__(self, "count", count)
+        set_level(self)
 
     @classmethod
     def configs(cls, st: Any) -> Any:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, describe
-from funcsparse.methods._level import check_level, level_configs
+from funcsparse.methods._level import level_configs, set_level
 from funcsparse.methods.magnitude import Magnitude
 
 __all__ = ["Movement"]
@@ -81,9 +81,7 @@ class Movement(MaskMethod):
 
     def __post_init__(self) -> None:
         if self.select is None:
-            sparsity, count = check_level("Movement", self.sparsity, self.count)
-            object.__setattr__(self, "sparsity", sparsity)
-            object.__setattr__(self, "count", count)
+            set_level(self)
             return
         if self.sparsity is not None or self.count is not None:
             raise TypeError(

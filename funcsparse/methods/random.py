@@ -11,10 +11,10 @@ from torch import Tensor
 from funcsparse._select import keep_all_but_lowest
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
 from funcsparse.methods._level import (
-    check_level,
     count_problem,
     count_to_prune,
     level_configs,
+    set_level,
     total_zeros,
 )
 from funcsparse.methods._seeds import SEED_LIMIT, leaf_seed
@@ -103,9 +103,7 @@ class Random(MaskMethod):
     vmappable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        sparsity, count = check_level("Random", self.sparsity, self.count)
-        object.__setattr__(self, "sparsity", sparsity)
-        object.__setattr__(self, "count", count)
+        set_level(self)
         seed = require_int("Random", "seed", self.seed)
         if not 0 <= seed < _SEED_LIMIT:
             raise ValueError(f"Random: seed={seed} must be in [0, 2**64)")

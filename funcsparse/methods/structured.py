@@ -16,7 +16,7 @@ from torch import Tensor
 
 from funcsparse._select import lowest_covering, smallest_k
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
-from funcsparse.methods._level import check_level, count_to_prune, level_configs
+from funcsparse.methods._level import count_to_prune, level_configs, set_level
 from funcsparse.methods._seeds import SEED_LIMIT as _SEED_LIMIT
 from funcsparse.methods._seeds import leaf_seed
 
@@ -42,9 +42,7 @@ class _Slices(MaskMethod):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        sparsity, count = check_level(name, self.sparsity, self.count)
-        object.__setattr__(self, "sparsity", sparsity)
-        object.__setattr__(self, "count", count)
+        set_level(self, what="slices")
         require_int(name, "dim", self.dim)
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:

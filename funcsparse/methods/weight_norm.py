@@ -48,8 +48,9 @@ class WeightNorm(MaskMethod):
     lowest is pruned first). ``prev_mask``, the mask of an earlier round: nothing pruned
     before comes back, the weights are scored as the model sees them (pruned entries are
     0), pruned entries are the first of their block's zeros, and blocks are taken in rank
-    order until the zeros, old and new, reach the level's target
-    (``round(sparsity * n_blocks) * zeros_per_block``).
+    order until the zeros, old and new, reach the level's target (the zeros of the
+    ``round(sparsity * n_blocks)`` lowest-ranked blocks: ``round(sparsity * n_blocks) *
+    zeros_per_block`` where the blocks divide the weight).
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -194,16 +195,16 @@ class WeightNorm(MaskMethod):
         if self.sparsity < 1:
             pad = (0, grid_cols * cols - width, 0, grid_rows * rows - height)
             old = _as_groups(F.pad((~prev_mask).to(torch.int64), pad), rows, cols).sum(-1)
-            sizes = self._block_sizes(source).to(old.device)
-            gains = (sizes.clamp(max=self.block_zeros) - old).clamp(min=0)
+            quota = self._block_sizes(source).to(old.device).clamp(max=self.block_zeros)
             n_blocks = grid_rows * grid_cols
             k = max(0, min(n_blocks - 1, round(self.sparsity * n_blocks)))
-            needed = k * self.block_zeros - old.sum()
-            selected = lowest_covering(
-                self._block_scores(source, given=given).reshape(-1),
-                gains.reshape(-1),
-                needed,
-            ).view(grid_rows, 1, grid_cols, 1)
+            scores = self._block_scores(source, given=given).reshape(-1)
+            # The target: the zeros the k lowest-ranked blocks take (k * zeros_per_block
+            # where the blocks divide the weight), so an all-True prev_mask changes nothing.
+            target = (quota.reshape(-1) * smallest_k(scores, k)).sum()
+            gains = (quota - old).clamp(min=0).reshape(-1)
+            selected = lowest_covering(scores, gains, target - old.sum())
+            selected = selected.view(grid_rows, 1, grid_cols, 1)
             selected = selected.expand(grid_rows, rows, grid_cols, cols)
             selected = selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
             within = within & selected
@@ -268,7 +269,8 @@ class WeightNorm(MaskMethod):
                     f"of {n_blocks} (sparsity={level})"
                 )
             return None
-        target = selected * zeros
+        quota = self._block_sizes(tensor).clamp(max=zeros).flatten()
+        target = int(quota.sort().values[:selected].sum())  # the least the blocks can take
         if int(block_zeros.sum()) < target and not bool((block_zeros == full).all()):
             return f"{int(block_zeros.sum())} zeros; the level's target is {target}"
         return None

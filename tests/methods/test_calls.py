@@ -19,7 +19,8 @@ from funcsparse.testing import registered_methods
         (lambda: fs.Random(0.25, seed=3), fs.Random(sparsity=0.25, seed=3)),
         (lambda: fs.WeightNorm(0.3), fs.WeightNorm(sparsity=0.3)),
         (lambda: fs.Wanda(0.6), fs.Wanda(sparsity=0.6)),
-        (lambda: fs.GlobalMagnitude(1), fs.GlobalMagnitude(sparsity=1.0)),
+        (lambda: fs.GlobalMagnitude(0), fs.GlobalMagnitude(sparsity=0.0)),
+        (lambda: fs.WeightNorm(1), fs.WeightNorm(sparsity=1.0)),
         (lambda: fs.LnStructured(0.5, n=1, dim=0), fs.LnStructured(sparsity=0.5, n=1, dim=0)),
         (lambda: fs.Movement(0.5), fs.Movement(sparsity=0.5)),
     ],
@@ -61,12 +62,23 @@ def test_the_level_is_sparsity_and_may_be_positional(make: object, expected: obj
         (
             lambda: fs.Magnitude(),
             "Magnitude: give exactly one of sparsity (a fraction in [0, 1]) and count (a number "
-            "of entries), got neither; e.g. Magnitude(0.5) or Magnitude(count=10)",
+            "of entries), got neither; call it as Magnitude(sparsity=None, *, count=None)",
         ),
         (
             lambda: fs.Random(0.5, count=3),
             "Random: give exactly one of sparsity (a fraction in [0, 1]) and count (a number "
-            "of entries), got both; e.g. Random(0.5) or Random(count=10)",
+            "of entries), got both; call it as Random(sparsity=None, *, count=None, seed=0)",
+        ),
+        (
+            lambda: fs.LnStructured(n=1, dim=0),
+            "LnStructured: give exactly one of sparsity (a fraction in [0, 1]) and count (a "
+            "number of slices), got neither; call it as LnStructured(sparsity=None, *, "
+            "count=None, dim, n)",
+        ),
+        (
+            lambda: fs.GlobalMagnitude(1),
+            "GlobalMagnitude: sparsity=1 is an int; sparsity is a fraction (write 1.0), a "
+            "number to prune is count=1",
         ),
         (
             lambda: fs.Magnitude(count=0.5),

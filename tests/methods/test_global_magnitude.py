@@ -515,7 +515,11 @@ def test_scores_rank_as_given_signed_across_tensors() -> None:
         ({"sparsity": "0.5"}, TypeError, "GlobalMagnitude: sparsity must be a fraction in [0, 1]"),
         ({"count": 3.0}, TypeError, "GlobalMagnitude: count must be an int (a number of entries)"),
         ({}, TypeError, "GlobalMagnitude: give exactly one of sparsity"),
-        ({"sparsity": 0.5, "count": 3}, TypeError, "got both; e.g. GlobalMagnitude(0.5)"),
+        (
+            {"sparsity": 0.5, "count": 3},
+            TypeError,
+            "got both; call it as GlobalMagnitude(sparsity=None, *, count=None)",
+        ),
         ({"amount": 0.5}, TypeError, "GlobalMagnitude: got an unexpected keyword argument"),
     ],
 )

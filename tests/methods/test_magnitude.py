@@ -275,7 +275,7 @@ class TestErrors:
             Magnitude(**level)
         assert str(info.value) == (
             "Magnitude: give exactly one of sparsity (a fraction in [0, 1]) and count (a "
-            f"number of entries), got {given}; e.g. Magnitude(0.5) or Magnitude(count=10)"
+            f"number of entries), got {given}; call it as Magnitude(sparsity=None, *, count=None)"
         )
 
     @pytest.mark.parametrize(

@@ -228,7 +228,11 @@ class TestErrors:
             ({"sparsity": "all"}, TypeError, "got str 'all'"),
             ({"count": 2.0}, TypeError, "count must be an int (a number of entries), got float"),
             ({}, TypeError, "give exactly one of sparsity (a fraction in [0, 1]) and count"),
-            ({"sparsity": 0.5, "count": 2}, TypeError, "got both; e.g. Random(0.5)"),
+            (
+                {"sparsity": 0.5, "count": 2},
+                TypeError,
+                "got both; call it as Random(sparsity=None, *, count=None, seed=0)",
+            ),
             ({"amount": 0.5}, TypeError, "unexpected keyword argument 'amount'"),
             ({"sparsity": 0.5, "seed": -1}, ValueError, "seed=-1 must be in [0, 2**64)"),
             ({"sparsity": 0.5, "seed": 2**64}, ValueError, f"seed={2**64} must be in [0, 2**64)"),

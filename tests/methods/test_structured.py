@@ -563,7 +563,7 @@ class TestConfig:
             ({"sparsity": -0.1}, ValueError, r"sparsity must be a fraction in \[0, 1\], got -0.1"),
             ({"sparsity": float("nan")}, ValueError, r"sparsity must be a fraction .* got nan"),
             ({"sparsity": True}, TypeError, r"sparsity must be a fraction .* got bool True"),
-            ({"count": True}, TypeError, r"count must be an int \(a number of entries\), got bool"),
+            ({"count": True}, TypeError, r"count must be an int \(a number of slices\), got bool"),
             ({"sparsity": "0.5"}, TypeError, "sparsity must be a fraction"),
             ({"count": 0.5}, TypeError, "count must be an int"),
             ({}, TypeError, "give exactly one of sparsity .* got neither"),

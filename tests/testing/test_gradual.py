@@ -58,6 +58,19 @@ class TestGradual:
             **_as_trees(leaf_data),
         )
 
+    @given(data=st.data())
+    def test_an_all_true_prev_mask_changes_nothing(
+        self, method_cls: type[MaskMethod], data: st.DataObject
+    ) -> None:
+        method = data.draw(method_cls.configs(st)).for_leaf("w")
+        tensor = data.draw(fst.tensors(data.draw(fst.shapes(allow_empty=True))))
+        leaf_data = data.draw(method_cls.example_data(st, tensor))
+        assume(method.check_leaf(tensor, **leaf_data) is None)
+        everything = torch.ones(tensor.shape, dtype=torch.bool)
+        assert torch.equal(
+            method(tensor, prev_mask=everything, **leaf_data), method(tensor, **leaf_data)
+        )
+
     @given(data=st.data(), end=st.integers(1, 6), every=st.integers(1, 3))
     def test_every_pruner_update_nests_and_passes_check_masks(
         self, method_cls: type[MaskMethod], data: st.DataObject, end: int, every: int
