@@ -172,8 +172,14 @@ class _naming:
             raise type(err)(f"{self.where}: {err}") from err
 
 
-def data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[dict[str, Any]]:
-    """``{name: pytree}`` to one ``{name: entry}`` dict per leaf (None entries dropped)."""
+def data_per_leaf(
+    spec: Any, leaf_data: dict[str, Any], n_leaves: int, *, function: str = "compute_masks"
+) -> list[dict[str, Any]]:
+    """``{name: pytree}`` to one ``{name: entry}`` dict per leaf (None entries dropped).
+
+    Raises:
+        ValueError: a pytree does not have ``spec``'s structure (naming ``function``).
+    """
     per_leaf: list[dict[str, Any]] = [{} for _ in range(n_leaves)]
     for name, tree in leaf_data.items():
         if tree is None:
@@ -183,7 +189,7 @@ def data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[d
         except ValueError:
             shown = "prev_masks" if name == "prev_mask" else name
             raise ValueError(
-                f"compute_masks: {shown} does not have the structure of params "
+                f"{function}: {shown} does not have the structure of params "
                 f"({describe_structure_mismatch(spec, tree)})"
             ) from None
         for leaf_kwargs, entry in zip(per_leaf, entries, strict=True):

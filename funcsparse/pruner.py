@@ -326,9 +326,8 @@ class Pruner:
         names = {name for entry in from_state for name in entry}
         if not names:
             return leaf_data
-        given = data_per_leaf(
-            spec, {k: v for k, v in leaf_data.items() if k in names}, len(methods)
-        )
+        named = {k: v for k, v in leaf_data.items() if k in names}
+        given = data_per_leaf(spec, named, len(methods), function="Pruner.update")
         merged: dict[str, Any] = dict(leaf_data)
         for name in names:
             entries = []

@@ -12,12 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcsparse._compute import compute_masks
+from funcsparse._compute import compute_masks, data_per_leaf
 from funcsparse._rules import assign_rules
 from funcsparse._tree import (
-    describe_structure_mismatch,
     flatten_with_paths,
-    leaves_like,
     unflatten,
 )
 from funcsparse.methods._base import MaskMethod, describe
@@ -196,7 +194,7 @@ def sensitivity(
     if "batch_dims" in leaf_data:
         raise TypeError("sensitivity: batch_dims is not supported; run it on one member's params")
     paths, leaves, spec = flatten_with_paths(params, function="sensitivity")
-    data = _data_per_leaf(spec, leaf_data, len(leaves))
+    data = data_per_leaf(spec, leaf_data, len(leaves), function="sensitivity")
     assignments = assign_rules(paths, rules, function="sensitivity")
 
     # Every layer's methods at every level, checked before any loss is computed.
@@ -352,22 +350,3 @@ def _insertion_order(spec: Any, n_leaves: int) -> list[int]:
 
     walk(unflatten(spec, list(range(n_leaves))))
     return order if sorted(order) == list(range(n_leaves)) else list(range(n_leaves))
-
-
-def _data_per_leaf(spec: Any, leaf_data: dict[str, Any], n_leaves: int) -> list[dict[str, Any]]:
-    """``{name: pytree}`` to one ``{name: entry}`` dict per leaf (None entries dropped)."""
-    per_leaf: list[dict[str, Any]] = [{} for _ in range(n_leaves)]
-    for name, tree in leaf_data.items():
-        if tree is None:
-            continue
-        try:
-            entries = leaves_like(spec, tree)
-        except ValueError:
-            raise ValueError(
-                f"sensitivity: {name} does not have the structure of params "
-                f"({describe_structure_mismatch(spec, tree)})"
-            ) from None
-        for leaf_kwargs, entry in zip(per_leaf, entries, strict=True):
-            if entry is not None:
-                leaf_kwargs[name] = entry
-    return per_leaf
