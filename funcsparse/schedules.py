@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import numbers
 from collections.abc import Callable
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+
+from funcsparse._errors import require_int, require_real
 
 __all__ = [
     "Schedule",
@@ -57,41 +58,23 @@ class Schedule(Protocol):
 # -- argument checks ------------------------------------------------------------------------
 
 
-def _int(owner: str, name: str, value: object) -> int:
-    """``value`` as an int, or a TypeError naming ``owner`` and ``name`` (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
-
-
-def _real(owner: str, name: str, value: object) -> float:
-    """``value`` as a float that is not NaN, or a TypeError/ValueError (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{owner}: {name} must be a real number, got {type(value).__name__} {value!r}"
-        )
-    if math.isnan(value):
-        raise ValueError(f"{owner}: {name} must not be NaN")
-    return float(value)
-
-
 def _fraction(owner: str, name: str, value: object) -> float:
     """``value`` as a float in ``[0, 1]``, or a TypeError/ValueError naming ``name``."""
-    fraction = _real(owner, name, value)
+    fraction = require_real(owner, name, value)
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"{owner}: {name}={value!r} must be in [0, 1]")
     return fraction
 
 
 def _non_negative(owner: str, name: str, value: object) -> int:
-    number = _int(owner, name, value)
+    number = require_int(owner, name, value)
     if number < 0:
         raise ValueError(f"{owner}: {name}={number} must be non-negative")
     return number
 
 
 def _positive(owner: str, name: str, value: object) -> int:
-    number = _int(owner, name, value)
+    number = require_int(owner, name, value)
     if number <= 0:
         raise ValueError(f"{owner}: {name}={number} must be positive")
     return number
@@ -146,7 +129,7 @@ def _check_ramp(schedule: linear | polynomial) -> None:
     """Validate (and normalise) the fields ``linear`` and ``polynomial`` share."""
     owner = type(schedule).__name__
     begin = _non_negative(owner, "begin_step", schedule.begin_step)
-    end = _int(owner, "end_step", schedule.end_step)
+    end = require_int(owner, "end_step", schedule.end_step)
     if end <= begin:
         hint = (
             f" (for one jump to the full level, use one_shot(at={begin}))" if end == begin else ""
@@ -421,7 +404,7 @@ class polynomial(_Schedule):
 
     def __post_init__(self) -> None:
         _check_ramp(self)
-        power = _real("polynomial", "power", self.power)
+        power = require_real("polynomial", "power", self.power)
         if not (math.isfinite(power) and power > 0):
             raise ValueError(f"polynomial: power={self.power!r} must be finite and positive")
 
@@ -449,7 +432,7 @@ class polynomial(_Schedule):
 
 
 def _finite(owner: str, name: str, value: object) -> float:
-    number = _real(owner, name, value)
+    number = require_real(owner, name, value)
     if not math.isfinite(number):
         raise ValueError(f"{owner}: {name}={value!r} must be finite")
     return number
@@ -520,8 +503,8 @@ def cubic_sparsity(
         model compression", 2017, arXiv:1710.01878.
     """
     owner = "cubic_sparsity"
-    _int(owner, "step", step)
-    _int(owner, "initial_step", initial_step)
+    require_int(owner, "step", step)
+    require_int(owner, "initial_step", initial_step)
     _positive(owner, "delta_steps", delta_steps)
     _positive(owner, "total_steps", total_steps)
     _finite(owner, "initial_sparsity", initial_sparsity)
@@ -562,7 +545,7 @@ def lambda_sparsity(step: int, *, final_sparsity: float, factor: Callable[[int],
             ``factor`` is not callable.
         ValueError: ``final_sparsity`` is NaN.
     """
-    _real("lambda_sparsity", "final_sparsity", final_sparsity)
+    require_real("lambda_sparsity", "final_sparsity", final_sparsity)
     if not callable(factor):
         raise TypeError(
             f"lambda_sparsity: factor must be callable, got {type(factor).__name__} {factor!r}"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
+
+from funcsparse._errors import describe, require_int, require_real
 
 __all__ = [
     "GlobalMethod",
@@ -43,21 +44,6 @@ class LeafProblem(NamedTuple):
     need: str
 
 
-def describe(value: object) -> str:
-    """A short description of a leaf for error messages."""
-    if isinstance(value, Tensor):
-        shape = tuple(value.shape)
-        return f"a {value.dim()}-D {value.dtype} tensor of shape {shape}"
-    return f"{type(value).__name__} {value!r}"
-
-
-def require_int(owner: str, name: str, value: object) -> int:
-    """``value`` as an int, or a TypeError naming ``owner.name`` (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} {value!r}")
-    return value
-
-
 def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
     """What an entry-wise method ranks: ``scores`` as given (signed), else ``|tensor|``.
 
@@ -65,17 +51,6 @@ def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
     """
     scores = data.get("scores")
     return tensor.abs() if scores is None else scores
-
-
-def require_real(owner: str, name: str, value: object) -> float:
-    """``value`` as a float that is not NaN, or a TypeError/ValueError naming ``owner.name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{owner}: {name} must be a real number, got {type(value).__name__} {value!r}"
-        )
-    if math.isnan(value):
-        raise ValueError(f"{owner}: {name} must not be NaN")
-    return float(value)
 
 
 # Names of other libraries (torch.ao, nn.utils.prune) for the level, and funcsparse's.
