@@ -30,8 +30,9 @@ Sides, all on the same params and masks:
 
 The update is the same on every side: one out-of-place ``torch.add(p, grad, alpha=-lr)`` per
 parameter (the functional sides return a new params dict; the module sides rebind
-``param.data`` to the new tensor and set ``param.grad = None``, as ``zero_grad()`` does), so
-every side allocates and writes the same new parameters. The module sides' params are reset
+``param.data`` to the new tensor, then set every ``param.grad = None``, as ``zero_grad()``
+does), so every side allocates and writes the same new parameters, with every gradient alive
+during the update. The module sides' params are reset
 to the starting tensors before every timed call, outside the timed region, so every call of
 every side starts from the same values.
 
@@ -44,7 +45,10 @@ Each side runs once untimed first (allocator warm-up), then ``--repeats`` timed 
 interleaved with the other sides; the order within a repeat alternates (as listed on even
 repeats, reversed on odd ones). ``gc.collect()`` runs before every timed call, outside the
 timed region. Medians are reported, with each side's ratio to dense, its overhead over dense
-(median minus dense median) and funcsparse's overheads as a fraction of FakeSparsity's.
+(median minus dense median), funcsparse's overheads as a fraction of FakeSparsity's, and the
+median count of minor page faults per timed step (``getrusage``): a step that allocates more
+than the allocator kept from the last one pays for fresh pages, about as much as for the
+arithmetic on them (glibc returns freed heap memory to the OS between steps).
 
 Goals: the recommended step's overhead over dense at most half of FakeSparsity's, and the
 exact-gradient ``fs.functional_call`` step no slower than FakeSparsity, at each batch size.
@@ -66,6 +70,7 @@ import gc
 import importlib.util
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -233,7 +238,8 @@ def module_side(
         with torch.no_grad():
             for p in trainable.values():
                 p.data = torch.add(p, p.grad, alpha=-LR)  # type: ignore[arg-type]
-                p.grad = None
+        for p in trainable.values():  # as zero_grad(): every gradient lives through the update
+            p.grad = None
         return loss.detach()
 
     def reset() -> None:
@@ -296,10 +302,11 @@ def check(sides: list[Side], masks: dict[str, Any]) -> list[str]:
 
 @dataclasses.dataclass
 class Result:
-    """Timings (seconds) of every side at one batch size."""
+    """Timings (seconds) and minor page faults of every side's timed calls at one batch size."""
 
     tokens: int
     seconds: dict[str, list[float]]
+    faults: dict[str, list[int]]
 
     def median_ms(self, side: str) -> float:
         return statistics.median(self.seconds[side]) * 1e3
@@ -312,14 +319,21 @@ class Result:
         return self.overhead_ms(side) / self.overhead_ms("torch.ao FakeSparsity")
 
 
-def timed(side: Side) -> float:
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(side: Side) -> tuple[float, int]:
+    """Seconds one step took and the minor page faults it made; reset and gc run untimed."""
     side.reset()
     gc.collect()
+    faults = minor_faults()
     start = time.perf_counter()
     out = side.step()
     seconds = time.perf_counter() - start
+    faults = minor_faults() - faults
     del out
-    return seconds
+    return seconds, faults
 
 
 def run(layers: int, tokens: int, repeats: int) -> tuple[Result, list[str]]:
@@ -340,12 +354,15 @@ def run(layers: int, tokens: int, repeats: int) -> tuple[Result, list[str]]:
     for side in sides:  # untimed warm-up
         timed(side)
     seconds: dict[str, list[float]] = {side.name: [] for side in sides}
+    faults: dict[str, list[int]] = {side.name: [] for side in sides}
     for repeat in range(repeats):
         for side in sides if repeat % 2 == 0 else sides[::-1]:
-            seconds[side.name].append(timed(side))
+            took, faulted = timed(side)
+            seconds[side.name].append(took)
+            faults[side.name].append(faulted)
     del sides, ao_model, pruned
     gc.collect()
-    return Result(tokens, seconds), failures
+    return Result(tokens, seconds, faults), failures
 
 
 # --- report --------------------------------------------------------------------------------
@@ -366,7 +383,7 @@ def goals(results: list[Result]) -> dict[str, bool]:
 def print_table(results: list[Result]) -> None:
     header = (
         f"{'tokens':>6}  {'side':<22}{'median ms':>10}{'x dense':>9}"
-        f"{'overhead ms':>13}{'of FakeSparsity overhead':>26}"
+        f"{'overhead ms':>13}{'of FakeSparsity overhead':>26}{'faults/step':>13}"
     )
     print(header)
     print("-" * len(header))
@@ -377,6 +394,7 @@ def print_table(results: list[Result]) -> None:
                 f"{r.tokens:>6}  {side:<22}{r.median_ms(side):>10.1f}"
                 f"{r.median_ms(side) / r.median_ms('dense'):>8.2f}x"
                 f"{r.overhead_ms(side):>13.1f}{fraction:>26}"
+                f"{statistics.median(r.faults[side]):>13,.0f}"
             )
 
 
@@ -408,6 +426,7 @@ def write_json(
                         if side == "dense"
                         else r.of_fake_sparsity(side),
                         "ms": [s * 1e3 for s in r.seconds[side]],
+                        "minor_page_faults": r.faults[side],
                     }
                     for side in SIDES
                 },

@@ -1,10 +1,10 @@
 """Applying masks: zeroed copies of params, projection in place, a masked functional_call.
 
 Speed notes (CPU, eager): ``torch.where(mask, leaf, 0)`` runs a scalar (not vectorised) kernel,
-about five times slower than a multiply, so the masked forward multiplies by the bool mask, as
-torch.ao's FakeSparsity does with a float mask. In-place projection multiplies the bit pattern
-by the mask (an integer multiply by 0 or 1): pruned entries become +0.0 even where they hold
-inf or NaN, and kept entries keep their exact bits.
+about five times slower than a multiply, so the masked forward multiplies by the mask cast to
+the leaf's dtype, as torch.ao's FakeSparsity multiplies by its stored float mask. In-place
+projection multiplies the bit pattern by the mask (an integer multiply by 0 or 1): pruned
+entries become +0.0 even where they hold inf or NaN, and kept entries keep their exact bits.
 """
 
 from __future__ import annotations
@@ -73,14 +73,15 @@ def _checked_masks(
 def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Tensor:
     """``leaf * mask``; with ``straight_through`` its gradient is the upstream one, unmasked.
 
-    The mask is cast to the leaf's dtype once: a CPU multiply by a bool tensor casts it into
-    a temporary anyway, and the backward would cast it again. Straight-through subtracts the
-    pruned values as a constant: ``leaf - leaf * ~mask`` is ``leaf * mask`` exactly for finite
-    values, and the subtraction passes gradients through unchanged.
+    The mask is cast to the leaf's dtype once (a CPU multiply by a bool tensor casts it into
+    a temporary anyway, and the backward would cast it again), read as uint8: the same bytes,
+    and a cast about 1.5x faster than from bool. Straight-through subtracts the pruned values
+    as a constant: ``leaf - leaf * ~mask`` is ``leaf * mask`` exactly for finite values, and
+    the subtraction passes gradients through unchanged.
     """
     if straight_through:
         return leaf - (leaf * mask.logical_not()).detach()
-    return leaf * mask.to(leaf.dtype)
+    return leaf * mask.view(torch.uint8).to(leaf.dtype)
 
 
 def _zero_pruned_(leaf: Tensor, mask: Tensor) -> None:
