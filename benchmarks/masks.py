@@ -48,15 +48,14 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from _harness import machine_info, timed
 from torch import nn
 from torch.ao.pruning import BaseSparsifier, NearlyDiagonalSparsifier, WeightNormSparsifier
 
@@ -176,14 +175,6 @@ def mismatches(expected: torch.Tensor, actual: torch.Tensor) -> int:
     return int((expected != actual).sum())
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds ``fn()`` took, and its result; ``gc.collect()`` runs first, untimed."""
-    gc.collect()
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 def run_case(case: Case, repeats: int) -> Result:
     """Time both sides of ``case`` interleaved, then compare their masks."""
     names = weight_names(case.model)
@@ -263,19 +254,6 @@ def build_cases(layers: int) -> list[Case]:
         )
     )
     return cases
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "funcsparse": fs.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "loadavg_1m": os.getloadavg()[0],
-    }
 
 
 def print_table(results: list[Result]) -> None:

@@ -66,12 +66,11 @@ import resource
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
+from _harness import load_masks_benchmark, machine_info, timed
 from torch import nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune
@@ -86,18 +85,7 @@ GOAL_SPEEDUP = 20.0
 GOAL_GLOBAL_MEMORY_W = 0.5
 
 
-def _load_masks_benchmark() -> ModuleType:
-    """``benchmarks/masks.py`` as a module (for its model and torch.ao helpers)."""
-    spec = importlib.util.spec_from_file_location("_benchmarks_masks", HERE / "masks.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {HERE / 'masks.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-masks_bench = _load_masks_benchmark()
+masks_bench = load_masks_benchmark()
 
 
 def _optional_method(module: str, name: str) -> Any:
@@ -183,10 +171,6 @@ class Result:
     @property
     def ratio(self) -> float:
         return self.base_median_ms / self.fs_median_ms
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    return masks_bench.timed(fn)  # type: ignore[no-any-return]
 
 
 def compare(expected: dict[str, torch.Tensor], got: dict[str, Any]) -> tuple[bool, int]:
@@ -474,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps(measure_memory(case, side, args.layers)))
         return 0
-    info = masks_bench.machine_info()
+    info = machine_info()
     print(
         f"torch {info['torch']}, threads {info['torch_num_threads']}, {info['platform']}; "
         f"{args.layers} layers, {args.repeats} repeats (load average {info['loadavg_1m']:.2f})"

@@ -46,19 +46,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _harness import machine_info, timed
 from torch import Tensor, nn
 
 import funcsparse as fs
@@ -137,14 +135,6 @@ def vmapped(case: Case, levels: tuple[float, ...]) -> Tensor:
     return fs.sensitivity(case.loss_fn, case.params, case.rules, levels=levels).losses
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds ``fn()`` took, and its result; ``gc.collect()`` runs first, untimed."""
-    gc.collect()
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
 @dataclasses.dataclass
 class Result:
     name: str
@@ -199,19 +189,6 @@ def run_case(case: Case, repeats: int) -> Result:
         max_abs_diff=float(diff.max()),
         agree=bool((diff <= TOLERANCE * scale).all()),
     )
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "funcsparse": fs.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "loadavg_1m": os.getloadavg()[0],
-    }
 
 
 def print_table(results: list[Result]) -> None:

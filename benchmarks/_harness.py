@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: timing one call, the machine's description, and
+``benchmarks/masks.py`` (the 84.9M-weight stack and torch.ao helpers) as a module.
+
+Imported by the scripts as ``_harness`` (``python benchmarks/NAME.py`` puts this folder on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+import funcsparse as fs
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds ``fn()`` took, and its result; ``gc.collect()`` runs first, untimed."""
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def machine_info() -> dict[str, Any]:
+    """Versions, platform, cores, torch threads and the 1-minute load average."""
+    return {
+        "torch": torch.__version__,
+        "funcsparse": fs.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def load_masks_benchmark() -> ModuleType:
+    """``benchmarks/masks.py`` as a module (for its model and torch.ao helpers)."""
+    spec = importlib.util.spec_from_file_location("_benchmarks_masks", HERE / "masks.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {HERE / 'masks.py'}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
