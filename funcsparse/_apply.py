@@ -80,7 +80,7 @@ def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Te
     the subtraction passes gradients through unchanged.
     """
     if straight_through:
-        return leaf - (leaf * mask.logical_not()).detach()
+        return leaf - (leaf * mask.logical_not().view(torch.uint8)).detach()
     return leaf * mask.view(torch.uint8).to(leaf.dtype)
 
 
@@ -143,6 +143,11 @@ def apply_masks_(params: Any, masks: Any) -> Any:
     own parameters, or on the fresh params a functional update made. Runs under
     ``torch.no_grad()``. Pruned entries become +0.0 even where they hold inf or NaN; kept
     entries keep their exact values. Every mask is checked before any tensor is touched.
+
+    Training dense on params projected after every update is the fast masked loop: with an
+    element-wise optimizer (SGD, Adam, AdamW), the kept weights follow training with masks in
+    the forward (:func:`functional_call`) exactly, as long as the masks only shrink (a pruned
+    entry's optimizer state has seen dense gradients, so it must not come back).
 
     Examples:
         >>> import torch, funcsparse as fs
