@@ -67,7 +67,6 @@ import argparse
 import copy
 import dataclasses
 import gc
-import importlib.util
 import json
 import os
 import resource
@@ -76,10 +75,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
+from _harness import machine_info
 from torch import Tensor, nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn import functional as F
@@ -94,20 +93,6 @@ SEQUENCE = 128
 LR = 1e-3
 RTOL, ATOL = 1e-5, 1e-7
 SIDES = ("dense", "fs projected", "fs exact", "torch.ao FakeSparsity", "nn.utils.prune")
-
-
-def _load_masks_benchmark() -> ModuleType:
-    """``benchmarks/masks.py`` as a module (for its machine info)."""
-    spec = importlib.util.spec_from_file_location("_benchmarks_masks", HERE / "masks.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {HERE / 'masks.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-masks_bench = _load_masks_benchmark()
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -456,7 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = masks_bench.machine_info()
+    info = machine_info()
     print(
         f"torch {info['torch']}, threads {info['torch_num_threads']}, {info['platform']}; "
         f"{args.layers} blocks, {args.repeats} repeats (load average {info['loadavg_1m']:.2f})"
