@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from funcsparse._errors import describe
 from funcsparse._tree import (
     PyTreeSpec,
     describe_structure_mismatch,
@@ -21,7 +22,6 @@ from funcsparse._tree import (
     leaves_like,
     unflatten,
 )
-from funcsparse.methods._base import describe
 
 __all__ = ["apply_masks", "apply_masks_", "functional_call"]
 
