@@ -3,8 +3,9 @@
 Speed notes (CPU, eager): ``torch.where(mask, leaf, 0)`` runs a scalar (not vectorised) kernel,
 about five times slower than a multiply, so the masked forward multiplies by the mask cast to
 the leaf's dtype, as torch.ao's FakeSparsity multiplies by its stored float mask. In-place
-projection multiplies the bit pattern by the mask (an integer multiply by 0 or 1): pruned
-entries become +0.0 even where they hold inf or NaN, and kept entries keep their exact bits.
+projection multiplies the bit pattern by the mask (an integer multiply by 0 or 1), casting the
+mask chunk by chunk into a small reused buffer: pruned entries become +0.0 even where they
+hold inf or NaN, and kept entries keep their exact bits.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from funcsparse._tree import (
 __all__ = ["apply_masks", "apply_masks_", "functional_call"]
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# Entries projected per step of the in-place projection's loop (a 1 MiB int32 buffer).
+_CHUNK = 1 << 18
 
 
 def _checked_masks(
@@ -88,11 +91,29 @@ def _zero_pruned_(leaf: Tensor, mask: Tensor) -> None:
     """Zero ``leaf`` in place where ``mask`` is False (+0.0, even at inf or NaN)."""
     bits = _SAME_SIZE_INT.get(leaf.element_size())
     if (leaf.is_floating_point() or leaf.is_complex()) and bits is not None:
-        leaf.view(bits).mul_(mask)  # the bit pattern times 0 or 1
+        words = leaf.view(bits)
+        if leaf.is_contiguous() and mask.is_contiguous() and leaf.device.type == "cpu":
+            _multiply_in_chunks_(words.view(-1), mask.view(-1).view(torch.uint8))
+        else:
+            words.mul_(mask)  # the bit pattern times 0 or 1
     elif leaf.is_floating_point() or leaf.is_complex():
         leaf.masked_fill_(mask.logical_not(), 0)
     else:
         leaf.mul_(mask)
+
+
+def _multiply_in_chunks_(words: Tensor, mask: Tensor) -> None:
+    """``words *= mask`` (1-D, same length), the mask cast chunk by chunk into one buffer.
+
+    On CPU a multiply by a tensor of another dtype casts element by element in a slow
+    kernel, and casting the whole mask at once allocates a leaf-sized tensor whose fresh
+    pages cost as much again; a small reused buffer avoids both (about 3.5x faster).
+    """
+    buffer = torch.empty(min(_CHUNK, words.numel()), dtype=words.dtype)
+    for start in range(0, words.numel(), _CHUNK):
+        stop = min(start + _CHUNK, words.numel())
+        cast = buffer[: stop - start].copy_(mask[start:stop])
+        words[start:stop].mul_(cast)
 
 
 def apply_masks(params: Any, masks: Any) -> Any:

@@ -541,3 +541,20 @@ def test_torch_optim_projection_follows_masked_training(optimizer: str) -> None:
             {k: v.detach() for k, v in own.items()},
             masks,
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_in_place_projection_of_a_leaf_larger_than_its_chunks(dtype: torch.dtype) -> None:
+    """The projection casts the mask chunk by chunk: a leaf of several chunks and a ragged
+    end gets the same result as torch.where, with +0.0 at pruned entries (inf, NaN too)."""
+    g = torch.Generator().manual_seed(0)
+    leaf = torch.randn(3, 200_001, generator=g).to(dtype)
+    leaf[0, :5] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, -3.0])
+    mask = torch.rand(leaf.shape, generator=g) > 0.4
+    mask[0, :5] = False
+    expected = torch.where(mask, leaf, torch.zeros((), dtype=dtype))
+    out = fs.apply_masks_({"w": leaf}, {"w": mask})["w"]
+    assert out is leaf
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+    assert torch.equal(leaf[mask].view(bits[dtype]), expected[mask].view(bits[dtype]))
+    assert bool((leaf[~mask].view(bits[dtype]) == 0).all())  # +0.0 exactly, bit for bit
