@@ -50,6 +50,9 @@ median count of minor page faults per timed step (``getrusage``): a step that al
 than the allocator kept from the last one pays for fresh pages, about as much as for the
 arithmetic on them (glibc returns freed heap memory to the OS between steps).
 
+A second table times the masking alone (see ``mask_work``): whole steps vary by more than
+the masking costs on a shared machine.
+
 Goals: the recommended step's overhead over dense at most half of FakeSparsity's, and the
 exact-gradient ``fs.functional_call`` step no slower than FakeSparsity, at each batch size.
 
@@ -350,6 +353,66 @@ def run(layers: int, tokens: int, repeats: int) -> tuple[Result, list[str]]:
     return Result(tokens, seconds, faults), failures
 
 
+# --- the mask work alone ------------------------------------------------------------------
+
+MASK_WORK = ("fs projection", "fs exact masking", "FakeSparsity masking")
+
+
+def mask_work(layers: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of the masking each side adds to a step, without the step around it.
+
+    A whole step (0.5 to 1.7 s here) varies by more than the masking costs on a shared
+    machine, so the masking is also timed alone, interleaved, on the same 84.9M weights and
+    masks: ``fs projection`` is ``fs.apply_masks_`` on every weight (what the recommended
+    step adds); ``fs exact masking`` is the forward ``w * mask`` of ``fs.functional_call``
+    and its backward ``g * mask`` (the mask cast as there); ``FakeSparsity masking`` is the
+    same two products with torch.ao's stored float masks. Gradients ``g`` are stand-ins of
+    the weights' shapes.
+    """
+    model = transformer_stack(layers)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    masks = half_masks(params)
+    weights = {name: params[name] for name, mask in masks.items() if mask is not None}
+    bool_masks = {name: masks[name] for name in weights}
+    float_masks = {name: mask.to(torch.float32) for name, mask in bool_masks.items()}
+    grads = {name: torch.randn_like(w) for name, w in weights.items()}
+
+    def projection() -> Any:
+        return fs.apply_masks_(weights, bool_masks)
+
+    def exact() -> Any:
+        out = []
+        for name, w in weights.items():
+            cast = bool_masks[name].view(torch.uint8).to(w.dtype)
+            out.append((w * cast, grads[name] * cast))
+        return out
+
+    def fake_sparsity() -> Any:
+        return [(w * float_masks[n], grads[n] * float_masks[n]) for n, w in weights.items()]
+
+    work = {"fs projection": projection, "fs exact masking": exact}
+    work["FakeSparsity masking"] = fake_sparsity
+    seconds: dict[str, list[float]] = {name: [] for name in MASK_WORK}
+    for fn in work.values():  # untimed warm-up
+        fn()
+    for repeat in range(repeats):
+        for name in MASK_WORK if repeat % 2 == 0 else MASK_WORK[::-1]:
+            gc.collect()
+            start = time.perf_counter()
+            out = work[name]()
+            seconds[name].append(time.perf_counter() - start)
+            del out
+    return seconds
+
+
+def print_mask_work(seconds: dict[str, list[float]]) -> None:
+    base = statistics.median(seconds["FakeSparsity masking"])
+    print(f"{'mask work per step (alone)':<28}{'median ms':>10}{'of FakeSparsity':>17}")
+    for name in MASK_WORK:
+        median = statistics.median(seconds[name])
+        print(f"{name:<28}{median * 1e3:>10.1f}{median / base:>16.2f}x")
+
+
 # --- report --------------------------------------------------------------------------------
 
 
@@ -384,7 +447,11 @@ def print_table(results: list[Result]) -> None:
 
 
 def write_json(
-    path: Path, results: list[Result], args: argparse.Namespace, machine: dict[str, Any]
+    path: Path,
+    results: list[Result],
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    work: dict[str, list[float]],
 ) -> None:
     payload = {
         "benchmark": "train_step",
@@ -418,6 +485,10 @@ def write_json(
             }
             for r in results
         ],
+        "mask_work_alone": {
+            name: {"median_ms": statistics.median(times) * 1e3, "ms": [t * 1e3 for t in times]}
+            for name, times in work.items()
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -454,11 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  done {tokens} tokens", flush=True)
     print()
     print_table(results)
+    work = mask_work(args.layers, args.repeats)
+    print()
+    print_mask_work(work)
     print()
     for goal, met in goals(results).items():
         print(f"  goal {goal}: {'met' if met else 'NOT met'}")
     info["loadavg_1m_after"] = os.getloadavg()[0]
-    write_json(args.json, results, args, info)
+    write_json(args.json, results, args, info, work)
     print(f"\nwrote {args.json}")
     if failures:
         print("ERROR: the sides disagree:\n  " + "\n  ".join(failures))
