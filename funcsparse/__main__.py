@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 __all__ = ["main"]
 
@@ -42,8 +41,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a usage error)."""
-    # torch warns on import paths of torch.func when NumPy is absent; funcsparse needs none.
-    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     parser = _parser()
     try:
         args = parser.parse_args(argv)

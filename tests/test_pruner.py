@@ -271,12 +271,12 @@ def training_run(
     history = []
     for step in range(steps):
         if step == resume_at:
-            saved = save_load({"params": params, "state": state})  # type: ignore[typeddict-item]
-            params, state = saved["params"], saved["state"]  # type: ignore[typeddict-item]
+            saved = save_load({"params": params, "state": state})
+            params, state = saved["params"], saved["state"]
         grads = torch.func.grad(loss)(params, masks)
         masks, state = pruner.update(params, state, grads=grads)
         params = fs.apply_masks({k: p - 0.1 * grads[k] for k, p in params.items()}, masks)
-        history.append(dict(masks))  # type: ignore[call-overload]
+        history.append(dict(masks))
     return history
 
 
@@ -389,7 +389,7 @@ def test_bad_states_are_refused_naming_the_problem() -> None:
         TypeError,
         match=r"Pruner.update: state must be the dict that Pruner.init or Pruner.update returned",
     ):
-        pruner.update(params, {"step": 0})  # type: ignore[typeddict-item]
+        pruner.update(params, {"step": 0})
     with pytest.raises(
         ValueError,
         match=r"Pruner.update: state\['masks'\] does not have the structure of params .*other params",
@@ -398,7 +398,7 @@ def test_bad_states_are_refused_naming_the_problem() -> None:
     with pytest.raises(
         TypeError, match=r"Pruner.update: state\['step'\] must be an int, got float 1.5"
     ):
-        pruner.update(params, {**state, "step": 1.5})  # type: ignore[typeddict-item]
+        pruner.update(params, {**state, "step": 1.5})
     with pytest.raises(ValueError, match=r"Pruner.update: state\['step'\] must be >= 0, got -1"):
         pruner.update(params, {**state, "step": -1})
 
@@ -412,15 +412,15 @@ def test_bad_configs_are_refused_at_construction() -> None:
     with pytest.raises(
         TypeError, match=r"Pruner: rule 'w' must map to a funcsparse method or None, got float 0.5"
     ):
-        fs.Pruner({"w": 0.5})  # type: ignore[dict-item]
+        fs.Pruner({"w": 0.5})
     with pytest.raises(TypeError, match=r"Pruner: rules must be a mapping"):
-        fs.Pruner([("w", fs.Magnitude(0.5))])  # type: ignore[arg-type]
+        fs.Pruner([("w", fs.Magnitude(0.5))])
     with pytest.raises(
         TypeError, match=r"Pruner: schedule must be an fs.schedules schedule or a callable"
     ):
-        fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=0.5)  # type: ignore[arg-type]
+        fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=0.5)
     with pytest.raises(TypeError, match=r"Pruner: regrow must be a bool"):
-        fs.Pruner({"w": fs.Magnitude(0.5)}, regrow=1)  # type: ignore[arg-type]
+        fs.Pruner({"w": fs.Magnitude(0.5)}, regrow=1)
     with pytest.raises(ValueError, match=r"Pruner.init: rule path 'x' matches no leaf"):
         fs.Pruner({"x": fs.Magnitude(0.5)}).init({"w": torch.ones(2)})
 

@@ -26,9 +26,9 @@ from funcsparse.testing import registered_methods
     ],
 )
 def test_the_level_is_sparsity_and_may_be_positional(make: object, expected: object) -> None:
-    made = make()  # type: ignore[operator]
+    made = make()
     assert made == expected
-    assert isinstance(made.sparsity, float)  # type: ignore[attr-defined]
+    assert isinstance(made.sparsity, float)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_the_level_is_sparsity_and_may_be_positional(make: object, expected: obj
 )
 def test_wrong_calls_say_how_to_call(make: object, message: str) -> None:
     with pytest.raises(TypeError) as raised:
-        make()  # type: ignore[operator]
+        make()
     assert str(raised.value) == message
 
 
@@ -106,7 +106,7 @@ def test_a_level_outside_zero_one_is_refused(bad: float) -> None:
 def test_signature_pickle_and_copy(cls: type[fs.MaskMethod]) -> None:
     parameters = inspect.signature(cls).parameters
     assert "args" not in parameters and "self" not in parameters
-    fields = [name for name in cls.__dataclass_fields__ if not name.startswith("_")]  # type: ignore[attr-defined]
+    fields = [name for name in cls.__dataclass_fields__ if not name.startswith("_")]
     assert list(parameters) == [name for name in fields if name in parameters]
     if "sparsity" in parameters:
         assert parameters["sparsity"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
