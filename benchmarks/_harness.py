@@ -7,8 +7,10 @@ Imported by the scripts as ``_harness`` (``python benchmarks/NAME.py`` puts this
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -56,3 +58,23 @@ def load_masks_benchmark() -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def write_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Write a benchmark's results as indented JSON, making the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def base_parser(
+    doc: str | None, default_json: Path, *, repeats: int = 5
+) -> argparse.ArgumentParser:
+    """A parser with the options every script takes: ``--repeats`` and ``--json``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n", 1)[0])
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"timed runs per side (default {repeats})"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=default_json, help=f"output path (default {default_json})"
+    )
+    return parser

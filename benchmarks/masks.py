@@ -46,7 +46,6 @@ import argparse
 import copy
 import dataclasses
 import gc
-import json
 import os
 import statistics
 import sys
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import machine_info, timed
+from _harness import base_parser, machine_info, timed, write_payload
 from torch import nn
 from torch.ao.pruning import BaseSparsifier, NearlyDiagonalSparsifier, WeightNormSparsifier
 
@@ -293,16 +292,11 @@ def write_json(
             for r in results
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_payload(path, payload)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (default 5)")
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"output path (default {DEFAULT_JSON})"
-    )
+    parser = base_parser(__doc__, DEFAULT_JSON, repeats=5)
     parser.add_argument("--quick", action="store_true", help="2 layers instead of 12 (smoke test)")
     args = parser.parse_args(argv)
     if args.repeats < 1:

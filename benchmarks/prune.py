@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import load_masks_benchmark, machine_info, timed
+from _harness import base_parser, load_masks_benchmark, machine_info, timed, write_payload
 from torch import nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune
@@ -423,16 +423,11 @@ def write_json(
             for r in results
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_payload(path, payload)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (default 5)")
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"output path (default {DEFAULT_JSON})"
-    )
+    parser = base_parser(__doc__, DEFAULT_JSON, repeats=5)
     parser.add_argument("--quick", action="store_true", help="2 layers instead of 12 (smoke test)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument(

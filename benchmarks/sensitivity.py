@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -56,7 +55,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _harness import machine_info, timed
+from _harness import base_parser, machine_info, timed, write_payload
 from torch import Tensor, nn
 
 import funcsparse as fs
@@ -244,13 +243,11 @@ def write_json(
             for r in results
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_payload(path, payload)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (default 3)")
+    parser = base_parser(__doc__, DEFAULT_JSON, repeats=3)
     parser.add_argument(
         "--widths",
         default="32,64,128,256",
@@ -263,9 +260,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="torch.set_num_threads (default: torch's own; 1 is steadier on a shared machine)",
-    )
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"output path (default {DEFAULT_JSON})"
     )
     parser.add_argument(
         "--quick", action="store_true", help="width 32, 1 repeat, 2 x 8 tokens (smoke test)"

@@ -70,7 +70,6 @@ import argparse
 import copy
 import dataclasses
 import gc
-import json
 import os
 import resource
 import statistics
@@ -81,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import machine_info
+from _harness import base_parser, machine_info, write_payload
 from torch import Tensor, nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn import functional as F
@@ -490,16 +489,11 @@ def write_json(
             for name, times in work.items()
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_payload(path, payload)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per side (default 5)")
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"output path (default {DEFAULT_JSON})"
-    )
+    parser = base_parser(__doc__, DEFAULT_JSON, repeats=5)
     parser.add_argument("--quick", action="store_true", help="2 blocks instead of 12 (smoke test)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     args = parser.parse_args(argv)
