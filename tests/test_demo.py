@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -134,3 +136,18 @@ def test_main_bad_arguments_return_2(argv: list[str], capsys: pytest.CaptureFixt
 def test_main_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--help"]) == 0
     assert "--sparsity" in capsys.readouterr().out
+
+
+def test_the_command_line_starts_without_warnings() -> None:
+    # torch's CPU wheels warn "Failed to initialize NumPy" at import when numpy is missing;
+    # the README's set-up installs the `demo` extra (numpy), so a user sees no warning.
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "funcsparse", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--sparsity" in done.stdout
+    assert done.stderr == ""
