@@ -5,18 +5,20 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
-from funcsparse._errors import describe, require_int, require_real
+from funcsparse._errors import describe, require_int, require_real, short_repr
 
 __all__ = [
+    "SUPPORTED_DTYPES",
     "GlobalMethod",
     "LeafProblem",
     "MaskMethod",
+    "data_problem",
     "describe",
     "ranking",
     "registered_methods",
@@ -51,6 +53,65 @@ def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
     """
     scores = data.get("scores")
     return tensor.abs() if scores is None else scores
+
+
+#: The dtypes a leaf (or a data tensor) may have; which of them a method takes is its own
+#: check (most need floating point).
+SUPPORTED_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+)
+_SUPPORTED_SHOWN = "float16, bfloat16, float32, float64 (bool and int where a method takes them)"
+
+
+def _tensor_kind_problem(owner: str, what: str, tensor: Tensor) -> LeafProblem | None:
+    """A layout or dtype that no method handles (sparse, float8, complex, quantized)."""
+    if tensor.layout != torch.strided:
+        return LeafProblem(
+            TypeError,
+            f"{what} with layout {tensor.layout}",
+            f"{owner} needs dense (strided) tensors; convert with .to_dense()",
+        )
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        return LeafProblem(
+            TypeError,
+            f"{what} of dtype {tensor.dtype}",
+            f"{tensor.dtype} is not supported; the supported dtypes are {_SUPPORTED_SHOWN}",
+        )
+    return None
+
+
+def data_problem(tensor: object, data: Mapping[str, Any]) -> LeafProblem | None:
+    """Why ``tensor`` or one of its keyword ``data`` tensors holds no values (meta), or None.
+
+    Meta tensors carry a shape and a dtype but no data, so no mask can be computed from
+    them: a call refuses them with a ValueError.
+
+    Examples:
+        >>> import torch
+        >>> data_problem(torch.zeros(2, device="meta"), {}).need
+        'meta tensors have no data; move it to a real device (cpu, cuda, ...)'
+        >>> data_problem(torch.zeros(2), {"scores": torch.zeros(2)}) is None
+        True
+    """
+    named: list[tuple[str, object]] = [("the tensor", tensor), *data.items()]
+    for what, value in named:
+        if isinstance(value, Tensor) and value.device.type == "meta":
+            return LeafProblem(
+                ValueError,
+                f"{what} on the meta device",
+                f"meta tensors have no data; move {'it' if what == 'the tensor' else what} "
+                "to a real device (cpu, cuda, ...)",
+            )
+    return None
 
 
 # Names of other libraries (torch.ao, nn.utils.prune) for the level, and funcsparse's.
@@ -214,29 +275,71 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
         return self
 
     def __call__(self, tensor: Tensor, /, **data: Any) -> Tensor:
-        problem = self.check_leaf(tensor, **data)
+        problem = self.check_call(tensor, **data)
         if problem is not None:
             name = type(self).__name__
             raise problem.error(f"{name}: got {problem.got}; {problem.need}")
         return self._finish(tensor, data, lambda t, d: self._mask(t, **d))
 
+    def check_call(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        """:meth:`check_leaf`, and that ``tensor`` and its data hold values (not meta).
+
+        A call goes through this; ``fs.compute_masks`` checks shapes on meta stand-ins with
+        :meth:`check_leaf` and the real leaves with :func:`data_problem`.
+        """
+        return data_problem(tensor, data) or self.check_leaf(tensor, **data)
+
     def check_leaf(self, tensor: object, /, **data: Any) -> LeafProblem | None:
-        """Why this method cannot mask ``tensor`` with ``data``, or None when it can."""
+        """Why this method cannot mask ``tensor`` with ``data``, or None when it can.
+
+        The checks every method shares come first: ``tensor`` is a strided torch.Tensor of a
+        supported dtype (not float8, complex or quantized), its keyword data is known to the
+        method, and every data tensor has a supported dtype and sits on ``tensor``'s device.
+        Then ``prev_mask`` and ``scores`` must have the tensor's shape (and be bool /
+        floating), and last the method's own :meth:`leaf_problem`. Shapes and dtypes only:
+        a meta tensor passes here (:meth:`check_call` refuses it).
+        """
         name = type(self).__name__
+        if not isinstance(tensor, Tensor):
+            try:  # the method's own words where it has them ("needs floating-point weights")
+                own = self.leaf_problem(tensor)
+            except Exception:
+                own = None
+            if own is not None and own.error is TypeError:
+                return own
+            return LeafProblem(TypeError, describe(tensor), f"{name} needs a torch.Tensor")
+        problem = _tensor_kind_problem(name, "the tensor", tensor)
+        if problem is not None:
+            return problem
         unknown = sorted(set(data) - self.leaf_data - {"prev_mask"})
         if unknown:
             takes = sorted(self.leaf_data | {"prev_mask"})
-            return LeafProblem(TypeError, f"keyword data {unknown}", f"{name} takes {takes}")
+            return LeafProblem(
+                TypeError, f"keyword data {short_repr(unknown)}", f"{name} takes {takes}"
+            )
         for key, value in data.items():
-            if value is None or key not in ("prev_mask", "scores"):
+            if not isinstance(value, Tensor):
+                if value is not None and key in ("prev_mask", "scores"):
+                    return LeafProblem(
+                        TypeError, f"{key}={describe(value)}", f"{key} must be a tensor"
+                    )
                 continue
-            if not isinstance(value, Tensor) or not isinstance(tensor, Tensor):
-                return LeafProblem(TypeError, f"{key}={describe(value)}", f"{key} must be a tensor")
+            problem = _tensor_kind_problem(name, key, value)
+            if problem is not None:
+                return problem
+            if value.device != tensor.device:
+                return LeafProblem(
+                    ValueError,
+                    f"{key} on {value.device} for a tensor on {tensor.device}",
+                    f"{key} must be on the tensor's device",
+                )
+            if key not in ("prev_mask", "scores"):
+                continue
             if value.shape != tensor.shape:
                 return LeafProblem(
                     ValueError,
-                    f"{key} of shape {tuple(value.shape)} for a tensor of shape "
-                    f"{tuple(tensor.shape)}",
+                    f"{key} of shape {short_repr(tuple(value.shape))} for a tensor of shape "
+                    f"{short_repr(tuple(tensor.shape))}",
                     f"{key} must have the tensor's shape",
                 )
             if key == "prev_mask" and value.dtype != torch.bool:
@@ -305,7 +408,7 @@ class GlobalMethod(MaskMethod):
         if group is not None:
             raise group.error(f"{name}: got {group.got}; {group.need}")
         for i, (tensor, leaf_data) in enumerate(zip(tensors, data, strict=True)):
-            problem = self.check_leaf(tensor, **leaf_data)
+            problem = self.check_call(tensor, **leaf_data)
             if problem is not None:
                 name = type(self).__name__
                 raise problem.error(f"{name}: tensor {i}: got {problem.got}; {problem.need}")
