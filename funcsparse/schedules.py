@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
-from funcsparse._errors import require_int, require_real
+from funcsparse._errors import describe, require_finite, require_int, require_real, short_repr
 
 __all__ = [
     "Schedule",
@@ -62,21 +62,21 @@ def _fraction(owner: str, name: str, value: object) -> float:
     """``value`` as a float in ``[0, 1]``, or a TypeError/ValueError naming ``name``."""
     fraction = require_real(owner, name, value)
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"{owner}: {name}={value!r} must be in [0, 1]")
+        raise ValueError(f"{owner}: {name}={short_repr(value)} must be in [0, 1]")
     return fraction
 
 
 def _non_negative(owner: str, name: str, value: object) -> int:
     number = require_int(owner, name, value)
     if number < 0:
-        raise ValueError(f"{owner}: {name}={number} must be non-negative")
+        raise ValueError(f"{owner}: {name}={short_repr(number)} must be non-negative")
     return number
 
 
 def _positive(owner: str, name: str, value: object) -> int:
     number = require_int(owner, name, value)
     if number <= 0:
-        raise ValueError(f"{owner}: {name}={number} must be positive")
+        raise ValueError(f"{owner}: {name}={short_repr(number)} must be positive")
     return number
 
 
@@ -95,7 +95,9 @@ class _Schedule:
         signature = inspect.signature(cls.__init__)
         unknown = [key for key in kwargs if key not in signature.parameters]
         # A misspelled argument first: one_shot(step=5) misspells ``at``, it does not omit it.
-        problem = f"got an unexpected keyword argument {unknown[0]!r}" if unknown else None
+        problem = (
+            f"got an unexpected keyword argument {short_repr(unknown[0])}" if unknown else None
+        )
         if problem is None:
             try:
                 signature.bind(None, *args, **kwargs)
@@ -131,16 +133,20 @@ def _check_ramp(schedule: linear | polynomial) -> None:
     begin = _non_negative(owner, "begin_step", schedule.begin_step)
     end = require_int(owner, "end_step", schedule.end_step)
     if end <= begin:
+        shown = short_repr(begin)
         hint = (
-            f" (for one jump to the full level, use one_shot(at={begin}))" if end == begin else ""
+            f" (for one jump to the full level, use one_shot(at={shown}))" if end == begin else ""
         )
-        raise ValueError(f"{owner}: end_step={end} must be greater than begin_step={begin}{hint}")
+        raise ValueError(
+            f"{owner}: end_step={short_repr(end)} must be greater than begin_step={shown}{hint}"
+        )
     every = _positive(owner, "every", schedule.every)
     initial = _fraction(owner, "initial", schedule.initial)
     final = _fraction(owner, "final", schedule.final)
     if final < initial:
         raise ValueError(
-            f"{owner}: final={schedule.final!r} is less than initial={schedule.initial!r}; "
+            f"{owner}: final={short_repr(schedule.final)} is less than "
+            f"initial={short_repr(schedule.initial)}; "
             "decreasing targets are not supported (a schedule's level never decreases)"
         )
     for name, value in dict(begin_step=begin, end_step=end, every=every).items():
@@ -406,7 +412,9 @@ class polynomial(_Schedule):
         _check_ramp(self)
         power = require_real("polynomial", "power", self.power)
         if not (math.isfinite(power) and power > 0):
-            raise ValueError(f"polynomial: power={self.power!r} must be finite and positive")
+            raise ValueError(
+                f"polynomial: power={short_repr(self.power)} must be finite and positive"
+            )
 
     def __call__(self, step: int) -> float:
         """The fraction of each rule's level at training step ``step``."""
@@ -429,13 +437,6 @@ class polynomial(_Schedule):
 
 
 # -- torch.ao's arithmetic ------------------------------------------------------------------
-
-
-def _finite(owner: str, name: str, value: object) -> float:
-    number = require_real(owner, name, value)
-    if not math.isfinite(number):
-        raise ValueError(f"{owner}: {name}={value!r} must be finite")
-    return number
 
 
 def cubic_sparsity(
@@ -507,21 +508,26 @@ def cubic_sparsity(
     require_int(owner, "initial_step", initial_step)
     _positive(owner, "delta_steps", delta_steps)
     _positive(owner, "total_steps", total_steps)
-    _finite(owner, "initial_sparsity", initial_sparsity)
-    _finite(owner, "final_sparsity", final_sparsity)
+    require_finite(owner, "initial_sparsity", initial_sparsity)
+    require_finite(owner, "final_sparsity", final_sparsity)
     if not isinstance(initially_zero, bool):
-        raise TypeError(
-            f"{owner}: initially_zero must be a bool, got "
-            f"{type(initially_zero).__name__} {initially_zero!r}"
-        )
+        raise TypeError(f"{owner}: initially_zero must be a bool, got {describe(initially_zero)}")
     # The arithmetic of torch.ao's CubicSL.sparsity_compute_fn, on the arguments as given.
     if initially_zero and step < initial_step:
         return 0
-    level = (
-        final_sparsity
-        + (initial_sparsity - final_sparsity)
-        * (1.0 - (step - initial_step) / (delta_steps * total_steps)) ** 3
-    )
+    try:
+        level = (
+            final_sparsity
+            + (initial_sparsity - final_sparsity)
+            * (1.0 - (step - initial_step) / (delta_steps * total_steps)) ** 3
+        )
+    except OverflowError:
+        # Steps so far from initial_step that the cube leaves floats: the clamp's limits.
+        # Past the end the level is final (initial when final < initial); before the start
+        # it is initial, as the clamp gives for any step there.
+        if step >= initial_step:
+            return max(initial_sparsity, final_sparsity)
+        return initial_sparsity
     return max(initial_sparsity, min(final_sparsity, level))
 
 
@@ -547,7 +553,5 @@ def lambda_sparsity(step: int, *, final_sparsity: float, factor: Callable[[int],
     """
     require_real("lambda_sparsity", "final_sparsity", final_sparsity)
     if not callable(factor):
-        raise TypeError(
-            f"lambda_sparsity: factor must be callable, got {type(factor).__name__} {factor!r}"
-        )
+        raise TypeError(f"lambda_sparsity: factor must be callable, got {describe(factor)}")
     return final_sparsity * factor(step)

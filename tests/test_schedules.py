@@ -462,3 +462,118 @@ def test_lambda_sparsity() -> None:
         TypeError, match=re.escape("lambda_sparsity: factor must be callable, got float 0.5")
     ):
         lambda_sparsity(1, final_sparsity=0.5, factor=0.5)
+
+
+# -- hostile arguments (issue 9): only TypeError/ValueError, at construction, named ---------
+
+HUGE = 10**400
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda: schedules.constant(every=0), ValueError, r"constant: every=0 must be positive"),
+        (lambda: schedules.constant(HUGE), ValueError, r"constant: value=1000.*too large"),
+        (lambda: schedules.constant(math.inf), ValueError, r"constant: value=inf must be in"),
+        (lambda: schedules.constant("0.5"), TypeError, r"constant: value must be a real"),
+        (lambda: schedules.one_shot(at=-1), ValueError, r"one_shot: at=-1 must be non-neg"),
+        (lambda: schedules.one_shot(at=None), TypeError, r"one_shot: at must be an int"),
+        (
+            lambda: schedules.linear(begin_step=0, end_step=10, every=0),
+            ValueError,
+            r"linear: every=0 must be positive",
+        ),
+        (
+            lambda: schedules.linear(begin_step=0, end_step=10, every=-3),
+            ValueError,
+            r"linear: every=-3 must be positive",
+        ),
+        (
+            lambda: schedules.linear(begin_step=0, end_step=0),
+            ValueError,
+            r"linear: end_step=0 must be greater than begin_step=0",
+        ),
+        (
+            lambda: schedules.linear(begin_step=0, end_step=10, initial=math.nan),
+            ValueError,
+            r"linear: initial must not be NaN",
+        ),
+        (
+            lambda: schedules.linear(begin_step=0.0, end_step=10),
+            TypeError,
+            r"linear: begin_step must be an int, got float 0.0",
+        ),
+        (
+            lambda: schedules.polynomial(begin_step=0, end_step=10, power=HUGE),
+            ValueError,
+            r"polynomial: power=1000.*\.\.\..*too large for a float",
+        ),
+        (
+            lambda: schedules.polynomial(begin_step=0, end_step=10, power=math.inf),
+            ValueError,
+            r"polynomial: power=inf must be finite",
+        ),
+        (
+            lambda: schedules.cubic_sparsity(
+                0, initial_sparsity=0.0, final_sparsity=0.5, delta_steps=0
+            ),
+            ValueError,
+            r"cubic_sparsity: delta_steps=0 must be positive",
+        ),
+        (
+            lambda: schedules.cubic_sparsity(
+                0, initial_sparsity=0.0, final_sparsity=0.5, total_steps=0
+            ),
+            ValueError,
+            r"cubic_sparsity: total_steps=0 must be positive",
+        ),
+        (
+            lambda: schedules.cubic_sparsity(0, initial_sparsity=0.0, final_sparsity=HUGE),
+            ValueError,
+            r"cubic_sparsity: final_sparsity=1000.*too large",
+        ),
+    ],
+)
+def test_hostile_arguments_raise_named_errors(
+    build: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as info:
+        build()
+    assert len(str(info.value)) < 300  # a 10**400 is shown shortened
+
+
+def test_huge_steps_never_overflow() -> None:
+    ramp = schedules.linear(begin_step=0, end_step=HUGE, every=3)
+    assert 0.0 <= ramp(10**399) <= 1.0
+    assert ramp(HUGE) == 1.0 and ramp.is_update_step(HUGE)
+    curve = schedules.polynomial(begin_step=0, end_step=HUGE, power=1e300)
+    assert curve(10**399) == 1.0
+    for step in (HUGE, -HUGE, 10**200):
+        level = schedules.cubic_sparsity(
+            step, initial_sparsity=0.1, final_sparsity=0.8, delta_steps=1, total_steps=1
+        )
+        assert level == (0.8 if step > 0 else 0.1)
+    # final below initial: the clamp gives the initial level throughout, as torch.ao does
+    assert schedules.cubic_sparsity(HUGE, initial_sparsity=0.8, final_sparsity=0.1) == 0.8
+
+
+@given(
+    step=st.integers(-(10**6), 10**6),
+    t0=st.integers(-100, 100),
+    delta=st.integers(1, 50),
+    n=st.integers(1, 50),
+    s0=st.floats(0, 1),
+    sf=st.floats(0, 1),
+)
+def test_cubic_overflow_limits_agree_with_torch_ao_far_out(
+    step: int, t0: int, delta: int, n: int, s0: float, sf: float
+) -> None:
+    # The overflow branch returns the clamp's limit; far-out steps that still fit a float
+    # must give that same limit through torch.ao's own arithmetic.
+    far = step * 10**8 if step else 10**14
+    ours = cubic_sparsity(far, initial_sparsity=s0, final_sparsity=sf, initial_step=t0,
+                          delta_steps=delta, total_steps=n)  # fmt: skip
+    ao = CubicSL.sparsity_compute_fn(s0, sf, far, t0, delta, n, False)
+    assert ours == ao
+    limit = max(s0, sf) if far >= t0 else s0
+    assert ours == limit

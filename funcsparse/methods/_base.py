@@ -6,6 +6,7 @@ import abc
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -234,13 +235,18 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
             ValueError: ``fraction`` is not in [0, 1].
         """
         name = type(self).__name__
+        fraction = require_real(f"{name}.scaled", "fraction", fraction)
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"{name}.scaled: fraction must be in [0, 1], got {fraction!r}")
         if fraction == 1.0:
             return self
         count = getattr(self, "count", None)
         if count is not None:
-            return dataclasses.replace(self, count=round(count * fraction))  # type: ignore[type-var]
+            try:
+                scaled_count = round(count * fraction)
+            except OverflowError:  # a count beyond floats: scale it exactly
+                scaled_count = round(Fraction(count) * Fraction(fraction))
+            return dataclasses.replace(self, count=scaled_count)  # type: ignore[type-var]
         field = self.level_field
         if field is None:
             raise TypeError(

@@ -13,9 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from funcsparse._errors import short_repr
 from funcsparse.methods._base import LeafProblem, describe, usage
 
+#: The largest count a method accepts: no tensor has more entries (torch counts in int64).
+MAX_COUNT = 2**63 - 1
+
 __all__ = [
+    "MAX_COUNT",
     "check_sparsity",
     "count_problem",
     "count_to_prune",
@@ -38,18 +43,21 @@ def check_sparsity(owner: str, sparsity: object, *, count_too: bool = False) -> 
         ValueError: NaN or outside [0, 1].
     """
     if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
-        raise TypeError(
-            f"{owner}: sparsity must be a fraction in [0, 1], got "
-            f"{type(sparsity).__name__} {sparsity!r}"
-        )
+        raise TypeError(f"{owner}: sparsity must be a fraction in [0, 1], got {describe(sparsity)}")
     if count_too and isinstance(sparsity, numbers.Integral) and sparsity != 0:
+        shown = short_repr(sparsity)
         raise TypeError(
-            f"{owner}: sparsity={sparsity} is an int; sparsity is a fraction (write "
-            f"{sparsity}.0), a number to prune is count={sparsity}"
+            f"{owner}: sparsity={shown} is an int; sparsity is a fraction (write "
+            f"{shown}.0), a number to prune is count={shown}"
         )
-    value = float(sparsity)
+    try:
+        value = float(sparsity)
+    except (OverflowError, ValueError):
+        value = math.nan
     if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{owner}: sparsity must be a fraction in [0, 1], got {sparsity!r}")
+        raise ValueError(
+            f"{owner}: sparsity must be a fraction in [0, 1], got {short_repr(sparsity)}"
+        )
     return value
 
 
@@ -74,10 +82,15 @@ def set_level(method: Any, *, what: str = "entries") -> None:
         if isinstance(count, bool) or not isinstance(count, numbers.Integral):
             raise TypeError(
                 f"{owner}: count must be an int (a number of {what}), got "
-                f"{type(count).__name__} {count!r}; for a fraction use sparsity="
+                f"{describe(count)}; for a fraction use sparsity="
             )
         if count < 0:
-            raise ValueError(f"{owner}: count={count} must be a non-negative number")
+            raise ValueError(f"{owner}: count={short_repr(count)} must be a non-negative number")
+        if count > MAX_COUNT:
+            raise ValueError(
+                f"{owner}: count={short_repr(count)} is more than any tensor holds "
+                f"(at most 2**63 - 1 {what})"
+            )
         object.__setattr__(method, "count", int(count))
         return
     object.__setattr__(method, "sparsity", check_sparsity(owner, sparsity, count_too=True))
