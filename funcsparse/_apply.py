@@ -10,6 +10,7 @@ hold inf or NaN, and kept entries keep their exact bits.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -45,11 +46,7 @@ def _checked_masks(
     try:
         mask_leaves = leaves_like(spec, masks)
     except ValueError:
-        raise ValueError(
-            f"{function}: masks do not have the structure of params "
-            f"({describe_structure_mismatch(spec, masks)}); build them with "
-            "fs.compute_masks(params, rules)"
-        ) from None
+        mask_leaves = _partial_flat(params, paths, spec, masks, function=function)
     for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
         if mask is None:
             continue
@@ -71,6 +68,33 @@ def _checked_masks(
                 f"{leaf.device}"
             )
     return paths, leaves, mask_leaves, spec
+
+
+def _partial_flat(
+    params: Any, paths: list[str], spec: PyTreeSpec, masks: Any, *, function: str
+) -> list[Any]:
+    """The mask leaves of a dict of masks for some keys of a flat dict of params.
+
+    A flat dict (every value a tensor, as ``dict(model.named_parameters())``) may be masked
+    by a dict that holds only the masked keys: a key it leaves out is not masked. Any other
+    pytree of masks needs an entry, None where unmasked, at every leaf of ``params``.
+    """
+    flat = isinstance(params, Mapping) and len(params) == len(paths) and set(params) == set(paths)
+    if flat and isinstance(masks, Mapping):
+        extra = [key for key in masks if key not in params]
+        if not extra:
+            return [masks.get(path) for path in paths]
+        shown = [k if isinstance(k, str) and len(k) <= 80 else describe(k) for k in extra[:5]]
+        raise ValueError(
+            f"{function}: masks has keys that are not keys of params: {shown} "
+            f"({len(extra)} in all); params has {len(paths)} keys, e.g. {paths[:5]}"
+        )
+    raise ValueError(
+        f"{function}: masks do not have the structure of params "
+        f"({describe_structure_mismatch(spec, masks)}); give a mask or None at every "
+        "leaf of params (None: unmasked), as fs.compute_masks(params, rules) returns them"
+        + ("" if flat else ", or use a flat dict of params and a dict of some of its masks")
+    )
 
 
 def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Tensor:
@@ -191,7 +215,16 @@ def apply_masks_(params: Any, masks: Any) -> Any:
         ValueError: as :func:`apply_masks`.
         TypeError: as :func:`apply_masks`.
     """
-    _, leaves, mask_leaves, _ = _checked_masks(params, masks, function="apply_masks_")
+    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function="apply_masks_")
+    for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
+        if mask is not None and any(
+            stride == 0 and size > 1 for stride, size in zip(leaf.stride(), leaf.shape, strict=True)
+        ):
+            raise ValueError(
+                f"apply_masks_: the leaf at {path!r} is {describe(leaf)} whose entries share "
+                "memory (an expanded tensor, stride 0); it cannot be masked in place: use "
+                "fs.apply_masks, or pass leaf.contiguous()"
+            )
     with torch.no_grad():
         for leaf, mask in zip(leaves, mask_leaves, strict=True):
             if mask is not None:
@@ -262,7 +295,24 @@ def functional_call(
             not fit ``params`` (see :func:`apply_masks`).
         TypeError: as :func:`apply_masks`.
     """
-    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function="functional_call")
+    function = "functional_call"
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{function}: module must be a torch.nn.Module, got {describe(module)}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"{function}: kwargs must be a dict or None, got {describe(kwargs)}")
+    for name, flag in (
+        ("straight_through", straight_through),
+        ("strict", strict),
+        ("tie_weights", tie_weights),
+    ):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
+    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function=function)
+    for path, leaf in zip(paths, leaves, strict=True):
+        if not isinstance(leaf, Tensor):
+            raise TypeError(
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; params holds tensors"
+            )
     known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
     known.update(name for name, _ in module.named_buffers(remove_duplicate=False))
     unknown = [path for path in paths if path not in known]

@@ -17,7 +17,7 @@ from funcsparse._tree import (
 )
 from funcsparse.methods._base import GlobalMethod, MaskMethod, describe, require_int
 
-__all__ = ["compute_masks", "data_per_leaf"]
+__all__ = ["compute_masks", "data_per_leaf", "masks_with_data"]
 
 
 def compute_masks(
@@ -76,6 +76,26 @@ def compute_masks(
             not have ``params``' structure, or a matched leaf has a shape its method cannot
             handle. The message names the rule, the method, the leaf path and the value.
     """
+    return masks_with_data(
+        params, rules, batch_dims=batch_dims, prev_masks=prev_masks, leaf_data=leaf_data
+    )
+
+
+def masks_with_data(
+    params: Any,
+    rules: Mapping[str, MaskMethod | None],
+    *,
+    batch_dims: int = 0,
+    prev_masks: Any = None,
+    leaf_data: dict[str, Any],
+    partial: frozenset[str] = frozenset(),
+) -> Any:
+    """:func:`compute_masks`, for callers that merge data trees of their own (``fs.Pruner``).
+
+    ``partial`` names the data trees that may hold None where a method reads them (a tree
+    the caller assembled from several sources, e.g. state scores at some leaves only); every
+    other tree must cover every leaf whose method reads it.
+    """
     batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
     if batch_dims < 0:
         raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
@@ -94,6 +114,7 @@ def compute_masks(
         if assigned is not None and method is not None:
             where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
             _check_leaf(where, path, method, leaf, leaf_kwargs, batch_dims)
+    _check_coverage(paths, assignments, methods, data, leaf_data, partial)
     groups: dict[str, tuple[GlobalMethod, list[int]]] = {}
     for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
         if assigned is not None and isinstance(method, GlobalMethod):
@@ -156,6 +177,44 @@ def _check_leaf(
         problem = _first_member_problem(method, leaf, leaf_kwargs, batch_dims)
     if problem is not None:
         raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
+
+
+def _check_coverage(
+    paths: list[str],
+    assignments: list[Any],
+    methods: list[MaskMethod | None],
+    data: list[dict[str, Any]],
+    leaf_data: dict[str, Any],
+    partial: frozenset[str],
+) -> None:
+    """Raise if a data tree given for the params is None where a matched method reads it.
+
+    A method that reads ``scores`` where they are given falls back to the weights without
+    them; a tree of scores with a None entry at such a leaf (a leaf calibration never saw)
+    would make that fallback silent.
+    """
+    for name, tree in leaf_data.items():
+        if tree is None or name in partial or name == "prev_mask":
+            continue
+        missing: dict[str, tuple[str, list[str]]] = {}
+        for path, assigned, method, leaf_kwargs in zip(
+            paths, assignments, methods, data, strict=True
+        ):
+            if assigned is None or method is None or name not in method.leaf_data:
+                continue
+            if name not in leaf_kwargs:
+                entry = missing.setdefault(assigned.key, (type(method).__name__, []))
+                entry[1].append(path)
+        for key, (method_name, where) in missing.items():
+            shown = where if len(where) <= 8 else [*where[:8], f"... ({len(where)} in all)"]
+            fallback = "rank the weights" if name == "scores" else f"run without {name}"
+            hint = " (fs.magnitude_scores(params) gives |w|)" if name == "scores" else ""
+            raise ValueError(
+                f"compute_masks: {name} is None at {shown}, which rule {key!r} "
+                f"({method_name}) matches; a {name} tree must give every leaf the rule "
+                f"matches a value (where None, {method_name} would silently {fallback}). "
+                f"Give {name} there{hint}, or match those leaves with another rule"
+            )
 
 
 class _naming:

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from torch import Tensor
 
-from funcsparse._compute import compute_masks, data_per_leaf
+from funcsparse._compute import data_per_leaf, masks_with_data
 from funcsparse._rules import Assignment, assign_rules
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like, unflatten
 from funcsparse.methods._base import MaskMethod, describe, require_int
@@ -205,9 +205,17 @@ class Pruner:
                 key: None if method is None else method.scaled(fraction)
                 for key, method in self.rules.items()
             }
-            data = self._leaf_data(paths, spec, methods, method_state, leaf_data)
+            data, merged = self._leaf_data(paths, spec, methods, method_state, leaf_data)
             prev = None if self.regrow else state["masks"]
-            masks_tree = compute_masks(params, rules, prev_masks=prev, **data)
+            # A tree merged from the methods' states alone holds None at the other leaves;
+            # a tree the caller gave (merged or not) must cover every leaf that reads it.
+            masks_tree = masks_with_data(
+                params,
+                rules,
+                prev_masks=prev,
+                leaf_data=data,
+                partial=frozenset(name for name in merged if leaf_data.get(name) is None),
+            )
         else:
             masks_tree = state["masks"]
         new_state = PrunerState(
@@ -317,15 +325,16 @@ class Pruner:
         methods: list[MaskMethod | None],
         method_state: list[Any],
         leaf_data: dict[str, Any],
-    ) -> dict[str, Any]:
-        """The user's per-leaf data, with what the methods' states provide merged in."""
+    ) -> tuple[dict[str, Any], set[str]]:
+        """The user's per-leaf data, with what the methods' states provide merged in, and
+        the names of the merged trees."""
         from_state = [
             {} if method is None else method.state_data(entry)
             for method, entry in zip(methods, method_state, strict=True)
         ]
         names = {name for entry in from_state for name in entry}
         if not names:
-            return leaf_data
+            return leaf_data, names
         named = {k: v for k, v in leaf_data.items() if k in names}
         given = data_per_leaf(spec, named, len(methods), function="Pruner.update")
         merged: dict[str, Any] = dict(leaf_data)
@@ -339,4 +348,4 @@ class Pruner:
                     )
                 entries.append(mine.get(name, theirs.get(name)))
             merged[name] = unflatten(spec, entries)
-        return merged
+        return merged, names

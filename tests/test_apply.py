@@ -391,7 +391,12 @@ def test_mask_errors(function: str) -> None:
         ),
     ):
         call({"0.weight": torch.ones(8, 6)})
-    with pytest.raises(ValueError, match=f"{function}: masks do not have the structure of params"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{function}: masks has keys that are not keys of params: ['0.bias'] (1 in all)"
+        ),
+    ):
         call({"0.weight": None, "0.bias": None})
     with pytest.raises(ValueError, match=f"{function}: masks do not have the structure of params"):
         call([torch.ones(8, 6, dtype=torch.bool)])
@@ -405,11 +410,16 @@ def test_a_masked_leaf_that_is_not_a_tensor_is_an_error() -> None:
 
 
 def test_structure_mismatch_message_is_short_and_names_paths() -> None:
-    params = {f"{i}.weight": torch.randn(64, 64) for i in range(20)}
-    masks = {f"{i}.weight": torch.ones(64, 64, dtype=torch.bool) for i in range(19)}
-    with pytest.raises(ValueError, match=r"missing \['19\.weight'\], unexpected \[\]") as info:
+    params = {"layers": [{"weight": torch.randn(64, 64)} for i in range(20)]}
+    masks = {"layers": [{"weight": torch.ones(64, 64, dtype=torch.bool)} for i in range(19)]}
+    with pytest.raises(
+        ValueError, match=r"missing \['layers\.19\.weight'\], unexpected \[\]"
+    ) as info:
         fs.apply_masks(params, masks)
     assert len(str(info.value)) < 400
+    flat = {f"{i}.weight": torch.randn(64, 64) for i in range(20)}
+    some = {f"{i}.weight": torch.ones(64, 64, dtype=torch.bool) for i in range(19)}
+    assert fs.apply_masks(flat, some)["19.weight"] is flat["19.weight"]  # a flat dict: unmasked
 
 
 # --- the fast loop: dense steps on projected params follow masked training exactly -----------
@@ -558,3 +568,38 @@ def test_in_place_projection_of_a_leaf_larger_than_its_chunks(dtype: torch.dtype
     bits = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
     assert torch.equal(leaf[mask].view(bits[dtype]), expected[mask].view(bits[dtype]))
     assert bool((leaf[~mask].view(bits[dtype]) == 0).all())  # +0.0 exactly, bit for bit
+
+
+# -- a dict of some masks for a flat dict of params (issue 9) ------------------------------
+
+
+def test_a_flat_dict_of_params_takes_a_dict_of_some_masks() -> None:
+    model = mlp()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    mask = torch.rand(params["0.weight"].shape) > 0.5
+    full = {k: (mask if k == "0.weight" else None) for k in params}
+    partial = {"0.weight": mask}
+    x = torch.randn(3, 6)
+    assert torch.equal(
+        fs.functional_call(model, params, partial, (x,)),
+        fs.functional_call(model, params, full, (x,)),
+    )
+    out = fs.apply_masks(params, partial)
+    assert torch.equal(out["0.weight"], fs.apply_masks(params, full)["0.weight"])
+    assert all(out[k] is params[k] for k in params if k != "0.weight")
+    copy = {k: v.clone() for k, v in params.items()}
+    fs.apply_masks_(copy, partial)
+    assert torch.equal(copy["0.weight"], out["0.weight"])
+    assert fs.apply_masks(params, {}) is not None  # no masks: every leaf unmasked
+
+
+def test_a_nested_pytree_needs_an_entry_at_every_leaf() -> None:
+    params = {"layer": {"w": torch.ones(2, 2), "b": torch.ones(2)}}
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "apply_masks: masks do not have the structure of params (missing ['layer.b'], "
+            "unexpected []); give a mask or None at every leaf of params (None: unmasked)"
+        ),
+    ):
+        fs.apply_masks(params, {"layer": {"w": torch.ones(2, 2, dtype=torch.bool)}})

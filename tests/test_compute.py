@@ -168,3 +168,51 @@ def test_a_global_group_needs_one_device() -> None:
         match=r"got tensors on devices \['cpu', 'meta'\] over \['a', 'b'\]; a global selection needs one device",
     ):
         fs.compute_masks(params, {"*": fs.GlobalMagnitude(sparsity=0.5)})
+
+
+# -- a data tree with None where a method reads it (issue 9) --------------------------------
+
+
+def test_scores_none_at_a_leaf_the_rule_matches_is_an_error() -> None:
+    torch.manual_seed(0)
+    params = {"a": torch.randn(4, 4), "b": torch.randn(4, 4), "c": torch.randn(4)}
+    scores = {"a": torch.randn(4, 4), "b": None, "c": None}
+    for method in (fs.Magnitude(0.5), WN, fs.NM(n=2, m=4), fs.GlobalMagnitude(0.5)):
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f"compute_masks: scores is None at ['b'], which rule '[ab]' "
+                f"({type(method).__name__}) matches; a scores tree must give every leaf the "
+                f"rule matches a value (where None, {type(method).__name__} would silently "
+                "rank the weights)"
+            ),
+        ):
+            fs.compute_masks(params, {"[ab]": method}, scores=scores)
+    # Scores everywhere the rules read them: fine; None where no rule (or rule None) applies.
+    full = {**scores, "b": params["b"].abs()}
+    masks = fs.compute_masks(params, {"a": fs.Magnitude(0.5), "b": fs.Magnitude(0.5)}, scores=full)
+    assert torch.equal(masks["b"], fs.Magnitude(0.5)(params["b"]))
+    masks = fs.compute_masks(params, {"a": fs.Magnitude(0.5), "b": None}, scores=scores)
+    assert masks["b"] is None and masks["a"] is not None
+    # Methods that read no scores ignore the tree: None there is fine.
+    fs.compute_masks(params, {"a": fs.Magnitude(0.5), "b": fs.NearlyDiagonal()}, scores=scores)
+
+
+def test_the_missing_leaves_are_listed_and_bounded() -> None:
+    params = {f"w{i:02d}": torch.randn(2, 2) for i in range(20)}
+    scores: dict[str, Any] = dict.fromkeys(params)
+    with pytest.raises(ValueError) as err:
+        fs.compute_masks(params, {"w*": fs.Magnitude(0.5)}, scores=scores)
+    message = str(err.value)
+    assert "['w00', 'w01', 'w02', 'w03', 'w04', 'w05', 'w06', 'w07', '... (20 in all)']" in message
+    assert len(message) < 500
+
+
+def test_a_generator_tree_must_cover_the_random_leaves() -> None:
+    params = {"a": torch.randn(4, 4), "b": torch.randn(4, 4)}
+    with pytest.raises(
+        ValueError, match=r"generator is None at \['b'\], which rule '\*' \(Random\)"
+    ):
+        fs.compute_masks(
+            params, {"*": fs.Random(0.5)}, generator={"a": torch.Generator(), "b": None}
+        )

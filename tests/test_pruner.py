@@ -472,3 +472,19 @@ def test_compiled_training_step_does_not_recompile_between_mask_updates() -> Non
     for key in params:
         assert torch.allclose(params[key], eager_params[key], atol=1e-6)
     assert math.isclose(state["fraction"], 1.0)
+
+
+def test_state_scores_do_not_trip_the_coverage_check_but_given_scores_are_checked() -> None:
+    torch.manual_seed(0)
+    params = {"a": torch.randn(4, 4), "b": torch.randn(4, 4)}
+    grads = {"a": torch.randn(4, 4), "b": None}
+    pruner = fs.Pruner({"a": fs.Movement(0.5), "b": fs.Magnitude(0.5)})
+    masks, _ = pruner.update(params, pruner.init(params), grads=grads)
+    assert torch.equal(masks["b"], fs.Magnitude(0.5)(params["b"]))  # no scores given: |w|
+    with pytest.raises(
+        ValueError, match=r"compute_masks: scores is None at \['b'\], which rule 'b' \(Magnitude\)"
+    ):
+        pruner.update(params, pruner.init(params), grads=grads, scores={"a": None, "b": None})
+    given = {"a": None, "b": -params["b"]}
+    masks, _ = pruner.update(params, pruner.init(params), grads=grads, scores=given)
+    assert torch.equal(masks["b"], fs.Magnitude(0.5)(params["b"], scores=-params["b"]))

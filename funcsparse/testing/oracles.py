@@ -34,7 +34,8 @@ def _stored_mask(model: nn.Module) -> Tensor:
 
 def _linear_with(weight: Tensor) -> nn.Sequential:
     height, width = weight.shape
-    linear = nn.Linear(width, height, bias=False, dtype=weight.dtype)
+    # Built without initialisation: the global torch RNG is never advanced by an oracle.
+    linear = nn.utils.skip_init(nn.Linear, width, height, bias=False, dtype=weight.dtype)
     with torch.no_grad():
         linear.weight.copy_(weight)
     return nn.Sequential(linear)

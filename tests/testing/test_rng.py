@@ -1,0 +1,31 @@
+"""funcsparse.testing leaves the global torch RNG where it found it (issue 9)."""
+
+from __future__ import annotations
+
+import torch
+
+import funcsparse as fs
+from funcsparse.testing import check_leaf_mask, check_masks
+from funcsparse.testing.oracles import torch_ao_mask
+
+
+def test_check_masks_and_the_oracles_do_not_advance_the_global_rng() -> None:
+    weight = torch.arange(1.0, 33.0).reshape(4, 8) * torch.tensor([1.0, -1.0] * 4)
+    params = {"w": weight, "b": torch.ones(4)}
+    methods = (
+        fs.WeightNorm(0.5),
+        fs.WeightNorm(0.5, sparse_block_shape=(1, 4), zeros_per_block=2),
+        fs.NearlyDiagonal(nearliness=3),
+        fs.NM(n=2, m=4),
+        fs.Magnitude(0.5),
+        fs.Random(0.5),
+        fs.GlobalMagnitude(0.5),
+    )
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    for method in methods:
+        check_masks(params, {"w": method})
+        check_leaf_mask(method, weight, method(weight))
+        torch_ao_mask(method, weight)
+        assert torch.equal(torch.random.get_rng_state(), state), type(method).__name__
+    assert torch.equal(torch.rand(3), torch.random.manual_seed(1234) and torch.rand(3))
