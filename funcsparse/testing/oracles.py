@@ -35,7 +35,7 @@ def _stored_mask(model: nn.Module) -> Tensor:
 def _linear_with(weight: Tensor) -> nn.Sequential:
     height, width = weight.shape
     # Built without initialisation: the global torch RNG is never advanced by an oracle.
-    linear = nn.utils.skip_init(nn.Linear, width, height, bias=False, dtype=weight.dtype)
+    linear = nn.utils.skip_init(nn.Linear, width, height, bias=False, dtype=weight.dtype)  # type: ignore[no-untyped-call]
     with torch.no_grad():
         linear.weight.copy_(weight)
     return nn.Sequential(linear)
