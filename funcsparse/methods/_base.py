@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any, ClassVar, NamedTuple
@@ -235,9 +236,15 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
             ValueError: ``fraction`` is not in [0, 1].
         """
         name = type(self).__name__
-        fraction = require_real(f"{name}.scaled", "fraction", fraction)
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"{name}.scaled: fraction must be in [0, 1], got {fraction!r}")
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+            raise TypeError(
+                f"{name}.scaled: fraction must be a real number, got {describe(fraction)}"
+            )
+        if not 0.0 <= fraction <= 1.0:  # NaN fails too
+            raise ValueError(
+                f"{name}.scaled: fraction must be in [0, 1], got {short_repr(fraction)}"
+            )
+        fraction = float(fraction)
         if fraction == 1.0:
             return self
         count = getattr(self, "count", None)
@@ -246,14 +253,14 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
                 scaled_count = round(count * fraction)
             except OverflowError:  # a count beyond floats: scale it exactly
                 scaled_count = round(Fraction(count) * Fraction(fraction))
-            return dataclasses.replace(self, count=scaled_count)  # type: ignore[type-var]
+            return dataclasses.replace(self, count=scaled_count)
         field = self.level_field
         if field is None:
             raise TypeError(
                 f"{name} has no level that a schedule can scale; prune it without a schedule"
             )
         scaled = float(getattr(self, field)) * fraction
-        return dataclasses.replace(self, **{field: scaled})  # type: ignore[type-var]
+        return dataclasses.replace(self, **{field: scaled})
 
     # -- state carried between pruning steps (fs.Pruner); stateless by default -----------
 

@@ -84,14 +84,15 @@ def set_level(method: Any, *, what: str = "entries") -> None:
                 f"{owner}: count must be an int (a number of {what}), got "
                 f"{describe(count)}; for a fraction use sparsity="
             )
-        if count < 0:
-            raise ValueError(f"{owner}: count={short_repr(count)} must be a non-negative number")
-        if count > MAX_COUNT:
+        number = int(count)
+        if number < 0:
+            raise ValueError(f"{owner}: count={short_repr(number)} must be a non-negative number")
+        if number > MAX_COUNT:
             raise ValueError(
                 f"{owner}: count={short_repr(count)} is more than any tensor holds "
                 f"(at most 2**63 - 1 {what})"
             )
-        object.__setattr__(method, "count", int(count))
+        object.__setattr__(method, "count", number)
         return
     object.__setattr__(method, "sparsity", check_sparsity(owner, sparsity, count_too=True))
 
