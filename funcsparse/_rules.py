@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
+from funcsparse._errors import describe, short_repr
 from funcsparse.methods._base import MaskMethod
 
 __all__ = ["Assignment", "assign_rules", "glob_to_regex", "is_pattern"]
@@ -87,18 +88,25 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
     if not isinstance(rules, Mapping):
         raise TypeError(
             f"{function}: rules must be a mapping of leaf paths or patterns to methods, "
-            f"got {type(rules).__name__}"
+            f"got {describe(rules)}"
         )
     known = set(paths)
     exact: dict[str, MaskMethod | None] = {}
     patterns: list[tuple[str, re.Pattern[str], MaskMethod | None]] = []
     for key, method in rules.items():
         if not isinstance(key, str):
-            raise TypeError(f"{function}: rule keys must be str paths, got {key!r}")
-        if method is not None and not isinstance(method, MaskMethod):
             raise TypeError(
-                f"{function}: rule {key!r} must map to a funcsparse method or None, "
-                f"got {type(method).__name__} {method!r}"
+                f"{function}: rule keys must be str paths or patterns, got {describe(key)}"
+            )
+        if method is not None and not isinstance(method, MaskMethod):
+            hint = (
+                f" (a class: write {method.__name__}(...) with its level)"
+                if isinstance(method, type) and issubclass(method, MaskMethod)
+                else ""
+            )
+            raise TypeError(
+                f"{function}: rule {short_repr(key)} must map to a funcsparse method or None, "
+                f"got {describe(method)}{hint}"
             )
         if key in known or not is_pattern(key):
             exact[key] = method
@@ -107,7 +115,7 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
             patterns.append((key, glob_to_regex(key), method))
         except re.error as err:
             raise ValueError(
-                f"{function}: rule pattern {key!r} is not a valid glob ({err})"
+                f"{function}: rule pattern {short_repr(key)} is not a valid glob ({err})"
             ) from None
 
     matched: set[str] = set()
@@ -121,9 +129,10 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
             assignments.append(None if method is None else Assignment(path, method))
             continue
         if len(hits) > 1:
+            first, second, leaf = (short_repr(text) for text in (hits[0][0], hits[1][0], path))
             raise ValueError(
-                f"{function}: patterns {hits[0][0]!r} and {hits[1][0]!r} both match leaf "
-                f"{path!r}; add an exact rule for {path!r} or narrow a pattern"
+                f"{function}: patterns {first} and {second} both match leaf {leaf}; add an "
+                f"exact rule for {leaf} or narrow a pattern"
             )
         hit_method = hits[0][1] if hits else None
         assignments.append(None if hit_method is None else Assignment(hits[0][0], hit_method))
@@ -131,9 +140,10 @@ def assign_rules(paths: Sequence[str], rules: object, *, function: str) -> list[
     for key in list(exact) + [key for key, _, _ in patterns]:
         if key not in matched:
             kind = "path" if key in exact else "pattern"
-            sample = ", ".join(repr(path) for path in list(paths)[:8])
+            sample = ", ".join(short_repr(path) for path in list(paths)[:8])
             more = ", ..." if len(paths) > 8 else ""
             raise ValueError(
-                f"{function}: rule {kind} {key!r} matches no leaf; the leaves are [{sample}{more}]"
+                f"{function}: rule {kind} {short_repr(key)} matches no leaf; the leaves are "
+                f"[{sample}{more}]"
             )
     return assignments

@@ -6,7 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import optree
+import torch
 from optree import PyTreeSpec
+from torch import Tensor
+
+from funcsparse._errors import describe, short_repr
 
 __all__ = [
     "PyTreeSpec",
@@ -24,21 +28,50 @@ def join_path(path: Sequence[Any]) -> str:
 
 
 def flatten_with_paths(
-    tree: Any, *, function: str = "flatten_with_paths"
+    tree: Any, *, function: str = "flatten_with_paths", tensors: bool = False
 ) -> tuple[list[str], list[Any], PyTreeSpec]:
     """Flatten ``tree`` into dotted leaf paths, leaves and its structure.
 
     ``None`` is an empty subtree, not a leaf, as in optree and JAX.
 
+    Args:
+        tree: a pytree (dicts, lists, tuples, namedtuples; None is an empty subtree).
+        function: the public function named in error messages.
+        tensors: whether every leaf must be a ``torch.Tensor`` (params, masks, data).
+            Default False.
+
     Raises:
+        TypeError: (``tensors``) a leaf that is not a tensor, naming its path (a module
+            passed whole is told to pass ``dict(model.named_parameters())``).
         ValueError: two leaves have the same dotted path (``{"a.b": x, "a": {"b": y}}``),
-            which would make rules and module names ambiguous.
+            which would make rules and module names ambiguous; or the tree is nested too
+            deeply to flatten.
     """
-    raw_paths, leaves, spec = optree.tree_flatten_with_path(tree)
+    try:
+        raw_paths, leaves, spec = optree.tree_flatten_with_path(tree)
+    except RecursionError:
+        raise ValueError(f"{function}: the pytree is nested too deeply to flatten") from None
     paths = [join_path(path) for path in raw_paths]
-    if len(set(paths)) != len(paths):
-        twice = next(path for i, path in enumerate(paths) if path in paths[:i])
-        raise ValueError(f"{function}: two leaves have the path {twice!r}; rename a key")
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise ValueError(
+                f"{function}: two leaves have the path {short_repr(path)}; rename a key"
+            )
+        seen.add(path)
+    if tensors:
+        for path, leaf in zip(paths, leaves, strict=True):
+            if not isinstance(leaf, Tensor):
+                where = f"at {short_repr(path)}" if path else "as the whole tree"
+                hint = (
+                    "; pass dict(model.named_parameters())"
+                    if isinstance(leaf, torch.nn.Module)
+                    else ""
+                )
+                raise TypeError(
+                    f"{function}: expected a pytree of tensors (dicts, lists, tuples; None "
+                    f"for an empty entry), got {describe(leaf)} {where}{hint}"
+                )
     return paths, leaves, spec
 
 

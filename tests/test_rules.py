@@ -84,7 +84,7 @@ def test_rule_matching_nothing_is_an_error(key: str) -> None:
     ("rules", "message"),
     [
         ([("seq.0.weight", A)], "rules must be a mapping"),
-        ({1: A}, "rule keys must be str paths, got 1"),
+        ({1: A}, "rule keys must be str paths or patterns, got int 1"),
         (
             {"seq.0.weight": 0.5},
             "rule 'seq.0.weight' must map to a funcsparse method or None, got float 0.5",
@@ -129,3 +129,57 @@ def test_bad_glob_is_a_value_error_naming_the_key() -> None:
 def test_a_pattern_overridden_everywhere_still_counts_as_matching() -> None:
     assignments = assign_rules(["head.weight"], {"*.weight": A, "head.weight": None}, function="f")
     assert assignments == [None]
+
+
+# -- hostile rules and trees (issue 9) --------------------------------------------------------
+
+
+def test_a_method_class_in_place_of_a_method_says_how_to_build_it() -> None:
+    with pytest.raises(TypeError, match=r"rule 'seq.0.weight' .* \(a class: write WeightNorm"):
+        assign_rules(PATHS, {"seq.0.weight": fs.WeightNorm}, function="f")
+
+
+def test_messages_stay_short_for_huge_keys_and_values() -> None:
+    key = "x" * 100_000
+    with pytest.raises(ValueError, match="matches no leaf") as info:
+        assign_rules(PATHS, {key: A}, function="f")
+    assert len(str(info.value)) < 1000
+    with pytest.raises(TypeError, match="must map to a funcsparse method") as info2:
+        assign_rules(PATHS, {"head.weight": list(range(100_000))}, function="f")
+    assert len(str(info2.value)) < 400
+
+
+def test_overlapping_globs_name_both_and_an_exact_rule_settles_them() -> None:
+    rules = {"seq.*.weight": A, "**.weight": B}
+    with pytest.raises(ValueError, match=r"patterns 'seq.\*.weight' and '\*\*.weight' both"):
+        assign_rules(PATHS, rules, function="f")
+    settled = assign_rules(PATHS, {**rules, "seq.0.weight": None, "seq.2.weight": A}, function="f")
+    assert [a.key if a else None for a in settled] == [
+        None,
+        None,
+        "seq.2.weight",
+        "**.weight",
+        "**.weight",
+        "**.weight",
+    ]
+
+
+def test_flatten_refuses_non_tensor_leaves_by_path_when_asked() -> None:
+    import torch
+
+    from funcsparse._tree import flatten_with_paths
+
+    tree = {"a": (torch.zeros(2), [None, "w"]), "b": None}
+    paths, leaves, _ = flatten_with_paths(tree)  # any leaf by default
+    assert paths == ["a.0", "a.1.1"] and leaves[1] == "w"
+    with pytest.raises(
+        TypeError, match=r"f: expected a pytree of tensors .* got str 'w' at 'a.1.1'"
+    ):
+        flatten_with_paths(tree, function="f", tensors=True)
+    with pytest.raises(TypeError, match=r"as the whole tree; pass dict\(model.named_parameters"):
+        flatten_with_paths(torch.nn.Linear(2, 2), function="f", tensors=True)
+    deep: object = torch.zeros(1)
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="f: the pytree is nested too deeply"):
+        flatten_with_paths(deep, function="f")
