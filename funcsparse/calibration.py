@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -11,25 +12,47 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from funcsparse._apply import apply_masks, functional_call
+from funcsparse._errors import describe
 from funcsparse._tree import flatten_with_paths, unflatten
-from funcsparse.methods._base import describe
 
 __all__ = ["collect_input_norms"]
 
 _FUNCTION = "collect_input_norms"
 
 
-class _LinearInputs(TorchFunctionMode):
-    """Adds each input feature's sum of squares (float64) for the watched linear weights.
+_TRACED = (
+    "torch.nn.functional.linear, conv1d/conv2d/conv3d (groups=1) and "
+    "multi_head_attention_forward (in_proj_weight on self-attention, q/k/v_proj_weight, "
+    "out_proj.weight)"
+)
+_CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_MHA = inspect.signature(F.multi_head_attention_forward)
+
+
+def _tuple(value: Any, n: int) -> tuple[int, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * n
+
+
+class _InputSquares(TorchFunctionMode):
+    """Adds each input feature's sum of squares (float64) for the watched weights.
 
     A weight is matched by identity (``is``) with the tensors handed to the forward, so a
-    copy, a view or a weight computed inside the module is never mistaken for it.
+    copy, a view or a weight computed inside the module is never mistaken for it. A watched
+    weight used in a way one norm per input feature cannot describe (a grouped conv, an
+    attention in-projection whose rows see different inputs) is marked unsupported, with
+    the reason.
     """
 
     def __init__(self, watched: dict[int, Tensor]) -> None:
         super().__init__()
         self.watched = watched
         self.sums: dict[int, Tensor] = {}
+        self.unsupported: dict[int, str] = {}
+
+    def _is_watched(self, weight: object) -> bool:
+        return isinstance(weight, Tensor) and self.watched.get(id(weight)) is weight
 
     def __torch_function__(
         self,
@@ -42,36 +65,117 @@ class _LinearInputs(TorchFunctionMode):
         if func is F.linear:
             x = args[0] if args else kwargs.get("input")
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            key = id(weight)
-            if isinstance(x, Tensor) and self.watched.get(key) is weight:
-                self._add(key, x)
+            if isinstance(weight, Tensor) and self._is_watched(weight) and isinstance(x, Tensor):
+                self._add(weight, x.reshape(-1, x.shape[-1]))
+        elif func in _CONVS:
+            self._conv(_CONVS[func], args, kwargs)
+        elif func is F.multi_head_attention_forward:
+            return self._attention(func, args, kwargs)
         return func(*args, **kwargs)
 
-    def _add(self, key: int, x: Tensor) -> None:
-        device = torch.device("cpu") if x.device.type == "mps" else x.device  # no float64 on MPS
-        tokens = x.detach().reshape(-1, x.shape[-1]).to(device=device, dtype=torch.float64)
-        squares = tokens.square().sum(0)
+    def _add(self, weight: Tensor, squares_of: Tensor, *, summed: bool = False) -> None:
+        """Add the squares of ``squares_of``'s rows (or ``squares_of`` itself if summed)."""
+        x = squares_of.detach()
+        device = torch.device("cpu") if x.device.type == "mps" else x.device  # no float64
+        x = x.to(device=device, dtype=torch.float64)
+        squares = x if summed else x.square().sum(0)
+        key = id(weight)
         total = self.sums.get(key)
         self.sums[key] = squares if total is None else total + squares
 
+    def _conv(self, spatial: int, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        given = {**dict(zip(names, args, strict=False)), **kwargs}
+        x, weight = given.get("input"), given.get("weight")
+        if not isinstance(weight, Tensor) or not self._is_watched(weight):
+            return
+        if not isinstance(x, Tensor):
+            return
+        groups = int(given.get("groups", 1))
+        if groups != 1:
+            self.unsupported[id(weight)] = (
+                f"it is used by a grouped conv (groups={groups}): each group of output "
+                "channels sees other input channels, which one norm per input feature "
+                "(in_channels / groups, *kernel) cannot hold"
+            )
+            return
+        kernel = tuple(weight.shape[2:])
+        stride = _tuple(given.get("stride", 1), spatial)
+        dilation = _tuple(given.get("dilation", 1), spatial)
+        padding = given.get("padding", 0)
+        if padding == "valid":
+            pads = [(0, 0)] * spatial
+        elif padding == "same":  # as torch: the odd pad goes to the end
+            totals = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+            pads = [(t // 2, t - t // 2) for t in totals]
+        else:
+            pads = [(p, p) for p in _tuple(padding, spatial)]
+        batched = x if x.dim() == spatial + 2 else x.unsqueeze(0)
+        device = torch.device("cpu") if x.device.type == "mps" else x.device
+        squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
+        flat_pads = [p for pair in reversed(pads) for p in pair]
+        squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
+        for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
+            span = dilation[i] * (kernel[i] - 1) + 1
+            squares = squares.unfold(1 + i, span, stride[i])[..., :: dilation[i]]
+        self._add(weight, squares.sum(dim=tuple(range(1, 1 + spatial))), summed=True)
+
+    def _attention(
+        self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> Any:
+        """``F.multi_head_attention_forward``, watching its projection weights."""
+        bound = _MHA.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        query, key, value = given["query"], given["key"], given["value"]
+        if not given["use_separate_proj_weight"]:
+            weight = given["in_proj_weight"]
+            if self._is_watched(weight):
+                if query is key and key is value:
+                    self._add(weight, query.reshape(-1, query.shape[-1]))
+                else:
+                    self.unsupported[id(weight)] = (
+                        "it is the packed in-projection of attention whose query, key and value "
+                        "differ: its rows see different inputs, which one norm per input "
+                        "feature cannot hold"
+                    )
+        else:
+            for name, x in (
+                ("q_proj_weight", query),
+                ("k_proj_weight", key),
+                ("v_proj_weight", value),
+            ):
+                if self._is_watched(given[name]):
+                    self._add(given[name], x.reshape(-1, x.shape[-1]))
+        out_weight = given["out_proj_weight"]
+        if not self._is_watched(out_weight):
+            return func(**given)
+        # The input of the out-projection: the call with an identity out-projection, then
+        # the real out-projection applied to it (one call, one draw of dropout).
+        identity = torch.eye(out_weight.shape[1], dtype=out_weight.dtype, device=out_weight.device)
+        inner, weights = func(**{**given, "out_proj_weight": identity, "out_proj_bias": None})
+        self._add(out_weight, inner.reshape(-1, inner.shape[-1]))
+        return F.linear(inner, out_weight, given["out_proj_bias"]), weights
+
 
 def _as_args(index: int, batch: object) -> tuple[Any, ...]:
+    """A batch as positional arguments, with its tensors checked."""
     if isinstance(batch, Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)):
-        return tuple(batch)
-    raise TypeError(
-        f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor or a "
-        "tuple of positional arguments"
-    )
-
-
-def _linear_weight_paths(module: nn.Module) -> list[str]:
-    return [
-        f"{name}.weight" if name else "weight"
-        for name, sub in module.named_modules(remove_duplicate=False)
-        if isinstance(sub, nn.Linear)
-    ]
+        args: tuple[Any, ...] = (batch,)
+    elif isinstance(batch, (tuple, list)):
+        args = tuple(batch)
+    else:
+        raise TypeError(
+            f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor or a "
+            "tuple of positional arguments"
+        )
+    for arg in args:
+        if isinstance(arg, Tensor) and arg.device.type == "meta":
+            raise ValueError(
+                f"{_FUNCTION}: batch {index} holds {describe(arg)} on the meta device; "
+                "calibration runs the model on real values"
+            )
+    return args
 
 
 def collect_input_norms(
@@ -82,23 +186,39 @@ def collect_input_norms(
     paths: Sequence[str] | None = None,
     masks: Any = None,
 ) -> Any:
-    """The L2 norm of every input feature of the linear layers over calibration batches.
+    """The L2 norm of every input feature of the weights over calibration batches.
 
     Runs every batch through ``fs.functional_call(module, params, masks, batch)`` under
-    ``torch.no_grad()`` and watches ``torch.nn.functional.linear``: where its weight is one of
-    the tensors of ``params`` (by identity), the input's features are summed as squares over
-    every token (all leading dimensions flattened) and every batch, in float64. The result
-    is ``sqrt`` of those sums: ``||X_j||_2`` in Wanda's score ``|W_ij| * ||X_j||_2``
-    (``fs.Wanda``, :func:`funcsparse.scores.wanda_scores`). A weight used by several calls
-    accumulates the inputs of all of them.
+    ``torch.no_grad()`` and watches the calls that use a tensor of ``params`` (matched by
+    identity) as their weight, summing the squares of each input feature over every token
+    and every batch, in float64. The result is ``sqrt`` of those sums: ``||X_j||_2`` in
+    Wanda's score ``|W_ij| * ||X_j||_2`` (``fs.Wanda``, :func:`funcsparse.scores.wanda_scores`).
+    A weight used by several calls accumulates the inputs of all of them. For a weight of
+    shape ``(out, *rest)`` the norms have shape ``rest``:
 
-    Nothing is registered on or changed in ``module`` (no hooks; ``torch.func.functional_call``
-    swaps the parameters in for the call and back). The module runs in the mode it is in:
-    call ``module.eval()`` yourself for statistics without dropout.
+    * ``torch.nn.functional.linear``: ``(in_features,)``, the input's last dimension over
+      every other dimension.
+    * ``conv1d`` / ``conv2d`` / ``conv3d`` with ``groups=1``: ``(in_channels, *kernel)``,
+      one norm per column of the unfolded input (``torch.nn.functional.unfold`` with the
+      call's stride, padding and dilation; zero padding adds nothing), as the SparseGPT
+      reference code unfolds conv inputs, so that a conv is pruned as the linear layer it
+      computes.
+    * ``multi_head_attention_forward`` (``nn.MultiheadAttention``, also inside
+      ``nn.TransformerEncoderLayer`` in train and eval mode: the traced run never takes the
+      fused fast path): ``in_proj_weight`` where query, key and value are one tensor
+      (self-attention), ``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight`` on their
+      own inputs, and ``out_proj.weight`` on the attention's output.
 
-    Only ``F.linear`` calls made directly by the forward are seen: a weight used inside
-    another overridable function (``nn.MultiheadAttention``'s ``out_proj`` inside
-    ``F.multi_head_attention_forward``) is not.
+    Anything else is not traced: ``matmul``, ``bmm``, ``@``, ``einsum``, transposed convs,
+    embeddings, a weight copied, viewed or computed inside the forward. A weight used by a
+    grouped conv (``groups > 1``) or as the packed in-projection of cross-attention is seen
+    but cannot be described by one norm per input feature.
+
+    Nothing is registered on or changed in ``module`` or ``params``: no hooks, and the
+    module's buffers run as copies, so BatchNorm in train mode updates copies (its running
+    statistics advance over the batches as in training, and are dropped). The module runs in
+    the mode it is in: call ``module.eval()`` yourself for statistics without dropout (in
+    train mode dropout draws from the global torch RNG, as any forward does).
 
     Examples:
         >>> import torch
@@ -112,79 +232,147 @@ def collect_input_norms(
         tensor([5.0000, 1.7321], dtype=torch.float64)
         >>> norms["0.bias"] is None, norms["2.weight"].shape
         (True, torch.Size([3]))
+        >>> conv = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        >>> conv_params = {name: p.detach() for name, p in conv.named_parameters()}
+        >>> collect_input_norms(conv, conv_params, [torch.randn(1, 2, 5, 5)])["weight"].shape
+        torch.Size([2, 3, 3])
 
     Args:
         module: the model.
         params: a pytree of tensors whose dotted leaf paths name parameters or buffers of
             ``module`` (``dict(module.named_parameters())`` or a part of it).
-        batches: an iterable of calibration batches, each an input tensor or a tuple (or list)
-            of positional arguments for ``module``.
-        paths: the leaf paths to collect norms for, each a 2-D weight in ``params`` that
-            reaches ``F.linear``. Default None: the weight of every ``nn.Linear`` submodule
-            that is in ``params`` (one that the batches never reach gets None).
+        batches: an iterable (not a tensor) of calibration batches, each an input tensor or
+            a tuple (or list) of positional arguments for ``module``.
+        paths: the leaf paths to collect norms for, each a floating tensor of ``params``
+            with at least 2 dimensions; every one must be used as a weight by a traced call.
+            Default None: every such leaf of ``params`` that a traced call uses; the others
+            (never used by a traced call, or used in a way norms cannot describe) get None,
+            which ``fs.Wanda`` and ``fs.compute_masks(..., scores=fs.wanda_scores(...))``
+            refuse by name.
         masks: masks applied to ``params`` during calibration (e.g. the layers pruned so
             far, as in the paper's layer-by-layer procedure). Default None: the dense model.
 
     Returns:
-        A pytree of ``params``' structure: a float64 tensor of shape ``(in_features,)`` at
-        every collected weight, None elsewhere. Plug it into
-        ``fs.compute_masks(params, rules, input_norms=...)``.
+        A pytree of ``params``' structure: a float64 tensor (float32 on MPS) on the weight's
+        device, of shape ``rest`` for a weight of shape ``(out, *rest)``, at every collected
+        weight; None elsewhere. Plug it into ``fs.compute_masks(params, rules,
+        input_norms=...)`` or :func:`funcsparse.scores.wanda_scores`.
 
     Raises:
-        ValueError: no batches; a path in ``paths`` is not a leaf of ``params``, is not a 2-D
-            tensor, or never reached ``F.linear`` in the calibration forward; or, as
+        ValueError: no batches; a path in ``paths`` is not a leaf of ``params``, is not a
+            floating tensor of at least 2 dimensions, is never used as a weight by a traced
+            call (the message lists such paths and the traced calls), or is used in a way
+            norms cannot describe; a collected leaf or a batch is on the meta device; or, as
             ``fs.functional_call``, a leaf path names nothing in ``module``.
-        TypeError: a batch is neither a tensor nor a tuple or list; ``paths`` is a string.
+        TypeError: ``module`` is not a module; ``batches`` is a tensor or not iterable; a
+            batch is neither a tensor nor a tuple or list; ``paths`` is not a sequence of
+            strings.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
         Large Language Models. ICLR 2024. arXiv:2306.11695.
+
+        E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
+        Pruned in One-Shot. ICML 2023. arXiv:2301.00774.
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{_FUNCTION}: module must be a torch.nn.Module, got {describe(module)}")
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"{_FUNCTION}: batches must be an iterable of batches (e.g. a list or a "
+            f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
+        )
     run_params = params if masks is None else apply_masks(params, masks)
     leaf_paths, leaves, spec = flatten_with_paths(run_params, function=_FUNCTION)
     index = {path: i for i, path in enumerate(leaf_paths)}
-    if paths is None:
-        wanted = [path for path in _linear_weight_paths(module) if path in index]
-        required = False
-    else:
-        if isinstance(paths, str):
-            raise TypeError(f"{_FUNCTION}: paths must be a sequence of leaf paths, got {paths!r}")
-        wanted = list(dict.fromkeys(paths))
-        required = True
-        for path in wanted:
-            if path not in index:
-                raise ValueError(
-                    f"{_FUNCTION}: {path!r} in paths is not a leaf of params "
-                    f"(leaves: {leaf_paths[:8]})"
-                )
+    wanted = _wanted(paths, leaf_paths, leaves, index)
     for path in wanted:
-        leaf = leaves[index[path]]
-        if not isinstance(leaf, Tensor) or leaf.dim() != 2:
+        if leaves[index[path]].device.type == "meta":
             raise ValueError(
-                f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; input norms are "
-                "collected for 2-D weights (out_features, in_features)"
+                f"{_FUNCTION}: the leaf at {path!r} is on the meta device; calibration runs "
+                "the model on real values"
             )
     watched = {id(leaves[index[path]]): leaves[index[path]] for path in wanted}
-    no_masks = unflatten(spec, [None] * len(leaves))
-    mode = _LinearInputs(watched)
+    call_params = _with_buffer_copies(module, leaf_paths, leaves, watched)
+    mode = _InputSquares(watched)
     seen_batches = 0
     with torch.no_grad():
         for i, batch in enumerate(batches):
             args = _as_args(i, batch)
             with mode:
-                functional_call(module, run_params, no_masks, args)
+                functional_call(module, call_params, None, args)
             seen_batches += 1
     if seen_batches == 0:
         raise ValueError(f"{_FUNCTION}: batches is empty; give at least one calibration batch")
     norms: list[Tensor | None] = [None] * len(leaves)
+    missing: list[str] = []
     for path in wanted:
-        total = mode.sums.get(id(leaves[index[path]]))
-        if total is None:
-            if required:
-                raise ValueError(
-                    f"{_FUNCTION}: the weight at {path!r} never reached "
-                    "torch.nn.functional.linear in the calibration forward"
-                )
+        leaf = leaves[index[path]]
+        why = mode.unsupported.get(id(leaf))
+        total = mode.sums.get(id(leaf))
+        if why is not None and paths is not None:
+            raise ValueError(f"{_FUNCTION}: no input norms for the weight at {path!r}: {why}")
+        if why is not None or total is None:
+            missing.append(path)
             continue
-        norms[index[path]] = total.sqrt()
+        dtype = torch.float32 if leaf.device.type == "mps" else torch.float64
+        norms[index[path]] = total.sqrt().to(device=leaf.device, dtype=dtype)
+    if missing and paths is not None:
+        shown = missing if len(missing) <= 8 else [*missing[:8], f"... ({len(missing)} in all)"]
+        raise ValueError(
+            f"{_FUNCTION}: the weights at {shown} were never used as the weight of a traced "
+            f"call in the calibration forward; funcsparse traces {_TRACED}"
+        )
     return unflatten(spec, norms)
+
+
+def _wanted(
+    paths: Sequence[str] | None, leaf_paths: list[str], leaves: list[Any], index: dict[str, int]
+) -> list[str]:
+    """The leaf paths to collect: ``paths`` checked, or every floating leaf of rank >= 2."""
+    if paths is None:
+        return [
+            path
+            for path, leaf in zip(leaf_paths, leaves, strict=True)
+            if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dim() >= 2
+        ]
+    if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
+        raise TypeError(
+            f"{_FUNCTION}: paths must be a sequence of leaf paths (strings), got {describe(paths)}"
+        )
+    wanted: list[str] = []
+    for path in paths:
+        if not isinstance(path, str):
+            raise TypeError(f"{_FUNCTION}: paths holds {describe(path)}; leaf paths are strings")
+        if path not in index:
+            raise ValueError(
+                f"{_FUNCTION}: {path[:200]!r} in paths is not a leaf of params "
+                f"(leaves: {leaf_paths[:8]})"
+            )
+        leaf = leaves[index[path]]
+        if not isinstance(leaf, Tensor) or not leaf.is_floating_point() or leaf.dim() < 2:
+            raise ValueError(
+                f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; input norms are "
+                "collected for floating weights of shape (out, *rest): (out_features, "
+                "in_features) or a conv's (out_channels, in_channels, *kernel)"
+            )
+        if path not in wanted:
+            wanted.append(path)
+    return wanted
+
+
+def _with_buffer_copies(
+    module: nn.Module, paths: list[str], leaves: list[Any], watched: dict[int, Tensor]
+) -> dict[str, Any]:
+    """``params`` as a flat dict, with a copy of every buffer of ``module`` (given or not).
+
+    A forward may update buffers in place (BatchNorm's running statistics in train mode);
+    calibration updates the copies, so neither the module nor ``params`` changes. A buffer
+    watched as a weight runs as itself (it is matched by identity).
+    """
+    flat = dict(zip(paths, leaves, strict=True))
+    for name, buffer in module.named_buffers(remove_duplicate=False):
+        source = flat.get(name, buffer)
+        if isinstance(source, Tensor) and watched.get(id(source)) is not source:
+            flat[name] = source.clone()
+    return flat

@@ -13,9 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
+from funcsparse._errors import describe
 from funcsparse._select import is_plain
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like, unflatten
-from funcsparse.methods._base import describe
 
 __all__ = ["magnitude_scores", "saliency_scores", "wanda_scores"]
 
@@ -87,16 +87,16 @@ def saliency_scores(params: Any, grads: Any) -> Any:
 
     Raises:
         ValueError: ``grads`` does not have ``params``' structure, or a gradient's shape
-            differs from its leaf's (the message names the leaf path).
+            or device differs from its leaf's (the message names the leaf path).
         TypeError: a gradient is not a tensor (the message names the leaf path).
     """
     function = "saliency_scores"
     paths, leaves, spec = flatten_with_paths(params, function=function)
     grad_leaves = _entries(function, "grads", spec, grads)
-    scores: list[Tensor | None] = []
+    pairs: list[tuple[Tensor, Tensor] | None] = []
     for path, leaf, grad in zip(paths, leaves, grad_leaves, strict=True):
         if grad is None or not _scorable(leaf):
-            scores.append(None)
+            pairs.append(None)
             continue
         if not isinstance(grad, Tensor):
             raise TypeError(
@@ -107,19 +107,27 @@ def saliency_scores(params: Any, grads: Any) -> Any:
                 f"{function}: the gradient at {path!r} has shape {tuple(grad.shape)} but the "
                 f"leaf has shape {tuple(leaf.shape)}"
             )
-        scores.append((leaf * grad).abs())
-    return unflatten(spec, scores)
+        if grad.device != leaf.device:
+            raise ValueError(
+                f"{function}: the gradient at {path!r} is on {grad.device} but the leaf is on "
+                f"{leaf.device}"
+            )
+        pairs.append((leaf, grad))
+    # Everything is checked: compute.
+    return unflatten(spec, [None if pair is None else (pair[0] * pair[1]).abs() for pair in pairs])
 
 
 def wanda_scores(params: Any, input_norms: Any) -> Any:
-    """Wanda's scores ``|W_ij| * ||X_j||_2`` for every 2-D weight with input norms.
+    """Wanda's scores ``|W_ij| * ||X_j||_2`` for every weight with input norms.
 
-    ``W`` has shape ``(out_features, in_features)`` (an ``nn.Linear`` weight) and
-    ``input_norms`` holds, per weight, the L2 norm of each input feature over the calibration
-    tokens, as :func:`funcsparse.calibration.collect_input_norms` returns them. The paper
-    compares these scores within each output row; ``fs.Wanda`` does exactly that, while a
-    score-reading method given ``scores=wanda_scores(...)`` ranks them its own way (over the
-    whole tensor, or per block).
+    A weight ``W`` has shape ``(out, *rest)``: ``(out_features, in_features)`` for an
+    ``nn.Linear`` weight, ``(out_channels, in_channels, *kernel)`` for a conv's. Its
+    ``input_norms`` have shape ``rest``: the L2 norm of each input feature (for a conv, each
+    column of the unfolded input) over the calibration tokens, as
+    :func:`funcsparse.calibration.collect_input_norms` returns them, and broadcast over the
+    rows. The paper compares these scores within each output row; ``fs.Wanda`` does exactly
+    that, while a score-reading method given ``scores=wanda_scores(...)`` ranks them its own
+    way (over the whole tensor, or per block).
 
     Examples:
         >>> import torch
@@ -130,11 +138,14 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
         >>> wanda_scores(params, norms)
         {'fc.weight': tensor([[2.0000, 1.0000],
                 [6.0000, 0.2500]]), 'fc.bias': None}
+        >>> conv = {"w": torch.ones(4, 2, 3, 3)}
+        >>> wanda_scores(conv, {"w": torch.full((2, 3, 3), 2.0)})["w"].shape
+        torch.Size([4, 2, 3, 3])
 
     Args:
         params: a pytree of tensors.
-        input_norms: a pytree of ``params``' structure: a real tensor of shape
-            ``(in_features,)`` for a 2-D weight, or None.
+        input_norms: a pytree of ``params``' structure: a real tensor of shape ``rest``, on
+            the leaf's device, for a weight of shape ``(out, *rest)``; or None.
 
     Returns:
         A pytree of ``params``' structure: ``W.abs() * input_norms`` (in the promoted dtype)
@@ -142,8 +153,9 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
 
     Raises:
         ValueError: ``input_norms`` does not have ``params``' structure; or, at a leaf with
-            norms (the message names its path), the leaf is not 2-D, the norms' shape is not
-            ``(in_features,)``, or a norm is negative or not finite.
+            norms (the message names its path), the leaf has fewer than 2 dimensions, the
+            norms' shape is not ``rest``, the norms are on another device than the leaf, or
+            a norm is negative or not finite.
         TypeError: at a leaf with norms, the leaf is not a floating tensor or the norms are
             not a floating tensor.
 
@@ -154,38 +166,46 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
     function = "wanda_scores"
     paths, leaves, spec = flatten_with_paths(params, function=function)
     norm_leaves = _entries(function, "input_norms", spec, input_norms)
-    scores: list[Tensor | None] = []
+    checked: list[tuple[Tensor, Tensor] | None] = []
     for path, leaf, norms in zip(paths, leaves, norm_leaves, strict=True):
         if norms is None:
-            scores.append(None)
+            checked.append(None)
             continue
         if not isinstance(leaf, Tensor) or not leaf.is_floating_point():
             raise TypeError(
                 f"{function}: the leaf at {path!r} is {describe(leaf)}; Wanda scores need a "
                 "floating-point weight"
             )
-        if leaf.dim() != 2:
+        if leaf.dim() < 2:
             raise ValueError(
                 f"{function}: the leaf at {path!r} is {describe(leaf)}; Wanda scores need a "
-                "2-D weight (out_features, in_features)"
+                "weight of shape (out, *rest): (out_features, in_features), or a conv's"
             )
+        rest = tuple(leaf.shape[1:])
         if not isinstance(norms, Tensor) or not norms.is_floating_point():
             raise TypeError(
                 f"{function}: input_norms at {path!r} is {describe(norms)}; expected a floating "
-                f"tensor of shape ({leaf.shape[1]},)"
+                f"tensor of shape {rest}"
             )
-        if norms.shape != (leaf.shape[1],):
+        if tuple(norms.shape) != rest:
             raise ValueError(
                 f"{function}: input_norms at {path!r} has shape {tuple(norms.shape)} for a "
-                f"weight of shape {tuple(leaf.shape)}; expected ({leaf.shape[1]},)"
+                f"weight of shape {tuple(leaf.shape)}; expected {rest}"
             )
-        if is_plain(norms) and norms.numel():
+        if norms.device != leaf.device:
+            raise ValueError(
+                f"{function}: input_norms at {path!r} is on {norms.device} but the leaf is on "
+                f"{leaf.device}; put them on the leaf's device"
+            )
+        if norms.device.type != "meta" and is_plain(norms) and norms.numel():
             bad = ~(norms.isfinite() & (norms >= 0))
             if bool(bad.any()):
-                index = int(bad.nonzero()[0])
+                where = tuple(int(i) for i in bad.nonzero()[0])
+                index = where[0] if len(where) == 1 else where
                 raise ValueError(
                     f"{function}: input_norms at {path!r} has entry {index} = "
-                    f"{norms[index].item()}; norms must be finite and non-negative"
+                    f"{norms[where].item()}; norms must be finite and non-negative"
                 )
-        scores.append(leaf.abs() * norms.to(leaf.device))
-    return unflatten(spec, scores)
+        checked.append((leaf, norms))
+    # Everything is checked: compute.
+    return unflatten(spec, [None if pair is None else pair[0].abs() * pair[1] for pair in checked])

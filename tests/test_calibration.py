@@ -207,14 +207,15 @@ def test_weights_are_matched_by_identity() -> None:
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "collect_input_norms: the weight at 'fc1.weight' never reached "
-            "torch.nn.functional.linear in the calibration forward"
+            "collect_input_norms: the weights at ['fc1.weight', 'fc3.weight'] were never used "
+            "as the weight of a traced call in the calibration forward; funcsparse traces "
+            "torch.nn.functional.linear, conv1d/conv2d/conv3d"
         ),
     ):
-        collect_input_norms(model, params, [x], paths=["fc2.weight", "fc1.weight"])
+        collect_input_norms(model, params, [x], paths=["fc2.weight", "fc1.weight", "fc3.weight"])
 
 
-def test_explicit_paths_reach_weights_outside_linear_modules() -> None:
+def test_the_default_covers_weights_outside_linear_modules() -> None:
     class Raw(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -228,7 +229,8 @@ def test_explicit_paths_reach_weights_outside_linear_modules() -> None:
     params = _detached(model)
     x = torch.randn(3, 2, 4)
     default = collect_input_norms(model, params, [x])
-    assert default["proj"] is None and default["head.weight"] is not None
+    assert default["proj"] is not None and default["head.weight"] is not None
+    assert default["proj.bias" if "proj.bias" in default else "head.bias"] is None
     explicit = collect_input_norms(model, params, [x], paths=["proj"])
     assert explicit["head.weight"] is None
     torch.testing.assert_close(explicit["proj"], x.reshape(-1, 4).double().pow(2).sum(0).sqrt())
@@ -285,7 +287,7 @@ def test_bad_input_raises_and_leaves_nothing_behind() -> None:
         ValueError,
         match=re.escape(
             "collect_input_norms: the leaf at '0.bias' is a 1-D torch.float32 tensor of shape "
-            "(5,); input norms are collected for 2-D weights"
+            "(5,); input norms are collected for floating weights of shape (out, *rest)"
         ),
     ):
         collect_input_norms(model, params, [torch.randn(2, 6)], paths=["0.bias"])

@@ -205,7 +205,7 @@ def test_wanda_scores_ranked_per_row_are_the_wanda_mask(
             torch.ones(3),
             ValueError,
             "wanda_scores: the leaf at 'm.w' is a 1-D torch.float32 tensor of shape (3,); Wanda "
-            "scores need a 2-D weight (out_features, in_features)",
+            "scores need a weight of shape (out, *rest): (out_features, in_features), or a conv's",
         ),
         (
             torch.ones(2, 3),
