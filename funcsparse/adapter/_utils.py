@@ -8,14 +8,25 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils.parametrize import is_parametrized, type_before_parametrizations
 
+from funcsparse._errors import describe
+
 __all__ = [
     "FakeSparsity",
+    "UnsupportedOptionError",
     "fqn_to_module",
     "get_arg_info_from_tensor_fqn",
     "module_contains_param",
     "module_to_fqn",
     "swap_module",
 ]
+
+
+class UnsupportedOptionError(ValueError, NotImplementedError):
+    """An option torch.ao.pruning refuses with NotImplementedError (``norm=3``, no mapping).
+
+    It is a ValueError, as every bad argument to funcsparse is, and still a
+    NotImplementedError, so legacy ``except NotImplementedError`` clauses keep working.
+    """
 
 
 class FakeSparsity(nn.Module):
@@ -31,6 +42,8 @@ class FakeSparsity(nn.Module):
     mask: Tensor
 
     def __init__(self, mask: Tensor) -> None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"FakeSparsity: mask must be a torch.Tensor, got {describe(mask)}")
         super().__init__()
         self.register_buffer("mask", mask)
 
@@ -47,18 +60,35 @@ class FakeSparsity(nn.Module):
 
 
 def module_to_fqn(model: nn.Module, module: nn.Module, prefix: str = "") -> str | None:
-    """The dotted path of ``module`` inside ``model``, or None if it is not a descendant."""
+    """The dotted path of ``module`` inside ``model``, or None if it is not a descendant.
+
+    Raises:
+        TypeError: ``model`` or ``module`` is not an ``nn.Module``.
+    """
+    for what, value in (("model", model), ("module", module)):
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"module_to_fqn: {what} must be an nn.Module, got {describe(value)}")
+    return _module_to_fqn(model, module, prefix)
+
+
+def _module_to_fqn(model: nn.Module, module: nn.Module, prefix: str) -> str | None:
     if module is model:
         return ""
     for name, child in model.named_children():
-        fqn = module_to_fqn(child, module, ".")
+        fqn = _module_to_fqn(child, module, ".")
         if isinstance(fqn, str):
             return prefix + name + fqn
     return None
 
 
 def fqn_to_module(model: nn.Module | None, path: str) -> Any:
-    """The module or tensor at dotted ``path`` under ``model``, or None if nothing is there."""
+    """The module or tensor at dotted ``path`` under ``model``, or None if nothing is there.
+
+    Raises:
+        TypeError: ``path`` is not a str.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"fqn_to_module: path must be a str, got {describe(path)}")
     found: Any = model
     if path != "":
         for name in path.split("."):
@@ -67,7 +97,15 @@ def fqn_to_module(model: nn.Module | None, path: str) -> Any:
 
 
 def get_arg_info_from_tensor_fqn(model: nn.Module, tensor_fqn: str) -> dict[str, Any]:
-    """Split ``tensor_fqn`` into ``module_fqn``, ``module`` and ``tensor_name``."""
+    """Split ``tensor_fqn`` into ``module_fqn``, ``module`` and ``tensor_name``.
+
+    Raises:
+        TypeError: ``tensor_fqn`` is not a str.
+    """
+    if not isinstance(tensor_fqn, str):
+        raise TypeError(
+            f"get_arg_info_from_tensor_fqn: tensor_fqn must be a str, got {describe(tensor_fqn)}"
+        )
     tensor_name = tensor_fqn.rsplit(".", maxsplit=1)[-1]
     module_fqn = tensor_fqn[: -len(tensor_name) - ("." in tensor_fqn)]
     return {

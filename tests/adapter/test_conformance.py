@@ -208,6 +208,7 @@ def test_base_sparsifier_state_dict(pruning: ModuleType) -> None:
     sparsifier1 = RowZero()
     sparsifier1.prepare(model1, None)
     assert not states_equal(sparsifier0.state, sparsifier1.state)
+    assert sparsifier0.state != sparsifier1.state  # upstream's own comparison, as written
     mask0 = next(
         g["module"].parametrizations.weight[0].mask
         for g in sparsifier0.groups
@@ -223,6 +224,9 @@ def test_base_sparsifier_state_dict(pruning: ModuleType) -> None:
     # ...and loading the state_dict makes it equivalent.
     sparsifier1.load_state_dict(state_dict)
     assert states_equal(sparsifier0.state, sparsifier1.state)
+    # Upstream's own comparison, as written: plain values on both sides, so == answers
+    # (it raised "Boolean value of Tensor ... is ambiguous" while state held masks).
+    assert sparsifier0.state == sparsifier1.state
     assert len(sparsifier0.groups) == len(sparsifier1.groups)
     for group0, group1 in zip(sparsifier0.groups, sparsifier1.groups, strict=True):
         for key in group0:
@@ -501,12 +505,19 @@ def test_nearly_diagonal_sparsifier_sparsity_levels(pruning: ModuleType) -> None
         layer.weight = nn.Parameter(torch.ones(32, 32))
         height, width = layer.weight.shape
         model.add_module(name, layer)
-        sparsifier.prepare(model, [{"tensor_fqn": f"{name}.weight", "nearliness": nearliness}])
+        config = [{"tensor_fqn": f"{name}.weight", "nearliness": nearliness}]
         # An even positive nearliness, or a band wider than the layer, is an error.
         if (nearliness > 0 and nearliness % 2 == 0) or nearliness // 2 >= min(height, width):
-            with pytest.raises(ValueError):
+            if is_funcsparse(pruning):  # funcsparse: at prepare, and nothing is prepared
+                with pytest.raises(ValueError, match=rf"group '{name}\.weight'"):
+                    sparsifier.prepare(model, config)
+                assert not is_parametrized(layer) and sparsifier.groups == []
+                continue
+            sparsifier.prepare(model, config)
+            with pytest.raises(ValueError):  # torch.ao: at step
                 sparsifier.step()
         else:
+            sparsifier.prepare(model, config)
             sparsifier.step()
             sparsifier.squash_mask()
             model.eval()
@@ -661,36 +672,33 @@ def test_difference_load_state_dict_keeps_masks(pruning: ModuleType) -> None:
     """funcsparse.adapter copies masks on load; torch.ao.pruning moves them.
 
     torch.ao's state_dict() returns its live ``state`` dict and load_state_dict() pops each
-    "mask" out of it, so the source sparsifier and the caller's dict lose their masks and
-    both sparsifiers end up sharing one state dict and one mask tensor.
+    "mask" out of it, so the caller's dict loses its masks and both sparsifiers end up
+    sharing one state dict and one mask tensor. Both end with the same in-memory ``state``:
+    plain values, the masks living in the parametrizations.
     """
     fs = is_funcsparse(pruning)
     RowZero = row_zero_sparsifier(pruning)
     model0 = SimpleLinear()
     sparsifier0 = RowZero()
     sparsifier0.prepare(model0, [{"tensor_fqn": "linear1.weight"}])
+    mask0 = mask_of(model0.linear1)
+    assert sparsifier0.state["linear1.weight"]["mask"] is mask0  # both, after prepare
     sparsifier0.step()
     state_dict = sparsifier0.state_dict()
     sparsifier1 = RowZero()
     sparsifier1.prepare(SimpleLinear(), None)
     sparsifier1.load_state_dict(state_dict)
 
-    mask0 = mask_of(model0.linear1)
     mask1 = mask_of(sparsifier1.groups[0]["module"])
     assert torch.equal(mask0, mask1)  # both: the loaded mask is in place
+    # Both: the masks live in the parametrizations, state holds plain values only.
+    assert sparsifier0.state == sparsifier1.state == {"linear1.weight": {"step_count": 1}}
     assert (
         "mask" in state_dict["state"]["linear1.weight"]
     ) == fs  # torch.ao: popped from the caller's dict
-    assert (
-        "mask" in sparsifier0.state["linear1.weight"]
-    ) == fs  # torch.ao: gone from the source too
-    assert ("mask" in sparsifier1.state["linear1.weight"]) == fs  # torch.ao: not kept in state
     assert (state_dict["state"] is sparsifier0.state) == (not fs)  # torch.ao: state_dict() is live
     assert (sparsifier1.state is sparsifier0.state) == (not fs)  # torch.ao: one shared state dict
     assert (mask1 is mask0) == (not fs)  # torch.ao: one shared mask tensor
-    if fs:
-        assert sparsifier0.state["linear1.weight"]["mask"] is mask0
-        assert sparsifier1.state["linear1.weight"]["mask"] is mask1
 
 
 def test_difference_state_dict_is_plain_dict(pruning: ModuleType) -> None:
