@@ -308,3 +308,271 @@ def test_eval_mode_is_the_callers_choice() -> None:
     norms = collect_input_norms(model, params, [x])
     torch.testing.assert_close(norms["1.weight"], x.double().pow(2).sum(0).sqrt())
     assert not model.training
+
+
+# -- conv, attention, what is not traced (issue 9) -----------------------------------------
+
+
+def _unfolded_norms(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """The reference: torch.nn.functional.unfold's columns, as SparseGPT unfolds conv inputs."""
+    cols = F.unfold(
+        x.double(),
+        conv.kernel_size,
+        dilation=conv.dilation,
+        padding=conv.padding,
+        stride=conv.stride,
+    )  # (N, C * kh * kw, L)
+    return cols.square().sum((0, 2)).sqrt().reshape(conv.weight.shape[1:])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kernel_size": 3},
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": (2, 3), "stride": (2, 1), "padding": (1, 0), "dilation": (1, 2)},
+        {"kernel_size": 3, "stride": 2, "dilation": 2, "padding": 2},
+    ],
+)
+def test_conv2d_norms_are_the_unfolded_columns(config: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, **config)
+    params = _detached(conv)
+    batches = [torch.randn(2, 3, 9, 8), torch.randn(1, 3, 9, 8)]
+    norms = collect_input_norms(conv, params, batches)
+    assert norms["weight"].shape == conv.weight.shape[1:] and norms["bias"] is None
+    expected = torch.cat([_unfolded_norms(x, conv).square()[None] for x in batches]).sum(0).sqrt()
+    torch.testing.assert_close(norms["weight"], expected)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")  # torch's, odd pad
+def test_conv_same_padding_unbatched_input_conv1d_and_conv3d() -> None:
+    torch.manual_seed(0)
+    same = nn.Conv2d(2, 3, kernel_size=(2, 4), padding="same", dilation=(1, 2))
+    x = torch.randn(2, 7, 6)  # unbatched
+    norms = collect_input_norms(same, _detached(same), [x])["weight"]
+    # torch's 'same' puts the odd pad at the end: pad explicitly, then unfold without padding
+    padded = F.pad(x[None], (3, 3, 0, 1))
+    cols = F.unfold(padded.double(), (2, 4), dilation=(1, 2))
+    torch.testing.assert_close(norms, cols.square().sum((0, 2)).sqrt().reshape(2, 2, 4))
+
+    conv1 = nn.Conv1d(2, 3, kernel_size=3, stride=2, padding=1)
+    x1 = torch.randn(4, 2, 11)
+    as_2d = F.unfold(x1[:, :, None].double(), (1, 3), padding=(0, 1), stride=(1, 2))
+    torch.testing.assert_close(
+        collect_input_norms(conv1, _detached(conv1), [x1])["weight"],
+        as_2d.square().sum((0, 2)).sqrt().reshape(2, 3),
+    )
+
+    conv3 = nn.Conv3d(2, 2, kernel_size=(1, 2, 2), padding=(0, 1, 0))
+    x3 = torch.randn(1, 2, 3, 4, 5)
+    norms3 = collect_input_norms(conv3, _detached(conv3), [x3])["weight"]
+    # each depth slice is a conv2d over (h, w)
+    slices = [
+        F.unfold(x3[:, :, d].double(), (2, 2), padding=(1, 0)).square().sum((0, 2))
+        for d in range(3)
+    ]
+    torch.testing.assert_close(norms3, torch.stack(slices).sum(0).sqrt().reshape(2, 1, 2, 2))
+
+
+def test_conv_with_a_padding_mode_sees_the_padded_input() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, kernel_size=3, padding=1, padding_mode="reflect")
+    x = torch.randn(1, 1, 5, 5)
+    norms = collect_input_norms(conv, _detached(conv), [x])["weight"]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    cols = F.unfold(padded.double(), 3)
+    torch.testing.assert_close(norms, cols.square().sum((0, 2)).sqrt().reshape(1, 3, 3))
+
+
+def test_conv_norms_give_wanda_scores_and_masks() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    params = _detached(model)
+    norms = collect_input_norms(model, params, [torch.randn(2, 3, 6, 6)])
+    scores = fs.wanda_scores(params, norms)
+    assert scores["0.weight"].shape == (4, 3, 3, 3)
+    torch.testing.assert_close(scores["0.weight"], params["0.weight"].abs() * norms["0.weight"])
+    masks = fs.compute_masks(params, {"*.weight": fs.Magnitude(0.5)}, scores=scores)
+    assert int((~masks["0.weight"]).sum()) == 54
+
+
+def test_a_grouped_conv_is_seen_but_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 2, 1))
+    params = _detached(model)
+    x = torch.randn(1, 4, 5, 5)
+    norms = collect_input_norms(model, params, [x])
+    assert norms["0.weight"] is None and norms["1.weight"] is not None
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "collect_input_norms: no input norms for the weight at '0.weight': it is used by "
+            "a grouped conv (groups=2)"
+        ),
+    ):
+        collect_input_norms(model, params, [x], paths=["0.weight"])
+    with pytest.raises(
+        ValueError, match=re.escape("compute_masks: rule '*.weight' (Wanda) got no input_norms")
+    ):
+        fs.compute_masks(params, {"*.weight": fs.Wanda(0.5)}, input_norms=norms)
+
+
+def _attention_inputs(layer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The input of self_attn's in- and out-projection, computed by hand (batch_first)."""
+    attn = layer.self_attn
+    e, h = attn.embed_dim, attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
+
+    def heads(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], t.shape[1], h, e // h).transpose(1, 2)
+
+    inner = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+    return x, inner.transpose(1, 2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_transformer_encoder_layer_attention_weights_are_seen(mode: str) -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    getattr(layer, mode)()
+    params = _detached(layer)
+    x = torch.randn(3, 5, 8)
+    snapshot = _Snapshot(layer)
+    norms = collect_input_norms(layer, params, [x])
+    snapshot.assert_unchanged()
+    weights = [path for path, leaf in params.items() if leaf.dim() == 2]
+    assert all(norms[path] is not None for path in weights), weights
+    with torch.no_grad():
+        attn_in, out_in = _attention_inputs(layer, x)
+    tokens = attn_in.reshape(-1, 8).double()
+    torch.testing.assert_close(norms["self_attn.in_proj_weight"], tokens.square().sum(0).sqrt())
+    inner = out_in.reshape(-1, 8).double()
+    torch.testing.assert_close(
+        norms["self_attn.out_proj.weight"], inner.square().sum(0).sqrt(), rtol=1e-5, atol=1e-6
+    )
+    # The traced forward gives what the layer gives.
+    with torch.no_grad():
+        expected = layer(x)
+        mode_out: list[Tensor] = []
+
+        class Keep(nn.Module):
+            def forward(self, y: Tensor) -> Tensor:
+                out = layer(y)
+                mode_out.append(out)
+                return out
+
+        collect_input_norms(Keep(), {}, [x])
+    torch.testing.assert_close(mode_out[0], expected)
+    # Wanda scores over every weight of the layer: nothing silently falls back.
+    scores = fs.wanda_scores(params, norms)
+    masks = fs.compute_masks(params, dict.fromkeys(weights, fs.Magnitude(0.5)), scores=scores)
+    assert masks["self_attn.out_proj.weight"] is not None
+
+
+def test_cross_attention_in_projection_is_refused_and_separate_projections_are_seen() -> None:
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, q: Tensor, kv: Tensor) -> Tensor:
+            return self.attn(q, kv, kv)[0]
+
+    model = Cross()
+    params = _detached(model)
+    q, kv = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    norms = collect_input_norms(model, params, [(q, kv)])
+    assert norms["attn.in_proj_weight"] is None and norms["attn.out_proj.weight"] is not None
+    with pytest.raises(ValueError, match="packed in-projection of attention whose query, key"):
+        collect_input_norms(model, params, [(q, kv)], paths=["attn.in_proj_weight"])
+
+    separate = nn.MultiheadAttention(4, 2, kdim=3, vdim=6, batch_first=True)
+    sparams = _detached(separate)
+    key, value = torch.randn(2, 5, 3), torch.randn(2, 5, 6)
+    snorms = collect_input_norms(separate, sparams, [(q, key, value)])
+    for name, x in (("q_proj_weight", q), ("k_proj_weight", key), ("v_proj_weight", value)):
+        expected = x.reshape(-1, x.shape[-1]).double().square().sum(0).sqrt()
+        torch.testing.assert_close(snorms[name], expected)
+
+
+def test_matmul_weights_are_not_traced_and_say_so() -> None:
+    class Raw(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = x @ self.w.T
+            h = torch.bmm(h[None], torch.eye(4)[None])[0]
+            return self.fc(h)
+
+    model = Raw()
+    params = _detached(model)
+    x = torch.randn(5, 3)
+    norms = collect_input_norms(model, params, [x])
+    assert norms["w"] is None and norms["fc.weight"] is not None
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "collect_input_norms: the weights at ['w'] were never used as the weight of a "
+            "traced call in the calibration forward; funcsparse traces "
+            "torch.nn.functional.linear, conv1d/conv2d/conv3d (groups=1) and "
+            "multi_head_attention_forward"
+        ),
+    ):
+        collect_input_norms(model, params, [x], paths=["w", "fc.weight"])
+    # The None downstream is an error naming the leaf, never a silent magnitude fallback.
+    scores = fs.wanda_scores(params, norms)
+    with pytest.raises(ValueError, match=r"compute_masks: scores is None at \['w'\]"):
+        fs.compute_masks(params, {"*w*": fs.Magnitude(0.5)}, scores=scores)
+
+
+def test_batchnorm_in_train_mode_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    params = dict(model.named_parameters())
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    given = {**{k: v.detach() for k, v in params.items()}, **buffers}
+    before = {k: v.clone() for k, v in given.items()}
+    snapshot = _Snapshot(model)
+    batches = [torch.randn(8, 4), torch.randn(8, 4)]
+    with_buffers = collect_input_norms(model, given, batches)
+    without = collect_input_norms(model, {k: v.detach() for k, v in params.items()}, batches)
+    snapshot.assert_unchanged()
+    assert all(torch.equal(given[k], before[k]) for k in given)
+    # The running statistics advance inside the run as in training, on copies: both calls
+    # start from the module's statistics, so they agree.
+    torch.testing.assert_close(with_buffers["2.weight"], without["2.weight"])
+
+
+def test_bad_inputs_are_type_and_value_errors_with_short_messages() -> None:
+    model = _mlp()
+    params = _detached(model)
+    x = torch.randn(2, 6)
+    snapshot = _Snapshot(model)
+    with pytest.raises(TypeError, match=r"collect_input_norms: module must be a torch.nn.Module"):
+        collect_input_norms("model", params, [x])  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"batches must be an iterable of batches .* wrap one batch"
+    ):
+        collect_input_norms(model, params, x)
+    with pytest.raises(TypeError, match=r"batches must be an iterable"):
+        collect_input_norms(model, params, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"paths holds int 3; leaf paths are strings"):
+        collect_input_norms(model, params, [x], paths=["0.weight", 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"batch 0 holds .* on the meta device"):
+        collect_input_norms(model, params, [x.to("meta")])
+    meta = {**params, "0.weight": params["0.weight"].to("meta")}
+    with pytest.raises(ValueError, match=r"the leaf at '0.weight' is on the meta device"):
+        collect_input_norms(model, meta, [x])
+    huge = [x, [torch.randn(100, 100)] * 3 + [list(range(10_000))]]
+    with pytest.raises(TypeError) as err:
+        collect_input_norms(model, params, [x, {"big": huge}])
+    assert len(str(err.value)) < 600 and str(err.value).count("\n") <= 2
+    snapshot.assert_unchanged()
