@@ -13,12 +13,14 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
+import torch
 from torch import Tensor
 
 from funcsparse._compute import data_per_leaf, masks_with_data
+from funcsparse._errors import describe, require_int, require_real
 from funcsparse._rules import Assignment, assign_rules
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like, unflatten
-from funcsparse.methods._base import MaskMethod, describe, require_int
+from funcsparse.methods._base import MaskMethod
 from funcsparse.schedules import Schedule
 
 __all__ = ["Pruner", "PrunerState"]
@@ -189,8 +191,9 @@ class Pruner:
         """
         function = "Pruner.update"
         paths, leaves, spec = flatten_with_paths(params, function=function)
-        step, _, method_state = self._unpack(state, spec, function)
+        step, mask_leaves, method_state = self._unpack(state, spec, function)
         methods = self._methods(paths, leaves, function)
+        _check_state_leaves(paths, leaves, methods, mask_leaves, method_state, state["fraction"])
         if any(method is not None and method.needs_grads for method in methods):
             method_state = self._accumulate(paths, leaves, spec, methods, method_state, grads)
         fraction = state["fraction"]
@@ -258,7 +261,7 @@ class Pruner:
         """``state``'s step, mask leaves and method-state leaves, checked against ``spec``."""
         keys = set(PrunerState.__annotations__)
         if not isinstance(state, Mapping) or set(state) != keys:
-            got = sorted(state) if isinstance(state, Mapping) else describe(state)
+            got = describe(list(state)[:8]) if isinstance(state, Mapping) else describe(state)
             raise TypeError(
                 f"{function}: state must be the dict that Pruner.init or Pruner.update "
                 f"returned, with keys {sorted(keys)}; got {got}"
@@ -315,6 +318,12 @@ class Pruner:
                     f"{function}: {type(method).__name__} at {path!r} needs the gradient of "
                     f"a tensor of shape {tuple(leaf.shape)}, got {describe(grad)}"
                 )
+            if grad.device != leaf.device or not grad.is_floating_point():
+                raise ValueError(
+                    f"{function}: {type(method).__name__} at {path!r} needs a floating "
+                    f"gradient on the leaf's device ({leaf.device}), got {describe(grad)} on "
+                    f"{grad.device}"
+                )
             new_state[i] = method.next_state(method_state[i], leaf, grad)
         return new_state
 
@@ -349,3 +358,56 @@ class Pruner:
                 entries.append(mine.get(name, theirs.get(name)))
             merged[name] = unflatten(spec, entries)
         return merged, names
+
+
+def _check_state_leaves(
+    paths: list[str],
+    leaves: list[Any],
+    methods: list[MaskMethod | None],
+    mask_leaves: list[Any],
+    method_state: list[Any],
+    fraction: object,
+) -> None:
+    """Raise if a state's masks, method state or fraction could not have come from ``init``
+    or ``update`` for these params (a state edited by hand or loaded from elsewhere)."""
+    function = "Pruner.update"
+    if fraction is not None:
+        value = require_real(function, "state['fraction']", fraction)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{function}: state['fraction'] must be in [0, 1], got {value}")
+    for path, leaf, method, mask, entry in zip(
+        paths, leaves, methods, mask_leaves, method_state, strict=True
+    ):
+        if mask is not None:
+            if method is None:
+                raise ValueError(
+                    f"{function}: state['masks'] holds {describe(mask)} at {path!r}, which no "
+                    "rule matches (its mask is None)"
+                )
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise TypeError(
+                    f"{function}: state['masks'] at {path!r} must be a torch.bool tensor or "
+                    f"None, got {describe(mask)}"
+                )
+            if mask.shape != leaf.shape or mask.device != leaf.device:
+                raise ValueError(
+                    f"{function}: state['masks'] at {path!r} is {describe(mask)} on "
+                    f"{mask.device}; the leaf is {describe(leaf)} on {leaf.device}"
+                )
+        if entry is None:
+            continue
+        if method is None or type(method).init_state is MaskMethod.init_state:
+            raise ValueError(
+                f"{function}: state['method_state'] holds {describe(entry)} at {path!r}, "
+                "whose method keeps no state"
+            )
+        if not isinstance(entry, Tensor) or not entry.is_floating_point():
+            raise TypeError(
+                f"{function}: state['method_state'] at {path!r} must be a floating tensor, got "
+                f"{describe(entry)}"
+            )
+        if entry.shape != leaf.shape or entry.device != leaf.device:
+            raise ValueError(
+                f"{function}: state['method_state'] at {path!r} is {describe(entry)} on "
+                f"{entry.device}; the leaf is {describe(leaf)} on {leaf.device}"
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -488,3 +489,60 @@ def test_state_scores_do_not_trip_the_coverage_check_but_given_scores_are_checke
     given = {"a": None, "b": -params["b"]}
     masks, _ = pruner.update(params, pruner.init(params), grads=grads, scores=given)
     assert torch.equal(masks["b"], fs.Magnitude(0.5)(params["b"], scores=-params["b"]))
+
+
+def test_malformed_states_are_refused_and_change_nothing() -> None:
+    params = {"w": torch.randn(4, 4), "b": torch.randn(4)}
+    pruner = fs.Pruner({"w": fs.Movement(0.5)})
+    grads = {"w": torch.randn(4, 4), "b": None}
+    _, state = pruner.update(params, pruner.init(params), grads=grads)
+    saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
+    bad: list[tuple[type[Exception], str, dict[str, Any]]] = [
+        (TypeError, r"state must be the dict .* got list \[\]", {}),
+        (
+            TypeError,
+            r"state\['masks'\] at 'w' must be a torch.bool tensor or None, got str 'x'",
+            {"masks": {"w": "x", "b": None}},
+        ),
+        (
+            ValueError,
+            r"state\['masks'\] at 'w' is a 2-D torch.bool tensor of shape \(2, 2\)",
+            {"masks": {"w": torch.ones(2, 2, dtype=torch.bool), "b": None}},
+        ),
+        (
+            ValueError,
+            r"state\['masks'\] at 'w' is .* on meta; the leaf is .* on cpu",
+            {"masks": {"w": torch.ones(4, 4, dtype=torch.bool, device="meta"), "b": None}},
+        ),
+        (
+            ValueError,
+            r"state\['masks'\] holds .* at 'b', which no rule matches",
+            {"masks": {"w": None, "b": torch.ones(4, dtype=torch.bool)}},
+        ),
+        (
+            TypeError,
+            r"state\['method_state'\] at 'w' must be a floating tensor, got list",
+            {"method_state": {"w": [1.0], "b": None}},
+        ),
+        (
+            ValueError,
+            r"state\['method_state'\] at 'w' is a 1-D",
+            {"method_state": {"w": torch.zeros(16), "b": None}},
+        ),
+        (
+            ValueError,
+            r"state\['method_state'\] holds .* at 'b', whose method keeps no state",
+            {"method_state": {"w": torch.zeros(4, 4), "b": torch.zeros(4)}},
+        ),
+        (ValueError, r"state\['fraction'\] must be in \[0, 1\], got 2.0", {"fraction": 2.0}),
+        (TypeError, r"state\['fraction'\] must be a real number, got str", {"fraction": "1"}),
+    ]
+    for error, message, change in bad:
+        broken: Any = [] if not change else {**state, **change}
+        with pytest.raises(error, match=f"Pruner.update: {message}"):
+            pruner.update(params, broken, grads=grads)
+    with pytest.raises(ValueError, match=r"needs a floating gradient on the leaf's device \(cpu\)"):
+        pruner.update(params, state, grads={"w": torch.randn(4, 4, device="meta"), "b": None})
+    assert state["step"] == saved["step"] and state["fraction"] == saved["fraction"]
+    assert torch.equal(state["method_state"]["w"], saved["method_state"]["w"])
+    assert torch.equal(state["masks"]["w"], saved["masks"]["w"])
