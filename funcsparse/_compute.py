@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -261,9 +262,10 @@ def _first_member_problem(
     method: MaskMethod, leaf: Tensor, data: dict[str, Any], batch_dims: int
 ) -> Any:
     """The first problem ``method.check_leaf`` finds in any real member's data."""
-    members = leaf.reshape(-1, *leaf.shape[batch_dims:])
+    count = math.prod(leaf.shape[:batch_dims])  # explicit: -1 is ambiguous for 0 entries
+    members = leaf.reshape(count, *leaf.shape[batch_dims:])
     flat = {
-        k: v.reshape(-1, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
+        k: v.reshape(count, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
         for k, v in data.items()
     }
     for j, member in enumerate(members):
@@ -337,9 +339,10 @@ def _looped(
 ) -> Tensor:
     """``fn`` member by member, for methods that cannot run under vmap."""
     inner = leaf.shape[batch_dims:]
-    members = leaf.detach().reshape(-1, *inner)
+    count = math.prod(leaf.shape[:batch_dims])
+    members = leaf.detach().reshape(count, *inner)
     flat = {
-        k: v.reshape(-1, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
+        k: v.reshape(count, *v.shape[batch_dims:]) if isinstance(v, Tensor) else v
         for k, v in data.items()
     }
     masks = [

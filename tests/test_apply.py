@@ -603,3 +603,127 @@ def test_a_nested_pytree_needs_an_entry_at_every_leaf() -> None:
         ),
     ):
         fs.apply_masks(params, {"layer": {"w": torch.ones(2, 2, dtype=torch.bool)}})
+
+
+# -- hostile inputs: only TypeError/ValueError, nothing changed (issue 9) --------------------
+
+
+def test_bad_arguments_are_type_and_value_errors() -> None:
+    model = mlp()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    before = {k: v.clone() for k, v in params.items()}
+    x = torch.randn(2, 6)
+    good = torch.ones(8, 6, dtype=torch.bool)
+    cases: list[tuple[type[Exception], str, Any]] = [
+        (
+            TypeError,
+            "module must be a torch.nn.Module, got str 'mlp'",
+            lambda: fs.functional_call("mlp", params, None, (x,)),
+        ),
+        (
+            TypeError,
+            "module must be a torch.nn.Module, got NoneType None",
+            lambda: fs.functional_call(None, params, None, (x,)),
+        ),
+        (
+            TypeError,
+            "kwargs must be a dict or None, got list",
+            lambda: fs.functional_call(model, params, None, (x,), [1]),
+        ),
+        (
+            TypeError,
+            "straight_through must be a bool, got str 'yes'",
+            lambda: fs.functional_call(model, params, None, (x,), straight_through="yes"),
+        ),
+        (
+            TypeError,
+            "the leaf at '0.weight' is str 'w'; params holds tensors",
+            lambda: fs.functional_call(model, {**params, "0.weight": "w"}, None, (x,)),
+        ),
+        (
+            ValueError,
+            "the mask at '0.weight' is on meta but the leaf is on cpu",
+            lambda: fs.functional_call(model, params, {"0.weight": good.to("meta")}, (x,)),
+        ),
+        (
+            ValueError,
+            "apply_masks: the mask at '0.weight' is on meta but the leaf is on cpu",
+            lambda: fs.apply_masks(params, {"0.weight": good.to("meta")}),
+        ),
+        (
+            ValueError,
+            "apply_masks_: the mask at '0.weight' is on meta but the leaf is on cpu",
+            lambda: fs.apply_masks_(params, {"0.weight": good.to("meta")}),
+        ),
+        (
+            TypeError,
+            "apply_masks: the mask at '0.weight' must be a torch.bool tensor or None, got str",
+            lambda: fs.apply_masks(params, {"0.weight": "mask"}),
+        ),
+        (
+            ValueError,
+            "apply_masks: masks do not have the structure of params",
+            lambda: fs.apply_masks(params, "mask"),
+        ),
+        (
+            ValueError,
+            "apply_masks_: masks has keys that are not keys of params",
+            lambda: fs.apply_masks_(params, {"0.weight": good, "9.weight": good}),
+        ),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            call()
+    assert all(torch.equal(params[k], before[k]) for k in params)
+
+
+def test_apply_masks_checks_every_leaf_before_touching_any() -> None:
+    params = {"a": torch.ones(2, 2), "b": torch.ones(3).expand(2, 3), "c": torch.ones(2)}
+    masks = {"a": torch.zeros(2, 2, dtype=torch.bool), "b": torch.zeros(2, 3, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"apply_masks_: the leaf at 'b' is .* share memory"):
+        fs.apply_masks_(params, masks)
+    assert bool((params["a"] == 1).all())  # not zeroed: the error came first
+    masked = fs.apply_masks(params, masks)  # out of place is fine
+    assert not bool(masked["b"].any())
+
+
+def test_meta_and_empty_leaves_are_masked_shape_only() -> None:
+    params = {"w": torch.empty(4, 4, device="meta"), "e": torch.empty(0, 3)}
+    masks = {
+        "w": torch.empty(4, 4, dtype=torch.bool, device="meta"),
+        "e": torch.empty(0, 3, dtype=torch.bool),
+    }
+    out = fs.apply_masks(params, masks)
+    assert out["w"].device.type == "meta" and out["w"].shape == (4, 4)
+    assert out["e"].shape == (0, 3)
+    fs.apply_masks_(params, masks)
+
+
+def test_functional_call_mutates_only_what_torch_func_mutates() -> None:
+    """BatchNorm in train mode: torch updates the running statistics it is handed (the
+    module's own buffers, or the tensors passed for them); funcsparse adds nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    twin = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    twin.load_state_dict(model.state_dict())
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    twin_buffers = {k: v.clone() for k, v in model.named_buffers()}
+    given = {**params, **buffers}
+    keys, values = list(given), [id(v) for v in given.values()]
+    snapshot = {k: v.clone() for k, v in params.items()}
+    mask = torch.rand(4, 4) > 0.5
+    masks = {"0.weight": mask}
+    mask_before = mask.clone()
+    x = torch.randn(8, 4)
+    out = fs.functional_call(model, given, masks, (x,))
+    masked = {**params, "0.weight": params["0.weight"] * mask, **twin_buffers}
+    expected = torch.func.functional_call(twin, masked, (x,))
+    torch.testing.assert_close(out, expected)
+    assert list(given) == keys and [id(v) for v in given.values()] == values
+    assert all(torch.equal(params[k], snapshot[k]) for k in params)
+    assert torch.equal(mask, mask_before)
+    for name in buffers:  # torch's own update, the same on both sides
+        assert torch.equal(buffers[name], twin_buffers[name]), name
+    assert int(buffers["1.num_batches_tracked"]) == 1
+    assert all(torch.equal(b, twin.get_buffer(n)) for n, b in model.named_buffers())

@@ -216,3 +216,26 @@ def test_a_generator_tree_must_cover_the_random_leaves() -> None:
         fs.compute_masks(
             params, {"*": fs.Random(0.5)}, generator={"a": torch.Generator(), "b": None}
         )
+
+
+@pytest.mark.parametrize("batch_dims", [0, 1, 2])
+@pytest.mark.parametrize("shape", [(), (0,), (0, 4), (3, 0, 4), (2, 3, 0), (2, 0), (0, 4, 4)])
+def test_zero_size_and_zero_d_leaves_with_batch_dims(
+    shape: tuple[int, ...], batch_dims: int
+) -> None:
+    leaf = torch.randn(shape)
+    cases: list[tuple[fs.MaskMethod, dict[str, Any]]] = [
+        (fs.Magnitude(0.5), {}),
+        (WN, {}),
+        (fs.Movement(0.5), {"scores": {"w": torch.randn(shape)}}),
+    ]
+    if len(shape) > batch_dims:
+        norms = torch.ones(*shape[:batch_dims], shape[-1])
+        cases.append((fs.Wanda(0.5), {"input_norms": {"w": norms}}))
+    for method, data in cases:
+        try:
+            masks = fs.compute_masks({"w": leaf}, {"w": method}, batch_dims=batch_dims, **data)
+        except (TypeError, ValueError) as err:
+            assert str(err).startswith("compute_masks: rule 'w'"), err
+            continue
+        assert masks["w"].dtype == torch.bool and masks["w"].shape == leaf.shape
