@@ -50,9 +50,12 @@ def _check_sparsifier(owner: str, sparsifier: object) -> BaseSparsifier:
     return sparsifier
 
 
-def _level(owner: str, where: str, value: object, *, finite: bool = False) -> float | int:
-    """A sparsity level: a real number (a 0-d real tensor becomes one), not NaN."""
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex():
+def _level(
+    owner: str, where: str, value: object, *, finite: bool = False, tensors: bool = False
+) -> float | int:
+    """A sparsity level: a real number (with ``tensors``, a 0-d real tensor becomes one),
+    not NaN (with ``finite``, not infinite or too large for a float)."""
+    if tensors and isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex():
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {where} must be a real number, got {describe(value)}")
@@ -270,7 +273,7 @@ class BaseScheduler:
                 f"{owner}: get_sl() returned {len(levels)} levels for {len(groups)} groups"
             )
         return [
-            _level(owner, f"the level of group {group.get('tensor_fqn')!r}", level)
+            _level(owner, f"the level of group {group.get('tensor_fqn')!r}", level, tensors=True)
             for group, level in zip(groups, levels, strict=False)
         ]
 
@@ -337,10 +340,13 @@ class LambdaSL(BaseScheduler):
     def get_sl(self) -> list[float]:
         if not self._get_sl_called_within_step:
             warnings.warn(_GET_LAST_SL, stacklevel=2)
-        return [
-            lambda_sparsity(self.last_epoch, final_sparsity=base, factor=factor)
-            for factor, base in zip(self.sl_lambdas, self.base_sl, strict=True)
-        ]
+        levels = []
+        for i, (factor, base) in enumerate(zip(self.sl_lambdas, self.base_sl, strict=True)):
+            fqn = self.sparsifier.groups[i].get("tensor_fqn")
+            where = f"sl_lambda[{i}]({self.last_epoch}) for group {fqn!r}"
+            checked = _Checked(f"{type(self).__name__}.step", where, factor)
+            levels.append(lambda_sparsity(self.last_epoch, final_sparsity=base, factor=checked))
+        return levels
 
 
 class CubicSL(BaseScheduler):
@@ -438,3 +444,13 @@ class CubicSL(BaseScheduler):
 
 
 _MISSING: Any = object()
+
+
+class _Checked:
+    """A sparsity factor whose result is checked (a real number, not NaN) naming ``where``."""
+
+    def __init__(self, owner: str, where: str, factor: Callable[[int], float]) -> None:
+        self.owner, self.where, self.factor = owner, where, factor
+
+    def __call__(self, epoch: int) -> float:
+        return _level(self.owner, self.where, self.factor(epoch), tensors=True)
