@@ -158,14 +158,17 @@ def apply_masks(params: Any, masks: Any) -> Any:
     Args:
         params: a pytree of tensors.
         masks: a pytree of ``params``' structure with a ``torch.bool`` tensor of the leaf's
-            shape and device, or None, at every leaf; or None for no masks.
+            shape and device, or None, at every leaf; or None for no masks. For a flat
+            dict of params (``dict(model.named_parameters())``), a dict of masks for some
+            of its keys is enough: a key it leaves out is not masked (a key params lacks is
+            an error). Any other pytree needs an entry, None where unmasked, at every leaf.
 
     Returns:
         A pytree of ``params``' structure.
 
     Raises:
-        ValueError: the structures differ, or a mask's shape or device differs from its
-            leaf's.
+        ValueError: the structures differ (for a flat dict: masks has a key params lacks),
+            or a mask's shape or device differs from its leaf's.
         TypeError: a mask is not a bool tensor, or a masked leaf is not a tensor.
     """
     if masks is None:
@@ -212,7 +215,8 @@ def apply_masks_(params: Any, masks: Any) -> Any:
         ``params``, the same object.
 
     Raises:
-        ValueError: as :func:`apply_masks`.
+        ValueError: as :func:`apply_masks`; or a masked leaf's entries share memory (an
+            expanded tensor), which cannot be written in place.
         TypeError: as :func:`apply_masks`.
     """
     paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function="apply_masks_")
@@ -245,9 +249,17 @@ def functional_call(
 ) -> Any:
     """Run ``module`` with ``params`` masked by ``masks``, through ``torch.func.functional_call``.
 
-    Neither the module nor ``params`` is mutated. ``params`` may cover only part of the
-    module: the rest comes from the module's own parameters and buffers. Composes with
-    ``torch.func.grad``, ``vmap`` and ``torch.compile(fullgraph=True)``.
+    funcsparse mutates nothing: not the module, not ``params`` (the container or its
+    tensors), not ``masks``. ``params`` may cover only part of the module: the rest comes
+    from the module's own parameters and buffers. Composes with ``torch.func.grad``,
+    ``vmap`` and ``torch.compile(fullgraph=True)``.
+
+    What the module's forward itself updates in place, torch updates, exactly as
+    ``torch.func.functional_call`` (and ``module(x)``) does: BatchNorm in train mode adds to
+    its ``running_mean``, ``running_var`` and ``num_batches_tracked``, in the module's own
+    buffers or in the tensors passed for them in ``params``. To keep them, pass copies
+    (``{k: b.clone() for k, b in module.named_buffers()}``) in ``params``, or call
+    ``module.eval()``. (:func:`funcsparse.calibration.collect_input_norms` runs on copies.)
 
     The forward uses ``leaf * mask``, as torch.ao's FakeSparsity does: pruned entries of
     finite weights are exactly 0.0 (a pruned inf or NaN gives NaN; :func:`apply_masks` zeroes
@@ -277,7 +289,8 @@ def functional_call(
         module: the module to run.
         params: a pytree of tensors whose dotted leaf paths are names of the module's
             parameters or buffers (``dict(module.named_parameters())`` or a part of it).
-        masks: masks for ``params`` (see :func:`apply_masks`); None runs ``params`` dense.
+        masks: masks for ``params`` (see :func:`apply_masks`: an entry at every leaf, or a
+            dict of some keys of a flat dict); None runs ``params`` dense.
         args: positional inputs, a tensor or a tuple.
         kwargs: keyword inputs. Default None.
         straight_through: the forward is masked, the backward is dense: the gradient reaches
@@ -293,7 +306,8 @@ def functional_call(
     Raises:
         ValueError: a leaf path names no parameter or buffer of ``module``, or ``masks`` does
             not fit ``params`` (see :func:`apply_masks`).
-        TypeError: as :func:`apply_masks`.
+        TypeError: ``module`` is not a module, a leaf of ``params`` is not a tensor,
+            ``kwargs`` is not a dict, a flag is not a bool; or as :func:`apply_masks`.
     """
     function = "functional_call"
     if not isinstance(module, nn.Module):
