@@ -78,8 +78,8 @@ class WeightNormSparsifier(BaseSparsifier):
         >>> sparsifier.step()
         >>> model[0].parametrizations.weight[0].mask
         tensor([[1., 1., 1., 1., 1., 1., 1., 1.],
-                [1., 1., 1., 1., 0., 0., 0., 0.],
-                [0., 0., 0., 0., 1., 1., 1., 1.],
+                [0., 0., 0., 0., 0., 0., 0., 0.],
+                [0., 0., 0., 0., 0., 0., 0., 0.],
                 [1., 1., 1., 1., 1., 1., 1., 1.]])
 
     Args:
