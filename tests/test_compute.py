@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import OrderedDict
 from typing import Any
@@ -239,3 +240,24 @@ def test_zero_size_and_zero_d_leaves_with_batch_dims(
             assert str(err).startswith("compute_masks: rule 'w'"), err
             continue
         assert masks["w"].dtype == torch.bool and masks["w"].shape == leaf.shape
+
+
+def _plain_signature(obj: Any) -> str:
+    """``inspect.signature`` without annotations, as docs/index.md writes it."""
+    sig = inspect.signature(obj)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def test_the_public_table_in_the_docs_shows_the_real_signatures() -> None:
+    import importlib
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "index.md").read_text()
+    table = text[text.index("| name | what it is |") :].split("\n\n")[0]
+    shown = re.findall(r"`((?:fs|funcsparse)\.[\w.]+)(\(.*?\))`", table)
+    assert len(shown) >= 25
+    for name, signature in shown:
+        owner, attr = name.replace("fs.", "funcsparse.", 1).rsplit(".", 1)
+        obj = getattr(importlib.import_module(owner), attr)
+        assert signature == _plain_signature(obj), name
