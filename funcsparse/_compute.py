@@ -126,7 +126,9 @@ def masks_with_data(
             problem = GlobalMethod.group_problem(method, [leaves[i] for i in members])
         if problem is not None:
             where = f"compute_masks: rule {key!r} ({type(method).__name__})"
-            group_paths = [paths[i] for i in members]
+            group_paths = [paths[i] for i in members[:8]] + (
+                [f"... ({len(members)} in all)"] if len(members) > 8 else []
+            )
             raise problem.error(f"{where} got {problem.got} over {group_paths}; {problem.need}")
 
     # Everything is checked: compute.

@@ -172,7 +172,7 @@ def _as_args(index: int, batch: object) -> tuple[Any, ...]:
     for arg in args:
         if isinstance(arg, Tensor) and arg.device.type == "meta":
             raise ValueError(
-                f"{_FUNCTION}: batch {index} holds {describe(arg)} on the meta device; "
+                f"{_FUNCTION}: batch {index} holds a tensor on the meta device; "
                 "calibration runs the model on real values"
             )
     return args

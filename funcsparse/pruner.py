@@ -321,8 +321,8 @@ class Pruner:
             if grad.device != leaf.device or not grad.is_floating_point():
                 raise ValueError(
                     f"{function}: {type(method).__name__} at {path!r} needs a floating "
-                    f"gradient on the leaf's device ({leaf.device}), got {describe(grad)} on "
-                    f"{grad.device}"
+                    f"gradient on the leaf's device ({leaf.device}), got a {grad.dtype} "
+                    f"gradient on {grad.device}"
                 )
             new_state[i] = method.next_state(method_state[i], leaf, grad)
         return new_state
@@ -391,8 +391,8 @@ def _check_state_leaves(
                 )
             if mask.shape != leaf.shape or mask.device != leaf.device:
                 raise ValueError(
-                    f"{function}: state['masks'] at {path!r} is {describe(mask)} on "
-                    f"{mask.device}; the leaf is {describe(leaf)} on {leaf.device}"
+                    f"{function}: state['masks'] at {path!r} has shape {tuple(mask.shape)} on "
+                    f"{mask.device}; the leaf has shape {tuple(leaf.shape)} on {leaf.device}"
                 )
         if entry is None:
             continue
@@ -408,6 +408,7 @@ def _check_state_leaves(
             )
         if entry.shape != leaf.shape or entry.device != leaf.device:
             raise ValueError(
-                f"{function}: state['method_state'] at {path!r} is {describe(entry)} on "
-                f"{entry.device}; the leaf is {describe(leaf)} on {leaf.device}"
+                f"{function}: state['method_state'] at {path!r} has shape "
+                f"{tuple(entry.shape)} on {entry.device}; the leaf has shape "
+                f"{tuple(leaf.shape)} on {leaf.device}"
             )

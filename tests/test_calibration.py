@@ -566,7 +566,7 @@ def test_bad_inputs_are_type_and_value_errors_with_short_messages() -> None:
         collect_input_norms(model, params, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"paths holds int 3; leaf paths are strings"):
         collect_input_norms(model, params, [x], paths=["0.weight", 3])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match=r"batch 0 holds .* on the meta device"):
+    with pytest.raises(ValueError, match=r"batch 0 holds a tensor on the meta device"):
         collect_input_norms(model, params, [x.to("meta")])
     meta = {**params, "0.weight": params["0.weight"].to("meta")}
     with pytest.raises(ValueError, match=r"the leaf at '0.weight' is on the meta device"):
