@@ -11,16 +11,32 @@ So a selector that promises ``k`` entries selects exactly ``k``, whatever the ti
 device, every time. On plain eager tensors the selectors take data-dependent fast paths
 (a sampled bracket around the threshold, a tie check); under ``torch.func`` transforms and
 ``torch.compile`` they run a branch-free formulation. Both give the same selection.
+
+Memory: on a plain eager tensor of at least ``_BRACKET_MIN`` entries, :func:`smallest_k`
+(1-D), :func:`keep_all_but_lowest` and :func:`keep_all_but_lowest_drawn` never hold a
+full-size copy of the scores. They read (or compute: ``|x|``, a random draw) the scores
+``_CHUNK`` entries at a time; the only full-size buffer is the returned mask, one byte per
+entry, beside the scores that fall inside the sampled bracket (at most ``numel / 16``).
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["keep_all_but_lowest", "lowest_covering", "smallest_k", "smallest_k_per_group"]
+from funcsparse._errors import describe, require_int
+
+__all__ = [
+    "keep_all_but_lowest",
+    "keep_all_but_lowest_drawn",
+    "lowest_covering",
+    "smallest_k",
+    "smallest_k_per_group",
+]
 
 # Below this many scores a plain ``kthvalue`` beats the sampled bracket.
 _BRACKET_MIN = 1 << 16
@@ -31,6 +47,25 @@ _SAMPLE_SIZE = 1 << 12
 _SAMPLE_MARGIN = 112
 # Groups up to this size are ranked by pairwise comparisons; larger ones by a stable sort.
 _PAIRWISE_MAX = 8
+# The chunked selection: scores computed at a time; the strided sample that brackets the
+# k-th (its half-width: _BRACKET_SIGMAS standard deviations of the sample quantile's
+# position, plus _BRACKET_SLACK entries); and the most scores gathered from inside the
+# bracket, max(numel // _GATHER_FRACTION, _GATHER_MIN), past which the k-th is found by
+# exact radix passes instead. These change the speed and the memory, never the selection.
+_CHUNK = 1 << 20
+_BRACKET_SAMPLE = 1 << 16
+_BRACKET_SIGMAS = 5.0
+_BRACKET_SLACK = 8
+_GATHER_FRACTION = 16
+_GATHER_MIN = 1 << 16
+_RADIX_BITS = 16
+
+# Dtypes that can be ranked (float8 has no sort, compare or kthvalue kernels).
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_REALS = _FLOATS + _INTS + (torch.bool,)
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 
 
 def is_plain(tensor: Tensor) -> bool:
@@ -44,50 +79,192 @@ def is_plain(tensor: Tensor) -> bool:
     return is_wrapped is not None and not is_wrapped(tensor)
 
 
+def _check_scores(owner: str, name: str, scores: object, *, floating: bool = False) -> Tensor:
+    """``scores`` if it is a tensor of a dtype that ranks, else a TypeError naming ``owner``."""
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"{owner}: {name} must be a tensor, got {describe(scores)}")
+    allowed = _FLOATS if floating else _FLOATS + _INTS
+    if scores.dtype not in allowed:
+        kinds = "float16, bfloat16, float32 or float64"
+        if not floating:
+            kinds += ", or an integer dtype"
+        raise TypeError(
+            f"{owner}: {name} of dtype {scores.dtype} cannot be ranked; {name} must be {kinds}"
+        )
+    return scores
+
+
+def _check_mask(owner: str, name: str, mask: object, like: Tensor) -> Tensor:
+    """``mask`` if it is a bool tensor of ``like``'s shape and device, else an error."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{owner}: {name} must be a bool tensor, got {describe(mask)}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{owner}: {name} of dtype {mask.dtype}; {name} must be torch.bool")
+    if mask.shape != like.shape:
+        raise ValueError(
+            f"{owner}: {name} of shape {tuple(mask.shape)} for scores of shape "
+            f"{tuple(like.shape)}; {name} must have the scores' shape"
+        )
+    if mask.device != like.device:
+        raise ValueError(
+            f"{owner}: {name} on {mask.device} for scores on {like.device}; {name} must be "
+            f"on the scores' device"
+        )
+    return mask
+
+
+def _eager(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is large, plain and real enough for the chunked selection."""
+    return tensor.numel() >= _BRACKET_MIN and tensor.device.type != "meta" and is_plain(tensor)
+
+
 def smallest_k(scores: Tensor, k: int) -> Tensor:
     """Select the ``k`` lowest-ranked entries along the last dimension.
-
-    Args:
-        scores: real tensor; every slice along the last dimension is ranked on its own.
-        k: how many entries each slice selects; clipped to ``[0, scores.shape[-1]]``.
-
-    Returns:
-        A ``torch.bool`` tensor of ``scores``' shape, ``True`` at the selected entries.
 
     Examples:
         >>> smallest_k(torch.tensor([3.0, 1.0, 2.0, 1.0]), 2)
         tensor([False,  True, False,  True])
+
+    Args:
+        scores: real tensor (floating or integer); every slice along the last dimension is
+            ranked on its own.
+        k: how many entries each slice selects; clipped to ``[0, scores.shape[-1]]`` (any
+            int, however large).
+
+    Returns:
+        A ``torch.bool`` tensor of ``scores``' shape, ``True`` at the selected entries.
+
+    Raises:
+        TypeError: ``scores`` is not a real tensor (bool, complex and float8 are refused),
+            or ``k`` is not an int.
+        ValueError: ``scores`` is 0-d.
     """
+    _check_scores("smallest_k", "scores", scores)
+    k = require_int("smallest_k", "k", k)
+    if scores.dim() == 0:
+        raise ValueError("smallest_k: scores is 0-d; it needs a last dimension to rank along")
     n = scores.shape[-1]
     if k <= 0:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if k >= n:
         return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-    if scores.dim() == 1 and n >= _BRACKET_MIN and is_plain(scores):
-        return _smallest_k_eager(scores, k)
+    if scores.dim() == 1 and _eager(scores):
+        bounds = _chunk_bounds(scores, None)
+        pieces = _tensor_pieces(scores, None, bounds, magnitude=False)
+        sample = _strided_sample(scores, None, magnitude=False)
+        return _select_chunked(pieces, bounds, scores, k, None, sample, keep=False)
     return _smallest_k_pure(scores, k)
 
 
-def keep_all_but_lowest(ranking: Tensor, k: int, prev_mask: Tensor | None = None) -> Tensor:
+def keep_all_but_lowest(
+    ranking: Tensor, k: int, prev_mask: Tensor | None = None, *, magnitude: bool = False
+) -> Tensor:
     """A keep-mask of ``ranking``'s shape that prunes its ``k`` lowest-ranked entries (flat).
 
     With ``prev_mask``, entries it prunes rank below every other and stay pruned, so ``k``
     is the total: the mask prunes ``max(k, previously pruned)`` entries. Branch-free in the
-    data (``k`` depends on shapes only), so it runs under vmap.
+    data (``k`` depends on shapes only), so it runs under vmap. On a large plain tensor no
+    full-size copy of the ranking is made (see the module's note on memory).
 
     Examples:
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 2)
         tensor([ True, False,  True, False])
+        >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 2, magnitude=True)
+        tensor([ True,  True,  True, False])
         >>> prev = torch.tensor([False, True, True])
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0]), 1, prev)
         tensor([False,  True,  True])
+
+    Args:
+        ranking: floating tensor of any shape; the lowest values are pruned first.
+        k: how many entries to prune; clipped to ``[0, numel]`` (any int).
+        prev_mask: optional bool tensor of ``ranking``'s shape and device, False where
+            entries were pruned before. Default None.
+        magnitude: rank ``|ranking|`` instead of ``ranking`` (computed chunk by chunk, never
+            as a full-size copy). Default False.
+
+    Returns:
+        A ``torch.bool`` tensor of ``ranking``'s shape, False at the pruned entries.
+
+    Raises:
+        TypeError: ``ranking`` is not a float16/bfloat16/float32/float64 tensor, ``k`` is
+            not an int, or ``prev_mask`` is not a bool tensor.
+        ValueError: ``prev_mask`` has another shape or device than ``ranking``.
     """
+    owner = "keep_all_but_lowest"
+    _check_scores(owner, "ranking", ranking, floating=True)
+    k = require_int(owner, "k", k)
+    if prev_mask is not None:
+        _check_mask(owner, "prev_mask", prev_mask, ranking)
+    n = ranking.numel()
+    if 0 < k < n and _eager(ranking) and (prev_mask is None or is_plain(prev_mask)):
+        bounds = _chunk_bounds(ranking, prev_mask)
+        pieces = _tensor_pieces(ranking, prev_mask, bounds, magnitude=magnitude)
+        sample = _strided_sample(ranking, prev_mask, magnitude=magnitude)
+        return _select_chunked(pieces, bounds, ranking, k, prev_mask, sample, keep=True)
+    if magnitude:
+        ranking = ranking.abs()
     if prev_mask is not None:
         ranking = torch.where(prev_mask, ranking, torch.full_like(ranking, -torch.inf))
     pruned = smallest_k(ranking.reshape(-1), k).reshape(ranking.shape)
     if prev_mask is not None:
         pruned = pruned | ~prev_mask
     return pruned.logical_not_()  # fresh from smallest_k: negate in place, no new buffer
+
+
+def keep_all_but_lowest_drawn(
+    draws: Callable[[], Callable[[int], Tensor]],
+    like: Tensor,
+    k: int,
+    prev_mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`keep_all_but_lowest` of a ranking that is drawn, chunk by chunk, not stored.
+
+    ``draws()`` starts the ranking's stream from its beginning and returns a function
+    that, called with a size, returns the next ``size`` entries of the ranking (flat,
+    row-major) as a fresh 1-D tensor. Concatenated, the draws must be the same whatever
+    the sizes (as ``torch.rand`` on a CPU generator is); the stream may be started more
+    than once. On a large plain ``like`` the ranking is never held whole, only the mask
+    and a chunk at a time; otherwise it is drawn in one go.
+
+    Examples:
+        >>> values = torch.tensor([0.3, 0.9, 0.1, 0.5])
+        >>> def draws():
+        ...     stream = iter(values.tolist())
+        ...     return lambda size: torch.tensor([next(stream) for _ in range(size)])
+        >>> keep_all_but_lowest_drawn(draws, torch.empty(2, 2), 2)
+        tensor([[False,  True],
+                [False,  True]])
+
+    Args:
+        draws: starts the stream; see above. Every draw must have ``like``'s dtype and
+            device.
+        like: a tensor of the ranking's shape, dtype and device (its values are not read).
+        k: how many entries to prune; clipped to ``[0, numel]`` (any int).
+        prev_mask: as in :func:`keep_all_but_lowest`. Default None.
+
+    Returns:
+        A ``torch.bool`` tensor of ``like``'s shape, False at the pruned entries.
+
+    Raises:
+        TypeError: ``like`` is not a floating tensor, ``k`` is not an int, ``prev_mask``
+            is not a bool tensor, or ``draws`` is not callable.
+        ValueError: ``prev_mask`` has another shape or device than ``like``.
+    """
+    owner = "keep_all_but_lowest_drawn"
+    _check_scores(owner, "like", like, floating=True)
+    k = require_int(owner, "k", k)
+    if not callable(draws):
+        raise TypeError(f"{owner}: draws must be callable, got {describe(draws)}")
+    if prev_mask is not None:
+        _check_mask(owner, "prev_mask", prev_mask, like)
+    n = like.numel()
+    if 0 < k < n and _eager(like) and (prev_mask is None or is_plain(prev_mask)):
+        bounds = _chunk_bounds(like, prev_mask)
+        pieces = _drawn_pieces(draws, prev_mask, bounds)
+        return _select_chunked(pieces, bounds, like, k, prev_mask, None, keep=True)
+    values = draws()(n).reshape(like.shape)
+    return keep_all_but_lowest(values, k, prev_mask)
 
 
 def lowest_covering(scores: Tensor, gains: Tensor, needed: int | Tensor) -> Tensor:
@@ -100,18 +277,42 @@ def lowest_covering(scores: Tensor, gains: Tensor, needed: int | Tensor) -> Tens
     ``prev_mask``: a unit's gain is the zeros that pruning it adds, so the total zeros reach
     the level's target. Branch-free (``needed`` may be a tensor), so it runs under vmap.
 
+    Examples:
+        >>> lowest_covering(torch.tensor([0.5, 0.1, 0.9, 0.3]), torch.tensor([2, 0, 2, 1]), 3)
+        tensor([ True,  True, False,  True])
+
     Args:
         scores: 1-D real tensor, one score per unit.
-        gains: 1-D non-negative integer tensor of ``scores``' shape.
-        needed: the sum of gains to reach (an int or a 0-d tensor).
+        gains: 1-D non-negative tensor of ``scores``' shape (integers, as a rule).
+        needed: the sum of gains to reach (an int, however large, or a 0-d tensor).
 
     Returns:
         A 1-D ``torch.bool`` tensor, True at the selected units.
 
-    Examples:
-        >>> lowest_covering(torch.tensor([0.5, 0.1, 0.9, 0.3]), torch.tensor([2, 0, 2, 1]), 3)
-        tensor([ True,  True, False,  True])
+    Raises:
+        TypeError: ``scores`` or ``gains`` is not a real tensor, or ``needed`` neither an
+            int nor a 0-d real tensor.
+        ValueError: ``scores`` is not 1-D, or ``gains`` has another shape or device.
     """
+    owner = "lowest_covering"
+    _check_scores(owner, "scores", scores)
+    if scores.dim() != 1:
+        raise ValueError(f"{owner}: scores must be 1-D, got {describe(scores)}")
+    if not isinstance(gains, Tensor) or gains.dtype not in _REALS:
+        raise TypeError(f"{owner}: gains must be a real tensor, got {describe(gains)}")
+    if gains.shape != scores.shape or gains.device != scores.device:
+        raise ValueError(
+            f"{owner}: gains ({describe(gains)} on {gains.device}) must have the shape and "
+            f"device of scores ({describe(scores)} on {scores.device})"
+        )
+    if isinstance(needed, Tensor):
+        if needed.dtype not in _REALS or needed.dim() != 0:
+            raise TypeError(
+                f"{owner}: needed must be an int or a 0-d real tensor, got {describe(needed)}"
+            )
+    else:
+        # Beyond any sum of gains (int64): everything; at or below 0: nothing.
+        needed = max(-_INT64_MAX, min(require_int(owner, "needed", needed), _INT64_MAX))
     order = torch.sort(scores, stable=True).indices
     ranked_gains = gains.gather(-1, order)
     before = torch.cumsum(ranked_gains, -1) - ranked_gains
@@ -155,20 +356,325 @@ def _kth_smallest_value(scores: Tensor, k: int) -> float:
     return scores.kthvalue(k).values.item()
 
 
-def _smallest_k_eager(scores: Tensor, k: int) -> Tensor:
-    """``smallest_k`` for one large 1-D slice, with data-dependent shortcuts."""
-    threshold = _kth_smallest_value(scores, k)
-    if math.isnan(threshold):
-        selected = ~scores.isnan()
-        nan_positions = torch.nonzero(scores.isnan()).flatten()
-        selected[nan_positions[: k - int(torch.count_nonzero(selected))]] = True
-        return selected
-    selected = scores <= threshold
-    surplus = int(torch.count_nonzero(selected)) - k
-    if surplus > 0:
-        tied = torch.nonzero(scores == threshold).flatten()
-        selected[tied[tied.numel() - surplus :]] = False
-    return selected
+# -- the chunked selection ------------------------------------------------------------------
+#
+# One pass over the scores (chunk by chunk) writes, into the uint8 buffer that becomes the
+# mask, a code per entry relative to a bracket [lo, hi] from a sample:
+#   4: below lo, 3: equal to lo, 2: strictly inside, 1: equal to hi, 0: above hi or NaN
+# (with lo == hi: 2 below, 1 equal, 0 above or NaN). Codes decrease with the rank, so the
+# k-th entry's code L is found from the counts; entries of a code above L are selected,
+# below L are not, and those of code L are settled by a second pass over the buffer alone:
+# ties (codes 3, 1, lo == hi, or NaN when hi is +inf) by position, inside entries from their
+# gathered scores. A bracket that misses the k-th (or holds too many scores to gather)
+# falls back to radix passes over the scores' order keys, which find the k-th exactly.
+
+
+def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]:
+    """Flat ``[start, stop)`` ranges covering ``tensor`` (and ``other``, of its shape) in
+    order: ``_CHUNK`` entries, or whole rows where either tensor is not contiguous."""
+    n = tensor.numel()
+    contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
+    if contiguous or tensor.dim() <= 1:
+        step = _CHUNK
+    else:
+        row = n // tensor.shape[0]
+        step = row * max(1, _CHUNK // row)
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:
+    """Flat entries ``[start, stop)`` of ``tensor``, row-major (a view where contiguous; for a
+    non-contiguous tensor the range is whole rows, copied)."""
+    if tensor.is_contiguous() or tensor.dim() <= 1:
+        return tensor.reshape(-1)[start:stop]
+    row = tensor.numel() // tensor.shape[0]
+    return tensor[start // row : stop // row].reshape(-1)
+
+
+def _flat_take(tensor: Tensor, index: Tensor) -> Tensor:
+    """``tensor``'s entries at flat row-major positions ``index``, without a flat copy."""
+    if tensor.is_contiguous() or tensor.dim() <= 1:
+        return tensor.reshape(-1)[index]
+    return tensor[torch.unravel_index(index, tensor.shape)]
+
+
+_Pieces = Callable[[], Iterator[Tensor]]
+
+
+def _tensor_pieces(
+    ranking: Tensor, prev: Tensor | None, bounds: list[tuple[int, int]], *, magnitude: bool
+) -> _Pieces:
+    """The ranking's chunks (``|ranking|`` with ``magnitude``, -inf where ``prev`` is False),
+    computed into one reused buffer."""
+
+    def pieces() -> Iterator[Tensor]:
+        buffer: Tensor | None = None
+        for start, stop in bounds:
+            piece = _flat_piece(ranking, start, stop)
+            if magnitude or prev is not None:
+                if buffer is None or buffer.numel() < piece.numel():
+                    buffer = torch.empty(piece.numel(), dtype=piece.dtype, device=piece.device)
+                out = buffer[: piece.numel()]
+                piece = torch.abs(piece, out=out) if magnitude else out.copy_(piece)
+                if prev is not None:
+                    piece.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
+            yield piece
+
+    return pieces
+
+
+def _drawn_pieces(
+    draws: Callable[[], Callable[[int], Tensor]],
+    prev: Tensor | None,
+    bounds: list[tuple[int, int]],
+) -> _Pieces:
+    """The drawn ranking's chunks, -inf where ``prev`` is False."""
+
+    def pieces() -> Iterator[Tensor]:
+        draw = draws()
+        for start, stop in bounds:
+            piece = draw(stop - start)
+            if prev is not None:
+                piece.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
+            yield piece
+
+    return pieces
+
+
+def _strided_sample(ranking: Tensor, prev: Tensor | None, *, magnitude: bool) -> Tensor:
+    """About ``_BRACKET_SAMPLE`` of the ranking's values, strided, where ``prev`` keeps."""
+    n = ranking.numel()
+    index = torch.arange(0, n, max(1, n // _BRACKET_SAMPLE), device=ranking.device)
+    values = _flat_take(ranking, index)
+    if magnitude:
+        values = values.abs()
+    return values if prev is None else values[_flat_take(prev, index)]
+
+
+def _sample_value(sample: Tensor, at: int) -> float:
+    """The ``at``-th smallest (0-based) of a 1-D sample, NaN largest."""
+    value: float = sample.kthvalue(at + 1).values.item()
+    return value
+
+
+def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float]:
+    """Bounds around the ``rank``-th smallest of ``population`` values, from a sample of
+    them: (-inf, -inf) when ``rank <= 0`` (the k-th is a previously pruned -inf)."""
+    if rank <= 0:
+        return -math.inf, -math.inf
+    m = sample.numel()
+    if m == 0:
+        return -math.inf, math.inf
+    p = min(1.0, rank / population)
+    at = rank * m / population
+    margin = math.ceil(_BRACKET_SIGMAS * math.sqrt(m * p * (1.0 - p))) + _BRACKET_SLACK
+    lo_at, hi_at = math.floor(at) - margin, math.ceil(at) + margin
+    lo = _sample_value(sample, lo_at) if lo_at >= 0 else -math.inf
+    hi = _sample_value(sample, hi_at) if hi_at < m else math.inf
+    if math.isnan(hi):
+        hi = math.inf
+    if math.isnan(lo):
+        lo = hi = math.inf
+    return lo, hi
+
+
+def _classify(
+    pieces: Iterable[Tensor], codes: Tensor, lo: float, hi: float, cap: int
+) -> tuple[list[int], Tensor | None]:
+    """Write every entry's code into ``codes``; return the count of each code and the
+    scores strictly inside ``(lo, hi)`` in flat order (None if more than ``cap``)."""
+    counts = [0] * 5
+    gather = lo < hi and cap > 0
+    inside: list[Tensor] = []
+    n_inside = 0
+    start = 0
+    flags: Tensor | None = None
+    for piece in pieces:
+        size = piece.numel()
+        code = codes[start : start + size]
+        start += size
+        if flags is None or flags.numel() < size:
+            flags = torch.empty(size, dtype=torch.bool, device=piece.device)
+        flag = flags[:size]
+        up_to_hi = int(torch.count_nonzero(torch.le(piece, hi, out=flag)))
+        code.copy_(flag)
+        under_lo = int(torch.count_nonzero(torch.lt(piece, lo, out=flag)))
+        code.add_(flag)
+        if lo == hi:
+            counts[2] += under_lo
+            counts[1] += up_to_hi - under_lo
+            counts[0] += size - up_to_hi
+            continue
+        under_hi = int(torch.count_nonzero(torch.lt(piece, hi, out=flag)))
+        code.add_(flag)
+        up_to_lo = int(torch.count_nonzero(torch.le(piece, lo, out=flag)))
+        code.add_(flag)
+        counts[4] += under_lo
+        counts[3] += up_to_lo - under_lo
+        counts[2] += under_hi - up_to_lo
+        counts[1] += up_to_hi - under_hi
+        counts[0] += size - up_to_hi
+        here = under_hi - up_to_lo
+        if gather and here:
+            n_inside += here
+            if n_inside > cap:
+                gather, inside = False, []
+            else:
+                inside.append(piece[torch.eq(code, 2, out=flag)])
+    if not gather:
+        return counts, None
+    return counts, (torch.cat(inside) if inside else codes.new_empty(0, dtype=torch.float64))
+
+
+_Plan = tuple[int, int, Tensor | None]
+
+
+def _plan(k: int, lo: float, hi: float, counts: list[int], inside: Tensor | None) -> _Plan | None:
+    """Where the k-th entry lies: its code, how many of that code are selected (ties, in
+    flat order) or which (inside scores), or None if the bracket cannot tell."""
+    order = (4, 3, 2, 1, 0) if lo < hi else (2, 1, 0)
+    before = 0
+    code = 0
+    for code in order:
+        if k <= before + counts[code]:
+            break
+        before += counts[code]
+    needed = k - before
+    if code == order[0]:  # below lo: the bracket missed low
+        return None
+    if code == 0 and hi != math.inf:  # above hi: missed high (with hi = inf, 0 is NaN)
+        return None
+    if code == 2 and lo < hi:
+        if inside is None:
+            return None
+        threshold = _kth_smallest_value(inside, needed)
+        take = inside < threshold
+        tied = torch.nonzero(inside == threshold).flatten()
+        take[tied[: needed - int(torch.count_nonzero(take))]] = True
+        return code, needed, take
+    return code, needed, None
+
+
+def _select_chunked(
+    pieces: _Pieces,
+    bounds: list[tuple[int, int]],
+    like: Tensor,
+    k: int,
+    prev: Tensor | None,
+    sample: Tensor | None,
+    *,
+    keep: bool,
+) -> Tensor:
+    """The ``k`` lowest-ranked of the ranking that ``pieces`` yields (``0 < k < numel``),
+    as a bool tensor of ``like``'s shape: True at them, or with ``keep`` False at them and
+    where ``prev`` is False. ``sample``: a sample of the ranking where ``prev`` keeps; None:
+    the first chunk is the sample (for a stream whose entries are alike everywhere)."""
+    n = like.numel()
+    codes = torch.empty(n, dtype=torch.uint8, device=like.device)
+    prev_pruned = 0 if prev is None else n - int(torch.count_nonzero(prev))
+    stream = pieces()
+    first = next(stream)
+    if sample is None:
+        sample = first if prev is None else first[_flat_piece(prev, *bounds[0])]
+    lo, hi = _bracket(sample, k - prev_pruned, n - prev_pruned)
+    del sample
+    cap = max(n // _GATHER_FRACTION, _GATHER_MIN)
+    counts, inside = _classify(_chain(first, stream), codes, lo, hi, cap)
+    del first, stream
+    plan = _plan(k, lo, hi, counts, inside)
+    del inside
+    if plan is None:
+        threshold = _radix_kth(pieces, k, like.dtype)
+        lo = hi = math.inf if math.isnan(threshold) else threshold
+        counts, _ = _classify(pieces(), codes, lo, hi, 0)
+        plan = _plan(k, lo, hi, counts, None)
+        if plan is None:  # unreachable: the bracket is the k-th value itself
+            raise RuntimeError("funcsparse._select: the exact threshold missed the k-th entry")
+    _settle(codes, bounds, plan, prev if keep else None, keep=keep)
+    return codes.view(torch.bool).view(like.shape)
+
+
+def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
+    yield first
+    yield from rest
+
+
+def _settle(
+    codes: Tensor, bounds: list[tuple[int, int]], plan: _Plan, prev: Tensor | None, *, keep: bool
+) -> None:
+    """Turn ``codes`` into the selection (0/1, in place), chunk by chunk."""
+    code, remaining, take = plan
+    offset = 0
+    flags: Tensor | None = None
+    for start, stop in bounds:
+        chunk = codes[start:stop]
+        if flags is None or flags.numel() < chunk.numel():
+            flags = torch.empty(chunk.numel(), dtype=torch.bool, device=codes.device)
+        out = torch.gt(chunk, code, out=flags[: chunk.numel()])
+        if take is not None or remaining:
+            at = chunk == code
+            here = int(torch.count_nonzero(at))
+            if take is not None:
+                out.masked_scatter_(at, take[offset : offset + here])
+                offset += here
+            elif here <= remaining:
+                out.logical_or_(at)
+                remaining -= here
+            elif here:
+                out[at.nonzero()[:remaining, 0]] = True
+                remaining = 0
+        if keep:
+            out.logical_not_()
+            if prev is not None:
+                out.logical_and_(_flat_piece(prev, start, stop))
+        chunk.copy_(out)
+
+
+def _order_keys(piece: Tensor) -> Tensor:
+    """int64 keys ordered as funcsparse ranks ``piece`` (``-0.0 == 0.0``, NaN largest),
+    with the sign bit flipped, so that their bits compare as unsigned numbers."""
+    if not piece.is_floating_point():
+        keys = piece.to(torch.int64)
+    else:
+        bits = piece.to(torch.float64).add_(0.0).view(torch.int64)  # -0.0 + 0.0 is +0.0
+        keys = torch.where(bits < 0, bits ^ _INT64_MAX, bits)
+        keys.masked_fill_(piece.isnan(), _INT64_MAX)
+    return keys ^ _INT64_MIN
+
+
+def _radix_kth(pieces: _Pieces, k: int, dtype: torch.dtype) -> float:
+    """The k-th smallest value of the ranking, exactly, by ``64 / _RADIX_BITS`` counting
+    passes over its order keys (a digit each); NaN if the k-th is a NaN."""
+    radix = 1 << _RADIX_BITS
+    prefix = 0  # the digits found so far, as an unsigned number
+    rank = k
+    for level in range(64 // _RADIX_BITS):
+        shift = 64 - _RADIX_BITS * (level + 1)
+        width = 64 - shift - _RADIX_BITS  # bits in ``prefix``
+        # ``prefix`` as the arithmetic shift of an int64 shows it.
+        signed = prefix - (1 << width) if width and prefix >> (width - 1) else prefix
+        histogram: Tensor | None = None
+        for piece in pieces():
+            keys = _order_keys(piece)
+            if width:
+                keys = keys[(keys >> (shift + _RADIX_BITS)) == signed]
+            counts = torch.bincount((keys >> shift) & (radix - 1), minlength=radix)
+            histogram = counts if histogram is None else histogram.add_(counts)
+        if histogram is None:  # unreachable: the ranking has entries
+            raise RuntimeError("funcsparse._select: an empty ranking has no k-th entry")
+        cumulative = histogram.cumsum(0)
+        digit = int(torch.searchsorted(cumulative, rank))
+        rank -= int(cumulative[digit - 1]) if digit else 0
+        prefix = (prefix << _RADIX_BITS) | digit
+    key = prefix ^ (1 << 63)
+    key = key - (1 << 64) if key >> 63 else key  # as a signed int64
+    if dtype not in _FLOATS:
+        return key  # an integer ranking: compared as an int, exactly
+    if key == _INT64_MAX:
+        return math.nan
+    bits = key ^ _INT64_MAX if key < 0 else key
+    value: float = struct.unpack("<d", struct.pack("<q", bits))[0]
+    return value
 
 
 def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None) -> Tensor:
