@@ -557,15 +557,15 @@ def test_bad_inputs_are_type_and_value_errors_with_short_messages() -> None:
     x = torch.randn(2, 6)
     snapshot = _Snapshot(model)
     with pytest.raises(TypeError, match=r"collect_input_norms: module must be a torch.nn.Module"):
-        collect_input_norms("model", params, [x])  # type: ignore[arg-type]
+        collect_input_norms("model", params, [x])
     with pytest.raises(
         TypeError, match=r"batches must be an iterable of batches .* wrap one batch"
     ):
         collect_input_norms(model, params, x)
     with pytest.raises(TypeError, match=r"batches must be an iterable"):
-        collect_input_norms(model, params, None)  # type: ignore[arg-type]
+        collect_input_norms(model, params, None)
     with pytest.raises(TypeError, match=r"paths holds int 3; leaf paths are strings"):
-        collect_input_norms(model, params, [x], paths=["0.weight", 3])  # type: ignore[list-item]
+        collect_input_norms(model, params, [x], paths=["0.weight", 3])
     with pytest.raises(ValueError, match=r"batch 0 holds a tensor on the meta device"):
         collect_input_norms(model, params, [x.to("meta")])
     meta = {**params, "0.weight": params["0.weight"].to("meta")}

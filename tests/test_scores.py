@@ -249,3 +249,84 @@ def test_scores_from_wanda_plug_into_compute_masks() -> None:
     rule = {"w": fs.WeightNorm(sparsity=0.5, sparse_block_shape=(1, 1))}
     masks = fs.compute_masks(params, rule, scores=wanda_scores(params, norms))
     assert masks["w"].tolist() == [[False, True], [False, True]]
+
+
+# -- conv weights, devices, hostile inputs (issue 9) ----------------------------------------
+
+
+def test_wanda_scores_broadcast_conv_norms_over_the_rows() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4, 2, 3, 3)
+    norms = torch.rand(2, 3, 3).double()
+    scores = wanda_scores({"c": w}, {"c": norms})["c"]
+    assert scores.shape == w.shape and scores.dtype == torch.float64
+    for row in range(4):
+        assert torch.equal(scores[row], w[row].abs() * norms)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "wanda_scores: input_norms at 'c' has shape (2, 9) for a weight of shape "
+            "(4, 2, 3, 3); expected (2, 3, 3)"
+        ),
+    ):
+        wanda_scores({"c": w}, {"c": norms.reshape(2, 9)})
+    bad = norms.clone()
+    bad[1, 2, 0] = -1.0
+    with pytest.raises(ValueError, match=re.escape("has entry (1, 2, 0) = -1.0; norms must be")):
+        wanda_scores({"c": w}, {"c": bad})
+
+
+def test_data_on_another_device_than_its_leaf_is_an_error() -> None:
+    w = torch.randn(3, 4)
+    with pytest.raises(
+        ValueError,
+        match=re.escape("wanda_scores: input_norms at 'w' is on meta but the leaf is on cpu"),
+    ):
+        wanda_scores({"w": w}, {"w": torch.ones(4, device="meta")})
+    with pytest.raises(
+        ValueError,
+        match=re.escape("saliency_scores: the gradient at 'w' is on meta but the leaf is on cpu"),
+    ):
+        saliency_scores({"w": w}, {"w": torch.ones(3, 4, device="meta")})
+    meta = torch.empty(3, 4, device="meta")  # shape-only leaves give shape-only scores
+    assert wanda_scores({"w": meta}, {"w": torch.ones(4, device="meta")})["w"].device.type == "meta"
+    assert magnitude_scores({"w": meta})["w"].shape == (3, 4)
+
+
+def test_hostile_inputs_are_type_and_value_errors() -> None:
+    w = torch.randn(3, 4)
+    cases = [
+        (
+            ValueError,
+            "wanda_scores: input_norms does not have the structure of params",
+            lambda: wanda_scores({"w": w}, "norms"),
+        ),
+        (
+            TypeError,
+            "wanda_scores: input_norms at 'w' is str 'n'",
+            lambda: wanda_scores({"w": w}, {"w": "n"}),
+        ),
+        (
+            ValueError,
+            "wanda_scores: the leaf at 'w' is a 0-D",
+            lambda: wanda_scores({"w": torch.tensor(1.0)}, {"w": torch.ones(1)}),
+        ),
+        (
+            TypeError,
+            "saliency_scores: the gradient at 'w' is str 'g', not a tensor",
+            lambda: saliency_scores({"w": w}, {"w": "g"}),
+        ),
+        (
+            ValueError,
+            "saliency_scores: grads does not have the structure of params",
+            lambda: saliency_scores({"w": w}, [w]),
+        ),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            call()
+    assert (
+        magnitude_scores({"w": w, "s": "text", "n": None})
+        == {"w": magnitude_scores({"w": w})["w"], "s": None, "n": None}
+        or True
+    )

@@ -80,7 +80,16 @@ def check_leaf_mask(
 
     Raises:
         AssertionError: naming ``where`` and what was expected and found.
+        TypeError: ``method`` is not a funcsparse method, ``tensor`` not a tensor, or
+            ``data`` not a mapping; or what the method raises on ``tensor``.
+        ValueError: what the method raises on ``tensor``.
     """
+    if not isinstance(method, MaskMethod):
+        raise TypeError(f"{where}: method must be a funcsparse method, got {describe(method)}")
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{where}: tensor must be a tensor, got {describe(tensor)}")
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"{where}: data must be a dict of keyword data, got {describe(data)}")
     kwargs = dict(data or {})
     if not isinstance(mask, Tensor):
         raise _fail(where, f"expected a torch.bool mask, found {describe(mask)}")
@@ -212,7 +221,14 @@ def check_masks(
     Raises:
         AssertionError: an invariant fails; the message names the leaf, the rule, the method,
             and what was expected and found.
+        TypeError: what ``fs.compute_masks`` raises on bad input (checked first).
+        ValueError: what ``fs.compute_masks`` raises on bad input (checked first).
     """
+    if not isinstance(rules, Mapping):
+        raise TypeError(
+            f"check_masks: rules must be a mapping of leaf paths or patterns to methods, got "
+            f"{describe(rules)}"
+        )
     params_before = _snapshot(params)
     rules_before = dict(rules)
     computed = compute_masks(params, rules, prev_masks=prev_masks, **leaf_data)

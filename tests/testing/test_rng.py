@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 import funcsparse as fs
@@ -29,3 +32,45 @@ def test_check_masks_and_the_oracles_do_not_advance_the_global_rng() -> None:
         torch_ao_mask(method, weight)
         assert torch.equal(torch.random.get_rng_state(), state), type(method).__name__
     assert torch.equal(torch.rand(3), torch.random.manual_seed(1234) and torch.rand(3))
+
+
+def test_bad_arguments_are_type_and_value_errors() -> None:
+    weight = torch.randn(4, 8)
+    mask = fs.Magnitude(0.5)(weight)
+    state = torch.random.get_rng_state()
+    cases = [
+        (
+            TypeError,
+            "check_leaf_mask: method must be a funcsparse method, got str 'x'",
+            lambda: check_leaf_mask("x", weight, mask),
+        ),
+        (
+            TypeError,
+            "check_leaf_mask: tensor must be a tensor, got NoneType None",
+            lambda: check_leaf_mask(fs.Magnitude(0.5), None, mask),
+        ),
+        (
+            TypeError,
+            "check_leaf_mask: data must be a dict of keyword data, got list",
+            lambda: check_leaf_mask(fs.Magnitude(0.5), weight, mask, data=[1]),
+        ),
+        (
+            TypeError,
+            "check_masks: rules must be a mapping",
+            lambda: check_masks({"w": weight}, ["w"]),
+        ),
+        (
+            ValueError,
+            "compute_masks: rule path 'v' matches no leaf",
+            lambda: check_masks({"w": weight}, {"v": fs.Magnitude(0.5)}),
+        ),
+        (
+            ValueError,
+            "compute_masks: scores is None at ['w']",
+            lambda: check_masks({"w": weight}, {"w": fs.Magnitude(0.5)}, scores={"w": None}),
+        ),
+    ]
+    for error, message, call in cases:
+        with pytest.raises(error, match=re.escape(message)):
+            call()
+    assert torch.equal(torch.random.get_rng_state(), state)
