@@ -630,7 +630,7 @@ def _split_state_dict(owner: str, state_dict: object) -> tuple[Mapping[Any, Any]
     states, groups = state_dict["state"], state_dict["groups"]
     if not isinstance(states, Mapping):
         raise TypeError(f"{owner}: state_dict['state'] must be a dict, got {describe(states)}")
-    if isinstance(groups, (str, bytes, Mapping)) or not isinstance(groups, Iterable):
+    if not isinstance(groups, (list, tuple)):
         raise TypeError(f"{owner}: state_dict['groups'] must be a list, got {describe(groups)}")
     return states, list(groups)
 

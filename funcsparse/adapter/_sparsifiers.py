@@ -19,6 +19,9 @@ from funcsparse.methods._base import MaskMethod
 
 __all__ = ["NearlyDiagonalSparsifier", "WeightNormSparsifier"]
 
+#: About how many characters of a method's own explanation an adapter message shows.
+_MAX_NEED = 200
+
 
 def _said(prefix: str, text: str) -> str:
     """``text`` after ``prefix: `` (just ``text`` for an empty prefix)."""
@@ -48,7 +51,11 @@ def _leaf_check(method: MaskMethod, tensor: Tensor, owner: str, what: str) -> No
     """Raise what ``method`` would raise on ``tensor`` (naming ``owner`` and ``what``)."""
     problem = method.check_leaf(tensor)
     if problem is not None:
-        raise problem.error(f"{owner}: {what}: got {problem.got}; {problem.need}")
+        need = problem.need
+        if len(need) > _MAX_NEED:  # a huge block or count spelled out: keep the message short
+            half = _MAX_NEED // 2 - 2
+            need = f"{need[:half]}...{need[-half:]}"
+        raise problem.error(f"{owner}: {what}: got {problem.got}; {need}")
 
 
 class WeightNormSparsifier(BaseSparsifier):
@@ -151,13 +158,23 @@ class WeightNormSparsifier(BaseSparsifier):
         if isinstance(zeros_per_block, bool) or not isinstance(zeros_per_block, numbers.Integral):
             text = f"zeros_per_block must be an int, got {describe(zeros_per_block)}"
             raise TypeError(_said(owner, text))
-        _block_size(owner, sparse_block_shape)
+        size, zeros = _block_size(owner, sparse_block_shape), int(zeros_per_block)
+        if not 0 <= zeros <= size:  # torch.ao's words, the values kept short
+            text = (
+                "Number of zeros per block should be positive"
+                if zeros < 0
+                else "Number of zeros per block cannot be more than the total number of "
+                "elements in that block"
+            )
+            shown = f"zeros_per_block={short_repr(zeros_per_block)}, block size {short_repr(size)}"
+            text += f" ({shown})"
+            raise ValueError(_said(owner, text))
         level = _clamped_level(owner, sparsity_level)
         try:
             return WeightNorm(
                 sparsity=level,
                 sparse_block_shape=tuple(sparse_block_shape),  # type: ignore[arg-type]
-                zeros_per_block=int(zeros_per_block),
+                zeros_per_block=zeros,
                 norm=self.norm,
             )
         except (TypeError, ValueError) as err:
@@ -170,8 +187,8 @@ class WeightNormSparsifier(BaseSparsifier):
         except (TypeError, ValueError) as err:
             raise group_error(owner, fqn, err) from None
         what = (
-            f"group {fqn!r} (sparse_block_shape={tuple(method.sparse_block_shape)}, "
-            f"zeros_per_block={method.block_zeros})"
+            f"group {fqn!r} (sparse_block_shape={short_repr(tuple(method.sparse_block_shape))}, "
+            f"zeros_per_block={short_repr(method.block_zeros)})"
         )
         _leaf_check(method, tensor, owner, what)
 
