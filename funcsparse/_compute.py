@@ -18,7 +18,7 @@ from funcsparse._tree import (
 )
 from funcsparse.methods._base import GlobalMethod, MaskMethod, describe, require_int
 
-__all__ = ["compute_masks", "data_per_leaf", "masks_with_data"]
+__all__ = ["check_data_coverage", "compute_masks", "data_per_leaf", "masks_with_data"]
 
 
 def compute_masks(
@@ -115,7 +115,7 @@ def masks_with_data(
         if assigned is not None and method is not None:
             where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
             _check_leaf(where, path, method, leaf, leaf_kwargs, batch_dims)
-    _check_coverage(paths, assignments, methods, data, leaf_data, partial)
+    check_data_coverage(paths, assignments, methods, data, leaf_data, partial=partial)
     groups: dict[str, tuple[GlobalMethod, list[int]]] = {}
     for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
         if assigned is not None and isinstance(method, GlobalMethod):
@@ -182,19 +182,25 @@ def _check_leaf(
         raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
 
 
-def _check_coverage(
+def check_data_coverage(
     paths: list[str],
     assignments: list[Any],
     methods: list[MaskMethod | None],
     data: list[dict[str, Any]],
     leaf_data: dict[str, Any],
-    partial: frozenset[str],
+    *,
+    partial: frozenset[str] = frozenset(),
+    function: str = "compute_masks",
 ) -> None:
     """Raise if a data tree given for the params is None where a matched method reads it.
 
     A method that reads ``scores`` where they are given falls back to the weights without
     them; a tree of scores with a None entry at such a leaf (a leaf calibration never saw)
-    would make that fallback silent.
+    would make that fallback silent. ``data`` is :func:`data_per_leaf`'s result for
+    ``leaf_data``; ``methods`` each leaf's method (None where no rule applies).
+
+    Raises:
+        ValueError: naming ``function``, the data, the leaves and the rule.
     """
     for name, tree in leaf_data.items():
         if tree is None or name in partial or name == "prev_mask":
@@ -213,7 +219,7 @@ def _check_coverage(
             fallback = "rank the weights" if name == "scores" else f"run without {name}"
             hint = " (fs.magnitude_scores(params) gives |w|)" if name == "scores" else ""
             raise ValueError(
-                f"compute_masks: {name} is None at {shown}, which rule {key!r} "
+                f"{function}: {name} is None at {shown}, which rule {key!r} "
                 f"({method_name}) matches; a {name} tree must give every leaf the rule "
                 f"matches a value (where None, {method_name} would silently {fallback}). "
                 f"Give {name} there{hint}, or match those leaves with another rule"
