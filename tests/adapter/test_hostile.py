@@ -633,6 +633,13 @@ def test_huge_values_where_torch_ao_accepts_them() -> None:
     assert torch.equal(results[1], results[3])
 
 
+def test_load_before_prepare_is_refused() -> None:
+    sparsifier = fa.WeightNormSparsifier()
+    with pytest.raises(ValueError, match=r"load_state_dict: prepare\(model, config\) must come"):
+        sparsifier.load_state_dict(a_state_dict())
+    assert sparsifier.groups == [] and sparsifier.state == {}
+
+
 def test_none_config_stays_accepted() -> None:
     sparsifier = fa.NearlyDiagonalSparsifier()
     sparsifier.prepare(nn.Sequential(nn.Linear(4, 4)), config=None)  # as torch.ao
