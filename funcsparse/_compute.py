@@ -175,6 +175,9 @@ def _check_leaf(
             )
     member_kwargs = {k: _member(v, batch_dims) for k, v in leaf_kwargs.items()}
     problem = method.check_leaf(_member(leaf, batch_dims), **member_kwargs)
+    real = isinstance(leaf, Tensor) and leaf.device.type != "meta"
+    if problem is not None and batch_dims and real:  # a member is a meta stand-in
+        problem = problem._replace(got=problem.got.replace(" on meta", ""))
     if problem is None and batch_dims and leaf_kwargs and isinstance(leaf, Tensor):
         # Data values (statistics) are checked member by member, outside vmap.
         problem = _first_member_problem(method, leaf, leaf_kwargs, batch_dims)

@@ -261,3 +261,9 @@ def test_the_public_table_in_the_docs_shows_the_real_signatures() -> None:
         owner, attr = name.replace("fs.", "funcsparse.", 1).rsplit(".", 1)
         obj = getattr(importlib.import_module(owner), attr)
         assert signature == _plain_signature(obj), name
+
+
+def test_a_member_problem_does_not_mention_the_meta_stand_in() -> None:
+    with pytest.raises(ValueError) as err:
+        fs.compute_masks({"w": torch.randn(2, 4)}, {"w": fs.NearlyDiagonal()}, batch_dims=1)
+    assert "at 'w'" in str(err.value) and "meta" not in str(err.value)
