@@ -261,6 +261,11 @@ class BaseSparsifier(abc.ABC):
             raise ValueError(
                 f"{name}: tensor_fqn {fqn!r} names no tensor of the {type(model).__name__}"
             )
+        if not _maskable(info["module"], info["tensor_name"]):
+            raise ValueError(
+                f"{name}: tensor_fqn {fqn!r} names a plain tensor attribute; only parameters "
+                "and buffers can carry a mask (register it with register_buffer)"
+            )
         for key, value in info.items():
             given = group.get(key, value)
             leading_dot = key == "tensor_fqn" and given == "." + value
@@ -524,6 +529,11 @@ class BaseSparsifier(abc.ABC):
                         f"{name}: tensor_fqn {fqn!r} names no tensor of the {type(model).__name__}"
                     )
                 continue
+            if not _maskable(info["module"], info["tensor_name"]):
+                raise ValueError(
+                    f"{name}: tensor_fqn {fqn!r} names a plain tensor attribute; only "
+                    "parameters and buffers can carry a mask"
+                )
             mask = entry.get("mask")
             if mask is not None:
                 hint = ": is this state_dict from another model?"
@@ -592,6 +602,15 @@ class BaseSparsifier(abc.ABC):
             if isinstance(p, FakeSparsity):
                 return p
         return None
+
+
+def _maskable(module: nn.Module, tensor_name: str) -> bool:
+    """Whether a parametrization can be registered on ``module.<tensor_name>``."""
+    return (
+        tensor_name in module._parameters
+        or tensor_name in module._buffers
+        or parametrize.is_parametrized(module, tensor_name)
+    )
 
 
 def _same(given: object, value: object) -> bool:

@@ -154,6 +154,15 @@ BAD_CALLS: list[tuple[str, Call, type[Exception], str]] = [
         r"prepare: tensor_fqn '3\.weight' names no tensor of the Sequential",
     ),
     (
+        "a plain tensor attribute",
+        lambda m, s: (
+            setattr(m[2], "extra", torch.ones(2)),
+            s.prepare(m, [{"tensor_fqn": "2.extra"}]),
+        ),
+        ValueError,
+        r"prepare: tensor_fqn '2\.extra' names a plain tensor attribute",
+    ),
+    (
         "tensor_fqn is an int",
         lambda m, s: s.prepare(m, [{"tensor_fqn": 2}]),
         TypeError,
@@ -239,6 +248,15 @@ BAD_CALLS: list[tuple[str, Call, type[Exception], str]] = [
         ),
         ValueError,
         r"load_state_dict: tensor_fqn '9\.weight' names no tensor of the Sequential",
+    ),
+    (
+        "a plain tensor attribute in state",
+        lambda m, s: (
+            setattr(m[2], "extra", torch.ones(2)),
+            s.load_state_dict({"state": {"2.extra": {}}, "groups": []}),
+        ),
+        ValueError,
+        r"load_state_dict: tensor_fqn '2\.extra' names a plain tensor attribute",
     ),
     (
         "fqn is an int",
