@@ -148,6 +148,12 @@ class BaseScheduler:
         _int(owner, "last_epoch", attributes.get("last_epoch"))
         if "_step_count" in attributes:
             _int(owner, "_step_count", attributes["_step_count"], minimum=0)
+        last_sl = attributes.get("_last_sl", [])
+        if not isinstance(last_sl, list):
+            raise TypeError(f"{owner}: _last_sl must be a list of levels, got {describe(last_sl)}")
+        for flag in ("_get_sl_called_within_step",):
+            if flag in attributes and not isinstance(attributes[flag], bool):
+                raise TypeError(f"{owner}: {flag} must be a bool, got {describe(attributes[flag])}")
         verbose = attributes.get("verbose")
         if not isinstance(verbose, (bool, int)):
             raise TypeError(f"{owner}: verbose must be a bool, got {describe(verbose)}")

@@ -618,6 +618,8 @@ def test_scheduler_step_that_raises_changes_nothing() -> None:
         ({"base_sl": ["x"]}, TypeError, r"sparsity_level of group '0\.weight' must be a real"),
         ({"last_epoch": 1.5}, TypeError, r"last_epoch must be an int, got float 1\.5"),
         ({"sl_lambdas": [None]}, TypeError, r"sl_lambda\[0\] must be callable"),
+        ({"_last_sl": "x"}, TypeError, r"_last_sl must be a list of levels, got str 'x'"),
+        ({"_step_count": -1}, ValueError, r"_step_count=-1 must be >= 0"),
     ],
 )
 def test_scheduler_load_state_dict_refuses_and_changes_nothing(
