@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from funcsparse._select import smallest_k_per_group
+from funcsparse._errors import short_repr
+from funcsparse._select import is_plain, smallest_k_per_group
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
 from funcsparse.methods._base import ranking as ranking_of
 
 __all__ = ["NM"]
+
+# Eager calls rank groups a chunk at a time, so that the work's temporaries (the ranking,
+# the selection network's wires or a sort's indices, the chunk's mask: 2.5x to 7x the
+# tensor's bytes in one piece) stay a fraction of the tensor: up to about _CHUNKS chunks of
+# at least _CHUNK_MIN entries (and at least one slice along the dim that is cut). Few
+# chunks: every op of a chunk is a parallel region.
+_CHUNKS = 16
+_CHUNK_MIN = 1 << 16
+# Above this, ``fraction * (m - n)`` is computed exactly (a float product overflows).
+_FLOAT_EXACT = 1 << 53
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,6 +49,9 @@ class NM(MaskMethod):
       had at least ``n`` left (and all it had left otherwise).
 
     Runs under ``torch.func.vmap`` (one mask per member); no Python loop over groups.
+    Called eagerly on a large CPU tensor, it works a chunk of groups at a time, so the memory
+    it needs besides the tensor stays below the tensor's size (the bool mask it returns
+    included). An empty tensor has no groups: its mask is empty, whatever ``m``.
 
     Examples:
         >>> import torch
@@ -58,7 +73,8 @@ class NM(MaskMethod):
         TypeError: ``n``, ``m`` or ``axis`` is not an int; on a call, a tensor that is not
             floating-point, or ``scores`` that are not floating.
         ValueError: ``m < 1`` or ``n`` outside ``[0, m]``; on a call, ``axis`` out of range
-            for the tensor, or a length along ``axis`` that is not a multiple of ``m``.
+            for the tensor, or a length along ``axis`` that is not a multiple of ``m``
+            (an ``m`` larger than that length is named as such).
 
     References:
         Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021 (arXiv:2104.08378).
@@ -78,9 +94,9 @@ class NM(MaskMethod):
         m = require_int("NM", "m", self.m)
         require_int("NM", "axis", self.axis)
         if m < 1:
-            raise ValueError(f"NM: m={m} must be at least 1")
+            raise ValueError(f"NM: m={short_repr(m)} must be at least 1")
         if not 0 <= n <= m:
-            raise ValueError(f"NM: n={n} must be in [0, m] = [0, {m}]")
+            raise ValueError(f"NM: n={short_repr(n)} must be in [0, m] = [0, {short_repr(m)}]")
 
     @classmethod
     def configs(cls, st: Any) -> Any:
@@ -100,7 +116,11 @@ class NM(MaskMethod):
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"NM.scaled: fraction must be in [0, 1], got {fraction!r}")
-        return dataclasses.replace(self, n=self.m - round(fraction * (self.m - self.n)))
+        zeros = self.m - self.n
+        if zeros < _FLOAT_EXACT:
+            return dataclasses.replace(self, n=self.m - round(fraction * zeros))
+        # A float product would overflow: round the exact product instead.
+        return dataclasses.replace(self, n=self.m - round(Fraction(fraction) * zeros))
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
@@ -110,9 +130,16 @@ class NM(MaskMethod):
             return LeafProblem(
                 ValueError,
                 describe(tensor),
-                f"NM axis={self.axis} is out of range for a {ndim}-D tensor",
+                f"NM axis={short_repr(self.axis)} is out of range for a {ndim}-D tensor",
             )
         length = tensor.shape[self.axis]
+        if self.m > length > 0:
+            return LeafProblem(
+                ValueError,
+                describe(tensor),
+                f"NM m={short_repr(self.m)} is larger than the length along axis={self.axis} "
+                f"({length}); groups of m need a length that is a multiple of m",
+            )
         if length % self.m:
             return LeafProblem(
                 ValueError,
@@ -123,6 +150,24 @@ class NM(MaskMethod):
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        if tensor.numel() == 0:  # no groups (whatever m): nothing to rank
+            return torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+        inputs = [tensor, *(v for v in data.values() if isinstance(v, Tensor))]
+        plan = _chunking(tensor, self.axis, self.m) if tensor.device.type == "cpu" else None
+        if plan is None or not all(is_plain(t) for t in inputs):
+            return self._groups_mask(tensor, data)
+        dim, step = plan
+        mask = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
+        size = tensor.shape[dim]
+        for start in range(0, size, step):
+            length = min(step, size - start)
+            part = {k: v.narrow(dim, start, length) for k, v in data.items()}
+            piece = self._groups_mask(tensor.narrow(dim, start, length), part)
+            mask.narrow(dim, start, length).copy_(piece)
+        return mask
+
+    def _groups_mask(self, tensor: Tensor, data: dict[str, Any]) -> Tensor:
+        """The keep-mask of ``tensor`` (whole groups along ``axis``), in one piece."""
         ranking = ranking_of(tensor, data)
         prev_mask: Tensor | None = data.get("prev_mask")
         if prev_mask is not None:
@@ -147,7 +192,7 @@ class NM(MaskMethod):
         """``numel // m * (m - n)``; with ``prev_mask``, per group the larger of ``m - n``
         and its previous zeros."""
         prev_mask = data.get("prev_mask")
-        if prev_mask is None:
+        if prev_mask is None or tensor.numel() == 0:
             return tensor.numel() // self.m * (self.m - self.n)
         prev_zeros = (~self._groups(prev_mask.cpu())).sum(-1)
         return int(prev_zeros.clamp(min=self.m - self.n).sum())
@@ -155,6 +200,8 @@ class NM(MaskMethod):
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """Every group of ``m`` along ``axis`` keeps exactly ``n`` (with ``prev_mask``: the
         smaller of ``n`` and what the group kept before, and nothing pruned before)."""
+        if tensor.numel() == 0:
+            return None
         kept = self._groups(mask.cpu()).sum(-1)
         want = torch.full_like(kept, self.n)
         prev_mask = data.get("prev_mask")
@@ -173,3 +220,30 @@ class NM(MaskMethod):
                 f"{int(kept[group])} entries; expected {int(want[group])} ({self.n}:{self.m})"
             )
         return None
+
+
+def _chunking(tensor: Tensor, axis: int, m: int) -> tuple[int, int] | None:
+    """Where to cut ``tensor`` into chunks of whole groups: ``(dim, step)``, or None for one
+    piece.
+
+    The cut runs along the outermost dim whose slices fit the chunk budget (along ``axis``
+    itself in steps of ``m``, so every chunk holds whole groups); where none fits, along the
+    dim of thinnest slices.
+    """
+    numel = tensor.numel()
+    budget = max(_CHUNK_MIN, -(-numel // _CHUNKS))
+    if numel <= budget:
+        return None
+    axis %= tensor.dim()
+    best: tuple[int, int, int] | None = None  # (entries per unit, dim, unit)
+    for dim, size in enumerate(tensor.shape):
+        unit = m if dim == axis else 1
+        units = size // unit
+        if units < 2:
+            continue
+        per_unit = numel // units
+        if per_unit <= budget:
+            return dim, max(1, budget // per_unit) * unit
+        if best is None or per_unit < best[0]:
+            best = (per_unit, dim, unit)
+    return None if best is None else (best[1], best[2])

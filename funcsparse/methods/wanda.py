@@ -17,13 +17,25 @@ __all__ = ["Wanda"]
 
 _NEEDS_NORMS = (
     "Wanda needs input_norms, the L2 norm of every input feature over the calibration "
-    "tokens, a tensor of shape (in_features,) (funcsparse.calibration.collect_input_norms)"
+    "tokens, a tensor of shape (in_features,) (funcsparse.calibration.collect_input_norms; "
+    "for a conv weight, of the weight's shape without its first dim)"
 )
+_NEEDS_RANK = (
+    "Wanda needs weights of 2 or more dims, (out_features, in_features) or a conv weight "
+    "(out_channels, in_channels / groups, *kernel)"
+)
+# Eager calls score and select rows a chunk at a time, so that the work's temporaries (the
+# scores, kthvalue's copy and int64 indices, an int64 running count: up to 10x the weight's
+# bytes in one piece, with float64 norms) stay a fraction of the weight: up to _CHUNKS
+# chunks of at least _CHUNK_MIN entries (and at least one row). No more chunks than that:
+# every op on a chunk is a parallel region of its own.
+_CHUNKS = 32
+_CHUNK_MIN = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Wanda(MaskMethod):
-    """Prune the weights of lowest ``|W_ij| * ||X_j||_2`` in every output row of a 2-D weight.
+    """Prune the weights of lowest ``|W_ij| * ||X_j||_2`` in every output row of a weight.
 
     ``W`` is a linear layer's weight of shape ``(out_features, in_features)`` and ``||X_j||_2``
     the L2 norm of input feature ``j`` over every calibration token (keyword data
@@ -36,9 +48,19 @@ class Wanda(MaskMethod):
     the reference code's ``torch.sort(..., stable=True)``. Scores are computed in the
     promoted dtype of the weight and the norms (float64 for float64 norms).
 
+    A weight of more dims, ``(out, *rest)`` (a conv weight ``(out_channels, in_channels /
+    groups, kh, kw)``), takes ``input_norms`` of shape ``rest``: one norm per unfolded input
+    feature, as the reference code unfolds a convolution's input. Each output row, flattened
+    over ``rest``, is pruned on its own, as a linear layer's row with
+    ``in_features = prod(rest)``.
+
     With ``prev_mask`` (``fs.compute_masks(..., prev_masks=...)``), entries pruned before
     stay pruned and count towards the row's target: a row prunes
     ``max(int(in_features * sparsity), its previous zeros)`` entries.
+
+    Runs under ``torch.func.vmap``. Called eagerly on a large CPU tensor, it works a chunk
+    of rows at a time, so the memory it needs besides the weight stays below the weight's
+    size (the bool mask it returns included) unless a single row is most of the weight.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -48,6 +70,10 @@ class Wanda(MaskMethod):
         >>> Wanda(sparsity=0.5)(w, input_norms=norms)
         tensor([[ True, False,  True, False],
                 [ True,  True, False, False]])
+        >>> conv = torch.randn(8, 3, 3, 3)  # Conv2d(3, 8, 3).weight
+        >>> mask = Wanda(sparsity=0.5)(conv, input_norms=torch.rand(3, 3, 3))
+        >>> (~mask).flatten(1).sum(1).tolist()  # int(27 * 0.5) per output channel
+        [13, 13, 13, 13, 13, 13, 13, 13]
 
     Args:
         sparsity: the fraction of every row pruned, in [0, 1]; may be given positionally.
@@ -56,9 +82,9 @@ class Wanda(MaskMethod):
     Raises:
         TypeError: ``sparsity`` is not a real number; on a call, a leaf that is not a floating
             tensor, or ``input_norms`` that is not a floating tensor.
-        ValueError: ``sparsity`` is NaN or outside [0, 1]; on a call, a weight that is not
-            2-D, or ``input_norms`` missing, of a shape other than ``(in_features,)``, or
-            with a negative or non-finite entry.
+        ValueError: ``sparsity`` is NaN or outside [0, 1]; on a call, a weight of fewer than
+            2 dims, or ``input_norms`` missing, of a shape other than the weight's shape
+            without its first dim, or with a negative or non-finite entry.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
@@ -87,62 +113,84 @@ class Wanda(MaskMethod):
     @classmethod
     def example_data(cls, st: Any, tensor: Tensor) -> Any:
         """``input_norms`` for ``tensor``: non-negative float64 norms, often tied."""
-        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+        if not isinstance(tensor, Tensor) or tensor.dim() < 2:
             return st.just({})
+        rest = tuple(tensor.shape[1:])
+        size = math.prod(rest)
         tied = st.sampled_from([0.0, 0.5, 1.0, 2.0])
         spread = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
-        values = st.lists(
-            st.one_of(tied, spread), min_size=tensor.shape[1], max_size=tensor.shape[1]
-        )
+        values = st.lists(st.one_of(tied, spread), min_size=size, max_size=size)
         return values.map(
-            lambda norms: {"input_norms": torch.tensor(norms, dtype=torch.float64).reshape(-1)}
+            lambda norms: {"input_norms": torch.tensor(norms, dtype=torch.float64).reshape(rest)}
         )
 
     def rows_to_prune(self, tensor: Tensor) -> int:
         """Entries every row prunes: ``int(in_features * sparsity)``, the reference code's
-        count (a floor: 3 of 7 at sparsity 0.5)."""
-        return int(tensor.shape[-1] * float(self.sparsity))
+        count (a floor: 3 of 7 at sparsity 0.5); ``in_features`` is the product of every dim
+        but the first."""
+        return int(math.prod(tensor.shape[1:]) * float(self.sparsity))
 
     def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             return LeafProblem(TypeError, describe(tensor), "Wanda needs floating-point weights")
-        if tensor.dim() != 2:
-            return LeafProblem(
-                ValueError, describe(tensor), "Wanda needs 2-D weights (out_features, in_features)"
-            )
+        if tensor.dim() < 2:
+            return LeafProblem(ValueError, describe(tensor), _NEEDS_RANK)
         norms = data.get("input_norms")
         if norms is None:
             return LeafProblem(ValueError, "no input_norms", _NEEDS_NORMS)
         if not isinstance(norms, Tensor) or not norms.is_floating_point():
             return LeafProblem(TypeError, f"input_norms={describe(norms)}", _NEEDS_NORMS)
-        if norms.shape != (tensor.shape[1],):
+        rest = tuple(tensor.shape[1:])
+        if tuple(norms.shape) != rest:
+            what = "one per input feature"
+            if len(rest) > 1:
+                what = "one per unfolded input feature (the weight's shape without its first dim)"
             return LeafProblem(
                 ValueError,
                 f"input_norms of shape {tuple(norms.shape)} for a weight of shape "
                 f"{tuple(tensor.shape)}",
-                f"Wanda needs input_norms of shape ({tensor.shape[1]},), one per input feature",
+                f"Wanda needs input_norms of shape {rest}, {what}",
             )
         if norms.device.type != "meta" and is_plain(norms) and norms.numel():
             bad = ~(norms.isfinite() & (norms >= 0))
             if bool(bad.any()):
-                index = int(bad.nonzero()[0])
+                where = tuple(int(i) for i in bad.nonzero()[0])
+                index = ", ".join(str(i) for i in where)
                 return LeafProblem(
                     ValueError,
-                    f"input_norms[{index}] = {norms[index].item()}",
+                    f"input_norms[{index}] = {norms[where].item()}",
                     "norms must be finite and non-negative",
                 )
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
-        norms: Tensor = data["input_norms"]
+        norms: Tensor = data["input_norms"].to(tensor.device)
         prev_mask: Tensor | None = data.get("prev_mask")
-        scores = tensor.abs() * norms.to(tensor.device)
-        if prev_mask is not None:  # pruned before: rank below every score
-            scores = torch.where(prev_mask, scores, torch.full_like(scores, -math.inf))
-        pruned = smallest_k(scores, self.rows_to_prune(tensor))
-        if prev_mask is not None:
-            pruned = pruned | ~prev_mask
-        return ~pruned
+        k = self.rows_to_prune(tensor)
+        rows = tensor.shape[0]
+        plain = [tensor, norms] + ([] if prev_mask is None else [prev_mask])
+        step = _rows_per_chunk(tensor)
+        if step >= rows or tensor.device.type != "cpu" or not all(is_plain(t) for t in plain):
+            return self._rows_mask(tensor, norms, prev_mask, k)
+        mask = torch.empty(tensor.shape, dtype=torch.bool, device=tensor.device)
+        for start in range(0, rows, step):
+            part = slice(start, start + step)
+            prev = None if prev_mask is None else prev_mask[part]
+            mask[part] = self._rows_mask(tensor[part], norms, prev, k)
+        return mask
+
+    @staticmethod
+    def _rows_mask(tensor: Tensor, norms: Tensor, prev_mask: Tensor | None, k: int) -> Tensor:
+        """The keep-mask of ``tensor``'s rows, each row flattened and pruned on its own."""
+        rows = (tensor.shape[0], math.prod(tensor.shape[1:]))
+        scores = (tensor.abs() * norms).reshape(rows)
+        prev = None if prev_mask is None else prev_mask.reshape(rows)
+        if prev is not None:  # pruned before: rank below every score
+            scores = torch.where(prev, scores, torch.full_like(scores, -math.inf))
+        pruned = smallest_k(scores, k)
+        if prev is not None:
+            pruned = pruned | ~prev
+        return (~pruned).reshape(tensor.shape)
 
     def _row_zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> Tensor:
         """Zeros promised in every row: ``int(in * sparsity)``, or more where pruned before."""
@@ -150,21 +198,23 @@ class Wanda(MaskMethod):
         rows = torch.full((tensor.shape[0],), k, dtype=torch.long)
         if prev_mask is None:
             return rows
-        return rows.maximum((~prev_mask.cpu()).sum(-1))
+        flat = prev_mask.cpu().reshape(tensor.shape[0], math.prod(tensor.shape[1:]))
+        return rows.maximum((~flat).sum(-1))
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """``out_features * int(in_features * sparsity)`` (rows pruned before may hold more)."""
-        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+        if not isinstance(tensor, Tensor) or tensor.dim() < 2:
             return None
         return int(self._row_zeros(tensor, data.get("prev_mask")).sum())
 
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """Every row holds exactly ``int(in_features * sparsity)`` zeros (or its previous
         zeros, where ``prev_mask`` pruned more), and every entry pruned before stays pruned."""
-        if tensor.dim() != 2:
+        if tensor.dim() < 2:
             return None
         prev_mask: Tensor | None = data.get("prev_mask")
-        found = (~mask.cpu()).sum(-1)
+        in_features = math.prod(tensor.shape[1:])
+        found = (~mask.cpu()).reshape(tensor.shape[0], in_features).sum(-1)
         expected = self._row_zeros(tensor, prev_mask)
         wrong = (found != expected).nonzero()
         if wrong.numel():
@@ -172,11 +222,17 @@ class Wanda(MaskMethod):
             return (
                 f"row {row} has {int(found[row])} zeros; every row has {int(expected[row])} "
                 f"(int(in_features * sparsity) with sparsity={self.sparsity}, "
-                f"in_features={tensor.shape[1]})"
+                f"in_features={in_features})"
             )
         if prev_mask is not None:
             revived = (mask.cpu() & ~prev_mask.cpu()).nonzero()
             if revived.numel():
-                i, j = (int(v) for v in revived[0])
-                return f"entry ({i}, {j}) was pruned before (prev_mask) but is kept"
+                where = ", ".join(str(int(v)) for v in revived[0])
+                return f"entry ({where}) was pruned before (prev_mask) but is kept"
         return None
+
+
+def _rows_per_chunk(tensor: Tensor) -> int:
+    """How many rows of ``tensor`` one chunk takes (at least one)."""
+    budget = max(_CHUNK_MIN, -(-tensor.numel() // _CHUNKS))
+    return max(1, budget // max(1, math.prod(tensor.shape[1:])))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import funcsparse as fs
+from funcsparse.methods import nm as nm_module
 from funcsparse.methods.nm import NM
 from funcsparse.testing import check_leaf_mask, check_masks
 from funcsparse.testing.oracles import ao_weight_norm_mask
@@ -254,3 +255,125 @@ class TestErrors:
             NM(n=2, m=4)(w, scores=torch.ones(2, 4, dtype=torch.int32))
         with pytest.raises(TypeError, match="NM needs a floating-point tensor"):
             NM(n=2, m=4)(torch.ones(2, 4, dtype=torch.int64))
+
+
+class TestChunks:
+    """Eager calls on large tensors rank a chunk of groups at a time: the same masks."""
+
+    @staticmethod
+    def one_piece(method: NM, w: Tensor, **data: Tensor) -> Tensor:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(nm_module, "_CHUNK_MIN", 1 << 62)
+            return method(w, **data)
+
+    @pytest.fixture
+    def small_chunks(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(nm_module, "_CHUNK_MIN", 3)
+        monkeypatch.setattr(nm_module, "_CHUNKS", 5)
+
+    @pytest.mark.usefixtures("small_chunks")
+    @given(case=nm_cases(), ties=st.booleans(), data=st.data())
+    def test_chunks_give_the_mask_of_one_piece(
+        self, case: tuple[NM, Tensor], ties: bool, data: st.DataObject
+    ) -> None:
+        method, w = case
+        if ties:
+            w = w.round()
+        if data.draw(st.booleans()):
+            w = w.clone()
+            w.view(-1)[data.draw(st.integers(0, w.numel() - 1))] = math.nan
+        kwargs: dict[str, Tensor] = {}
+        g = torch.Generator().manual_seed(data.draw(st.integers(0, 999)))
+        if data.draw(st.booleans()):
+            kwargs["prev_mask"] = torch.rand(w.shape, generator=g) < 0.7
+        if data.draw(st.booleans()):
+            kwargs["scores"] = torch.randn(w.shape, generator=g).round()
+        mask = method(w, **kwargs)
+        assert torch.equal(mask, self.one_piece(method, w, **kwargs))
+        check_leaf_mask(method, w, mask, data=kwargs)
+
+    @pytest.mark.usefixtures("small_chunks")
+    @pytest.mark.parametrize("axis", [0, 1, -1])
+    def test_chunks_under_batch_dims_equal_each_member(self, axis: int) -> None:
+        ws = torch.stack([tie_free((8, 12), seed) for seed in range(3)]).round(decimals=1)
+        method = NM(n=1, m=4, axis=axis)
+        masks = fs.compute_masks({"w": ws}, {"w": method}, batch_dims=1)["w"]
+        for i in range(3):
+            assert torch.equal(masks[i], method(ws[i]))
+            assert torch.equal(masks[i], self.one_piece(method, ws[i]))
+
+    def test_where_the_cut_runs(self) -> None:
+        chunking = nm_module._chunking
+        assert chunking(torch.empty(64, 64), -1, 4) is None  # small: one piece
+        # the outermost dim whose slices fit; along axis 0 in steps of m
+        assert chunking(torch.empty(1024, 1024), -1, 4) == (0, 64)
+        assert chunking(torch.empty(1024, 1024), 0, 8) == (0, 64)
+        # the axis has one group: cut along the other dim
+        assert chunking(torch.empty(2, 2**20), 0, 2) == (1, 2**16)
+        # a 1-D tensor: along the axis, whole groups per chunk
+        assert chunking(torch.empty(2**21), 0, 4) == (0, 2**17)
+        # no dim has slices that fit: the dim of thinnest slices, one slice at a time
+        assert chunking(torch.empty(4, 2**19), 1, 2**19) == (0, 1)
+
+    def test_a_large_tensor_is_cut_and_keeps_exactly_n(self) -> None:
+        w = torch.randn(512, 4096, generator=torch.Generator().manual_seed(3))
+        mask = NM(n=2, m=4, axis=0)(w)
+        assert torch.equal(mask, self.one_piece(NM(n=2, m=4, axis=0), w))
+        assert bool((mask.reshape(128, 4, 4096).sum(1) == 2).all())
+
+
+class TestHostile:
+    @pytest.mark.parametrize("m", [10**12, 10**400])
+    def test_m_far_larger_than_the_axis_is_refused_before_any_work(self, m: int) -> None:
+        method = NM(n=2, m=m)
+        with pytest.raises(ValueError) as info:
+            method(torch.randn(4, 8))
+        message = str(info.value)
+        assert message.startswith("NM: got a 2-D torch.float32 tensor of shape (4, 8); NM m=")
+        assert "is larger than the length along axis=-1 (8)" in message
+        assert len(message) < 250
+        with pytest.raises(ValueError, match=r"at 'w'; NM m=\d+.* is larger than the length"):
+            fs.compute_masks({"w": torch.randn(3, 4, 8)}, {"w": method}, batch_dims=1)
+
+    @pytest.mark.parametrize("m", [4, 10**12, 10**400])
+    def test_an_empty_tensor_has_no_groups_whatever_m(self, m: int) -> None:
+        for shape in [(4, 0), (0, 0), (2, 0, 3)]:
+            w = torch.randn(shape)
+            method = NM(n=1, m=m, axis=1)
+            mask = method(w)
+            assert mask.shape == shape and mask.dtype == torch.bool
+            prev = torch.ones(shape, dtype=torch.bool)
+            assert method(w, prev_mask=prev).shape == shape
+            assert method.expected_zeros(w, prev_mask=prev) == 0
+            assert method.structure_problem(w, mask, prev_mask=prev) is None
+
+    def test_huge_and_non_int_fields(self) -> None:
+        with pytest.raises(
+            ValueError, match=r"NM: n=1000.*\.\.\..* must be in \[0, m\] = \[0, 4\]"
+        ):
+            NM(n=10**400, m=4)
+        with pytest.raises(ValueError, match=r"NM: m=.* must be at least 1") as info:
+            NM(n=0, m=-(10**5000))
+        assert len(str(info.value)) < 200
+        for bad in (2.0, "2", None, 1e400):
+            with pytest.raises(TypeError, match="NM: n must be an int"):
+                NM(n=bad, m=4)
+            with pytest.raises(TypeError, match="NM: m must be an int"):
+                NM(n=2, m=bad)
+        with pytest.raises(ValueError, match=r"NM axis=1000.*\.\.\..* is out of range for a 2-D"):
+            NM(n=2, m=4, axis=10**400)(torch.randn(4, 8))
+
+    def test_scaled_with_a_huge_m(self) -> None:
+        method = NM(n=2, m=10**400)
+        assert method.scaled(0.0).n == 10**400  # nothing pruned yet
+        assert method.scaled(1.0) == method
+        assert method.scaled(0.5).n == 10**400 - (10**400 - 2) // 2
+        # small m: the float product, as before (0.1 * 5 is 0.5 in floats, rounded to 0;
+        # the exact product of the float 0.1 and 5 is a little above 0.5)
+        assert NM(n=0, m=5).scaled(0.1).n == 5
+
+    def test_zero_dim_leaves(self) -> None:
+        with pytest.raises(ValueError, match="NM axis=-1 is out of range for a 0-D tensor"):
+            NM(n=1, m=1)(torch.tensor(2.0))
+        with pytest.raises(ValueError, match="at 'w'; NM axis=-1 is out of range for a 0-D"):
+            fs.compute_masks({"w": torch.ones(3)}, {"w": NM(n=1, m=1)}, batch_dims=1)

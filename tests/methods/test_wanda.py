@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import funcsparse as fs
 from funcsparse._select import smallest_k
 from funcsparse.calibration import collect_input_norms
+from funcsparse.methods import wanda as wanda_module
 from funcsparse.methods.wanda import Wanda
 from funcsparse.testing import check_leaf_mask, check_masks, registered_methods
 from funcsparse.testing import strategies as fst
@@ -234,7 +235,8 @@ def test_compute_masks_names_the_leaf_without_statistics() -> None:
     assert _message(err) == (
         "compute_masks: rule '*.weight' (Wanda) got no input_norms at 'fc2.weight'; Wanda needs "
         "input_norms, the L2 norm of every input feature over the calibration tokens, a tensor "
-        "of shape (in_features,) (funcsparse.calibration.collect_input_norms)"
+        "of shape (in_features,) (funcsparse.calibration.collect_input_norms; for a conv "
+        "weight, of the weight's shape without its first dim)"
     )
     with pytest.raises(ValueError, match=re.escape("got no input_norms at 'fc1.weight'")):
         fs.compute_masks(params, {"*.weight": Wanda(sparsity=0.5)})
@@ -278,8 +280,9 @@ def test_compute_masks_names_the_leaf_without_statistics() -> None:
             torch.randn(4),
             torch.ones(4),
             ValueError,
-            "got a 1-D torch.float32 tensor of shape (4,) at 'w'; Wanda needs 2-D weights "
-            "(out_features, in_features)",
+            "got a 1-D torch.float32 tensor of shape (4,) at 'w'; Wanda needs weights of 2 or "
+            "more dims, (out_features, in_features) or a conv weight (out_channels, "
+            "in_channels / groups, *kernel)",
         ),
         (
             torch.ones(4, 3, dtype=torch.long),
@@ -391,3 +394,235 @@ def test_end_to_end_mlp() -> None:
     for name, p in model.named_parameters():
         assert p is dict(model.named_parameters())[name] and torch.equal(p, params[name])
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# -- weights of more dims: conv ------------------------------------------------------------
+
+
+def conv_restated(weight: Tensor, norms: Tensor, sparsity: float) -> Tensor:
+    """Wanda on a conv weight ``(out, *rest)`` restated from the formula, as the reference
+    code unfolds a convolution: ``|W[o, f]| * norms[f]`` over the unfolded input features
+    ``f`` (``rest`` flattened), the ``int(prod(rest) * sparsity)`` lowest per output ``o``
+    pruned, ties to the lower ``f`` (a stable sort)."""
+    out = weight.shape[0]
+    metric = weight.double().abs().reshape(out, -1) * norms.double().reshape(1, -1)
+    k = int(metric.shape[1] * sparsity)
+    indices = torch.sort(metric, dim=-1, stable=True)[1][:, :k]
+    pruned = torch.zeros(metric.shape, dtype=torch.bool).scatter_(1, indices, True)
+    return (~pruned).reshape(weight.shape)
+
+
+def test_conv2d_weight_equals_the_formula_restated() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, kernel_size=3)
+    weight = conv.weight.detach()
+    norms = torch.rand(3, 3, 3, dtype=torch.float64)
+    for sparsity in (0.0, 0.25, 0.5, 0.9, 1.0):
+        mask = Wanda(sparsity=sparsity)(weight, input_norms=norms)
+        assert mask.shape == weight.shape and mask.dtype == torch.bool
+        assert torch.equal(mask, conv_restated(weight, norms, sparsity))
+        # every output channel prunes int(27 * sparsity), counted over (in, kh, kw)
+        assert ((~mask).flatten(1).sum(1) == int(27 * sparsity)).all()
+    # the same as the 2-D method on the unfolded weight (in_features = 3 * 3 * 3)
+    flat = Wanda(sparsity=0.5)(weight.reshape(8, 27), input_norms=norms.reshape(27))
+    assert torch.equal(Wanda(sparsity=0.5)(weight, input_norms=norms), flat.reshape(8, 3, 3, 3))
+
+
+def test_grouped_conv_and_conv1d_and_conv3d_weights() -> None:
+    torch.manual_seed(1)
+    grouped = nn.Conv2d(4, 6, kernel_size=(1, 3), groups=2).weight.detach()  # (6, 2, 1, 3)
+    norms = torch.rand(2, 1, 3)
+    assert torch.equal(
+        Wanda(sparsity=0.5)(grouped, input_norms=norms), conv_restated(grouped, norms, 0.5)
+    )
+    for weight in (nn.Conv1d(5, 4, 3).weight.detach(), nn.Conv3d(2, 3, 2).weight.detach()):
+        norms = torch.rand(weight.shape[1:], dtype=torch.float64)
+        assert torch.equal(
+            Wanda(sparsity=0.4)(weight, input_norms=norms), conv_restated(weight, norms, 0.4)
+        )
+
+
+@st.composite
+def conv_cases(draw: st.DrawFn) -> tuple[Wanda, Tensor, Tensor, Tensor | None]:
+    method = draw(Wanda.configs(st))
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=3, max_size=4)))
+    weight = draw(fst.tensors(shape, ties=draw(st.booleans())))
+    norms = draw(Wanda.example_data(st, weight))["input_norms"]
+    prev = None
+    if draw(st.booleans()):
+        seed = draw(st.integers(0, 2**31 - 1))
+        prev = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.3
+    return method, weight, norms, prev
+
+
+@given(conv_cases())
+def test_conv_weights_equal_the_unfolded_linear_weight(
+    case: tuple[Wanda, Tensor, Tensor, Tensor | None],
+) -> None:
+    method, weight, norms, prev = case
+    data: dict[str, Tensor] = {"input_norms": norms}
+    flat: dict[str, Tensor] = {"input_norms": norms.reshape(-1)}
+    if prev is not None:
+        data["prev_mask"], flat["prev_mask"] = prev, prev.reshape(weight.shape[0], -1)
+    mask = method(weight, **data)
+    expected = method(weight.reshape(weight.shape[0], -1), **flat).reshape(weight.shape)
+    assert torch.equal(mask, expected)
+    if prev is None:
+        assert torch.equal(mask, conv_restated(weight, norms, method.sparsity))
+    check_leaf_mask(method, weight, mask, data=data)  # counts per row, vmap, determinism
+
+
+def test_conv_through_compute_masks_and_check_masks() -> None:
+    torch.manual_seed(2)
+    params = {
+        "conv.weight": nn.Conv2d(2, 4, 3).weight.detach(),
+        "fc.weight": torch.randn(3, 5),
+    }
+    norms = {"conv.weight": torch.rand(2, 3, 3), "fc.weight": torch.rand(5)}
+    rules = {"*.weight": Wanda(sparsity=0.5)}
+    masks = fs.compute_masks(params, rules, input_norms=norms)
+    check_masks(params, rules, masks, input_norms=norms)
+    assert ((~masks["conv.weight"]).flatten(1).sum(1) == 9).all()
+    assert Wanda(sparsity=0.5).expected_zeros(params["conv.weight"]) == 4 * 9
+
+
+@pytest.mark.parametrize(
+    ("norms", "message"),
+    [
+        (
+            torch.ones(2),
+            "got input_norms of shape (2,) for a weight of shape (4, 2, 3, 3) at 'w'; Wanda needs "
+            "input_norms of shape (2, 3, 3), one per unfolded input feature (the weight's shape "
+            "without its first dim)",
+        ),
+        (torch.ones(18), "got input_norms of shape (18,) for a weight of shape (4, 2, 3, 3)"),
+        (torch.ones(4, 2, 3, 3), "got input_norms of shape (4, 2, 3, 3) for a weight of shape"),
+        (
+            torch.ones(2, 3, 3).index_put_((torch.tensor(1), torch.tensor(2)), torch.tensor(-1.0)),
+            "got input_norms[1, 2, 0] = -1.0 at 'w'; norms must be finite and non-negative",
+        ),
+    ],
+)
+def test_conv_norms_of_another_shape_raise(norms: Tensor, message: str) -> None:
+    weight = torch.randn(4, 2, 3, 3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fs.compute_masks({"w": weight}, {"w": Wanda(sparsity=0.5)}, input_norms={"w": norms})
+    with pytest.raises(ValueError):
+        Wanda(sparsity=0.5)(weight, input_norms=norms)
+
+
+# -- chunked work: the same masks as in one piece -------------------------------------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a few entries, so that small tensors are cut into many chunks."""
+    monkeypatch.setattr(wanda_module, "_CHUNK_MIN", 5)
+    monkeypatch.setattr(wanda_module, "_CHUNKS", 7)
+
+
+def one_piece(method: Wanda, weight: Tensor, **data: Tensor) -> Tensor:
+    """The mask computed in one piece (no chunks), as before chunking existed."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wanda_module, "_CHUNK_MIN", 1 << 62)
+        return method(weight, **data)
+
+
+@st.composite
+def chunk_cases(draw: st.DrawFn) -> tuple[Wanda, Tensor, dict[str, Tensor]]:
+    method = draw(Wanda.configs(st))
+    shape = tuple(draw(st.lists(st.integers(1, 9), min_size=2, max_size=4)))
+    weight = draw(fst.tensors(shape, ties=draw(st.booleans()), special=draw(st.booleans())))
+    data = dict(draw(Wanda.example_data(st, weight)))
+    if draw(st.booleans()):
+        data["input_norms"] = data["input_norms"].float()
+    if draw(st.booleans()):
+        seed = draw(st.integers(0, 2**31 - 1))
+        data["prev_mask"] = torch.rand(shape, generator=torch.Generator().manual_seed(seed)) > 0.4
+    return method, weight, data
+
+
+@pytest.mark.usefixtures("small_chunks")
+@given(chunk_cases())
+def test_chunks_give_the_mask_of_one_piece(case: tuple[Wanda, Tensor, dict[str, Tensor]]) -> None:
+    method, weight, data = case
+    mask = method(weight, **data)
+    assert torch.equal(mask, one_piece(method, weight, **data))
+    if "prev_mask" not in data and weight.dim() == 2:
+        assert torch.equal(mask, paper_mask(weight, data["input_norms"], method.sparsity))
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_chunks_under_vmap_and_batch_dims() -> None:
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.randn(3, 12, 10, generator=generator).round()  # ties
+    norms = torch.rand(3, 10, generator=generator, dtype=torch.float64)
+    method = Wanda(sparsity=0.6)
+    stacked = fs.compute_masks(
+        {"w": weights}, {"w": method}, batch_dims=1, input_norms={"w": norms}
+    )["w"]
+    for i in range(3):  # each member chunked eagerly, the ensemble vmapped in one piece
+        assert torch.equal(stacked[i], method(weights[i], input_norms=norms[i]))
+        assert torch.equal(stacked[i], one_piece(method, weights[i], input_norms=norms[i]))
+
+
+def test_a_large_weight_is_cut_into_chunks_of_rows() -> None:
+    """The default sizes: a 2**20-entry weight is cut (at most _CHUNKS chunks), the mask is
+    the paper's, and a smaller one stays in one piece."""
+    generator = torch.Generator().manual_seed(6)
+    weight = torch.randn(1024, 1024, generator=generator)
+    norms = torch.rand(1024, generator=generator, dtype=torch.float64)
+    rows = wanda_module._rows_per_chunk(weight)
+    assert 1 < -(-1024 // rows) <= wanda_module._CHUNKS
+    assert wanda_module._rows_per_chunk(torch.empty(64, 1024)) >= 64  # one piece
+    assert wanda_module._rows_per_chunk(torch.empty(2, 10**6)) == 1  # at least a row
+    mask = Wanda(sparsity=0.5)(weight, input_norms=norms)
+    assert torch.equal(mask, paper_mask(weight, norms, 0.5))
+
+
+# -- hostile inputs: only TypeError / ValueError -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("weight", "norms"),
+    [
+        (torch.ones(0, 5), torch.ones(5)),
+        (torch.ones(3, 0), torch.ones(0)),
+        (torch.ones(0, 0), torch.ones(0)),
+        (torch.ones(4, 0, 3, 3), torch.ones(0, 3, 3)),
+        (torch.ones(0, 2, 3, 3), torch.ones(2, 3, 3)),
+    ],
+)
+def test_empty_weights_give_empty_masks(weight: Tensor, norms: Tensor) -> None:
+    for sparsity in (0.0, 0.5, 1.0):
+        mask = Wanda(sparsity=sparsity)(weight, input_norms=norms)
+        assert mask.shape == weight.shape and mask.dtype == torch.bool
+    masks = fs.compute_masks({"w": weight}, {"w": Wanda(0.5)}, input_norms={"w": norms})
+    assert masks["w"].shape == weight.shape
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (10**400, ValueError),
+        (-(10**400), ValueError),
+        (float("inf"), ValueError),
+        (2, ValueError),
+        (None, TypeError),
+        (torch.tensor(0.5), TypeError),
+        ([0.5], TypeError),
+    ],
+)
+def test_hostile_levels_raise_type_or_value_errors(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="Wanda: sparsity must be a fraction in") as info:
+        Wanda(sparsity=value)
+    assert len(str(info.value)) < 200
+
+
+def test_zero_dim_leaves_raise_value_errors() -> None:
+    with pytest.raises(ValueError, match="Wanda needs weights of 2 or more dims"):
+        Wanda(0.5)(torch.tensor(1.0), input_norms=torch.ones(()))
+    with pytest.raises(ValueError, match=r"at 'w'; Wanda needs weights of 2 or more dims"):
+        fs.compute_masks(
+            {"w": torch.ones(3)}, {"w": Wanda(0.5)}, batch_dims=1, input_norms={"w": torch.ones(3)}
+        )
