@@ -1,6 +1,9 @@
-"""Hypothesis profiles: a bounded, derandomized one for CI and a long one for local runs.
+"""Hypothesis profiles: a bounded, derandomized one for CI, a long one and a fuzz one.
 
-CI runs the default "ci" profile. For the long run: ``HYPOTHESIS_PROFILE=long pytest``.
+CI runs the default "ci" profile (the fuzz suite, tests/fuzz, runs a dozen examples per
+property there). For the long run: ``HYPOTHESIS_PROFILE=long python -m pytest``; for the
+fuzz suite at depth (at least 500 examples per property, random seeds):
+``HYPOTHESIS_PROFILE=fuzz python -m pytest tests/fuzz``.
 """
 
 from __future__ import annotations
@@ -23,5 +26,16 @@ settings.register_profile(
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=500,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -94,7 +94,7 @@ class _Slices(MaskMethod):
             pruned = smallest_k(self.slice_scores(tensor, data), count)
             return _keep_slices(pruned.logical_not(), tensor.shape, dim)
         slice_size = tensor.numel() // size
-        prev_zeros = (~prev_mask).movedim(dim, 0).reshape(size, -1).sum(1)
+        prev_zeros = slice_size - _kept_per_slice(prev_mask, dim)
         needed = count * slice_size - prev_zeros.sum()
         pruned = lowest_covering(self.slice_scores(tensor, data), slice_size - prev_zeros, needed)
         return _keep_slices(pruned.logical_not(), tensor.shape, dim) & prev_mask
@@ -162,6 +162,32 @@ class _Slices(MaskMethod):
         return None
 
 
+#: Entries per chunk where a per-slice pass over the whole tensor would cost more than the
+#: leaf's own size (a bool mask summed as int64, a masked copy of the weight).
+_CHUNK = 1 << 22
+
+
+def _slice_chunks(shape: torch.Size, dim: int) -> list[tuple[int, int]]:
+    """``(start, length)`` runs of slices along ``dim``, each about :data:`_CHUNK` entries."""
+    size = shape[dim]
+    slice_size = max(1, math.prod(shape) // max(1, size))
+    step = max(1, _CHUNK // slice_size)
+    return [(start, min(step, size - start)) for start in range(0, size, step)]
+
+
+def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
+    """How many entries of every slice along ``dim`` ``mask`` keeps (int64), chunk by chunk.
+
+    Counting a whole bool mask at once casts it to int64 (8 bytes per entry, twice a
+    float32 weight); counts are exact, so chunks give the same numbers.
+    """
+    counts = [
+        torch.count_nonzero(mask.narrow(dim, start, length).movedim(dim, 0).reshape(length, -1), 1)
+        for start, length in _slice_chunks(mask.shape, dim)
+    ]
+    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64, device=mask.device)
+
+
 def _keep_slices(keep: Tensor, shape: torch.Size, dim: int) -> Tensor:
     """A per-slice bool vector along ``dim`` broadcast to a mask of ``shape`` (own memory)."""
     view = [1] * len(shape)
@@ -181,6 +207,9 @@ def _norms(tensor: Tensor, n: float | str, dim: int) -> Tensor:
     norms: Tensor
     if n == "fro" and len(dims) > 2:
         norms = torch.linalg.vector_norm(tensor, 2, dims)
+    elif n == "nuc" and tensor.dtype in (torch.float16, torch.bfloat16):
+        # torch's SVD refuses low precision (so does prune): the nuclear norm in float32.
+        norms = torch.norm(tensor.float(), p=n, dim=dims)
     else:
         norms = torch.norm(tensor, p=n, dim=dims)
     return norms
@@ -302,9 +331,27 @@ class LnStructured(_Slices):
             dims = [d for d in range(tensor.dim()) if d != dim]
             return scores.sum(dim=dims)
         prev_mask = data.get("prev_mask")
-        if prev_mask is not None:
-            tensor = torch.where(prev_mask, tensor, torch.zeros((), dtype=tensor.dtype))
-        return _norms(tensor, self.n, dim)
+        if prev_mask is None:
+            return _norms(tensor, self.n, dim)
+        size = tensor.shape[dim]
+        # The weights as the model sees them (pruned entries 0), a chunk of slices at a time:
+        # a masked copy of the whole weight would cost its full size again.
+        zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
+        if torch._C._functorch.is_batchedtensor(tensor):  # under vmap: no out= (one pass)
+            return _norms(torch.where(prev_mask, tensor, zero), self.n, dim)
+        chunks = _slice_chunks(tensor.shape, dim)
+        if not chunks:  # no slices
+            return _norms(tensor, self.n, dim)
+        largest = max((tensor.numel() // max(1, size)) * length for _, length in chunks)
+        buffer = torch.empty(largest, dtype=tensor.dtype, device=tensor.device)  # reused
+
+        def masked(start: int, length: int) -> Tensor:
+            keep = prev_mask.narrow(dim, start, length)
+            part = tensor.narrow(dim, start, length)
+            out = buffer[: part.numel()].view(part.shape)
+            return torch.where(keep, part, zero, out=out)
+
+        return torch.cat([_norms(masked(start, length), self.n, dim) for start, length in chunks])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
