@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from funcsparse._compute import compute_masks, data_per_leaf
+from funcsparse._errors import short_repr
 from funcsparse._rules import assign_rules
 from funcsparse._tree import (
     flatten_with_paths,
@@ -188,9 +188,12 @@ def sensitivity(
         raise TypeError(f"sensitivity: vmap must be a bool, got {describe(vmap)}")
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise TypeError(f"sensitivity: chunk_size must be an int or None, got {chunk_size!r}")
+            raise TypeError(
+                f"sensitivity: chunk_size must be an int or None, got {describe(chunk_size)}"
+            )
         if chunk_size < 1:
             raise ValueError(f"sensitivity: chunk_size must be >= 1, got {chunk_size}")
+        chunk_size = min(chunk_size, len(level_values))  # more than the levels is all at once
     if "batch_dims" in leaf_data:
         raise TypeError("sensitivity: batch_dims is not supported; run it on one member's params")
     paths, leaves, spec = flatten_with_paths(params, function="sensitivity")
@@ -207,7 +210,7 @@ def sensitivity(
         methods = [_at_level(where, assigned.method, s) for s in level_values]
         check_data = {("prev_mask" if k == "prev_masks" else k): v for k, v in data[i].items()}
         for method in methods:
-            problem = method.for_leaf(path).check_leaf(leaf, **check_data)
+            problem = method.for_leaf(path).check_call(leaf, **check_data)
             if problem is not None:
                 raise problem.error(f"{where} got {problem.got} at {path!r}; {problem.need}")
         layers.append((i, methods))
@@ -298,17 +301,19 @@ def _check_levels(levels: object) -> tuple[float, ...]:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(
                 f"sensitivity: levels must be fractions in [0, 1], got {describe(value)} "
-                f"in {values!r}"
+                f"in {short_repr(values)}"
             )
-        if math.isnan(float(value)) or not 0.0 <= float(value) <= 1.0:
+        number: Any = value
+        if not 0.0 <= number <= 1.0:  # NaN and 10**400 fail too, without float()
             raise ValueError(
-                f"sensitivity: levels must be fractions in [0, 1], got {value!r} in {values!r}"
+                f"sensitivity: levels must be fractions in [0, 1], got {short_repr(value)} "
+                f"in {short_repr(values)}"
             )
     for low, high in itertools.pairwise(values):
         if not low < high:
             raise ValueError(
-                f"sensitivity: levels must be strictly ascending, got {low!r} before "
-                f"{high!r} in {values!r}"
+                f"sensitivity: levels must be strictly ascending, got {short_repr(low)} before "
+                f"{short_repr(high)} in {short_repr(values)}"
             )
     return tuple(float(value) for value in values)
 
@@ -319,7 +324,7 @@ def _at_level(where: str, method: MaskMethod, level: float) -> MaskMethod:
     if "sparsity" not in fields:
         raise TypeError(
             f"{where} has no sparsity field to set to the levels; sensitivity needs a "
-            f"method with a level, e.g. fs.Magnitude or fs.WeightNorm, got {method!r}"
+            f"method with a level, e.g. fs.Magnitude or fs.WeightNorm, got {short_repr(method)}"
         )
     changes: dict[str, Any] = {"sparsity": level}
     if "count" in fields:

@@ -330,7 +330,7 @@ def test_data_dependent_forward_needs_vmap_false() -> None:
         (
             {"levels": [0.5], "chunk_size": 2.0},
             TypeError,
-            "sensitivity: chunk_size must be an int or None, got 2.0",
+            "sensitivity: chunk_size must be an int or None, got float 2.0",
         ),
         (
             {"levels": [0.5], "vmap": "no"},
@@ -451,3 +451,23 @@ def test_loss_fn_must_be_callable() -> None:
         TypeError, match=re.escape("sensitivity: loss_fn must be callable, got dict")
     ):
         fs.sensitivity(params, params, {"*.weight": fs.Magnitude(0.5)}, levels=[0.5])
+
+
+def test_hostile_levels_leaves_and_chunks() -> None:
+    loss_fn, params = mlp_case()
+    rules = {"0.weight": fs.Magnitude(0.5)}
+    for levels, pattern in (
+        ([0.0, 10**400], r"got 1000.*\.\.\..* in \["),
+        ([0.1, float("nan")], r"levels must be fractions in \[0, 1\], got nan"),
+        (list(range(10_000)), r"levels must be fractions"),
+    ):
+        with pytest.raises(ValueError, match=pattern) as info:
+            fs.sensitivity(loss_fn, params, rules, levels=levels)
+        assert len(str(info.value)) < 400
+    meta = {**params, "0.weight": params["0.weight"].to("meta")}
+    with pytest.raises(ValueError, match=r"at '0.weight'; meta tensors have no data"):
+        fs.sensitivity(loss_fn, meta, rules, levels=[0.5])
+    huge = fs.sensitivity(loss_fn, params, rules, levels=[0.0, 0.5], chunk_size=10**400)
+    assert torch.equal(
+        huge.losses, fs.sensitivity(loss_fn, params, rules, levels=[0.0, 0.5]).losses
+    )
