@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -47,17 +48,22 @@ _SAMPLE_SIZE = 1 << 12
 _SAMPLE_MARGIN = 112
 # Groups up to this size are ranked by pairwise comparisons; larger ones by a stable sort.
 _PAIRWISE_MAX = 8
-# The chunked selection: scores computed at a time; the strided sample that brackets the
-# k-th (its half-width: _BRACKET_SIGMAS standard deviations of the sample quantile's
-# position, plus _BRACKET_SLACK entries); and the most scores gathered from inside the
-# bracket, max(numel // _GATHER_FRACTION, _GATHER_MIN), past which the k-th is found by
-# exact radix passes instead. These change the speed and the memory, never the selection.
+# The chunked selection: scores computed at a time (at least _CHUNK, in at most
+# _MAX_CHUNKS chunks: every torch op has a fixed cost, large on a busy machine); the
+# strided sample that brackets the k-th (its half-width: _BRACKET_SIGMAS standard
+# deviations of the sample quantile's position, plus _BRACKET_SLACK entries); the most
+# entries gathered from inside the bracket, max(numel // _GATHER_FRACTION, _GATHER_MIN),
+# past which the k-th is found by exact radix passes instead. These change the speed and
+# the memory, never the selection.
 _CHUNK = 1 << 20
-_BRACKET_SAMPLE = 1 << 16
+_MAX_CHUNKS = 8
+_BRACKET_SAMPLE = 1 << 14
 _BRACKET_SIGMAS = 5.0
 _BRACKET_SLACK = 8
 _GATHER_FRACTION = 16
 _GATHER_MIN = 1 << 16
+# A bracket bound held by at least 1 / _HEAVY_TIE of the sample is a heavy tie: not gathered.
+_HEAVY_TIE = 64
 _RADIX_BITS = 16
 
 # Dtypes that can be ranked (float8 has no sort, compare or kthvalue kernels).
@@ -358,27 +364,32 @@ def _kth_smallest_value(scores: Tensor, k: int) -> float:
 
 # -- the chunked selection ------------------------------------------------------------------
 #
-# One pass over the scores (chunk by chunk) writes, into the uint8 buffer that becomes the
-# mask, a code per entry relative to a bracket [lo, hi] from a sample:
-#   4: below lo, 3: equal to lo, 2: strictly inside, 1: equal to hi, 0: above hi or NaN
-# (with lo == hi: 2 below, 1 equal, 0 above or NaN). Codes decrease with the rank, so the
-# k-th entry's code L is found from the counts; entries of a code above L are selected,
-# below L are not, and those of code L are settled by a second pass over the buffer alone:
-# ties (codes 3, 1, lo == hi, or NaN when hi is +inf) by position, inside entries from their
-# gathered scores. A bracket that misses the k-th (or holds too many scores to gather)
-# falls back to radix passes over the scores' order keys, which find the k-th exactly.
+# One pass over the scores (chunk by chunk) compares them with a bracket [lo, hi] taken
+# from a sample and writes, into the uint8 buffer that becomes the mask, 1 where a score is
+# below lo (selected) and 0 elsewhere; the positions and scores inside the bracket are
+# gathered (few). From the counts, the k-th entry is inside, and the gathered scores say
+# which of them are selected. Where the bracket is one value (a tie) the pass writes 2 at
+# the tied entries instead, and a second pass over the buffer selects the first of them by
+# position; where the k-th is a NaN (past every number) it does the same with lo = hi =
+# +inf for the NaNs. A bracket that misses the k-th, or holds too many scores to gather,
+# falls back to radix passes over the scores' order keys, which find the k-th value
+# exactly; the pass is then repeated with lo = hi = that value.
+
+_Pieces = Callable[[], Iterator[Tensor]]
 
 
 def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]:
     """Flat ``[start, stop)`` ranges covering ``tensor`` (and ``other``, of its shape) in
-    order: ``_CHUNK`` entries, or whole rows where either tensor is not contiguous."""
+    order: ``max(_CHUNK, numel / _MAX_CHUNKS)`` entries, or whole rows where either tensor
+    is not contiguous."""
     n = tensor.numel()
+    size = max(_CHUNK, -(-n // _MAX_CHUNKS))
     contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
     if contiguous or tensor.dim() <= 1:
-        step = _CHUNK
+        step = size
     else:
         row = n // tensor.shape[0]
-        step = row * max(1, _CHUNK // row)
+        step = row * max(1, size // row)
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
@@ -396,9 +407,6 @@ def _flat_take(tensor: Tensor, index: Tensor) -> Tensor:
     if tensor.is_contiguous() or tensor.dim() <= 1:
         return tensor.reshape(-1)[index]
     return tensor[torch.unravel_index(index, tensor.shape)]
-
-
-_Pieces = Callable[[], Iterator[Tensor]]
 
 
 def _tensor_pieces(
@@ -451,108 +459,133 @@ def _strided_sample(ranking: Tensor, prev: Tensor | None, *, magnitude: bool) ->
     return values if prev is None else values[_flat_take(prev, index)]
 
 
-def _sample_value(sample: Tensor, at: int) -> float:
-    """The ``at``-th smallest (0-based) of a 1-D sample, NaN largest."""
-    value: float = sample.kthvalue(at + 1).values.item()
-    return value
-
-
-def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float]:
+def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float, float | None]:
     """Bounds around the ``rank``-th smallest of ``population`` values, from a sample of
-    them: (-inf, -inf) when ``rank <= 0`` (the k-th is a previously pruned -inf)."""
+    them, and a value to try next if they miss (or None).
+
+    (-inf, -inf) when ``rank <= 0``: the k-th is a previously pruned -inf. Where the
+    sample's own estimate equals a bound (heavy ties), the bracket is that one value. A
+    bound held by many sample entries (a heavy tie outside the estimate) moves to the next
+    distinct value, so that the tie is not gathered; that value is the one to try next.
+    """
     if rank <= 0:
-        return -math.inf, -math.inf
+        return -math.inf, -math.inf, None
+    sample = sample[:: max(1, sample.numel() // _BRACKET_SAMPLE)].sort().values  # NaN last
     m = sample.numel()
     if m == 0:
-        return -math.inf, math.inf
+        return -math.inf, math.inf, None
     p = min(1.0, rank / population)
-    at = rank * m / population
+    at = min(m - 1, rank * m // population)
     margin = math.ceil(_BRACKET_SIGMAS * math.sqrt(m * p * (1.0 - p))) + _BRACKET_SLACK
-    lo_at, hi_at = math.floor(at) - margin, math.ceil(at) + margin
-    lo = _sample_value(sample, lo_at) if lo_at >= 0 else -math.inf
-    hi = _sample_value(sample, hi_at) if hi_at < m else math.inf
+    estimate = sample[at].item()
+    if math.isnan(estimate):
+        return math.inf, math.inf, None
+    lo = sample[at - margin].item() if at - margin >= 0 else -math.inf
+    hi = sample[at + margin].item() if at + margin < m else math.inf
     if math.isnan(hi):
         hi = math.inf
-    if math.isnan(lo):
-        lo = hi = math.inf
-    return lo, hi
+    if estimate in (lo, hi):
+        return estimate, estimate, None
+    heavy = max(2, m // _HEAVY_TIE)
+    retry = None
+    if lo != -math.inf:
+        first = torch.searchsorted(sample, sample[at - margin], side="left")
+        last = torch.searchsorted(sample, sample[at - margin], side="right")
+        if int(last - first) >= heavy:  # sample[last] <= estimate: the block ends before it
+            lo, retry = sample[last].item(), lo
+    if hi != math.inf:
+        first = torch.searchsorted(sample, sample[at + margin], side="left")
+        last = torch.searchsorted(sample, sample[at + margin], side="right")
+        if int(last - first) >= heavy:
+            hi, retry = sample[first - 1].item(), hi
+    return lo, hi, retry
+
+
+class _Inside(NamedTuple):
+    """The entries inside a bracket ``lo < hi``: flat positions and scores, in flat order."""
+
+    positions: Tensor
+    scores: Tensor
 
 
 def _classify(
     pieces: Iterable[Tensor], codes: Tensor, lo: float, hi: float, cap: int
-) -> tuple[list[int], Tensor | None]:
-    """Write every entry's code into ``codes``; return the count of each code and the
-    scores strictly inside ``(lo, hi)`` in flat order (None if more than ``cap``)."""
-    counts = [0] * 5
-    gather = lo < hi and cap > 0
-    inside: list[Tensor] = []
-    n_inside = 0
+) -> tuple[int, int, _Inside | None]:
+    """One pass over the ranking: write each entry's code, count the entries below ``lo``
+    and inside ``[lo, hi]``, and (``lo < hi``) gather those inside.
+
+    With ``lo < hi`` the code is 1 below ``lo`` and 0 elsewhere, and the inside entries are
+    gathered (None once there are more than ``cap``); with ``lo == hi`` it is 1 below,
+    2 equal, 0 above or NaN, and nothing is gathered.
+    """
+    below = inside = 0
+    gather = lo < hi
+    positions: list[Tensor] = []
+    scores: list[Tensor] = []
     start = 0
     flags: Tensor | None = None
     for piece in pieces:
         size = piece.numel()
         code = codes[start : start + size]
-        start += size
         if flags is None or flags.numel() < size:
             flags = torch.empty(size, dtype=torch.bool, device=piece.device)
-        flag = flags[:size]
-        up_to_hi = int(torch.count_nonzero(torch.le(piece, hi, out=flag)))
-        code.copy_(flag)
-        under_lo = int(torch.count_nonzero(torch.lt(piece, lo, out=flag)))
-        code.add_(flag)
+        under = torch.lt(piece, lo, out=code.view(torch.bool))  # the code, where lo < hi
+        upto = torch.le(piece, hi, out=flags[:size])
+        here_below = int(torch.count_nonzero(under))
+        below += here_below
         if lo == hi:
-            counts[2] += under_lo
-            counts[1] += up_to_hi - under_lo
-            counts[0] += size - up_to_hi
-            continue
-        under_hi = int(torch.count_nonzero(torch.lt(piece, hi, out=flag)))
-        code.add_(flag)
-        up_to_lo = int(torch.count_nonzero(torch.le(piece, lo, out=flag)))
-        code.add_(flag)
-        counts[4] += under_lo
-        counts[3] += up_to_lo - under_lo
-        counts[2] += under_hi - up_to_lo
-        counts[1] += up_to_hi - under_hi
-        counts[0] += size - up_to_hi
-        here = under_hi - up_to_lo
-        if gather and here:
-            n_inside += here
-            if n_inside > cap:
-                gather, inside = False, []
+            here_upto = int(torch.count_nonzero(upto))
+            inside += here_upto - here_below
+            code.neg_().add_(upto.view(torch.uint8)).add_(upto.view(torch.uint8))  # 2up - un
+        else:
+            if gather:
+                at = upto.logical_xor_(under).nonzero().flatten()  # lo <= score <= hi
+                inside += at.numel()
+                if inside > cap:
+                    gather, positions, scores = False, [], []
+                else:
+                    scores.append(piece[at])
+                    positions.append(at.add_(start))
             else:
-                inside.append(piece[torch.eq(code, 2, out=flag)])
+                inside += int(torch.count_nonzero(upto)) - here_below
+        start += size
     if not gather:
-        return counts, None
-    return counts, (torch.cat(inside) if inside else codes.new_empty(0, dtype=torch.float64))
+        return below, inside, None
+    if not positions:
+        return below, inside, _Inside(codes.new_empty(0, dtype=torch.int64), codes.new_empty(0))
+    return below, inside, _Inside(torch.cat(positions), torch.cat(scores))
 
 
-_Plan = tuple[int, int, Tensor | None]
+class _Plan(NamedTuple):
+    """How to settle the codes: set the ``selected`` positions, or select the first
+    ``needed`` entries of ``code`` (2: tied at the k-th value, 0: NaN) and those above it."""
+
+    selected: Tensor | None = None
+    code: int = 2
+    needed: int = 0
 
 
-def _plan(k: int, lo: float, hi: float, counts: list[int], inside: Tensor | None) -> _Plan | None:
-    """Where the k-th entry lies: its code, how many of that code are selected (ties, in
-    flat order) or which (inside scores), or None if the bracket cannot tell."""
-    order = (4, 3, 2, 1, 0) if lo < hi else (2, 1, 0)
-    before = 0
-    code = 0
-    for code in order:
-        if k <= before + counts[code]:
-            break
-        before += counts[code]
-    needed = k - before
-    if code == order[0]:  # below lo: the bracket missed low
+def _plan(
+    k: int, lo: float, hi: float, below: int, inside: int, gathered: _Inside | None
+) -> _Plan | None:
+    """How to settle the codes, or None when the bracket cannot tell."""
+    if k <= below:
         return None
-    if code == 0 and hi != math.inf:  # above hi: missed high (with hi = inf, 0 is NaN)
-        return None
-    if code == 2 and lo < hi:
-        if inside is None:
+    if k <= below + inside:
+        needed = k - below
+        if lo == hi:
+            return _Plan(needed=needed)
+        if gathered is None:
             return None
-        threshold = _kth_smallest_value(inside, needed)
-        take = inside < threshold
-        tied = torch.nonzero(inside == threshold).flatten()
+        scores = gathered.scores
+        threshold = _kth_smallest_value(scores, needed)
+        take = scores < threshold
+        tied = torch.nonzero(scores == threshold).flatten()
         take[tied[: needed - int(torch.count_nonzero(take))]] = True
-        return code, needed, take
-    return code, needed, None
+        return _Plan(selected=gathered.positions[take])
+    if hi == math.inf and lo == hi:
+        return _Plan(code=0, needed=k - below - inside)
+    return None
 
 
 def _select_chunked(
@@ -576,22 +609,34 @@ def _select_chunked(
     first = next(stream)
     if sample is None:
         sample = first if prev is None else first[_flat_piece(prev, *bounds[0])]
-    lo, hi = _bracket(sample, k - prev_pruned, n - prev_pruned)
+    lo, hi, retry = _bracket(sample, k - prev_pruned, n - prev_pruned)
     del sample
     cap = max(n // _GATHER_FRACTION, _GATHER_MIN)
-    counts, inside = _classify(_chain(first, stream), codes, lo, hi, cap)
+    below, inside, gathered = _classify(_chain(first, stream), codes, lo, hi, cap)
     del first, stream
-    plan = _plan(k, lo, hi, counts, inside)
-    del inside
+    plan = _plan(k, lo, hi, below, inside, gathered)
+    del gathered
+    if plan is None and hi == math.inf and k > below + inside:
+        retry = math.inf  # past every number: the k-th is a NaN
+    if plan is None and retry is not None:  # the k-th may be the value to try next
+        lo = hi = retry
+        below, inside, _ = _classify(pieces(), codes, lo, hi, 0)
+        plan = _plan(k, lo, hi, below, inside, None)
     if plan is None:
         threshold = _radix_kth(pieces, k, like.dtype)
         lo = hi = math.inf if math.isnan(threshold) else threshold
-        counts, _ = _classify(pieces(), codes, lo, hi, 0)
-        plan = _plan(k, lo, hi, counts, None)
+        below, inside, _ = _classify(pieces(), codes, lo, hi, 0)
+        plan = _plan(k, lo, hi, below, inside, None)
         if plan is None:  # unreachable: the bracket is the k-th value itself
             raise RuntimeError("funcsparse._select: the exact threshold missed the k-th entry")
-    _settle(codes, bounds, plan, prev if keep else None, keep=keep)
-    return codes.view(torch.bool).view(like.shape)
+    _settle(codes, bounds, plan)
+    selected = codes.view(torch.bool)
+    if keep:
+        selected.logical_not_()
+        if prev is not None:
+            for start, stop in bounds:
+                selected[start:stop].logical_and_(_flat_piece(prev, start, stop))
+    return selected.view(like.shape)
 
 
 def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
@@ -599,35 +644,31 @@ def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
     yield from rest
 
 
-def _settle(
-    codes: Tensor, bounds: list[tuple[int, int]], plan: _Plan, prev: Tensor | None, *, keep: bool
-) -> None:
-    """Turn ``codes`` into the selection (0/1, in place), chunk by chunk."""
-    code, remaining, take = plan
-    offset = 0
-    flags: Tensor | None = None
+def _settle(codes: Tensor, bounds: list[tuple[int, int]], plan: _Plan) -> None:
+    """Turn the codes into the selection (0/1, in place)."""
+    if plan.selected is not None:
+        codes[plan.selected] = 1
+        return
+    remaining = plan.needed
     for start, stop in bounds:
         chunk = codes[start:stop]
-        if flags is None or flags.numel() < chunk.numel():
-            flags = torch.empty(chunk.numel(), dtype=torch.bool, device=codes.device)
-        out = torch.gt(chunk, code, out=flags[: chunk.numel()])
-        if take is not None or remaining:
-            at = chunk == code
-            here = int(torch.count_nonzero(at))
-            if take is not None:
-                out.masked_scatter_(at, take[offset : offset + here])
-                offset += here
-            elif here <= remaining:
-                out.logical_or_(at)
-                remaining -= here
-            elif here:
-                out[at.nonzero()[:remaining, 0]] = True
-                remaining = 0
-        if keep:
-            out.logical_not_()
-            if prev is not None:
-                out.logical_and_(_flat_piece(prev, start, stop))
-        chunk.copy_(out)
+        at = (chunk >> 1).view(torch.bool)  # code 2
+        if plan.code == 0:  # the k-th is a NaN: all ties (+inf) selected, NaNs by position
+            chunk.masked_fill_(at, 1)
+            at = chunk == 0
+        here = int(torch.count_nonzero(at))
+        if not here:
+            continue
+        if here <= remaining:
+            chunk.masked_fill_(at, 1)
+            remaining -= here
+        elif not remaining:
+            chunk.masked_fill_(at, 0)
+        else:
+            where = at.nonzero().flatten()
+            chunk[where[:remaining]] = 1
+            chunk[where[remaining:]] = 0
+            remaining = 0
 
 
 def _order_keys(piece: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from funcsparse._select import keep_all_but_lowest
-from funcsparse.methods._base import LeafProblem, MaskMethod, describe, ranking
+from funcsparse.methods._base import LeafProblem, MaskMethod, describe
 from funcsparse.methods._level import (
     count_problem,
     count_to_prune,
@@ -105,7 +105,10 @@ class Magnitude(MaskMethod):
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         k = count_to_prune("Magnitude", self.sparsity, self.count, tensor.numel())
-        return keep_all_but_lowest(ranking(tensor, data), k, data.get("prev_mask"))
+        scores = data.get("scores")
+        # |w| is computed chunk by chunk inside the selection, never as a full-size copy.
+        ranked = tensor if scores is None else scores
+        return keep_all_but_lowest(ranked, k, data.get("prev_mask"), magnitude=scores is None)
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """The level's count of entries, or the previous zeros where there are more."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from funcsparse._select import keep_all_but_lowest
+from funcsparse._errors import short_repr
+from funcsparse._select import keep_all_but_lowest, keep_all_but_lowest_drawn
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
 from funcsparse.methods._level import (
     count_problem,
@@ -106,7 +108,7 @@ class Random(MaskMethod):
         set_level(self)
         seed = require_int("Random", "seed", self.seed)
         if not 0 <= seed < _SEED_LIMIT:
-            raise ValueError(f"Random: seed={seed} must be in [0, 2**64)")
+            raise ValueError(f"Random: seed={short_repr(seed)} must be in [0, 2**64)")
 
     @classmethod
     def configs(cls, st: Any) -> Any:
@@ -129,7 +131,7 @@ class Random(MaskMethod):
                     f"generator={describe(generator)}",
                     "generator must be a torch.Generator",
                 )
-            if tensor.device.type != "meta" and generator.device.type != tensor.device.type:
+            if tensor.device.type != "meta" and not _same_device(generator.device, tensor.device):
                 return LeafProblem(
                     ValueError,
                     f"a generator on {generator.device} for a tensor on {tensor.device}",
@@ -139,9 +141,19 @@ class Random(MaskMethod):
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         k = count_to_prune("Random", self.sparsity, self.count, tensor.numel())
-        values = self.random_values(tensor, generator=data.get("generator"))
+        generator, prev_mask = data.get("generator"), data.get("prev_mask")
         # The k largest values are the k smallest negated ones (negation is exact).
-        return keep_all_but_lowest(values.neg(), k, data.get("prev_mask"))
+        if tensor.device.type == "cpu":
+            # A CPU generator draws the same values in pieces as in one go, so the values
+            # are drawn (and redrawn, if the selection needs a second look) chunk by chunk,
+            # never held whole: the mask is the only full-size buffer.
+            def draws() -> Callable[[int], Tensor]:
+                g = self._generator(tensor, generator)
+                return lambda size: torch.rand(size, dtype=tensor.dtype, generator=g).neg_()
+
+            return keep_all_but_lowest_drawn(draws, tensor, k, prev_mask)
+        values = self.random_values(tensor, generator=generator)
+        return keep_all_but_lowest(values.neg_(), k, prev_mask)
 
     def random_values(self, tensor: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """The random values that rank ``tensor``'s entries (the largest are pruned first).
@@ -153,14 +165,24 @@ class Random(MaskMethod):
         Returns:
             ``torch.rand`` values of ``tensor``'s shape, dtype and device.
         """
+        g = self._generator(tensor, generator)
+        return torch.rand(tensor.shape, dtype=tensor.dtype, device=tensor.device, generator=g)
+
+    def _generator(self, tensor: Tensor, generator: torch.Generator | None) -> torch.Generator:
+        """A fresh generator on ``tensor``'s device: seeded, or a copy of ``generator``."""
         g = torch.Generator(device=tensor.device)
         if generator is None:
             g.manual_seed(self.seed)
         else:
             g.set_state(generator.get_state())
-        return torch.rand(tensor.shape, dtype=tensor.dtype, device=tensor.device, generator=g)
+        return g
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """The level's count of entries, or the previous zeros where there are more."""
         k = count_to_prune("Random", self.sparsity, self.count, tensor.numel())
         return total_zeros(k, data.get("prev_mask"))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one (an index-less device is its type's current one)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
