@@ -6,9 +6,12 @@ import re
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import funcsparse as fs
 from funcsparse.testing import check_leaf_mask, check_masks
+from funcsparse.testing import strategies as fst
 from funcsparse.testing.oracles import torch_ao_mask
 
 
@@ -73,4 +76,14 @@ def test_bad_arguments_are_type_and_value_errors() -> None:
     for error, message, call in cases:
         with pytest.raises(error, match=re.escape(message)):
             call()
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@given(st.data())
+@settings(max_examples=20)
+def test_the_strategies_do_not_advance_the_global_rng(data: st.DataObject) -> None:
+    state = torch.random.get_rng_state()
+    tree, rules = data.draw(fst.params_and_rules())
+    data.draw(fst.tensors())
+    data.draw(fst.leaf_data_for(tree, rules))
     assert torch.equal(torch.random.get_rng_state(), state)
