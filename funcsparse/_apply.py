@@ -97,6 +97,30 @@ def _partial_flat(
     )
 
 
+def _check_no_meta_mix(
+    module: nn.Module,
+    paths: list[str],
+    leaves: list[Any],
+    args: Any,
+    kwargs: Mapping[str, Any] | None,
+) -> None:
+    """Raise if meta tensors (shapes only) and real ones meet in one forward."""
+    inputs = list(args) if isinstance(args, (tuple, list)) else [args]
+    inputs += list((kwargs or {}).values())
+    named = [(f"the leaf at {path!r}", leaf) for path, leaf in zip(paths, leaves, strict=True)]
+    given = set(paths)
+    own = [*module.named_parameters(remove_duplicate=False), *module.named_buffers()]
+    named += [(f"the module's {name!r}", t) for name, t in own if name not in given]
+    named += [(f"input {i}", x) for i, x in enumerate(inputs) if isinstance(x, Tensor)]
+    meta = next((name for name, t in named if t.device.type == "meta"), None)
+    real = next(((name, t) for name, t in named if t.device.type != "meta"), None)
+    if meta is not None and real is not None:
+        raise ValueError(
+            f"functional_call: {meta} is on the meta device but {real[0]} is on "
+            f"{real[1].device}; a forward runs on meta tensors alone (shapes) or on real ones"
+        )
+
+
 def _masked_forward(leaf: Tensor, mask: Tensor, *, straight_through: bool) -> Tensor:
     """``leaf * mask``; with ``straight_through`` its gradient is the upstream one, unmasked.
 
@@ -304,8 +328,9 @@ def functional_call(
         Whatever ``module`` returns.
 
     Raises:
-        ValueError: a leaf path names no parameter or buffer of ``module``, or ``masks`` does
-            not fit ``params`` (see :func:`apply_masks`).
+        ValueError: a leaf path names no parameter or buffer of ``module``; ``masks`` does
+            not fit ``params`` (see :func:`apply_masks`); or meta-device tensors and real
+            ones meet among ``params`` and the inputs.
         TypeError: ``module`` is not a module, a leaf of ``params`` is not a tensor,
             ``kwargs`` is not a dict, a flag is not a bool; or as :func:`apply_masks`.
     """
@@ -327,6 +352,7 @@ def functional_call(
             raise TypeError(
                 f"{function}: the leaf at {path!r} is {describe(leaf)}; params holds tensors"
             )
+    _check_no_meta_mix(module, paths, leaves, args, kwargs)
     known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
     known.update(name for name, _ in module.named_buffers(remove_duplicate=False))
     unknown = [path for path in paths if path not in known]

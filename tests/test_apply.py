@@ -727,3 +727,26 @@ def test_functional_call_mutates_only_what_torch_func_mutates() -> None:
         assert torch.equal(buffers[name], twin_buffers[name]), name
     assert int(buffers["1.num_batches_tracked"]) == 1
     assert all(torch.equal(b, twin.get_buffer(n)) for n, b in model.named_buffers())
+
+
+def test_functional_call_refuses_meta_mixed_with_real_tensors() -> None:
+    model = mlp()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    meta = {**params, "0.weight": params["0.weight"].to("meta")}
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "functional_call: the leaf at '0.weight' is on the meta device but the leaf at "
+            "'0.bias' is on cpu"
+        ),
+    ):
+        fs.functional_call(model, meta, None, (torch.randn(2, 6),))
+    with pytest.raises(ValueError, match=r"input 0 is on the meta device but the leaf at"):
+        fs.functional_call(model, params, None, (torch.randn(2, 6, device="meta"),))
+    all_meta = {k: v.to("meta") for k, v in params.items()}
+    masks = {k: torch.ones(v.shape, dtype=torch.bool, device="meta") for k, v in all_meta.items()}
+    out = fs.functional_call(model, all_meta, masks, (torch.randn(2, 6, device="meta"),))
+    assert out.device.type == "meta" and out.shape == (2, 3)
+    partly = {"0.weight": params["0.weight"].to("meta")}
+    with pytest.raises(ValueError, match=r"but the module's '0.bias' is on cpu"):
+        fs.functional_call(model, partly, None, (torch.randn(2, 6, device="meta"),))
