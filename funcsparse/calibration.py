@@ -1,4 +1,4 @@
-"""Calibration statistics as data: input activation norms of linear layers, without hooks."""
+"""Calibration statistics as data: input norms of linear, conv and attention weights, no hooks."""
 
 from __future__ import annotations
 
