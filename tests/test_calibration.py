@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import funcsparse as fs
@@ -576,3 +578,29 @@ def test_bad_inputs_are_type_and_value_errors_with_short_messages() -> None:
         collect_input_norms(model, params, [x, {"big": huge}])
     assert len(str(err.value)) < 600 and str(err.value).count("\n") <= 2
     snapshot.assert_unchanged()
+
+
+@given(
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    channels=st.integers(1, 3),
+    size=st.tuples(st.integers(5, 9), st.integers(5, 9)),
+    seed=st.integers(0, 2**16),
+)
+def test_property_conv2d_norms_equal_the_unfolded_columns(
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    channels: int,
+    size: tuple[int, int],
+    seed: int,
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    conv = nn.Conv2d(channels, 2, kernel, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, channels, *size, generator=g)
+    params = _detached(conv)
+    norms = collect_input_norms(conv, params, [x])["weight"]
+    torch.testing.assert_close(norms, _unfolded_norms(x, conv))
