@@ -445,6 +445,7 @@ def _drawn_pieces(
             if prev is not None:
                 piece.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
             yield piece
+            del piece  # let the chunk go before the next is drawn
 
     return pieces
 
@@ -549,6 +550,7 @@ def _classify(
             else:
                 inside += int(torch.count_nonzero(upto)) - here_below
         start += size
+        del piece, code, under, upto  # let the chunk go before the next is made
     if not gather:
         return below, inside, None
     if not positions:
@@ -612,8 +614,10 @@ def _select_chunked(
     lo, hi, retry = _bracket(sample, k - prev_pruned, n - prev_pruned)
     del sample
     cap = max(n // _GATHER_FRACTION, _GATHER_MIN)
-    below, inside, gathered = _classify(_chain(first, stream), codes, lo, hi, cap)
-    del first, stream
+    chained = _chain([first], stream)
+    del first  # the chain holds the first chunk only until it is classified
+    below, inside, gathered = _classify(chained, codes, lo, hi, cap)
+    del chained, stream
     plan = _plan(k, lo, hi, below, inside, gathered)
     del gathered
     if plan is None and hi == math.inf and k > below + inside:
@@ -639,8 +643,9 @@ def _select_chunked(
     return selected.view(like.shape)
 
 
-def _chain(first: Tensor, rest: Iterator[Tensor]) -> Iterator[Tensor]:
-    yield first
+def _chain(first: list[Tensor], rest: Iterator[Tensor]) -> Iterator[Tensor]:
+    """``first``'s one tensor, then ``rest``; the tensor is let go once yielded."""
+    yield first.pop()
     yield from rest
 
 
