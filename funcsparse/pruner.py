@@ -198,7 +198,7 @@ class Pruner:
             method_state = self._accumulate(paths, leaves, spec, methods, method_state, grads)
         fraction = state["fraction"]
         if self._updates_at(step, fraction):
-            fraction = 1.0 if self.schedule is None else float(self.schedule(step))
+            fraction = self._fraction(step)
             if not 0.0 <= fraction <= 1.0:
                 raise ValueError(
                     f"{function}: the schedule gave {fraction!r} at step {step}; a schedule "
@@ -247,6 +247,13 @@ class Pruner:
             methods.append(assigned.method.for_leaf(path))
         return methods
 
+    def _fraction(self, step: int) -> float:
+        """``schedule(step)`` as a float (1.0 without a schedule), or a TypeError/ValueError
+        naming the schedule."""
+        if self.schedule is None:  # the full level
+            return 1.0
+        return require_real("Pruner.update", f"schedule({step})", self.schedule(step))
+
     def _updates_at(self, step: int, fraction: float | None) -> bool:
         """Whether the masks are recomputed at ``step`` (``fraction``: the current one)."""
         if self.schedule is None:
@@ -254,7 +261,7 @@ class Pruner:
         is_update_step = getattr(self.schedule, "is_update_step", None)
         if callable(is_update_step):
             return bool(is_update_step(step))
-        return fraction is None or float(self.schedule(step)) != fraction
+        return fraction is None or self._fraction(step) != fraction
 
     @staticmethod
     def _unpack(state: object, spec: Any, function: str) -> tuple[int, list[Any], list[Any]]:

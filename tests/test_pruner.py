@@ -546,3 +546,11 @@ def test_malformed_states_are_refused_and_change_nothing() -> None:
     assert state["step"] == saved["step"] and state["fraction"] == saved["fraction"]
     assert torch.equal(state["method_state"]["w"], saved["method_state"]["w"])
     assert torch.equal(state["masks"]["w"], saved["masks"]["w"])
+
+
+def test_a_schedule_that_gives_no_number_is_refused_by_name() -> None:
+    params = {"w": torch.randn(4, 4)}
+    for value, error in (("half", TypeError), (float("nan"), ValueError), (None, TypeError)):
+        pruner = fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=lambda step, v=value: v)
+        with pytest.raises(error, match=r"Pruner.update: schedule\(0\) must"):
+            pruner.update(params, pruner.init(params))
