@@ -185,9 +185,15 @@ class Pruner:
             rule applies or before the first mask update), and the new state.
 
         Raises:
-            TypeError: ``state`` is not a pruner state, or what ``fs.compute_masks`` raises.
-            ValueError: ``state`` does not fit ``params``, gradients are missing where a
-                method needs them, or what ``fs.compute_masks`` raises.
+            TypeError: ``state`` is not a pruner state (its masks not bool tensors or
+                None, its method state not floating tensors, its step not an int, its
+                fraction not a number), the schedule gives no number, or what
+                ``fs.compute_masks`` raises.
+            ValueError: ``state`` does not fit ``params`` (structure, shapes, devices, a
+                mask where no rule applies), gradients are missing or on another device
+                where a method needs them, a ``scores`` tree you pass is None where a
+                score-reading rule without state reads it, or what ``fs.compute_masks``
+                raises. Nothing passed in changes when it raises.
         """
         function = "Pruner.update"
         paths, leaves, spec = flatten_with_paths(params, function=function)
