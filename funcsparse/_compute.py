@@ -63,8 +63,9 @@ def compute_masks(
             absent): a weight pruned before stays pruned, and a method's level is the total
             target. Default None.
         **leaf_data: per-leaf data that methods read, each a pytree of ``params``'
-            structure with None where absent: ``scores`` (importance scores in place of the
-            weights' magnitude), ``input_norms`` (``fs.Wanda``), ...
+            structure: ``scores`` (importance scores in place of the weights' magnitude),
+            ``input_norms`` (``fs.Wanda``), ... A tree holds a value at every leaf whose
+            method reads it, and None elsewhere.
 
     Returns:
         A pytree with ``params``' structure: a ``torch.bool`` mask of the leaf's shape where
@@ -74,8 +75,11 @@ def compute_masks(
         TypeError: ``rules`` is malformed, or a matched leaf (or its data) has a type or
             dtype its method cannot handle.
         ValueError: a rule matches no leaf, two patterns match one leaf, a data pytree does
-            not have ``params``' structure, or a matched leaf has a shape its method cannot
-            handle. The message names the rule, the method, the leaf path and the value.
+            not have ``params``' structure or is None at a leaf whose method reads it
+            (``scores=`` with None where calibration never saw a weight: the method would
+            silently rank the weights instead), or a matched leaf has a shape its method
+            cannot handle. The message names the rule, the method, the leaf path and the
+            value.
     """
     return masks_with_data(
         params, rules, batch_dims=batch_dims, prev_masks=prev_masks, leaf_data=leaf_data
