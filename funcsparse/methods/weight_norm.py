@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from funcsparse._select import lowest_covering, smallest_k, smallest_k_per_group
+from funcsparse._select import is_plain, lowest_covering, smallest_k, smallest_k_per_group
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
 from funcsparse.methods._level import check_sparsity
 
@@ -19,29 +20,42 @@ __all__ = ["WeightNorm"]
 # Blocks up to this many entries get their scores summed from strided views of the weight
 # (bit-identical to avg_pool2d's loop); larger blocks go through avg_pool2d itself.
 _FUSED_BLOCK_MAX = 16
+# Entries of the weight worked on at a time (a tile of whole blocks): the temporaries of a
+# call stay a small fraction of a large weight, and the whole mask is the only large output.
+_TILE_ENTRIES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WeightNorm(MaskMethod):
     """Zero the blocks of a 2-D weight whose mean norm is lowest.
 
-    The weight is cut into ``sparse_block_shape`` blocks starting at index ``(0, 0)``; the
-    last row and column of blocks may be partial. Each block's score is the mean of
-    ``norm(w)`` over its entries (``|w|`` for ``norm=1``, ``w * w`` for ``norm=2``, or any
-    elementwise callable). ``round(sparsity * n_blocks)`` blocks of lowest score are
-    selected (at most ``n_blocks - 1`` while ``sparsity < 1``, all of them at
-    ``sparsity=1``), and in each selected block the ``zeros_per_block`` entries of lowest
-    ``norm(w)`` are zeroed. With ``zeros_per_block`` equal to the block size whole blocks
-    are zeroed; with ``sparsity=1.0, sparse_block_shape=(1, 4), zeros_per_block=2`` every
-    row gets the 2:4 pattern.
+    The weight is cut into ``sparse_block_shape`` blocks starting at index ``(0, 0)``. Each
+    block's score is the mean of ``norm(w)`` over its entries (``|w|`` for ``norm=1``,
+    ``w * w`` for ``norm=2``, or any elementwise callable). ``round(sparsity * n_blocks)``
+    blocks of lowest score are selected (at most ``n_blocks - 1`` while ``sparsity < 1``,
+    all of them at ``sparsity=1``), and in each selected block the ``zeros_per_block``
+    entries of lowest ``norm(w)`` are zeroed. With ``zeros_per_block`` equal to the block
+    size whole blocks are zeroed; with ``sparsity=1.0, sparse_block_shape=(1, 4),
+    zeros_per_block=2`` every row gets the 2:4 pattern.
+
+    Blocks that do not divide the weight. With whole blocks (``zeros_per_block`` None or
+    the block size) the last row and column of blocks are partial, as in torch.ao: an edge
+    block scores the mean over its real entries, counts as one block, and is zeroed whole
+    when selected. The level is a fraction of *blocks*, so the fraction of zeroed
+    *entries* depends on the data: on a ``(1, 5)`` weight with ``(1, 4)`` blocks (two
+    blocks: four entries, then one), ``sparsity=0.5`` zeroes one block, 4 or 1 of the 5
+    entries, whichever block's mean is lower. With ``0 < zeros_per_block < block size``
+    the weight's shape must be divisible by the block shape (a ValueError says so
+    otherwise, as for ``NM``): padding never stands in for real zeros. Block sides longer
+    than the weight's are clamped to it (the same blocks, without padding).
 
     The masks equal ``torch.ao.pruning.WeightNormSparsifier``'s bit for bit wherever the
     scores have no ties. Ties follow funcsparse's rule (equal scores: the lower row-major
     index is pruned first; NaN counts as the largest score), so the count of zeros is always
-    exact. Where the block shape does not divide the weight and ``0 < zeros_per_block <
-    block size``, torch.ao crashes (levels in (0, 1)) or stores a padded-shape mask (level
-    >= 1); funcsparse returns what torch.ao computes on its padded grid, cropped to the
-    weight's shape: padding never takes a block's zeros.
+    exact. Memory: a call works on tiles of whole blocks (about a million entries at a
+    time); besides the mask, it holds one score per block (plus the selection's work on
+    them), so a large float32 weight with blocks of 2 or more entries needs less extra
+    memory than its own size. A ``norm`` callable is called once on the whole weight.
 
     Keyword data: ``scores``, importance scores of the weight's shape, ranked as given in
     place of ``norm(w)`` (signed: a block's score is the mean of its entries' scores, the
@@ -62,6 +76,18 @@ class WeightNorm(MaskMethod):
         tensor([[False,  True, False,  True],
                 [ True, False,  True, False]])
 
+        Width 5 with ``(1, 4)`` blocks: two blocks, of 4 entries and of 1; level 0.5 zeroes
+        the one of lower mean, whole:
+
+        >>> fs.WeightNorm(0.5)(torch.tensor([[1.0, 1.0, 1.0, 1.0, 3.0]]))
+        tensor([[False, False, False, False,  True]])
+        >>> fs.WeightNorm(0.5)(torch.tensor([[3.0, 3.0, 3.0, 3.0, 1.0]]))
+        tensor([[ True,  True,  True,  True, False]])
+        >>> fs.WeightNorm(1.0, zeros_per_block=2)(torch.ones(3, 6))
+        Traceback (most recent call last):
+            ...
+        ValueError: WeightNorm: got a 2-D torch.float32 tensor of shape (3, 6); WeightNorm ...
+
     Args:
         sparsity: the fraction of blocks selected, in ``[0, 1]``; may be given
             positionally. Default 0.5.
@@ -75,7 +101,8 @@ class WeightNorm(MaskMethod):
             or a ``norm`` callable that does not return a real tensor of the weight's shape.
         ValueError: ``sparsity`` is outside [0, 1] or NaN, a block side is not positive,
             ``zeros_per_block`` is negative or above the block size, ``norm`` is an int other
-            than 1 or 2; on a call, a weight that is not 2-D.
+            than 1 or 2; on a call, a weight that is not 2-D, or (with ``0 <
+            zeros_per_block < block size``) whose shape the block shape does not divide.
 
     References:
         torch.ao.pruning.WeightNormSparsifier (PyTorch), whose semantics this reproduces.
@@ -109,7 +136,13 @@ class WeightNorm(MaskMethod):
         return st.tuples(st.integers(1, 4), st.integers(1, 4)).flatmap(with_shape)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sparsity", check_sparsity("WeightNorm", self.sparsity))
+        try:
+            level = check_sparsity("WeightNorm", self.sparsity)
+        except OverflowError:  # an int or Fraction too large for a float
+            raise ValueError(
+                f"WeightNorm: sparsity must be a fraction in [0, 1], got {_show(self.sparsity)}"
+            ) from None
+        object.__setattr__(self, "sparsity", level)
         shape = self.sparse_block_shape
         if not isinstance(shape, Sequence) or isinstance(shape, str) or len(shape) != 2:
             raise TypeError(f"WeightNorm: sparse_block_shape must be a pair of ints, got {shape!r}")
@@ -117,7 +150,8 @@ class WeightNorm(MaskMethod):
         cols = require_int("WeightNorm", "sparse_block_shape[1]", shape[1])
         if rows <= 0 or cols <= 0:
             raise ValueError(
-                f"WeightNorm: sparse_block_shape sides must be positive, got {(rows, cols)}"
+                "WeightNorm: sparse_block_shape sides must be positive, got "
+                f"({_show(rows)}, {_show(cols)})"
             )
         object.__setattr__(self, "sparse_block_shape", (rows, cols))
         if self.zeros_per_block is not None:
@@ -125,21 +159,21 @@ class WeightNorm(MaskMethod):
             if zeros > rows * cols:
                 raise ValueError(
                     "WeightNorm: Number of zeros per block cannot be more than the total "
-                    f"number of elements in that block (zeros_per_block={zeros}, "
-                    f"block {rows}x{cols} has {rows * cols})."
+                    f"number of elements in that block (zeros_per_block={_show(zeros)}, "
+                    f"block {_show(rows)}x{_show(cols)} has {_show(rows * cols)})."
                 )
             if zeros < 0:
                 raise ValueError(
                     "WeightNorm: Number of zeros per block should be positive "
-                    f"(zeros_per_block={zeros})."
+                    f"(zeros_per_block={_show(zeros)})."
                 )
         norm = self.norm
         if not callable(norm):
             require_int("WeightNorm", "norm", norm)
             if norm not in (1, 2):
                 raise ValueError(
-                    f"WeightNorm: norm must be 1, 2 or a callable, got {norm!r} "
-                    f"(L-{norm} is not implemented)"
+                    f"WeightNorm: norm must be 1, 2 or a callable, got {_show(norm)}"
+                    + (f" (L-{norm} is not implemented)" if abs(norm) < 10**18 else "")
                 )
 
     @property
@@ -159,56 +193,143 @@ class WeightNorm(MaskMethod):
             )
         if tensor.dim() != 2:
             return LeafProblem(ValueError, describe(tensor), "WeightNorm needs 2-D weights")
+        rows, cols = self.sparse_block_shape
+        height, width = tensor.shape
+        if 0 < self.block_zeros < self.block_size and (height % rows or width % cols):
+            return LeafProblem(
+                ValueError,
+                describe(tensor),
+                f"WeightNorm with zeros_per_block={_show(self.block_zeros)} of a block of "
+                f"{_show(self.block_size)} entries needs sparse_block_shape=({_show(rows)}, "
+                f"{_show(cols)}) to divide the weight's shape; choose a block shape that "
+                "divides it, or pad the weight (padding never stands in for real zeros)",
+            )
         return None
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         prev_mask: Tensor | None = data.get("prev_mask")
         given: Tensor | None = data.get("scores")
-        level, zeros = self.sparsity, self.block_zeros
-        if prev_mask is not None and given is None:  # the weights as the model sees them
-            tensor = torch.where(prev_mask, tensor, torch.zeros((), dtype=tensor.dtype))
-        if level <= 0 or zeros == 0 or tensor.numel() == 0:
+        if self.sparsity <= 0 or self.block_zeros == 0 or tensor.numel() == 0:
             ones = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
             return ones if prev_mask is None else prev_mask.clone()
-        entries = self._scores(tensor) if given is None else given
+        return self._fitted(tensor)._fitted_mask(tensor, prev_mask, given)
+
+    def _fitted(self, tensor: Tensor) -> WeightNorm:
+        """This method with every block side clamped to the weight's side (at least 1).
+
+        A block taller (wider) than the weight covers all its rows (columns) either way, so
+        the blocks, their scores and the mask are the same; only padding is saved. Zeros per
+        block equal to the block size stay "the whole block" (``zeros_per_block`` smaller
+        than a block that does not fit is refused by :meth:`leaf_problem`).
+        """
+        rows, cols = self.sparse_block_shape
+        height, width = tensor.shape
+        fit = (max(1, min(rows, height)), max(1, min(cols, width)))
+        if fit == (rows, cols):
+            return self
+        zeros = self.zeros_per_block
+        if zeros is not None:
+            zeros = None if zeros >= self.block_size else min(zeros, fit[0] * fit[1])
+        return dataclasses.replace(self, sparse_block_shape=fit, zeros_per_block=zeros)
+
+    def _fitted_mask(
+        self, tensor: Tensor, prev_mask: Tensor | None, given: Tensor | None
+    ) -> Tensor:
+        """The mask, for a level in (0, 1] and blocks no larger than the weight."""
+        plain = all(is_plain(t) for t in (tensor, prev_mask, given) if t is not None)
+        if given is None and callable(self.norm):  # called once, on the whole weight (as torch.ao)
+            seen = tensor if prev_mask is None else torch.where(prev_mask, tensor, _zero(tensor))
+            given = self._scores(seen)
         if prev_mask is not None:
-            source = tensor if given is None else given
-            return self._mask_after(source, entries, prev_mask, given=given is not None)
-        if level >= 1 and zeros == self.block_size:
+            return self._mask_after(tensor, prev_mask, given, plain=plain)
+        level, whole = self.sparsity, self.block_zeros >= self.block_size
+        if level >= 1 and whole:
             return torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
-        if level >= 1:
-            return self._zeros_within_blocks(entries).logical_not()
-        keep = self._kept_blocks(tensor if given is None else given, level, given=given is not None)
-        if zeros < self.block_size:
-            keep = keep | self._zeros_within_blocks(entries).logical_not()
-        return keep
+        tiles = self._tiles(tensor, plain=plain)
+        pruned: Tensor | None = None  # the selected blocks (None: all of them)
+        if level < 1:
+            grid_rows, grid_cols = self._block_grid(tensor)
+            n_blocks = grid_rows * grid_cols
+            k = max(0, min(n_blocks - 1, round(level * n_blocks)))
+            scores = self._block_scores(tensor if given is None else given, given=given is not None)
+            pruned = smallest_k(scores.reshape(-1), k).view(grid_rows, grid_cols)
+            del scores
+
+        def keep_in(tile: _Tile) -> Tensor:
+            rows, cols = self._entry_ranges(tensor, tile)
+            keep: Tensor | None = None
+            if pruned is not None:
+                keep = self._expand(pruned[tile.rows, tile.cols].logical_not(), rows, cols)
+            if not whole:
+                entries = self._entry_scores(tensor, given, None, rows, cols)
+                kept = self._zeros_within_blocks(entries).logical_not_()
+                keep = kept if keep is None else keep | kept
+            if keep is None:  # unreachable: whole blocks at level 1 returned above
+                raise ValueError("WeightNorm: nothing to compute")
+            return keep
+
+        return self._assemble(tensor, tiles, keep_in, blocks=False)
 
     def _mask_after(
-        self, source: Tensor, entries: Tensor, prev_mask: Tensor, *, given: bool
+        self, tensor: Tensor, prev_mask: Tensor, given: Tensor | None, *, plain: bool
     ) -> Tensor:
-        """The mask given an earlier one: its zeros stay and count towards the target."""
-        rows, cols = self.sparse_block_shape
-        grid_rows, grid_cols = self._block_grid(source)
-        height, width = source.shape
-        ranked = torch.where(prev_mask, entries, torch.full_like(entries, -torch.inf))
-        within = self._zeros_within_blocks(ranked)  # pruned entries come first in a block
+        """The mask given an earlier one: its zeros stay and count towards the target.
+
+        The weights are scored as the model sees them (``prev_mask``'s entries as 0), tile
+        by tile, never as a whole copy.
+        """
+        whole = self.block_zeros >= self.block_size
+        tiles = self._tiles(tensor, plain=plain)
+        selected: Tensor | None = None  # the blocks taken (None: all of them)
         if self.sparsity < 1:
-            pad = (0, grid_cols * cols - width, 0, grid_rows * rows - height)
-            old = _as_groups(F.pad((~prev_mask).to(torch.int64), pad), rows, cols).sum(-1)
-            quota = self._block_sizes(source).to(old.device).clamp(max=self.block_zeros)
+            grid_rows, grid_cols = self._block_grid(tensor)
             n_blocks = grid_rows * grid_cols
             k = max(0, min(n_blocks - 1, round(self.sparsity * n_blocks)))
-            scores = self._block_scores(source, given=given).reshape(-1)
-            # The target: the zeros the k lowest-ranked blocks take (k * zeros_per_block
-            # where the blocks divide the weight), so an all-True prev_mask changes nothing.
-            target = (quota.reshape(-1) * smallest_k(scores, k)).sum()
-            gains = (quota - old).clamp(min=0).reshape(-1)
-            selected = lowest_covering(scores, gains, target - old.sum())
-            selected = selected.view(grid_rows, 1, grid_cols, 1)
-            selected = selected.expand(grid_rows, rows, grid_cols, cols)
-            selected = selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
-            within = within & selected
-        return within.logical_not() & prev_mask
+            if given is None:
+                scores = self._tiled_block_scores(tensor, given=False, prev_mask=prev_mask)
+            else:
+                scores = self._block_scores(given, given=True)
+            scores = scores.reshape(-1)
+            count = torch.int32 if tensor.numel() < 2**31 else torch.int64
+            old = self._assemble(
+                tensor,
+                tiles,
+                lambda tile: self._old_zeros_in(prev_mask, tile, count),
+                blocks=True,
+            )
+            old_total = old.sum()
+            rows, cols = self.sparse_block_shape
+            if tensor.shape[0] % rows == 0 and tensor.shape[1] % cols == 0:
+                # Every block holds block_size entries: the k lowest take k * zeros.
+                target: int | Tensor = k * self.block_zeros
+                if plain:  # in place: old is spent
+                    gains = old.neg_().add_(self.block_zeros).clamp_(min=0)
+                else:
+                    gains = (self.block_zeros - old).clamp(min=0)
+            else:  # whole blocks of different sizes: the zeros the k lowest-ranked take
+                quota = self._block_sizes(tensor).to(old.device).clamp(max=self.block_zeros)
+                target = (quota.reshape(-1) * smallest_k(scores, k)).sum()
+                gains = (quota - old).clamp(min=0)
+            del old
+            selected = lowest_covering(scores, gains.reshape(-1), target - old_total)
+            selected = selected.view(grid_rows, grid_cols)
+            del scores, gains
+
+        def mask_in(tile: _Tile) -> Tensor:
+            rows, cols = self._entry_ranges(tensor, tile)
+            prev = prev_mask[rows, cols]
+            if whole:
+                if selected is None:  # every block, whole: nothing is kept
+                    return torch.zeros_like(prev)
+                return self._expand(selected[tile.rows, tile.cols].logical_not(), rows, cols) & prev
+            entries = self._entry_scores(tensor, given, prev, rows, cols)
+            ranked = torch.where(prev, entries, torch.full_like(entries, -torch.inf))
+            within = self._zeros_within_blocks(ranked)  # pruned entries come first in a block
+            if selected is not None:
+                within &= self._expand(selected[tile.rows, tile.cols], rows, cols)
+            return within.logical_not_() & prev
+
+        return self._assemble(tensor, tiles, mask_in, blocks=False)
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Exact zeros, where they do not depend on which blocks the data selects.
@@ -219,8 +340,13 @@ class WeightNorm(MaskMethod):
         """
         level, zeros = self.sparsity, self.block_zeros
         prev_mask = data.get("prev_mask")
+        if tensor.numel() == 0:
+            return 0
+        fitted = self._fitted(tensor)
+        if fitted is not self:
+            return fitted.expected_zeros(tensor, **data)
         old = self._old_zeros(tensor, prev_mask)
-        if level <= 0 or zeros == 0 or tensor.numel() == 0:
+        if level <= 0 or zeros == 0:
             return int(old.sum())
         sizes = self._block_sizes(tensor)
         if level >= 1:
@@ -238,6 +364,9 @@ class WeightNorm(MaskMethod):
         level, zeros = self.sparsity, self.block_zeros
         if tensor.numel() == 0:
             return None
+        fitted = self._fitted(tensor)
+        if fitted is not self:
+            return fitted.structure_problem(tensor, mask, **data)
         prev_mask = data.get("prev_mask")
         if prev_mask is not None and bool((mask.cpu() & ~prev_mask.cpu()).any()):
             return "the mask keeps entries that prev_mask prunes"
@@ -317,18 +446,101 @@ class WeightNorm(MaskMethod):
         rows, cols = self.sparse_block_shape
         return -(-tensor.shape[0] // rows), -(-tensor.shape[1] // cols)
 
-    def _kept_blocks(self, tensor: Tensor, level: float, *, given: bool) -> Tensor:
-        """Entries outside the ``round(level * n_blocks)`` blocks of lowest mean score."""
+    # -- tiles: the work is done a band of whole blocks at a time --------------------------
+
+    def _tiles(self, tensor: Tensor, *, plain: bool) -> list[_Tile]:
+        """Tiles of whole blocks covering ``tensor``, about ``_TILE_ENTRIES`` entries each.
+
+        One tile (the whole weight) for small weights and under ``torch.func`` transforms
+        or ``torch.compile`` (no in-place writes into a shared output there).
+        """
         rows, cols = self.sparse_block_shape
         grid_rows, grid_cols = self._block_grid(tensor)
-        n_blocks = grid_rows * grid_cols
-        k = max(0, min(n_blocks - 1, round(level * n_blocks)))
-        pruned = smallest_k(self._block_scores(tensor, given=given).reshape(-1), k)
-        # One pass from the block grid to the entries, negated on the way.
-        keep = pruned.view(grid_rows, 1, grid_cols, 1).expand(grid_rows, rows, grid_cols, cols)
-        keep = keep.logical_not().reshape(grid_rows * rows, grid_cols * cols)
+        if not plain or tensor.numel() <= _TILE_ENTRIES:
+            return [_Tile(slice(0, grid_rows), slice(0, grid_cols))]
+        band = rows * tensor.shape[1]  # entries in one row of blocks
+        if band <= _TILE_ENTRIES:
+            step = _TILE_ENTRIES // band
+            return [
+                _Tile(slice(i, min(i + step, grid_rows)), slice(0, grid_cols))
+                for i in range(0, grid_rows, step)
+            ]
+        step = max(1, _TILE_ENTRIES // (rows * cols))
+        return [
+            _Tile(slice(i, i + 1), slice(j, min(j + step, grid_cols)))
+            for i in range(grid_rows)
+            for j in range(0, grid_cols, step)
+        ]
+
+    def _entry_ranges(self, tensor: Tensor, tile: _Tile) -> tuple[slice, slice]:
+        """The rows and columns of ``tensor`` that ``tile``'s blocks cover."""
+        rows, cols = self.sparse_block_shape
         height, width = tensor.shape
-        return keep if keep.shape == tensor.shape else keep[:height, :width]
+        return (
+            slice(tile.rows.start * rows, min(height, tile.rows.stop * rows)),
+            slice(tile.cols.start * cols, min(width, tile.cols.stop * cols)),
+        )
+
+    def _assemble(
+        self,
+        tensor: Tensor,
+        tiles: list[_Tile],
+        compute: Callable[[_Tile], Tensor],
+        *,
+        blocks: bool,
+    ) -> Tensor:
+        """``compute(tile)`` for every tile, written into one tensor: of ``tensor``'s shape,
+        or (``blocks``) of its block grid's."""
+        if len(tiles) == 1:
+            whole = compute(tiles[0])  # a mask cropped from padded blocks is copied out
+            return whole if blocks or whole.is_contiguous() else whole.contiguous()
+        out: Tensor | None = None
+        for tile in tiles:
+            part = compute(tile)
+            if out is None:
+                shape = self._block_grid(tensor) if blocks else tuple(tensor.shape)
+                out = torch.empty(shape, dtype=part.dtype, device=part.device)
+            where = (tile.rows, tile.cols) if blocks else self._entry_ranges(tensor, tile)
+            out[where] = part
+        if out is None:  # unreachable: there is always a tile
+            raise ValueError("WeightNorm: no tiles")
+        return out
+
+    def _expand(self, per_block: Tensor, rows: slice, cols: slice) -> Tensor:
+        """Per-block values, ``(tile_rows, tile_cols)``, on the entries ``rows, cols``."""
+        block_rows, block_cols = self.sparse_block_shape
+        grid_rows, grid_cols = per_block.shape
+        entries = per_block.view(grid_rows, 1, grid_cols, 1)
+        entries = entries.expand(grid_rows, block_rows, grid_cols, block_cols)
+        entries = entries.reshape(grid_rows * block_rows, grid_cols * block_cols)
+        height, width = rows.stop - rows.start, cols.stop - cols.start
+        return entries if entries.shape == (height, width) else entries[:height, :width]
+
+    def _entry_scores(
+        self, tensor: Tensor, given: Tensor | None, prev: Tensor | None, rows: slice, cols: slice
+    ) -> Tensor:
+        """Per-entry scores on ``rows, cols``: ``given``'s, or the norm of the weights as the
+        model sees them (``prev``: the tile's previous mask)."""
+        if given is not None:
+            return given[rows, cols]
+        part = tensor[rows, cols]
+        if prev is not None:
+            part = torch.where(prev, part, _zero(part))
+        return self._scores(part)
+
+    def _old_zeros_in(self, prev_mask: Tensor, tile: _Tile, dtype: torch.dtype) -> Tensor:
+        """The zeros of ``prev_mask`` in each of ``tile``'s blocks."""
+        rows, cols = self.sparse_block_shape
+        entry_rows, entry_cols = self._entry_ranges(prev_mask, tile)
+        pruned = prev_mask[entry_rows, entry_cols].logical_not()
+        height, width = pruned.shape
+        grid_rows, grid_cols = -(-height // rows), -(-width // cols)
+        pad_rows, pad_cols = grid_rows * rows - height, grid_cols * cols - width
+        if pad_rows or pad_cols:
+            pruned = F.pad(pruned, (0, pad_cols, 0, pad_rows))
+        return _as_groups(pruned, rows, cols).sum(-1, dtype=dtype)
+
+    # -- block scores ----------------------------------------------------------------------
 
     def _block_scores(self, tensor: Tensor, *, given: bool = False) -> Tensor:
         """Mean score per block, bit-identical to torch.ao's ``avg_pool2d(ceil_mode=True)``.
@@ -336,10 +548,19 @@ class WeightNorm(MaskMethod):
         ``given``: ``tensor`` holds scores to average as they are, not weights to take the
         norm of.
         """
+        fitted = self._fitted(tensor)
+        if not given and callable(self.norm):  # once, on the whole weight (as torch.ao)
+            return fitted._tiled_block_scores(self._scores(tensor), given=True)
+        return fitted._tiled_block_scores(tensor, given=given)
+
+    def _tiled_block_scores(
+        self, tensor: Tensor, *, given: bool, prev_mask: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`_block_scores` of a fitted method, a tile at a time (``prev_mask``: score
+        the weights as the model sees them)."""
         rows, cols = self.sparse_block_shape
-        if self.block_size == 1:
-            return tensor if given else self._scores(tensor)
         height, width = tensor.shape
+        plain = all(is_plain(t) for t in (tensor, prev_mask) if t is not None)
         fused = (
             not given
             and self.norm in (1, 2)
@@ -348,40 +569,70 @@ class WeightNorm(MaskMethod):
             and width % cols == 0
             and self.block_size <= _FUSED_BLOCK_MAX
         )
-        if not fused:
-            scores = (tensor if given else self._scores(tensor))[None, None]
-            pooled = F.avg_pool2d(scores, self.sparse_block_shape, ceil_mode=True)
-            return pooled[0, 0]
-        # avg_pool2d sums a window row by row, left to right, then divides: do the same
-        # over strided views, without materialising norm(w) for the whole weight.
+
+        def scores_in(tile: _Tile) -> Tensor:
+            entry_rows, entry_cols = self._entry_ranges(tensor, tile)
+            part = tensor[entry_rows, entry_cols]
+            if prev_mask is not None:
+                part = torch.where(prev_mask[entry_rows, entry_cols], part, _zero(part))
+            if fused:
+                return self._summed_block_scores(part)
+            scores = part if given else self._scores(part)
+            if self.block_size == 1:
+                return scores
+            return F.avg_pool2d(scores[None, None], self.sparse_block_shape, ceil_mode=True)[0, 0]
+
+        return self._assemble(tensor, self._tiles(tensor, plain=plain), scores_in, blocks=True)
+
+    def _summed_block_scores(self, tensor: Tensor) -> Tensor:
+        """``norm(w)`` averaged per block of a dividing tile, from strided views of it.
+
+        avg_pool2d sums a window row by row, left to right, then divides: the same sums,
+        without materialising ``norm(w)`` for the whole tile.
+        """
+        rows, cols = self.sparse_block_shape
+        height, width = tensor.shape
         blocks = tensor.reshape(height // rows, rows, width // cols, cols)
         total: Tensor | None = None
         for r in range(rows):
             for c in range(cols):
                 entry = blocks[:, r, :, c]
                 term = entry.abs() if self.norm == 1 else entry * entry
-                total = term if total is None else total + term
+                total = term if total is None else total.add_(term)
         if total is None:  # unreachable: a block has at least one entry
             raise ValueError("WeightNorm: empty block")
-        return total / self.block_size
+        return total if self.block_size == 1 else total.div_(self.block_size)
 
     def _zeros_within_blocks(self, scores: Tensor) -> Tensor:
-        """Entries among the ``block_zeros`` lowest scores of their block."""
+        """Entries among the ``block_zeros`` lowest scores of their block (blocks divide
+        ``scores``: :meth:`leaf_problem` refuses other shapes for partial blocks)."""
         rows, cols = self.sparse_block_shape
         height, width = scores.shape
-        grid_rows, grid_cols = -(-height // rows), -(-width // cols)
-        pad_rows, pad_cols = grid_rows * rows - height, grid_cols * cols - width
-        valid: Tensor | None = None
-        if pad_rows or pad_cols:
-            scores = F.pad(scores, (0, pad_cols, 0, pad_rows))
-            valid = torch.ones((height, width), dtype=torch.bool, device=scores.device)
-            valid = F.pad(valid, (0, pad_cols, 0, pad_rows), value=False)
-            valid = _as_groups(valid, rows, cols)
-        selected = smallest_k_per_group(
-            _as_groups(scores, rows, cols), self.block_zeros, valid=valid
-        )
-        selected = selected.view(grid_rows, grid_cols, rows, cols).permute(0, 2, 1, 3)
-        return selected.reshape(grid_rows * rows, grid_cols * cols)[:height, :width]
+        selected = smallest_k_per_group(_as_groups(scores, rows, cols), self.block_zeros)
+        selected = selected.view(height // rows, width // cols, rows, cols).permute(0, 2, 1, 3)
+        return selected.reshape(height, width)
+
+
+class _Tile(NamedTuple):
+    """A rectangle of whole blocks: block rows and block columns."""
+
+    rows: slice
+    cols: slice
+
+
+def _show(value: object) -> str:
+    """``value`` for a message: a huge int by its length (its digits would flood it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        bits = abs(value).bit_length()  # str() refuses ints past 4300 digits: estimate those
+        digits = len(str(abs(value))) if bits < 14000 else math.floor(bits * math.log10(2)) + 1
+        return f"{'-' if value < 0 else ''}an int of about {digits} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:40]}..."
+
+
+def _zero(tensor: Tensor) -> Tensor:
+    """A 0-d zero of ``tensor``'s dtype and device (``torch.where``'s filler)."""
+    return torch.zeros((), dtype=tensor.dtype, device=tensor.device)
 
 
 def _as_groups(grid: Tensor, rows: int, cols: int) -> Tensor:

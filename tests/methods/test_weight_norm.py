@@ -12,8 +12,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import funcsparse as fs
+from funcsparse.methods import weight_norm
 from funcsparse.testing import check_leaf_mask
-from funcsparse.testing.oracles import ao_weight_norm_mask, ao_weight_norm_padded_parts
+from funcsparse.testing.oracles import ao_weight_norm_mask
 
 # WeightNorm takes sparsity in [0, 1] only (torch.ao's sparsifier also takes levels outside
 # it, clamped; that is the adapter's job and tests/adapter pins it).
@@ -53,14 +54,16 @@ def ours(case: dict[str, object]) -> torch.Tensor:
     return fs.WeightNorm(**config)(weight)
 
 
-def torch_ao_defective(case: dict[str, object]) -> bool:
-    """torch.ao crashes or returns a padded mask: non-dividing blocks, 0 < zeros < size."""
+def refused(case: dict[str, object]) -> bool:
+    """Blocks that do not divide the weight with 0 < zeros_per_block < block size: funcsparse
+    refuses the shape (torch.ao crashes or stores a padded-shape mask there)."""
     weight = case["weight"]
+    assert isinstance(weight, torch.Tensor)
     rows, cols = case["sparse_block_shape"]
     size = rows * cols
     zeros = size if case["zeros_per_block"] is None else case["zeros_per_block"]
     divides = weight.shape[0] % rows == 0 and weight.shape[1] % cols == 0
-    return not divides and 0 < zeros < size and case["sparsity_level"] > 0
+    return not divides and 0 < zeros < size
 
 
 class TestPinned:
@@ -120,11 +123,14 @@ class TestTies:
         if zeros is not None and zeros > rows * cols:
             return
         weight = torch.ones(6, 10)
-        mask = fs.WeightNorm(sparsity=level, sparse_block_shape=shape, zeros_per_block=zeros)(
-            weight
-        )
+        method = fs.WeightNorm(sparsity=level, sparse_block_shape=shape, zeros_per_block=zeros)
         grid = -(-6 // rows) * -(-10 // cols)
         divides = 6 % rows == 0 and 10 % cols == 0
+        if not divides and zeros is not None and zeros < rows * cols:
+            with pytest.raises(ValueError, match="to divide the weight's shape"):
+                method(weight)
+            return
+        mask = method(weight)
         if divides:
             # Same number of zeros as torch.ao (with partial blocks the count of selected
             # blocks is the same, but which blocks torch.ao's topk picks is arbitrary).
@@ -153,38 +159,28 @@ class TestTies:
 class TestAgainstTorchAO:
     @given(weight_norm_cases())
     def test_bit_for_bit(self, case: dict[str, object]) -> None:
-        assume(not torch_ao_defective(case))
-        expected = ao_weight_norm_mask(**case)
-        if expected.shape != case["weight"].shape:
-            # torch.ao at level >= 1 with 0 < zeros < size stores a mask of the padded grid
-            # (a defect: the next forward fails); funcsparse returns it cropped.
-            height, width = case["weight"].shape
-            expected = expected[:height, :width]
-        assert torch.equal(ours(case), expected)
+        assume(not refused(case))
+        assert torch.equal(ours(case), ao_weight_norm_mask(**case))
 
     @given(weight_norm_cases(divisible=True))
     def test_bit_for_bit_on_dividing_shapes(self, case: dict[str, object]) -> None:
         assert torch.equal(ours(case), ao_weight_norm_mask(**case))
 
     @given(weight_norm_cases())
-    def test_padded_cases_crop_what_torch_ao_computes(self, case: dict[str, object]) -> None:
-        assume(torch_ao_defective(case))
-        level = case["sparsity_level"]
-        assert isinstance(level, float)
+    def test_partial_blocks_that_do_not_divide_are_refused(self, case: dict[str, object]) -> None:
+        # Until issue 9 funcsparse returned torch.ao's padded-grid result cropped to the
+        # weight: the edge entries were never pruned (padding stood in for real zeros).
+        assume(refused(case))
+        with pytest.raises(ValueError, match="to divide the weight's shape"):
+            ours(case)
         height, width = case["weight"].shape
-        try:
-            stored = ao_weight_norm_mask(**case)
-        except RuntimeError:  # torch.ao's size mismatch between its two masks
-            stored = None
-        # The defect this test pins: torch.ao crashes, or stores a mask of the padded grid
-        # (broadcast where one side is a single block) that breaks the next forward.
-        assert stored is None or stored.shape != (height, width)
-        if level >= 1:
-            assert stored is not None
-            expected = stored[:height, :width]
-        else:
-            expected = ao_weight_norm_padded_parts(**case)
-        assert torch.equal(ours(case), expected)
+        if case["sparsity_level"] > 0:
+            # Why: torch.ao crashes there, or stores a mask of the padded grid.
+            try:
+                stored = ao_weight_norm_mask(**case)
+            except RuntimeError:  # torch.ao's size mismatch between its two masks
+                stored = None
+            assert stored is None or stored.shape != (height, width)
 
     def test_callable_norm(self) -> None:
         weight = torch.randn(8, 12, generator=torch.Generator().manual_seed(1))
@@ -405,14 +401,23 @@ def test_many_equal_blocks_and_repruning_a_pruned_weight() -> None:
     assert torch.equal(method(weight * first), first)  # scoring the pruned weight again
 
 
-@pytest.mark.parametrize("shape", [(0, 5), (0, 4), (3, 0)])
-@pytest.mark.parametrize("block", [(1, 4), (2, 3), (5, 5)])
-def test_empty_weights_get_empty_masks(shape: tuple[int, int], block: tuple[int, int]) -> None:
+@pytest.mark.parametrize("shape", [(0, 5), (0, 4), (3, 0), (0, 0)])
+@pytest.mark.parametrize("block", [(1, 4), (2, 3), (5, 5), (10**6, 10**6)])
+@pytest.mark.parametrize("zeros", [None, 1])
+def test_empty_weights_get_empty_masks(
+    shape: tuple[int, int], block: tuple[int, int], zeros: int | None
+) -> None:
+    method = fs.WeightNorm(sparse_block_shape=block, zeros_per_block=zeros)
+    if zeros == 1 and (shape[0] % block[0] or shape[1] % block[1]):  # as for any weight
+        with pytest.raises(ValueError, match="to divide the weight's shape"):
+            method(torch.randn(shape))
+        return
     for dtype in (torch.float32, torch.float16):
-        mask = fs.WeightNorm(sparse_block_shape=block, zeros_per_block=1)(
-            torch.randn(shape).to(dtype)
-        )
+        weight = torch.randn(shape).to(dtype)
+        mask = method(weight)
         assert mask.shape == shape and mask.dtype == torch.bool
+        assert method.expected_zeros(weight) == 0
+        assert method.structure_problem(weight, mask) is None
 
 
 def test_a_callable_norm_cannot_touch_the_weight() -> None:
@@ -586,3 +591,230 @@ class TestPrevMask:
         higher = fs.WeightNorm(high, sparse_block_shape=shape, zeros_per_block=zeros)
         prev = lower(weight)
         assert torch.equal(higher(weight, prev_mask=prev), higher(weight))
+
+
+# --------------------------------------------------------------------------------------
+# Blocks that do not divide the weight, blocks larger than it, huge ints (issue 9)
+# --------------------------------------------------------------------------------------
+
+
+class TestNonDividingBlocks:
+    def test_partial_blocks_are_refused_naming_rule_path_shape_and_block(self) -> None:
+        # Until issue 9: the two edge columns of every row were never pruned, so "every
+        # row gets the 2:4 pattern" was false.
+        params = {"layer.weight": torch.randn(3, 6)}
+        rules = {"layer.*": fs.WeightNorm(1.0, sparse_block_shape=(1, 4), zeros_per_block=2)}
+        with pytest.raises(ValueError) as info:
+            fs.compute_masks(params, rules)
+        assert str(info.value) == (
+            "compute_masks: rule 'layer.*' (WeightNorm) got a 2-D torch.float32 tensor of shape "
+            "(3, 6) at 'layer.weight'; WeightNorm with zeros_per_block=2 of a block of 4 "
+            "entries needs sparse_block_shape=(1, 4) to divide the weight's shape; choose a "
+            "block shape that divides it, or pad the weight (padding never stands in for real "
+            "zeros)"
+        )
+        for level in (0.0, 0.5, 1.0):  # the shape is refused whatever the level
+            with pytest.raises(ValueError, match=r"^WeightNorm: got .* \(3, 6\); WeightNorm with"):
+                fs.WeightNorm(level, zeros_per_block=2)(torch.randn(3, 6))
+        # Dividing shapes, and whole blocks, are fine.
+        assert fs.WeightNorm(1.0, zeros_per_block=2)(torch.randn(3, 8)).sum() == 12
+        assert fs.WeightNorm(1.0, zeros_per_block=4)(torch.randn(3, 6)).sum() == 0
+
+    @pytest.mark.parametrize(
+        ("row", "expected"),
+        [
+            ([1.0, 1.0, 1.0, 1.0, 3.0], [False, False, False, False, True]),  # 4 of 5 zeroed
+            ([3.0, 3.0, 3.0, 3.0, 1.0], [True, True, True, True, False]),  # 1 of 5 zeroed
+        ],
+    )
+    def test_width_five_level_half_zeroes_one_of_two_blocks(
+        self, row: list[float], expected: list[bool]
+    ) -> None:
+        # (1, 4) blocks on width 5: a block of 4 entries and an edge block of 1. The level
+        # is a fraction of blocks (torch.ao's rule): round(0.5 * 2) = 1 block, whole.
+        weight = torch.tensor([row])
+        method = fs.WeightNorm(0.5, sparse_block_shape=(1, 4))
+        mask = method(weight)
+        assert mask.tolist() == [expected]
+        assert method.expected_zeros(weight) is None  # 4 or 1: it depends on the data
+        assert method.structure_problem(weight, mask) is None
+        check_leaf_mask(method, weight, mask)  # count, pattern, vmap, nesting, torch.ao
+        # Over several rows, the blocks are ranked together: round(0.5 * 6) = 3 of them.
+        rows = torch.tensor([row, [2.0] * 5, [0.5] * 5])
+        many = method(rows)
+        assert int((~many).reshape(3, 5)[:, :4].all(1).sum() + (~many)[:, 4].sum()) >= 3
+        check_leaf_mask(method, rows, many)
+
+    @given(weight_norm_cases(), st.booleans())
+    def test_check_leaf_mask_agrees_with_the_masks(
+        self, case: dict[str, object], whole: bool
+    ) -> None:
+        # expected_zeros and structure_problem (what check_masks reads) hold on every shape
+        # the method accepts, the edge blocks of whole-block configs included.
+        if whole:
+            case = {**case, "zeros_per_block": None}
+        assume(not refused(case))
+        weight = case["weight"]
+        assert isinstance(weight, torch.Tensor)
+        method = fs.WeightNorm(
+            case["sparsity_level"],
+            sparse_block_shape=case["sparse_block_shape"],
+            zeros_per_block=case["zeros_per_block"],
+            norm=case["norm"],
+        )
+        check_leaf_mask(method, weight, method(weight))
+
+
+class TestLargeBlocks:
+    @given(
+        weight_norm_cases(),
+        st.integers(1, 3),
+        st.integers(1, 3),
+        st.sampled_from([None, 0, "whole"]),
+    )
+    def test_sides_longer_than_the_weight_are_clamped_without_changing_the_mask(
+        self, case: dict[str, object], taller: int, wider: int, zeros: int | str | None
+    ) -> None:
+        weight = case["weight"]
+        assert isinstance(weight, torch.Tensor)
+        height, width = weight.shape
+        big = (height * taller + taller - 1, width * wider + wider - 1)
+        fit = (min(big[0], height), min(big[1], width))
+        whole = zeros == "whole"
+        case = {
+            **case,
+            "sparse_block_shape": big,
+            "zeros_per_block": big[0] * big[1] if whole else zeros,
+        }
+        clamped = {
+            **case,
+            "sparse_block_shape": fit,
+            "zeros_per_block": fit[0] * fit[1] if whole else zeros,
+        }
+        mask = ours(case)
+        assert torch.equal(mask, ours(clamped))
+        # torch.ao pads to the large block (small here): the same mask.
+        assert torch.equal(mask, ao_weight_norm_mask(**case))
+
+    @pytest.mark.parametrize("block", [(10**6, 10**6), (1, 10**6), (10**400, 3), (10**400,) * 2])
+    @pytest.mark.parametrize("level", [0.3, 0.5, 1.0])
+    def test_huge_blocks_allocate_nothing_large(self, block: tuple[int, int], level: float) -> None:
+        # Until issue 9 these padded the weight to the block: gigabytes to overflow.
+        weight = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+        method = fs.WeightNorm(level, sparse_block_shape=block)
+        fitted = fs.WeightNorm(level, sparse_block_shape=(min(block[0], 8), min(block[1], 6)))
+        prev = fs.Magnitude(0.25)(weight)
+        scores = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+        for data in ({}, {"prev_mask": prev}, {"scores": scores}):
+            mask = method(weight, **data)
+            assert torch.equal(mask, fitted(weight, **data))
+            assert method.expected_zeros(weight, **data) == fitted.expected_zeros(weight, **data)
+            assert method.structure_problem(weight, mask, **data) is None
+            if data:  # (without data, check_leaf_mask asks torch.ao, which pads to the block)
+                check_leaf_mask(method, weight, mask, data=data)
+        masks = fs.compute_masks({"w": torch.stack([weight, -weight])}, {"w": method}, batch_dims=1)
+        assert torch.equal(masks["w"][0], method(weight))
+        with pytest.raises(ValueError, match="to divide the weight's shape"):
+            fs.WeightNorm(level, sparse_block_shape=block, zeros_per_block=2)(weight)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"sparsity": 10**400}, "sparsity must be a fraction in [0, 1]"),
+            ({"sparsity": -(10**400)}, "sparsity must be a fraction in [0, 1]"),
+            (
+                {"zeros_per_block": 10**400},
+                "cannot be more than the total number of elements in that block "
+                "(zeros_per_block=an int of about 401 digits, block 1x4 has 4)",
+            ),
+            (
+                {"sparse_block_shape": (-(10**400), 4)},
+                "sides must be positive, got (-an int of about 401 digits, 4)",
+            ),
+            ({"norm": 10**400}, "norm must be 1, 2 or a callable, got an int of about 401 digits"),
+        ],
+    )
+    def test_huge_ints_raise_value_error_with_a_short_message(
+        self, kwargs: dict[str, object], message: str
+    ) -> None:
+        with pytest.raises(ValueError) as info:
+            fs.WeightNorm(**kwargs)
+        assert message in str(info.value) and len(str(info.value)) < 200
+
+
+# --------------------------------------------------------------------------------------
+# Tiles: a call works a band of whole blocks at a time (bounded memory); same masks
+# --------------------------------------------------------------------------------------
+
+
+@st.composite
+def tiled_cases(draw: st.DrawFn) -> tuple[fs.WeightNorm, torch.Tensor, dict[str, torch.Tensor]]:
+    rows, cols = draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    height, width = draw(st.integers(1, 30)), draw(st.integers(1, 30))
+    zeros = draw(st.one_of(st.none(), st.integers(0, rows * cols)))
+    if (zeros is not None and 0 < zeros < rows * cols) or draw(st.booleans()):
+        height, width = rows * max(1, height // rows), cols * max(1, width // cols)
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kind = draw(st.sampled_from(["randn", "ties", "nan"]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16]))
+    if kind == "ties":
+        weight = torch.randint(-2, 3, (height, width), generator=generator).to(dtype)
+    else:
+        weight = torch.randn(height, width, generator=generator).to(dtype)
+        if kind == "nan":
+            weight[torch.rand(height, width, generator=generator) < 0.1] = float("nan")
+    if draw(st.booleans()):  # non-contiguous
+        weight = weight.t().contiguous().t()
+    data: dict[str, torch.Tensor] = {}
+    if draw(st.booleans()):
+        data["prev_mask"] = torch.rand(height, width, generator=generator) > draw(
+            st.floats(0.0, 1.0)
+        )
+    if draw(st.booleans()):
+        data["scores"] = torch.randn(height, width, generator=generator).round()
+    method = fs.WeightNorm(
+        draw(LEVELS),
+        sparse_block_shape=(rows, cols),
+        zeros_per_block=zeros,
+        norm=draw(st.sampled_from([1, 2])),
+    )
+    return method, weight, data
+
+
+@given(tiled_cases(), st.sampled_from([1, 5, 16, 64]))
+def test_tiles_give_the_mask_of_one_tile(
+    case: tuple[fs.WeightNorm, torch.Tensor, dict[str, torch.Tensor]],
+    tile: int,
+) -> None:
+    method, weight, data = case
+    whole = method(weight, **data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weight_norm, "_TILE_ENTRIES", tile)
+        tiled = method(weight, **data)
+    assert torch.equal(tiled, whole)
+    assert tiled.is_contiguous() and tiled.dtype == torch.bool
+    # Members of an ensemble, looped (tiled) and under vmap (one tile): the same masks.
+    stacked = torch.stack([weight, weight.flip(0)])
+    kwargs = {
+        ("prev_masks" if k == "prev_mask" else k): {"w": torch.stack([v, v.flip(0)])}
+        for k, v in data.items()
+    }
+    batched = fs.compute_masks({"w": stacked}, {"w": method}, batch_dims=1, **kwargs)["w"]
+    for i in range(2):
+        member = {k: v["w"][i] for k, v in kwargs.items()}
+        member = {("prev_mask" if k == "prev_masks" else k): v for k, v in member.items()}
+        assert torch.equal(batched[i], method(stacked[i], **member))
+
+
+def test_a_large_weight_is_worked_in_tiles_with_the_same_mask() -> None:
+    # Past _TILE_ENTRIES entries the call runs tile by tile (rows, then columns when one
+    # row of blocks is wider than a tile): the masks of one tile, pinned by their counts.
+    generator = torch.Generator().manual_seed(3)
+    for shape, block, zeros in [((1100, 1000), (1, 4), 2), ((3, 400_000), (3, 5), 2)]:
+        weight = torch.randn(shape, generator=generator)
+        method = fs.WeightNorm(0.5, sparse_block_shape=block, zeros_per_block=zeros)
+        assert len(method._tiles(weight, plain=True)) > 1
+        mask = method(weight)
+        n_blocks = weight.numel() // method.block_size
+        assert int((~mask).sum()) == round(0.5 * n_blocks) * zeros
+        check_leaf_mask(method, weight, mask)
