@@ -736,11 +736,31 @@ def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None)
     Returns:
         A contiguous ``torch.bool`` tensor of ``groups``' shape.
 
+    Raises:
+        TypeError: ``groups`` is not a real tensor, ``k`` not an int, or ``valid`` not a
+            bool tensor.
+        ValueError: ``groups`` is 0-d, or ``valid`` does not broadcast to it.
+
     Examples:
         >>> smallest_k_per_group(torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]]), 2)
         tensor([[False,  True, False,  True],
                 [ True,  True, False, False]])
     """
+    owner = "smallest_k_per_group"
+    _check_scores(owner, "groups", groups)
+    k = require_int(owner, "k", k)
+    if groups.dim() == 0:
+        raise ValueError(f"{owner}: groups is 0-d; it needs a last dimension of groups")
+    if valid is not None:
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+            raise TypeError(f"{owner}: valid must be a bool tensor, got {describe(valid)}")
+        try:
+            torch.broadcast_shapes(valid.shape, groups.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{owner}: valid of shape {tuple(valid.shape)} does not broadcast to groups of "
+                f"shape {tuple(groups.shape)}"
+            ) from None
     size = groups.shape[-1]
     if k <= 0:
         return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
+from unittest import mock
 
 import pytest
 import torch
@@ -10,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from funcsparse import _select
-from funcsparse._select import smallest_k, smallest_k_per_group
+from funcsparse._select import (
+    keep_all_but_lowest,
+    keep_all_but_lowest_drawn,
+    lowest_covering,
+    smallest_k,
+    smallest_k_per_group,
+)
 
 
 def reference_smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -195,3 +204,290 @@ def test_a_bracket_of_tied_values_returns_instead_of_recursing() -> None:
     for scores in (torch.zeros(n), torch.cat([torch.zeros(n - 10), torch.arange(1.0, 11.0)])):
         selected = smallest_k(scores, n // 2)
         assert torch.equal(selected, reference_smallest_k(scores, n // 2))
+
+
+# -- the chunked selection (large plain tensors): exact, and never a full-size copy ---------
+
+
+@contextlib.contextmanager
+def small_chunks(**overrides: int) -> Iterator[None]:
+    """The chunked path on small vectors: tiny chunks, sample and gather limits."""
+    values = {
+        "_BRACKET_MIN": 64,
+        "_CHUNK": 97,
+        "_MAX_CHUNKS": 1000,
+        "_BRACKET_SAMPLE": 64,
+        "_GATHER_MIN": 8,
+        **overrides,
+    }
+    with mock.patch.multiple(_select, **values):
+        yield
+
+
+def reference_keep(ranking: torch.Tensor, k: int, prev: torch.Tensor | None) -> torch.Tensor:
+    """keep_all_but_lowest stated plainly: -inf where pruned before, a stable sort, ~prev."""
+    flat = ranking.reshape(-1).double()
+    if prev is not None:
+        flat = torch.where(prev.reshape(-1), flat, -math.inf)
+    pruned = reference_smallest_k(flat, max(0, min(k, flat.numel())))
+    if prev is not None:
+        pruned |= ~prev.reshape(-1)
+    return (~pruned).view(ranking.shape)
+
+
+@st.composite
+def chunked_cases(draw: st.DrawFn) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    size = draw(st.integers(64, 700))
+    kind = draw(st.sampled_from(["ties", "nan", "distinct", "sorted", "zeros"]))
+    if kind == "distinct":
+        scores = torch.randn(size, generator=torch.Generator().manual_seed(draw(st.integers())))
+    elif kind == "sorted":
+        scores = torch.arange(size, dtype=torch.float32).flip(0) * draw(st.sampled_from([1, -1]))
+    elif kind == "zeros":
+        scores = torch.zeros(size)
+        scores[draw(st.integers(0, size - 1)) :] = 1.0
+    else:
+        scores = scores_with_ties(draw, size, nan=kind == "nan")
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+    prev = None
+    if draw(st.booleans()):
+        prev = torch.tensor(draw(st.lists(st.booleans(), min_size=size, max_size=size)))
+    return scores.to(dtype), draw(st.integers(1, size - 1)), prev
+
+
+class TestChunked:
+    @given(chunked_cases())
+    def test_smallest_k_matches_a_stable_sort(
+        self, case: tuple[torch.Tensor, int, torch.Tensor | None]
+    ) -> None:
+        scores, k, _ = case
+        with small_chunks():
+            selected = smallest_k(scores, k)
+        assert torch.equal(selected, reference_smallest_k(scores.double(), k))
+
+    @given(chunked_cases(), st.booleans())
+    def test_keep_all_but_lowest_matches_the_reference(
+        self, case: tuple[torch.Tensor, int, torch.Tensor | None], magnitude: bool
+    ) -> None:
+        scores, k, prev = case
+        with small_chunks():
+            keep = keep_all_but_lowest(scores, k, prev, magnitude=magnitude)
+        expected = reference_keep(scores.abs() if magnitude else scores, k, prev)
+        assert torch.equal(keep, expected)
+        with small_chunks():  # the same, drawn chunk by chunk instead of read
+            drawn = keep_all_but_lowest_drawn(draws_of(scores), scores, k, prev)
+        assert torch.equal(drawn, reference_keep(scores, k, prev))
+
+    @given(chunked_cases())
+    def test_a_missed_bracket_falls_back_to_exact_radix_passes(
+        self, case: tuple[torch.Tensor, int, torch.Tensor | None]
+    ) -> None:
+        scores, k, prev = case
+        # A bracket far from the k-th entry (and no value to retry): the radix passes.
+        with small_chunks(), mock.patch.object(_select, "_bracket", lambda *_: (5.5, 6.0, None)):
+            keep = keep_all_but_lowest(scores, k, prev)
+            selected = smallest_k(scores, k)
+        assert torch.equal(keep, reference_keep(scores, k, prev))
+        assert torch.equal(selected, reference_smallest_k(scores.double(), k))
+
+    @pytest.mark.parametrize(
+        "dtype", [torch.int64, torch.int32, torch.uint8, torch.float16, torch.float64]
+    )
+    def test_radix_keys_order_every_dtype(self, dtype: torch.dtype) -> None:
+        generator = torch.Generator().manual_seed(0)
+        if dtype.is_floating_point:
+            scores = torch.randn(500, generator=generator).to(dtype)
+            scores[::7], scores[1::11], scores[2::13] = math.nan, -math.inf, math.inf
+            scores[3::17], scores[4::17] = -0.0, 0.0
+        else:
+            info = torch.iinfo(dtype)
+            scores = torch.randint(info.min, info.max, (500,), generator=generator, dtype=dtype)
+        for k in (1, 7, 250, 499):
+            with small_chunks(), mock.patch.object(_select, "_bracket", lambda *_: (0, 0, None)):
+                selected = smallest_k(scores, k)
+            expected = reference_smallest_k(scores if dtype == torch.int64 else scores.double(), k)
+            assert torch.equal(selected, expected)
+
+    def test_too_many_inside_the_bracket_still_exact(self) -> None:
+        scores = torch.randn(5000, generator=torch.Generator().manual_seed(1))
+        with small_chunks(_GATHER_MIN=1, _GATHER_FRACTION=10**6):
+            assert torch.equal(smallest_k(scores, 1234), reference_smallest_k(scores, 1234))
+
+    def test_a_heavy_tie_next_to_the_threshold(self) -> None:
+        # Half the weights pruned to exact zeros, then a level just above: the zeros' tie is
+        # left out of the bracket (or tried on its own), and the counts stay exact.
+        n = _select._BRACKET_MIN * 4
+        w = torch.randn(n, generator=torch.Generator().manual_seed(2))
+        w[: n // 2] = 0.0
+        for k in (n // 2 - 3, n // 2, n // 2 + 3, n // 2 + 500):
+            assert torch.equal(
+                keep_all_but_lowest(w, k, magnitude=True), reference_keep(w.abs(), k, None)
+            )
+
+    def test_drawn_ranking_is_drawn_in_chunks_never_whole(self) -> None:
+        n = _select._BRACKET_MIN * 3 + 11
+        values = torch.rand(n, generator=torch.Generator().manual_seed(3))
+        sizes: list[int] = []
+        starts = []
+
+        def draws() -> Callable[[int], torch.Tensor]:
+            starts.append(len(sizes))
+            stream = iter(values.split(_select._CHUNK))
+            pending = torch.empty(0)
+
+            def draw(size: int) -> torch.Tensor:
+                nonlocal pending
+                sizes.append(size)
+                while pending.numel() < size:
+                    pending = torch.cat([pending, next(stream)])
+                out, pending = pending[:size].clone(), pending[size:]
+                return out
+
+            return draw
+
+        with mock.patch.object(_select, "_CHUNK", 1 << 14):
+            keep = keep_all_but_lowest_drawn(draws, values, n // 3)
+        assert max(sizes) <= max(1 << 14, -(-n // _select._MAX_CHUNKS)) < n
+        assert sum(sizes) == n * len(starts)
+        assert torch.equal(keep, reference_keep(values, n // 3, None))
+
+    def test_large_plain_tensor_under_vmap_equals_eager(self) -> None:
+        scores = torch.randn(
+            2, _select._BRACKET_MIN + 3, generator=torch.Generator().manual_seed(4)
+        )
+        prev = scores.sin() > -0.5
+        k = scores.shape[1] // 2
+        batched = torch.func.vmap(lambda s, p: keep_all_but_lowest(s, k, p, magnitude=True))(
+            scores, prev
+        )
+        eager = torch.stack(
+            [
+                keep_all_but_lowest(s, k, p, magnitude=True)
+                for s, p in zip(scores, prev, strict=True)
+            ]
+        )
+        assert torch.equal(batched, eager)
+
+    def test_inputs_untouched(self) -> None:
+        scores = torch.randn(_select._BRACKET_MIN + 5, generator=torch.Generator().manual_seed(5))
+        prev = scores.cos() > 0.0
+        before, prev_before = scores.clone(), prev.clone()
+        version = scores._version
+        keep_all_but_lowest(scores, 1000, prev, magnitude=True)
+        smallest_k(scores, 1000)
+        assert torch.equal(scores, before) and torch.equal(prev, prev_before)
+        assert scores._version == version
+
+
+def draws_of(values: torch.Tensor) -> Callable[[], Callable[[int], torch.Tensor]]:
+    """A stream that draws ``values`` (flat) in whatever pieces are asked for."""
+    flat = values.reshape(-1)
+
+    def draws() -> Callable[[int], torch.Tensor]:
+        at = 0
+
+        def draw(size: int) -> torch.Tensor:
+            nonlocal at
+            at += size
+            return flat[at - size : at].clone()
+
+        return draw
+
+    return draws
+
+
+# -- hostile inputs to the public helpers: TypeError / ValueError naming the helper -----------
+
+
+class TestBadInputs:
+    @pytest.mark.parametrize(
+        ("call", "error", "message"),
+        [
+            (lambda: smallest_k([1.0, 2.0], 1), TypeError, "smallest_k: scores must be a tensor"),
+            (lambda: smallest_k(torch.ones(3, dtype=torch.bool), 1), TypeError, "torch.bool"),
+            (lambda: smallest_k(torch.ones(3, dtype=torch.complex64), 1), TypeError, "complex64"),
+            (
+                lambda: smallest_k(torch.ones(3).to(torch.float8_e4m3fn), 1),
+                TypeError,
+                "float8_e4m3fn cannot be ranked",
+            ),
+            (lambda: smallest_k(torch.ones(3), 1.5), TypeError, "smallest_k: k must be an int"),
+            (lambda: smallest_k(torch.ones(3), True), TypeError, "got bool True"),
+            (lambda: smallest_k(torch.ones(3), None), TypeError, "k must be an int"),
+            (lambda: smallest_k(torch.tensor(1.0), 1), ValueError, "smallest_k: scores is 0-d"),
+            (
+                lambda: keep_all_but_lowest(torch.arange(3), 1),
+                TypeError,
+                "keep_all_but_lowest: ranking of dtype torch.int64 cannot be ranked",
+            ),
+            (
+                lambda: keep_all_but_lowest(torch.ones(3), 1, torch.ones(3)),
+                TypeError,
+                "prev_mask of dtype torch.float32",
+            ),
+            (
+                lambda: keep_all_but_lowest(torch.ones(3), 1, torch.ones(4, dtype=torch.bool)),
+                ValueError,
+                "prev_mask of shape (4,) for scores of shape (3,)",
+            ),
+            (
+                lambda: keep_all_but_lowest(
+                    torch.ones(3), 1, torch.ones(3, dtype=torch.bool, device="meta")
+                ),
+                ValueError,
+                "prev_mask on meta for scores on cpu",
+            ),
+            (
+                lambda: keep_all_but_lowest_drawn("draws", torch.ones(3), 1),
+                TypeError,
+                "keep_all_but_lowest_drawn: draws must be callable, got str 'draws'",
+            ),
+            (
+                lambda: lowest_covering(torch.ones(2, 2), torch.ones(2, 2), 1),
+                ValueError,
+                "lowest_covering: scores must be 1-D",
+            ),
+            (
+                lambda: lowest_covering(torch.ones(3), "gains", 1),
+                TypeError,
+                "gains must be a real tensor, got str 'gains'",
+            ),
+            (
+                lambda: lowest_covering(torch.ones(3), torch.ones(4), 1),
+                ValueError,
+                "gains (a 1-D torch.float32 tensor of shape (4,) on cpu)",
+            ),
+            (
+                lambda: lowest_covering(torch.ones(3), torch.ones(3), 1.5),
+                TypeError,
+                "lowest_covering: needed must be an int, got float 1.5",
+            ),
+            (
+                lambda: smallest_k_per_group(torch.ones(2, 4), 2, valid=torch.ones(3, 4) > 0),
+                ValueError,
+                "valid of shape (3, 4) does not broadcast to groups of shape (2, 4)",
+            ),
+            (
+                lambda: smallest_k_per_group(torch.ones(2, 4), "2"),
+                TypeError,
+                "smallest_k_per_group: k must be an int, got str '2'",
+            ),
+        ],
+    )
+    def test_refused_with_a_message_naming_the_helper(
+        self, call: Callable[[], object], error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error) as info:
+            call()
+        assert message in str(info.value)
+        assert len(str(info.value)) < 300
+
+    def test_huge_counts_clip(self) -> None:
+        scores = torch.tensor([3.0, 1.0, 2.0])
+        assert smallest_k(scores, 10**400).all() and not smallest_k(scores, -(10**400)).any()
+        assert not keep_all_but_lowest(scores, 10**400).any()
+        assert keep_all_but_lowest(scores, -(10**400)).all()
+        assert smallest_k_per_group(scores[None], 10**400).all()
+        gains = torch.tensor([1, 1, 1])
+        assert lowest_covering(scores, gains, 10**400).all()
+        assert not lowest_covering(scores, gains, -(10**400)).any()
