@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,6 +34,11 @@ def _tuple(value: Any, n: int) -> tuple[int, ...]:
     if isinstance(value, (tuple, list)):
         return tuple(int(v) for v in value)
     return (int(value),) * n
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """``x`` as rows of features: every dimension but the last flattened (0 rows allowed)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
 class _InputSquares(TorchFunctionMode):
@@ -66,7 +72,7 @@ class _InputSquares(TorchFunctionMode):
             x = args[0] if args else kwargs.get("input")
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             if isinstance(weight, Tensor) and self._is_watched(weight) and isinstance(x, Tensor):
-                self._add(weight, x.reshape(-1, x.shape[-1]))
+                self._add(weight, _tokens(x))
         elif func in _CONVS:
             self._conv(_CONVS[func], args, kwargs)
         elif func is F.multi_head_attention_forward:
@@ -132,7 +138,7 @@ class _InputSquares(TorchFunctionMode):
             weight = given["in_proj_weight"]
             if self._is_watched(weight):
                 if query is key and key is value:
-                    self._add(weight, query.reshape(-1, query.shape[-1]))
+                    self._add(weight, _tokens(query))
                 else:
                     self.unsupported[id(weight)] = (
                         "it is the packed in-projection of attention whose query, key and value "
@@ -146,7 +152,7 @@ class _InputSquares(TorchFunctionMode):
                 ("v_proj_weight", value),
             ):
                 if self._is_watched(given[name]):
-                    self._add(given[name], x.reshape(-1, x.shape[-1]))
+                    self._add(given[name], _tokens(x))
         out_weight = given["out_proj_weight"]
         if not self._is_watched(out_weight):
             return func(**given)
@@ -154,7 +160,7 @@ class _InputSquares(TorchFunctionMode):
         # the real out-projection applied to it (one call, one draw of dropout).
         identity = torch.eye(out_weight.shape[1], dtype=out_weight.dtype, device=out_weight.device)
         inner, weights = func(**{**given, "out_proj_weight": identity, "out_proj_bias": None})
-        self._add(out_weight, inner.reshape(-1, inner.shape[-1]))
+        self._add(out_weight, _tokens(inner))
         return F.linear(inner, out_weight, given["out_proj_bias"]), weights
 
 

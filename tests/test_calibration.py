@@ -604,3 +604,12 @@ def test_property_conv2d_norms_equal_the_unfolded_columns(
     params = _detached(conv)
     norms = collect_input_norms(conv, params, [x])["weight"]
     torch.testing.assert_close(norms, _unfolded_norms(x, conv))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")  # torch's
+def test_zero_size_weights_and_batches() -> None:
+    model = nn.Sequential(nn.Linear(0, 3), nn.Linear(3, 2))
+    params = _detached(model)
+    norms = collect_input_norms(model, params, [torch.randn(4, 0), torch.randn(0, 0)])
+    assert norms["0.weight"].shape == (0,)
+    assert torch.equal(norms["1.weight"], torch.zeros(3, dtype=torch.float64))  # bias is 0
