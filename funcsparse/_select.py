@@ -754,13 +754,11 @@ def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None)
     if valid is not None:
         if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
             raise TypeError(f"{owner}: valid must be a bool tensor, got {describe(valid)}")
-        try:
-            torch.broadcast_shapes(valid.shape, groups.shape)
-        except RuntimeError:
+        if not _broadcasts(valid.shape, groups.shape):
             raise ValueError(
                 f"{owner}: valid of shape {tuple(valid.shape)} does not broadcast to groups of "
                 f"shape {tuple(groups.shape)}"
-            ) from None
+            )
     size = groups.shape[-1]
     if k <= 0:
         return torch.zeros(groups.shape, dtype=torch.bool, device=groups.device)
@@ -774,6 +772,13 @@ def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None)
                 return selected
         return _per_group_pairwise(groups, k)
     return _per_group_sorted(groups, k, valid)
+
+
+def _broadcasts(shape: torch.Size, to: torch.Size) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``to`` (without changing ``to``)."""
+    if len(shape) > len(to):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to), strict=False))
 
 
 def _sorting_network(size: int) -> list[tuple[int, int]]:
