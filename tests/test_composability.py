@@ -51,7 +51,10 @@ def test_grad_and_value_through_functional_call() -> None:
             "0.weight": fs.WeightNorm(sparsity=1.0, sparse_block_shape=(1, 2), zeros_per_block=1),
             "2.weight": fs.NearlyDiagonal(nearliness=3),
         },
-        {"*.weight": fs.WeightNorm(sparsity=0.4, sparse_block_shape=(3, 5), zeros_per_block=4)},
+        {  # partial blocks that divide the weight; whole blocks that leave edge blocks
+            "0.weight": fs.WeightNorm(sparsity=0.4, sparse_block_shape=(2, 3), zeros_per_block=4),
+            "2.weight": fs.WeightNorm(sparsity=0.4, sparse_block_shape=(3, 5)),
+        },
     ],
 )
 def test_ensemble_masks_by_vmap_equal_a_loop(rules: dict[str, fs.MaskMethod]) -> None:
