@@ -22,7 +22,7 @@ __all__ = ["NM"]
 # at least _CHUNK_MIN entries (and at least one slice along the dim that is cut). Few
 # chunks: every op of a chunk is a parallel region.
 _CHUNKS = 16
-_CHUNK_MIN = 1 << 16
+_CHUNK_MIN = 1 << 20
 # Above this, ``fraction * (m - n)`` is computed exactly (a float product overflows).
 _FLOAT_EXACT = 1 << 53
 

@@ -30,7 +30,7 @@ _NEEDS_RANK = (
 # chunks of at least _CHUNK_MIN entries (and at least one row). No more chunks than that:
 # every op on a chunk is a parallel region of its own.
 _CHUNKS = 32
-_CHUNK_MIN = 1 << 16
+_CHUNK_MIN = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

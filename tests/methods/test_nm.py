@@ -303,23 +303,27 @@ class TestChunks:
             assert torch.equal(masks[i], self.one_piece(method, ws[i]))
 
     def test_where_the_cut_runs(self) -> None:
-        chunking = nm_module._chunking
-        assert chunking(torch.empty(64, 64), -1, 4) is None  # small: one piece
+        chunking, least = nm_module._chunking, nm_module._CHUNK_MIN  # 2**20 entries
+        assert chunking(torch.empty(least // 64, 64), -1, 4) is None  # small: one piece
         # the outermost dim whose slices fit; along axis 0 in steps of m
-        assert chunking(torch.empty(1024, 1024), -1, 4) == (0, 64)
-        assert chunking(torch.empty(1024, 1024), 0, 8) == (0, 64)
+        assert chunking(torch.empty(4 * least // 1024, 1024), -1, 4) == (0, least // 1024)
+        assert chunking(torch.empty(4 * least // 1024, 1024), 0, 8) == (0, least // 1024)
         # the axis has one group: cut along the other dim
-        assert chunking(torch.empty(2, 2**20), 0, 2) == (1, 2**16)
+        assert chunking(torch.empty(2, least), 0, 2) == (1, least // 2)
         # a 1-D tensor: along the axis, whole groups per chunk
-        assert chunking(torch.empty(2**21), 0, 4) == (0, 2**17)
+        assert chunking(torch.empty(2 * least), 0, 4) == (0, least)
         # no dim has slices that fit: the dim of thinnest slices, one slice at a time
-        assert chunking(torch.empty(4, 2**19), 1, 2**19) == (0, 1)
+        assert chunking(torch.empty(2, 2 * least), 1, 2 * least) == (0, 1)
+        # a larger tensor: _CHUNKS chunks (meta: shapes only, nothing allocated)
+        huge = torch.empty(least, 64, device="meta")
+        assert chunking(huge, -1, 4) == (0, least // nm_module._CHUNKS)
 
     def test_a_large_tensor_is_cut_and_keeps_exactly_n(self) -> None:
-        w = torch.randn(512, 4096, generator=torch.Generator().manual_seed(3))
+        w = torch.randn(768, 4096, generator=torch.Generator().manual_seed(3))  # 3 chunks
+        assert nm_module._chunking(w, 0, 4) == (0, 256)
         mask = NM(n=2, m=4, axis=0)(w)
         assert torch.equal(mask, self.one_piece(NM(n=2, m=4, axis=0), w))
-        assert bool((mask.reshape(128, 4, 4096).sum(1) == 2).all())
+        assert bool((mask.reshape(192, 4, 4096).sum(1) == 2).all())
 
 
 class TestHostile:

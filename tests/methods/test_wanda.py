@@ -567,15 +567,16 @@ def test_chunks_under_vmap_and_batch_dims() -> None:
 
 
 def test_a_large_weight_is_cut_into_chunks_of_rows() -> None:
-    """The default sizes: a 2**20-entry weight is cut (at most _CHUNKS chunks), the mask is
-    the paper's, and a smaller one stays in one piece."""
+    """The default sizes: a weight of more than _CHUNK_MIN (2**20) entries is cut (at most
+    _CHUNKS chunks), the mask is the paper's, and a smaller one stays in one piece."""
     generator = torch.Generator().manual_seed(6)
-    weight = torch.randn(1024, 1024, generator=generator)
+    weight = torch.randn(3072, 1024, generator=generator)
     norms = torch.rand(1024, generator=generator, dtype=torch.float64)
-    rows = wanda_module._rows_per_chunk(weight)
-    assert 1 < -(-1024 // rows) <= wanda_module._CHUNKS
-    assert wanda_module._rows_per_chunk(torch.empty(64, 1024)) >= 64  # one piece
-    assert wanda_module._rows_per_chunk(torch.empty(2, 10**6)) == 1  # at least a row
+    assert wanda_module._rows_per_chunk(weight) == 1024  # 3 chunks of 2**20 entries
+    assert wanda_module._rows_per_chunk(torch.empty(1024, 1024)) == 1024  # one piece
+    assert wanda_module._rows_per_chunk(torch.empty(2, 2**21)) == 1  # at least a row
+    huge = torch.empty(2**16, 2**12, device="meta")  # 2**28 entries: shapes only
+    assert -(-(2**16) // wanda_module._rows_per_chunk(huge)) == wanda_module._CHUNKS
     mask = Wanda(sparsity=0.5)(weight, input_norms=norms)
     assert torch.equal(mask, paper_mask(weight, norms, 0.5))
 
