@@ -335,3 +335,87 @@ class TestErrors:
     def test_unknown_data(self) -> None:
         with pytest.raises(TypeError, match=r"keyword data \['grad'\]"):
             Magnitude(count=1)(torch.randn(2, 3), grad=torch.randn(2, 3))
+
+
+def sorted_keep(ranking: Tensor, k: int, prev: Tensor | None) -> Tensor:
+    """The mask stated plainly: -inf where pruned before, the k first of a stable sort."""
+    flat = ranking.reshape(-1).double()
+    if prev is not None:
+        flat = torch.where(prev.reshape(-1), flat, -math.inf)
+    pruned = torch.zeros(flat.shape, dtype=torch.bool)
+    pruned[torch.sort(flat, stable=True).indices[:k]] = True
+    if prev is not None:
+        pruned |= ~prev.reshape(-1)
+    return (~pruned).view(ranking.shape)
+
+
+class TestLargeTensors:
+    """Large plain tensors take the chunked selection: |w| is never copied whole."""
+
+    @pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "half_zero"])
+    @pytest.mark.parametrize("data_kind", ["none", "scores", "prev_mask", "both"])
+    def test_equals_a_stable_sort(self, kind: str, data_kind: str) -> None:
+        generator = torch.Generator().manual_seed(0)
+        w = torch.randn(300, 311, generator=generator)
+        if kind == "ties":
+            w = torch.randint(-3, 4, w.shape, generator=generator).float()
+        elif kind == "nan":
+            w[::7, ::3] = math.nan
+        elif kind == "half_zero":
+            w[:150] = 0.0
+        data: dict[str, Tensor] = {}
+        if data_kind in ("scores", "both"):
+            data["scores"] = torch.randint(-5, 5, w.shape, generator=generator).float()
+        if data_kind in ("prev_mask", "both"):
+            data["prev_mask"] = torch.rand(w.shape, generator=generator) > 0.3
+        ranking = data["scores"] if "scores" in data else w.abs()
+        for level in ({"sparsity": 0.5}, {"count": 150 * 311 + 7}, {"sparsity": 0.97}):
+            mask = Magnitude(**level)(w, **data)
+            k = Magnitude(**level).expected_zeros(w)
+            assert torch.equal(mask, sorted_keep(ranking, k or 0, data.get("prev_mask")))
+
+    def test_non_contiguous_weight(self) -> None:
+        w = torch.randn(400, 300, generator=torch.Generator().manual_seed(1)).t()
+        assert torch.equal(Magnitude(count=40_000)(w), sorted_keep(w.abs(), 40_000, None))
+
+
+class TestHostile:
+    @pytest.mark.parametrize(
+        ("level", "error", "field"),
+        [
+            ({"count": 10**400}, ValueError, "count="),
+            ({"sparsity": 10**400}, TypeError, "sparsity="),
+            ({"sparsity": 10.0**300}, ValueError, "sparsity"),
+            ({"count": -(10**400)}, ValueError, "count="),
+        ],
+    )
+    def test_huge_levels_are_refused_shortly(
+        self, level: dict[str, object], error: type[Exception], field: str
+    ) -> None:
+        with pytest.raises(error) as info:
+            Magnitude(**level)(torch.randn(2, 3))
+        message = str(info.value)
+        assert message.startswith("Magnitude: ") and field in message and len(message) < 300
+
+    def test_a_count_beyond_numel_names_the_count(self) -> None:
+        with pytest.raises(ValueError, match=r"Magnitude count=7 is more than the 6 entries"):
+            Magnitude(count=7)(torch.randn(2, 3))
+
+    def test_a_raising_call_changes_nothing(self) -> None:
+        w, scores = torch.randn(2, 3), torch.randn(2, 3)
+        prev = torch.tensor([[True, False, True], [True, True, False]])
+        before = [t.clone() for t in (w, scores, prev)]
+        versions = [t._version for t in (w, scores, prev)]
+        with pytest.raises(ValueError):
+            Magnitude(count=7)(w, scores=scores, prev_mask=prev)
+        with pytest.raises(ValueError):
+            Magnitude(count=1)(w, scores=scores, prev_mask=prev.to("meta"))
+        for t, old, version in zip((w, scores, prev), before, versions, strict=True):
+            assert torch.equal(t, old) and t._version == version
+
+    @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.complex64])
+    def test_unsupported_dtypes(self, dtype: torch.dtype) -> None:
+        with pytest.raises(TypeError, match=r"^Magnitude: .*not supported"):
+            Magnitude(0.5)(torch.randn(2, 3).to(dtype))
+        with pytest.raises(TypeError, match=r"^Magnitude: "):
+            Magnitude(0.5)(torch.randn(2, 3), scores=torch.randn(2, 3).to(dtype))

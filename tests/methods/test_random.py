@@ -262,3 +262,109 @@ class TestErrors:
     def test_frozen(self) -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             Random(sparsity=0.5).seed = 1
+
+
+def sorted_keep(values: Tensor, k: int, prev: Tensor | None) -> Tensor:
+    """Random's mask stated plainly: the k largest values pruned (ties: lower index first),
+    previously pruned entries first."""
+    flat = -values.reshape(-1).double()
+    if prev is not None:
+        flat = torch.where(prev.reshape(-1), flat, -math.inf)
+    pruned = torch.zeros(flat.shape, dtype=torch.bool)
+    pruned[torch.sort(flat, stable=True).indices[:k]] = True
+    if prev is not None:
+        pruned |= ~prev.reshape(-1)
+    return (~pruned).view(values.shape)
+
+
+class TestDrawnInChunks:
+    """On CPU the values are drawn chunk by chunk (never held whole), the same values."""
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+    def test_a_cpu_generator_draws_the_same_values_in_pieces(self, dtype: torch.dtype) -> None:
+        whole = torch.rand(10_007, dtype=dtype, generator=torch.Generator().manual_seed(5))
+        generator = torch.Generator().manual_seed(5)
+        pieces = [torch.rand(n, dtype=dtype, generator=generator) for n in (1, 4000, 13, 5993)]
+        assert torch.equal(torch.cat(pieces), whole)
+
+    @pytest.mark.parametrize("with_prev", [False, True])
+    @pytest.mark.parametrize("with_generator", [False, True])
+    def test_large_tensor_equals_one_draw(self, with_prev: bool, with_generator: bool) -> None:
+        w = torch.empty(301, 257)
+        generator = torch.Generator().manual_seed(2**63 + 9) if with_generator else None
+        seeded = torch.Generator().manual_seed(11)
+        if generator is not None:
+            seeded.set_state(generator.get_state())
+        values = torch.rand(w.shape, generator=seeded)
+        prev = Random(0.3, seed=4)(w) if with_prev else None  # a gradual schedule's last step
+        data: dict[str, object] = {}
+        if generator is not None:
+            data["generator"] = generator
+        if prev is not None:
+            data["prev_mask"] = prev
+        for level in ({"sparsity": 0.5}, {"count": 12_345}, {"sparsity": 0.999}):
+            method = Random(seed=11, **level)
+            k = method.expected_zeros(w) or 0
+            assert torch.equal(method(w, **data), sorted_keep(values, k, prev))
+
+
+class TestHostile:
+    @pytest.mark.parametrize(
+        ("seed", "error"),
+        [
+            (10**400, ValueError),
+            (-(10**400), ValueError),
+            (2**64, ValueError),
+            (-1, ValueError),
+            (0.5, TypeError),
+            ("3", TypeError),
+            (None, TypeError),
+            (torch.tensor(3), TypeError),
+            (True, TypeError),
+        ],
+    )
+    def test_bad_seeds_name_the_field_shortly(self, seed: object, error: type[Exception]) -> None:
+        with pytest.raises(error) as info:
+            Random(0.5, seed=seed)
+        message = str(info.value)
+        assert message.startswith("Random: seed") and len(message) < 200
+
+    @pytest.mark.parametrize("level", [{"count": 10**400}, {"sparsity": 10**400}])
+    def test_huge_levels(self, level: dict[str, object]) -> None:
+        with pytest.raises((TypeError, ValueError)) as info:
+            Random(**level)(torch.randn(3))
+        message = str(info.value)
+        assert message.startswith("Random: ") and len(message) < 300
+
+    @pytest.mark.parametrize("generator", [3, "g", torch.tensor(1), torch.Generator])
+    def test_not_a_generator(self, generator: object) -> None:
+        with pytest.raises(TypeError, match=r"^Random: got generator=.*must be a torch.Generator"):
+            Random(0.5)(torch.randn(3), generator=generator)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA generator")
+    def test_generator_on_another_device(self) -> None:
+        with pytest.raises(ValueError, match="the generator must be on the tensor's device"):
+            Random(0.5)(torch.randn(3), generator=torch.Generator(device="cuda"))
+
+    def test_a_raising_call_neither_advances_the_generator_nor_touches_inputs(self) -> None:
+        generator = torch.Generator().manual_seed(3)
+        state = generator.get_state()
+        w = torch.randn(2, 3)
+        prev = torch.tensor([[True, False, True], [True, True, False]])
+        before, prev_before = w.clone(), prev.clone()
+        with pytest.raises(ValueError):
+            Random(count=7)(w, generator=generator, prev_mask=prev)
+        with pytest.raises(ValueError):
+            Random(count=1)(w, generator=generator, prev_mask=prev.to("meta"))
+        with pytest.raises(TypeError):
+            Random(count=1)(w, generator=generator, prev_mask=prev.float())
+        assert torch.equal(generator.get_state(), state)
+        assert torch.equal(w, before) and torch.equal(prev, prev_before)
+        Random(count=1)(w, generator=generator, prev_mask=prev)  # nor does a call that works
+        assert torch.equal(generator.get_state(), state)
+
+    def test_global_rng_untouched_on_the_chunked_path(self) -> None:
+        torch.manual_seed(0)
+        state = torch.get_rng_state()
+        Random(0.5, seed=2)(torch.empty(300, 300))
+        assert torch.equal(torch.get_rng_state(), state)
