@@ -49,9 +49,12 @@ class NM(MaskMethod):
       had at least ``n`` left (and all it had left otherwise).
 
     Runs under ``torch.func.vmap`` (one mask per member); no Python loop over groups.
-    Called eagerly on a large CPU tensor, it works a chunk of groups at a time, so the memory
-    it needs besides the tensor stays below the tensor's size (the bool mask it returns
-    included). An empty tensor has no groups: its mask is empty, whatever ``m``.
+    Called eagerly on a CPU tensor of more than 2**20 entries, it works a chunk of whole
+    groups at a time (up to about 16 chunks of at least 2**20 entries), with the same mask:
+    the memory it needs besides the tensor, the bool mask it returns included, stays below
+    the tensor's size from about 8e6 entries on (and about 20 MiB plus the mask below that;
+    ``benchmarks/memory.py`` measures it). An empty tensor has no groups: its mask is
+    empty, whatever ``m``.
 
     Examples:
         >>> import torch

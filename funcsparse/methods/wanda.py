@@ -58,9 +58,12 @@ class Wanda(MaskMethod):
     stay pruned and count towards the row's target: a row prunes
     ``max(int(in_features * sparsity), its previous zeros)`` entries.
 
-    Runs under ``torch.func.vmap``. Called eagerly on a large CPU tensor, it works a chunk
-    of rows at a time, so the memory it needs besides the weight stays below the weight's
-    size (the bool mask it returns included) unless a single row is most of the weight.
+    Runs under ``torch.func.vmap``. Called eagerly on a CPU weight of more than 2**20
+    entries, it works a chunk of rows at a time (up to 32 chunks of at least 2**20 entries,
+    whole rows), with the same mask: the memory it needs besides the weight and the norms,
+    the bool mask it returns included, stays below the weight's size from about 1.5e7
+    entries on (and about 40 MiB plus the mask below that), unless one row is most of the
+    weight (``benchmarks/memory.py`` measures it).
 
     Examples:
         >>> import torch, funcsparse as fs
