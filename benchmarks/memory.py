@@ -315,14 +315,14 @@ def summarise(case: str, scope: str, runs: list[dict[str, Any]]) -> dict[str, An
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'method':<38}{'case':<17}{'peak extra MiB':>18}{'x W':>15}{'s':>8}  pass (<= 1x)"
+    header = f"{'method':<48}{'case':<17}{'peak extra MiB':>18}{'x W':>15}{'s':>8}  pass (<= 1x)"
     print(header)
     print("-" * len(header))
     for r in rows:
         name = r["case"] + (" [baseline]" if r["baseline"] else "")
         where = r["scope"] if "shape" not in r else f"{r['scope']} {r['shape']}"
         if "error" in r:
-            print(f"{name:<38}{where:<17}  {r['error'][:90]}")
+            print(f"{name:<48}{where:<17}  {r['error'][:90]}")
             continue
         mib = r["extra_mib"]
         shown_mib = f"{min(mib):.0f}-{max(mib):.0f}" if len(mib) > 1 else f"{mib[0]:.0f}"
@@ -333,7 +333,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
         verdict = "-" if r["baseline"] else ("yes" if r["pass"] else "NO")
         print(
-            f"{name:<38}{where:<17}{shown_mib:>18}{shown_ratio:>15}"
+            f"{name:<48}{where:<17}{shown_mib:>18}{shown_ratio:>15}"
             f"{r['seconds_median']:>8.2f}  {verdict}"
         )
 
