@@ -47,7 +47,9 @@ class Magnitude(MaskMethod):
       ``p + round(a * (numel - p))`` (see ``docs/unstructured.md``).
 
     Raising the level never un-prunes an entry (the masks nest). The method runs under
-    ``torch.func.vmap`` (one mask per member).
+    ``torch.func.vmap`` (one mask per member). Called eagerly on a large tensor, it never
+    copies it: ``|w|`` is computed chunk by chunk inside the selection, and the peak extra
+    memory stays below the tensor's size (the bool mask is most of it).
 
     Examples:
         >>> import torch, funcsparse as fs

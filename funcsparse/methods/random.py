@@ -59,6 +59,9 @@ class Random(MaskMethod):
       then the ``k`` are taken; where more were pruned before, the mask is ``prev_mask``.
 
     A random method: ``vmappable`` is False (``compute_masks`` loops over ensemble members).
+    On CPU the values are drawn chunk by chunk inside the selection (a CPU generator draws
+    the same values in pieces as in one go), never held whole: the peak extra memory stays
+    below the tensor's size. On other devices they are drawn in one go.
 
     Examples:
         >>> import torch
