@@ -20,6 +20,7 @@ __all__ = [
     "GlobalMethod",
     "LeafProblem",
     "MaskMethod",
+    "check_fraction",
     "data_problem",
     "describe",
     "ranking",
@@ -55,6 +56,21 @@ def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
     """
     scores = data.get("scores")
     return tensor.abs() if scores is None else scores
+
+
+def check_fraction(owner: str, fraction: object) -> float:
+    """``fraction`` as a float in [0, 1] (what ``scaled`` takes), or a TypeError/ValueError.
+
+    Examples:
+        >>> check_fraction("NM.scaled", 0.5)
+        0.5
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise TypeError(f"{owner}: fraction must be a real number, got {describe(fraction)}")
+    value: Any = fraction
+    if not 0.0 <= value <= 1.0:  # NaN and 10**400 fail too
+        raise ValueError(f"{owner}: fraction must be in [0, 1], got {short_repr(fraction)}")
+    return float(fraction)
 
 
 #: The dtypes a leaf (or a data tensor) may have; which of them a method takes is its own
@@ -236,15 +252,7 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
             ValueError: ``fraction`` is not in [0, 1].
         """
         name = type(self).__name__
-        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
-            raise TypeError(
-                f"{name}.scaled: fraction must be a real number, got {describe(fraction)}"
-            )
-        if not 0.0 <= fraction <= 1.0:  # NaN fails too
-            raise ValueError(
-                f"{name}.scaled: fraction must be in [0, 1], got {short_repr(fraction)}"
-            )
-        fraction = float(fraction)
+        fraction = check_fraction(f"{name}.scaled", fraction)
         if fraction == 1.0:
             return self
         count = getattr(self, "count", None)
@@ -253,14 +261,14 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
                 scaled_count = round(count * fraction)
             except OverflowError:  # a count beyond floats: scale it exactly
                 scaled_count = round(Fraction(count) * Fraction(fraction))
-            return dataclasses.replace(self, count=scaled_count)
+            return dataclasses.replace(self, count=scaled_count)  # type: ignore[type-var]
         field = self.level_field
         if field is None:
             raise TypeError(
                 f"{name} has no level that a schedule can scale; prune it without a schedule"
             )
         scaled = float(getattr(self, field)) * fraction
-        return dataclasses.replace(self, **{field: scaled})
+        return dataclasses.replace(self, **{field: scaled})  # type: ignore[type-var]
 
     # -- state carried between pruning steps (fs.Pruner); stateless by default -----------
 
@@ -415,8 +423,27 @@ class GlobalMethod(MaskMethod):
         self, tensors: Sequence[Tensor], data: Sequence[dict[str, Any]] | None = None
     ) -> list[Tensor]:
         """The masks of ``tensors`` selected together (``data``: keyword data per tensor)."""
-        data = [{} for _ in tensors] if data is None else list(data)
         name = type(self).__name__
+        if isinstance(tensors, (str, bytes, Tensor)) or not isinstance(tensors, Sequence):
+            raise TypeError(f"{name}.global_masks: tensors must be a list of tensors, got "
+                            f"{describe(tensors)}")  # fmt: skip
+        for i, tensor in enumerate(tensors):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(
+                    f"{name}: tensor {i}: got {describe(tensor)}; {name} needs a torch.Tensor"
+                )
+        if data is None:
+            data = [{} for _ in tensors]
+        if isinstance(data, (str, bytes)) or not isinstance(data, Sequence):
+            raise TypeError(
+                f"{name}.global_masks: data must be a list of dicts, got {describe(data)}"
+            )
+        data = list(data)
+        if len(data) != len(tensors) or not all(isinstance(d, Mapping) for d in data):
+            raise ValueError(
+                f"{name}.global_masks: data must be one dict per tensor ({len(tensors)}), got "
+                f"{describe(data)}"
+            )
         group = self.group_problem(tensors)
         if group is not None:
             raise group.error(f"{name}: got {group.got}; {group.need}")

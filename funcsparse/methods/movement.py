@@ -8,7 +8,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, describe
+from funcsparse.methods._base import (
+    GlobalMethod,
+    LeafProblem,
+    MaskMethod,
+    check_fraction,
+    describe,
+)
 from funcsparse.methods._level import level_configs, set_level
 from funcsparse.methods.magnitude import Magnitude
 
@@ -137,6 +143,7 @@ class Movement(MaskMethod):
         """The level scaled: ``select.scaled(fraction)``, or the per-tensor level."""
         if self.select is None:
             return super().scaled(fraction)
+        fraction = check_fraction("Movement.scaled", fraction)
         return dataclasses.replace(self, select=self.select.scaled(fraction))
 
     def init_state(self, tensor: Tensor) -> Tensor:
