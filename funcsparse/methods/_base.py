@@ -466,6 +466,9 @@ class GlobalMethod(MaskMethod):
         return [m if p is None else m & p for m, p in zip(masks, prev_masks, strict=True)]
 
     def __call__(self, tensor: Tensor, /, **data: Any) -> Tensor:
+        problem = self.check_call(tensor, **data)
+        if problem is not None:
+            raise problem.error(f"{type(self).__name__}: got {problem.got}; {problem.need}")
         return self.global_masks([tensor], [data])[0]
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:

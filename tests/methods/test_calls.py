@@ -128,3 +128,161 @@ def test_scaled_levels() -> None:
         fs.NearlyDiagonal(nearliness=3).scaled(0.5)
     with pytest.raises(ValueError, match=r"Magnitude.scaled: fraction must be in \[0, 1\], got 2"):
         fs.Magnitude(0.5).scaled(2)
+
+
+# -- the central leaf checks every method shares (issue 9) -----------------------------------
+
+import math  # noqa: E402
+
+import torch  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from funcsparse._errors import describe, require_int, require_real, short_repr  # noqa: E402
+
+METHODS = registered_methods()
+
+
+def _one_config(cls: type[fs.MaskMethod]) -> fs.MaskMethod:
+    """A valid config of ``cls`` that takes 2-D float weights (8 x 8)."""
+    made = {
+        "NM": lambda: fs.NM(n=2, m=4),
+        "NearlyDiagonal": lambda: fs.NearlyDiagonal(nearliness=3),
+        "LnStructured": lambda: fs.LnStructured(0.5, n=2, dim=0),
+        "RandomStructured": lambda: fs.RandomStructured(0.5, dim=0),
+        "Movement": lambda: fs.Movement(0.5),
+    }
+    return made.get(cls.__name__, lambda: cls(0.5))()  # type: ignore[call-arg]
+
+
+def _data(method: fs.MaskMethod, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    if isinstance(method, fs.Wanda):
+        return {"input_norms": torch.ones(weight.shape[1])}
+    if isinstance(method, fs.Movement):
+        return {"scores": torch.randn(weight.shape)}
+    return {}
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("leaf", ["w", None, [[1.0, 2.0]], 3.0])
+def test_a_leaf_that_is_not_a_tensor_is_a_type_error(
+    cls: type[fs.MaskMethod], leaf: object
+) -> None:
+    method = _one_config(cls)
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}: got {type(leaf).__name__} "):
+        method(leaf)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda cls: cls.__name__)
+def test_meta_leaves_and_meta_data_are_refused(cls: type[fs.MaskMethod]) -> None:
+    method = _one_config(cls)
+    weight = torch.randn(8, 8)
+    data = _data(method, weight)
+    with pytest.raises(
+        ValueError, match="the tensor on the meta device; meta tensors have no data"
+    ):
+        method(weight.to("meta"), **{k: v.to("meta") for k, v in data.items()})
+    for key in [*data, "prev_mask"]:
+        value = data.get(key, torch.ones(8, 8, dtype=torch.bool))
+        with pytest.raises(ValueError, match=rf"{key} on the meta device") as info:
+            method(weight, **{**data, key: value.to("meta")})
+        assert cls.__name__ in str(info.value)
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda cls: cls.__name__)
+def test_data_on_another_device_names_the_key_and_both_devices(cls: type[fs.MaskMethod]) -> None:
+    method = _one_config(cls)
+    weight = torch.randn(8, 8)
+    data = _data(method, weight)
+    for key in [*data, "prev_mask"]:
+        value = data.get(key, torch.ones(8, 8, dtype=torch.bool))
+        problem = method.check_leaf(weight, **{**data, key: value.to("meta")})
+        assert problem is not None and problem.error is ValueError
+        assert problem.got == f"{key} on meta for a tensor on cpu"
+        assert problem.need == f"{key} must be on the tensor's device"
+
+
+FLOAT8 = [getattr(torch, n) for n in dir(torch) if n.startswith("float8_")]
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("dtype", [*FLOAT8, torch.complex64, torch.complex128], ids=str)
+def test_float8_and_complex_are_unsupported(cls: type[fs.MaskMethod], dtype: torch.dtype) -> None:
+    method = _one_config(cls)
+    weight = torch.randn(8, 8).to(dtype)
+    with pytest.raises(
+        TypeError,
+        match=rf"{dtype} is not supported; the supported dtypes are float16, bfloat16, float32, float64",
+    ):
+        method(weight, **_data(method, torch.randn(8, 8)))
+    for key, value in _data(method, torch.randn(8, 8)).items():
+        with pytest.raises(TypeError, match=rf"{key} of dtype {dtype}; {dtype} is not supported"):
+            method(torch.randn(8, 8), **{key: value.to(dtype)})
+
+
+def test_a_sparse_leaf_is_refused() -> None:
+    with pytest.raises(TypeError, match=r"layout torch.sparse_coo; Magnitude needs dense"):
+        fs.Magnitude(0.5)(torch.eye(3).to_sparse())
+
+
+def test_global_masks_refuse_malformed_groups() -> None:
+    method = fs.GlobalMagnitude(0.5)
+    with pytest.raises(
+        TypeError, match=r"global_masks: tensors must be a list of tensors, got str"
+    ):
+        method.global_masks("ab")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"GlobalMagnitude: tensor 1: got str 'x'"):
+        method.global_masks([torch.randn(2), "x"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"data must be one dict per tensor \(1\)"):
+        method.global_masks([torch.randn(2)], [{}, {}])
+
+
+def test_describe_and_short_repr_are_bounded() -> None:
+    for value in (
+        "x" * 100_000,
+        list(range(100_000)),
+        {i: [i] * 100 for i in range(10_000)},
+        10**400,
+    ):
+        assert len(describe(value)) <= 120
+        assert len(short_repr(value)) <= 100
+    assert describe(torch.zeros(2, 3)) == "a 2-D torch.float32 tensor of shape (2, 3)"
+    assert (
+        describe(torch.zeros(2, device="meta"))
+        == "a 1-D torch.float32 tensor of shape (2,) on meta"
+    )
+
+
+class _BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def test_short_repr_survives_a_broken_repr() -> None:
+    assert short_repr(_BadRepr()).startswith("<_BadRepr")
+
+
+def test_require_real_and_int() -> None:
+    with pytest.raises(ValueError, match=r"^f: x=1000.*\.\.\..*0 is too large for a float$"):
+        require_real("f", "x", 10**400)
+    with pytest.raises(ValueError, match=r"^f: x must not be NaN$"):
+        require_real("f", "x", math.nan)
+    assert require_real("f", "x", math.inf) == math.inf
+    with pytest.raises(TypeError, match=r"^f: x must be an int, got str 'x{27}\.\.\."):
+        require_int("f", "x", "x" * 1000)
+    assert require_int("f", "x", 10**400) == 10**400
+
+
+@given(st.sampled_from(METHODS), st.sampled_from([10**400, -(10**400), 2**63, math.inf, math.nan]))
+def test_huge_levels_and_counts_are_value_or_type_errors(
+    cls: type[fs.MaskMethod], value: object
+) -> None:
+    for field in ("sparsity", "count"):
+        if field not in {f.name for f in __import__("dataclasses").fields(cls)}:
+            continue
+        try:
+            cls(**{field: value})  # type: ignore[call-arg]
+        except (TypeError, ValueError) as err:
+            assert cls.__name__ in str(err) and len(str(err)) < 400
+        else:
+            raise AssertionError(f"{cls.__name__}({field}={short_repr(value)}) was accepted")

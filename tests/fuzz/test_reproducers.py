@@ -1,0 +1,65 @@
+"""Minimal reproducers of what the fuzz suite found in files fixed elsewhere.
+
+Each is marked ``xfail(strict=True)`` with the file that owes the fix: when the fix lands the
+test passes, strict xfail fails, and the mark comes off. Each asserts the promise itself:
+only a TypeError/ValueError escapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import funcsparse as fs
+from funcsparse import adapter
+from funcsparse.testing import check_leaf_mask
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="NM(n=2, m=4).scaled(torch.zeros(2, 2)) raises RuntimeError (Boolean value of "
+    "Tensor ambiguous); fix owed in funcsparse/methods/nm.py (NM.scaled: check the fraction, "
+    "e.g. with funcsparse.methods._base.check_fraction)",
+)
+def test_nm_scaled_refuses_a_tensor_fraction() -> None:
+    with pytest.raises(TypeError, match=r"NM.scaled: fraction must be a real number"):
+        fs.NM(n=2, m=4).scaled(torch.zeros(2, 2))  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LambdaSL(sparsifier, lambda t: 10**400) raises OverflowError; fix owed in "
+    "funcsparse/adapter/_schedulers.py (a level too large for a float is a ValueError)",
+)
+def test_lambda_scheduler_refuses_a_level_too_large_for_a_float() -> None:
+    model = nn.Sequential(nn.Linear(8, 8))
+    sparsifier = adapter.WeightNormSparsifier()
+    sparsifier.prepare(model, None)
+    with pytest.raises(ValueError, match="LambdaSL"):
+        adapter.LambdaSL(sparsifier, lambda t: 10**400)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check_leaf_mask(m, w, m(w)) with w = torch.zeros(1, 2)[:, ::2] (one entry, stride "
+    "2) raises RuntimeError (view Float as Byte) in _same_bits; fix owed in "
+    "funcsparse/testing/_checks.py (_same_bits: reshape(-1).clone(memory_format="
+    "torch.contiguous_format) before .view(torch.uint8))",
+)
+def test_check_leaf_mask_on_a_one_entry_strided_leaf() -> None:
+    method = fs.Magnitude(0.5)
+    weight = torch.zeros(1, 2)[:, ::2]
+    check_leaf_mask(method, weight, method(weight))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="check_leaf_mask(fs.Magnitude(0.5), torch.randn(2, 2), a meta bool mask) raises "
+    "NotImplementedError (aten::equal on meta); fix owed in funcsparse/testing/_checks.py "
+    "(refuse a mask on another device than the tensor with ValueError)",
+)
+def test_check_leaf_mask_refuses_a_mask_on_another_device() -> None:
+    mask = torch.ones(2, 2, dtype=torch.bool, device="meta")
+    with pytest.raises((TypeError, ValueError, AssertionError)):
+        check_leaf_mask(fs.Magnitude(0.5), torch.randn(2, 2), mask)
