@@ -225,7 +225,8 @@ def test_sparsifiers(built: tuple[str, Any, dict[str, Any]], config: Any, data: 
         if not isinstance(scheduler, Raised):
             scheduler = guarded("CubicSL", adapter.CubicSL, sparsifier, **kwargs)
     elif scheduler_kind == "lambda":
-        factor = data.draw(st.sampled_from([lambda t: 0.5, lambda t: HUGE, "x"]))
+        # (a factor returning 10**400: test_reproducers.py, until the adapter refuses it)
+        factor = data.draw(st.sampled_from([lambda t: 0.5, lambda t: math.inf, "x"]))
         scheduler = guarded("LambdaSL", adapter.LambdaSL, sparsifier, factor)
     else:
         return
