@@ -503,9 +503,10 @@ def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float, 
 
 
 class _Inside(NamedTuple):
-    """The entries inside a bracket ``lo < hi``: flat positions and scores, in flat order."""
+    """The entries inside a bracket ``lo < hi``: flat positions (per chunk, not joined, to
+    spare a copy) and scores, in flat order."""
 
-    positions: Tensor
+    positions: list[Tensor]
     scores: Tensor
 
 
@@ -554,8 +555,8 @@ def _classify(
     if not gather:
         return below, inside, None
     if not positions:
-        return below, inside, _Inside(codes.new_empty(0, dtype=torch.int64), codes.new_empty(0))
-    return below, inside, _Inside(torch.cat(positions), torch.cat(scores))
+        return below, inside, _Inside([], codes.new_empty(0))
+    return below, inside, _Inside(positions, torch.cat(scores))
 
 
 class _Plan(NamedTuple):
@@ -584,7 +585,11 @@ def _plan(
         take = scores < threshold
         tied = torch.nonzero(scores == threshold).flatten()
         take[tied[: needed - int(torch.count_nonzero(take))]] = True
-        return _Plan(selected=gathered.positions[take])
+        chosen, offset = [], 0
+        for at in gathered.positions:
+            chosen.append(at[take[offset : offset + at.numel()]])
+            offset += at.numel()
+        return _Plan(selected=torch.cat(chosen))
     if hi == math.inf and lo == hi:
         return _Plan(code=0, needed=k - below - inside)
     return None
