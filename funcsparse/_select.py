@@ -175,7 +175,7 @@ def keep_all_but_lowest(
     Examples:
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 2)
         tensor([ True, False,  True, False])
-        >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 2, magnitude=True)
+        >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0, 0.5]), 1, magnitude=True)
         tensor([ True,  True,  True, False])
         >>> prev = torch.tensor([False, True, True])
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0]), 1, prev)
