@@ -488,18 +488,24 @@ def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float, 
     if estimate in (lo, hi):
         return estimate, estimate, None
     heavy = max(2, m // _HEAVY_TIE)
+    numbers = sample[: m - int(torch.count_nonzero(sample.isnan()))]  # searchsorted: no NaN
     retry = None
     if lo != -math.inf:
-        first = torch.searchsorted(sample, sample[at - margin], side="left")
-        last = torch.searchsorted(sample, sample[at - margin], side="right")
-        if int(last - first) >= heavy:  # sample[last] <= estimate: the block ends before it
-            lo, retry = sample[last].item(), lo
+        first, last = _tie_block(numbers, lo)
+        if last - first >= heavy:  # the block ends before the estimate (lo < estimate)
+            lo, retry = numbers[last].item(), lo
     if hi != math.inf:
-        first = torch.searchsorted(sample, sample[at + margin], side="left")
-        last = torch.searchsorted(sample, sample[at + margin], side="right")
-        if int(last - first) >= heavy:
-            hi, retry = sample[first - 1].item(), hi
+        first, last = _tie_block(numbers, hi)
+        if last - first >= heavy:  # the block starts after the estimate
+            hi, retry = numbers[first - 1].item(), hi
     return lo, hi, retry
+
+
+def _tie_block(numbers: Tensor, value: float) -> tuple[int, int]:
+    """Where ``value`` starts and ends in a sorted tensor of numbers (no NaN)."""
+    at = torch.tensor(value, dtype=numbers.dtype, device=numbers.device)
+    first = int(torch.searchsorted(numbers, at, side="left"))
+    return first, int(torch.searchsorted(numbers, at, side="right"))
 
 
 class _Inside(NamedTuple):
