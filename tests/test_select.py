@@ -491,3 +491,15 @@ class TestBadInputs:
         gains = torch.tensor([1, 1, 1])
         assert lowest_covering(scores, gains, 10**400).all()
         assert not lowest_covering(scores, gains, -(10**400)).any()
+
+
+def test_the_bracket_of_a_sample_with_nan_and_heavy_ties() -> None:
+    # Regression: the heavy-tie search used searchsorted on a sample ending in NaNs.
+    generator = torch.Generator().manual_seed(6)
+    sample = torch.cat([torch.zeros(3000), torch.randn(3000, generator=generator).abs() + 1])
+    sample = torch.cat([sample, torch.full((4000,), math.nan), torch.full((2000,), 9.0)])
+    sample = sample[torch.randperm(sample.numel(), generator=generator)]
+    for rank in range(1, 12_001, 97):
+        lo, hi, retry = _select._bracket(sample, rank, sample.numel())
+        assert not math.isnan(lo) and not math.isnan(hi) and lo <= hi
+        assert retry is None or not math.isnan(retry)
