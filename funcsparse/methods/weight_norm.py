@@ -11,7 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from funcsparse._select import is_plain, lowest_covering, smallest_k, smallest_k_per_group
+from funcsparse._select import (
+    is_plain,
+    keep_all_but_lowest,
+    keep_all_but_lowest_drawn,
+    lowest_covering,
+    smallest_k,
+    smallest_k_per_group,
+)
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
 from funcsparse.methods._level import check_sparsity
 
@@ -240,6 +247,8 @@ class WeightNorm(MaskMethod):
         if given is None and callable(self.norm):  # called once, on the whole weight (as torch.ao)
             seen = tensor if prev_mask is None else torch.where(prev_mask, tensor, _zero(tensor))
             given = self._scores(seen)
+        if self.block_size == 1 and self.sparsity < 1 and plain and _own_block_scores(self):
+            return self._single_entries(tensor, prev_mask, given)
         if prev_mask is not None:
             return self._mask_after(tensor, prev_mask, given, plain=plain)
         level, whole = self.sparsity, self.block_zeros >= self.block_size
@@ -269,6 +278,37 @@ class WeightNorm(MaskMethod):
             return keep
 
         return self._assemble(tensor, tiles, keep_in, blocks=False)
+
+    def _single_entries(
+        self, tensor: Tensor, prev_mask: Tensor | None, given: Tensor | None
+    ) -> Tensor:
+        """``(1, 1)`` blocks at a level in (0, 1): the selection layer ranks the entries
+        chunk by chunk, never holding ``norm(w)`` whole.
+
+        The same mask as the block path: with ``prev_mask``, taking blocks in rank order
+        until the new zeros reach the target prunes the ``k - old`` lowest-ranked entries
+        not pruned before, as :func:`keep_all_but_lowest` does (pruned entries rank first).
+        """
+        n = tensor.numel()
+        k = max(0, min(n - 1, round(self.sparsity * n)))
+        if given is not None:
+            return keep_all_but_lowest(given, k, prev_mask)
+        if self.norm == 1:
+            return keep_all_but_lowest(tensor, k, prev_mask, magnitude=True)
+        flat = tensor.reshape(-1)
+
+        def draws() -> Callable[[int], Tensor]:
+            position = 0
+
+            def draw(size: int) -> Tensor:
+                nonlocal position
+                piece = flat[position : position + size]
+                position += size
+                return piece * piece
+
+            return draw
+
+        return keep_all_but_lowest_drawn(draws, tensor, k, prev_mask)
 
     def _mask_after(
         self, tensor: Tensor, prev_mask: Tensor, given: Tensor | None, *, plain: bool
@@ -628,6 +668,11 @@ def _show(value: object) -> str:
         return f"{'-' if value < 0 else ''}an int of about {digits} digits"
     text = repr(value)
     return text if len(text) <= 60 else f"{type(value).__name__} {text[:40]}..."
+
+
+def _own_block_scores(method: WeightNorm) -> bool:
+    """Whether ``method`` scores blocks as WeightNorm does (a subclass may rank otherwise)."""
+    return type(method)._block_scores is WeightNorm._block_scores
 
 
 def _zero(tensor: Tensor) -> Tensor:

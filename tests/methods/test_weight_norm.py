@@ -818,3 +818,41 @@ def test_a_large_weight_is_worked_in_tiles_with_the_same_mask() -> None:
         n_blocks = weight.numel() // method.block_size
         assert int((~mask).sum()) == round(0.5 * n_blocks) * zeros
         check_leaf_mask(method, weight, mask)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ViaBlocks(fs.WeightNorm):
+    """WeightNorm with its own block-score hook: (1, 1) blocks take the block path."""
+
+    def _block_scores(self, tensor: torch.Tensor, *, given: bool = False) -> torch.Tensor:
+        return super()._block_scores(tensor, given=given)
+
+
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["randn", "ties", "nan", "tiny"]),
+    st.sampled_from([1, 2]),
+    st.floats(0.01, 0.99),
+    st.sampled_from(["none", "prev_mask", "scores", "both"]),
+)
+def test_single_entry_blocks_ranked_chunk_by_chunk_equal_the_block_path(
+    seed: int, kind: str, norm: int, level: float, data_kind: str
+) -> None:
+    # (1, 1) blocks go to the selection layer's chunked ranking (no full norm(w) copy);
+    # 300 x 300 entries is past its chunking threshold.
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(300, 300, generator=generator)
+    if kind == "ties":
+        weight = torch.randint(-3, 4, (300, 300), generator=generator).float()
+    elif kind == "nan":
+        weight[torch.rand(300, 300, generator=generator) < 0.05] = float("nan")
+    elif kind == "tiny":  # squares underflow to 0: ties that |w| does not have
+        weight = weight * 1e-20
+    data: dict[str, torch.Tensor] = {}
+    if data_kind in ("prev_mask", "both"):
+        data["prev_mask"] = torch.rand(300, 300, generator=generator) > 0.4
+    if data_kind in ("scores", "both"):
+        data["scores"] = torch.randn(300, 300, generator=generator).round()
+    config = {"sparse_block_shape": (1, 1), "norm": norm}
+    mask = fs.WeightNorm(level, **config)(weight, **data)
+    assert torch.equal(mask, _ViaBlocks(level, **config)(weight, **data))
