@@ -236,6 +236,10 @@ class Wanda(MaskMethod):
 
 
 def _rows_per_chunk(tensor: Tensor) -> int:
-    """How many rows of ``tensor`` one chunk takes (at least one)."""
-    budget = max(_CHUNK_MIN, -(-tensor.numel() // _CHUNKS))
-    return max(1, budget // max(1, math.prod(tensor.shape[1:])))
+    """How many rows of ``tensor`` one chunk takes (at least one; all of them for a tensor
+    that fits one chunk, an empty one included)."""
+    numel = tensor.numel()
+    budget = max(_CHUNK_MIN, -(-numel // _CHUNKS))
+    if numel <= budget:
+        return max(1, tensor.shape[0])
+    return max(1, budget // math.prod(tensor.shape[1:]))
