@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from funcsparse.methods._base import (
+    SUPPORTED_DTYPES,
     GlobalMethod,
     LeafProblem,
     MaskMethod,
@@ -19,6 +20,18 @@ from funcsparse.methods._level import level_configs, set_level
 from funcsparse.methods.magnitude import Magnitude
 
 __all__ = ["Movement"]
+
+_FLOATING = tuple(dtype for dtype in SUPPORTED_DTYPES if dtype.is_floating_point)
+
+
+def _check_weight(owner: str, tensor: object, *, what: str = "the weight") -> None:
+    """A TypeError unless ``tensor`` is a floating tensor of a supported dtype."""
+    if not isinstance(tensor, Tensor) or tensor.dtype not in _FLOATING:
+        raise TypeError(
+            f"{owner}: {what} must be a float16, bfloat16, float32 or float64 tensor, got "
+            f"{describe(tensor)}"
+        )
+
 
 _NEEDS_SCORES = (
     "Movement ranks movement scores, -sum_t w_t * g_t: use it in fs.Pruner, which "
@@ -147,12 +160,23 @@ class Movement(MaskMethod):
         return dataclasses.replace(self, select=self.select.scaled(fraction))
 
     def init_state(self, tensor: Tensor) -> Tensor:
-        """``S = 0``, in at least float32 (low-precision weights accumulate in float32)."""
+        """``S = 0``, in at least float32 (low-precision weights accumulate in float32).
+
+        Raises:
+            TypeError: ``tensor`` is not a floating tensor of a supported dtype.
+        """
+        _check_weight("Movement.init_state", tensor)
         dtype = torch.promote_types(tensor.dtype, torch.float32)
         return torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
 
     def next_state(self, state: Tensor | None, tensor: Tensor, grad: Tensor) -> Tensor:
-        """``S - w * g``: a new tensor (the state passed in is not changed)."""
+        """``S - w * g``: a new tensor (the state passed in is not changed).
+
+        Raises:
+            TypeError: ``tensor`` or ``grad`` is not a floating tensor of a supported dtype.
+        """
+        _check_weight("Movement.next_state", tensor)
+        _check_weight("Movement.next_state", grad, what="grad")
         if state is None:
             state = self.init_state(tensor)
         return torch.addcmul(state, tensor.detach(), grad.detach(), value=-1)
