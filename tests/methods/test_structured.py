@@ -740,3 +740,43 @@ def test_empty_tensors(cls: type[Any]) -> None:
         mask = method(weight)
         assert mask.shape == weight.shape and mask.dtype == torch.bool
         check_leaf_mask(method, weight, mask)
+
+
+# -- memory: prev_mask work chunk by chunk, the same masks (issue 9) ------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_prev_mask_chunks_give_the_masks_of_one_pass(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import funcsparse.methods.structured as structured
+
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for shape, dim in (((6, 5), 0), ((6, 5), 1), ((4, 3, 5), -1), ((3, 4, 2, 2), 1)):
+        weight = torch.randn(shape, generator=generator)
+        prev_mask = torch.rand(shape, generator=generator) > 0.4
+        for method in (
+            fs.LnStructured(0.5, n=2, dim=dim),
+            fs.LnStructured(count=1, n=1, dim=dim),
+            fs.LnStructured(0.75, n="fro", dim=dim),
+            fs.RandomStructured(0.5, dim=dim, seed=3),
+        ):
+            cases.append((method, weight, prev_mask, method(weight, prev_mask=prev_mask)))
+    monkeypatch.setattr(structured, "_CHUNK", chunk)
+    for method, weight, prev_mask, whole in cases:
+        assert torch.equal(method(weight, prev_mask=prev_mask), whole), method
+        # the per-slice scores themselves, bit for bit, as one masked pass gives them
+        if isinstance(method, fs.LnStructured):
+            dim = method.dim % weight.dim()
+            masked = torch.where(prev_mask, weight, torch.zeros(()))
+            expected = structured._norms(masked, method.n, dim)
+            got = method.slice_scores(weight, {"prev_mask": prev_mask})
+            assert torch.equal(got, expected)
+
+
+def test_nuclear_norm_of_low_precision_weights() -> None:
+    weight = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float16, torch.bfloat16):
+        mask = fs.LnStructured(0.5, n="nuc", dim=0)(weight.to(dtype))
+        assert int((~mask).flatten(1).all(1).sum()) == 2
