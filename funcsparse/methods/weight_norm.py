@@ -27,9 +27,11 @@ __all__ = ["WeightNorm"]
 # Blocks up to this many entries get their scores summed from strided views of the weight
 # (bit-identical to avg_pool2d's loop); larger blocks go through avg_pool2d itself.
 _FUSED_BLOCK_MAX = 16
-# Entries of the weight worked on at a time (a tile of whole blocks): the temporaries of a
-# call stay a small fraction of a large weight, and the whole mask is the only large output.
-_TILE_ENTRIES = 1 << 20
+# Entries of the weight worked on at a time (a tile of whole blocks): a sixteenth of the
+# weight, at least a 32nd and at most all of this. The temporaries of a call stay a small
+# fraction of a large weight (the mask is the only large output), and tiles stay large
+# enough that the per-tile overhead (and threads' start-up) does not show.
+_TILE_ENTRIES = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,10 +61,12 @@ class WeightNorm(MaskMethod):
     The masks equal ``torch.ao.pruning.WeightNormSparsifier``'s bit for bit wherever the
     scores have no ties. Ties follow funcsparse's rule (equal scores: the lower row-major
     index is pruned first; NaN counts as the largest score), so the count of zeros is always
-    exact. Memory: a call works on tiles of whole blocks (about a million entries at a
-    time); besides the mask, it holds one score per block (plus the selection's work on
-    them), so a large float32 weight with blocks of 2 or more entries needs less extra
-    memory than its own size. A ``norm`` callable is called once on the whole weight.
+    exact. Memory: a call works on tiles of whole blocks (a sixteenth of the weight, at
+    most two million entries, at a time); besides the mask it holds one score per block and
+    the selection's work on them, so on a large float32 weight a call needs less extra
+    memory than the weight's size (with ``prev_mask``, the ranking of the blocks by
+    ``lowest_covering`` costs more: about 2.8x for ``(1, 4)`` blocks). A ``norm`` callable
+    is called once on the whole weight.
 
     Keyword data: ``scores``, importance scores of the weight's shape, ranked as given in
     place of ``norm(w)`` (signed: a block's score is the mean of its entries' scores, the
@@ -489,23 +493,26 @@ class WeightNorm(MaskMethod):
     # -- tiles: the work is done a band of whole blocks at a time --------------------------
 
     def _tiles(self, tensor: Tensor, *, plain: bool) -> list[_Tile]:
-        """Tiles of whole blocks covering ``tensor``, about ``_TILE_ENTRIES`` entries each.
+        """Tiles of whole blocks covering ``tensor``, of about a sixteenth of it each.
 
-        One tile (the whole weight) for small weights and under ``torch.func`` transforms
+        At most ``_TILE_ENTRIES`` entries a tile (a tile holds one block at least). One
+        tile (the whole weight) for small weights and under ``torch.func`` transforms
         or ``torch.compile`` (no in-place writes into a shared output there).
         """
         rows, cols = self.sparse_block_shape
         grid_rows, grid_cols = self._block_grid(tensor)
-        if not plain or tensor.numel() <= _TILE_ENTRIES:
+        n = tensor.numel()
+        budget = max(1, min(_TILE_ENTRIES, max(_TILE_ENTRIES >> 5, n // 16)))
+        if not plain or n <= budget:
             return [_Tile(slice(0, grid_rows), slice(0, grid_cols))]
         band = rows * tensor.shape[1]  # entries in one row of blocks
-        if band <= _TILE_ENTRIES:
-            step = _TILE_ENTRIES // band
+        if band <= budget:
+            step = budget // band
             return [
                 _Tile(slice(i, min(i + step, grid_rows)), slice(0, grid_cols))
                 for i in range(0, grid_rows, step)
             ]
-        step = max(1, _TILE_ENTRIES // (rows * cols))
+        step = max(1, budget // (rows * cols))
         return [
             _Tile(slice(i, i + 1), slice(j, min(j + step, grid_cols)))
             for i in range(grid_rows)
