@@ -48,15 +48,17 @@ _SAMPLE_SIZE = 1 << 12
 _SAMPLE_MARGIN = 112
 # Groups up to this size are ranked by pairwise comparisons; larger ones by a stable sort.
 _PAIRWISE_MAX = 8
-# The chunked selection: scores computed at a time (at least _CHUNK, in at most
-# _MAX_CHUNKS chunks: every torch op has a fixed cost, large on a busy machine); the
+# The chunked selection: scores computed at a time (at least _CHUNK and at most
+# _CHUNK_MAX, in as few as _MAX_CHUNKS chunks: every torch op has a fixed cost, which
+# grows large on a busy machine, so fewer ops are faster); the
 # strided sample that brackets the k-th (its half-width: _BRACKET_SIGMAS standard
 # deviations of the sample quantile's position, plus _BRACKET_SLACK entries); the most
 # entries gathered from inside the bracket, max(numel // _GATHER_FRACTION, _GATHER_MIN),
 # past which the k-th is found by exact radix passes instead. These change the speed and
 # the memory, never the selection.
 _CHUNK = 1 << 20
-_MAX_CHUNKS = 8
+_CHUNK_MAX = 1 << 24
+_MAX_CHUNKS = 4
 _BRACKET_SAMPLE = 1 << 14
 _BRACKET_SIGMAS = 5.0
 _BRACKET_SLACK = 8
@@ -380,10 +382,10 @@ _Pieces = Callable[[], Iterator[Tensor]]
 
 def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]:
     """Flat ``[start, stop)`` ranges covering ``tensor`` (and ``other``, of its shape) in
-    order: ``max(_CHUNK, numel / _MAX_CHUNKS)`` entries, or whole rows where either tensor
-    is not contiguous."""
+    order: ``numel / _MAX_CHUNKS`` entries (at least ``_CHUNK``, at most ``_CHUNK_MAX``), or
+    whole rows where either tensor is not contiguous."""
     n = tensor.numel()
-    size = max(_CHUNK, -(-n // _MAX_CHUNKS))
+    size = max(_CHUNK, min(-(-n // _MAX_CHUNKS), _CHUNK_MAX))
     contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
     if contiguous or tensor.dim() <= 1:
         step = size
