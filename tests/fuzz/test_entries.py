@@ -24,7 +24,6 @@ from funcsparse.testing import registered_methods
 from tests.fuzz.hostile import (
     HUGE,
     Raised,
-    anything_like,
     assert_mask,
     fuzz,
     guarded,
@@ -63,6 +62,10 @@ def _input(kind: str) -> Tensor:
     return torch.randn(3, 2, 4, 4) if kind == "conv" else torch.randn(3, 4)
 
 
+def _not_a_tensor(value: object) -> bool:
+    return not isinstance(value, (Tensor, nn.Module))
+
+
 @st.composite
 def model_params(draw: st.DrawFn, /, model: nn.Module) -> dict[str, Any]:
     """``dict(model.named_parameters())``, with now and then a leaf replaced by a hostile one."""
@@ -71,7 +74,10 @@ def model_params(draw: st.DrawFn, /, model: nn.Module) -> dict[str, Any]:
         shape = tuple(params[name].shape)
         # float32 as the model's own (a float64 leaf in a float32 forward is torch's
         # RuntimeError from the user's model, not an entry's input check)
-        params[name] = draw(anything_like(tensors(shape, dtypes=(torch.float32,))))
+        # (junk tensors of another shape fail in torch's own forward, not an input check)
+        params[name] = draw(
+            st.one_of(tensors(shape, dtypes=(torch.float32,)), junk.filter(_not_a_tensor))
+        )
     return params
 
 
@@ -181,7 +187,7 @@ def test_functional_call(data: Any, kind: str) -> None:
     model.train(data.draw(st.booleans(), label="train"))
     params = data.draw(model_params(model), label="params")
     masks = data.draw(masks_for(params), label="masks")
-    x = data.draw(st.one_of(st.just(_input(kind)), junk), label="x")
+    x = data.draw(st.one_of(st.just(_input(kind)), junk.filter(_not_a_tensor)), label="x")
     straight = data.draw(st.one_of(st.booleans(), junk), label="straight_through")
     if model.training and kind == "bn":
         # BatchNorm in train mode: torch updates the running stats of the module it runs
@@ -242,7 +248,7 @@ def test_collect_input_norms(data: Any, kind: str) -> None:
     good = [_input(kind), _input(kind)]
     # (a tensor batch of the wrong shape fails in the model's own forward, as torch raises:
     # a 0-D batch is test_reproducers.py's)
-    no_tensor = junk.filter(lambda value: not isinstance(value, (Tensor, nn.Module)))
+    no_tensor = junk.filter(_not_a_tensor)
     batches = data.draw(
         st.one_of(st.just(good), st.just([]), st.lists(st.one_of(st.just(good[0]), no_tensor), max_size=2), no_tensor),
         label="batches",
