@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -48,6 +49,9 @@ def _check_sparsifier(owner: str, sparsifier: object) -> BaseSparsifier:
             f"funcsparse.adapter.BaseSparsifier (got {describe(sparsifier)})"
         )
     return sparsifier
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _level(
@@ -459,4 +463,10 @@ class _Checked:
         self.owner, self.where, self.factor = owner, where, factor
 
     def __call__(self, epoch: int) -> float:
-        return _level(self.owner, self.where, self.factor(epoch), tensors=True)
+        factor = _level(self.owner, self.where, self.factor(epoch), tensors=True)
+        if isinstance(factor, numbers.Integral) and abs(factor) > _FLOAT_MAX:
+            # base_sl * factor would be an OverflowError (torch.ao's too)
+            raise ValueError(
+                f"{self.owner}: {self.where}={short_repr(factor)} is too large for a float"
+            )
+        return factor

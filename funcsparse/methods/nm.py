@@ -11,7 +11,13 @@ from torch import Tensor
 
 from funcsparse._errors import short_repr
 from funcsparse._select import is_plain, smallest_k_per_group
-from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int
+from funcsparse.methods._base import (
+    LeafProblem,
+    MaskMethod,
+    check_fraction,
+    describe,
+    require_int,
+)
 from funcsparse.methods._base import ranking as ranking_of
 
 __all__ = ["NM"]
@@ -117,8 +123,7 @@ class NM(MaskMethod):
 
         Every step of a schedule keeps an N:M pattern, and the masks nest as it rises.
         """
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"NM.scaled: fraction must be in [0, 1], got {fraction!r}")
+        fraction = check_fraction("NM.scaled", fraction)
         zeros = self.m - self.n
         if zeros < _FLOAT_EXACT:
             return dataclasses.replace(self, n=self.m - round(fraction * zeros))

@@ -18,22 +18,11 @@ from funcsparse import adapter
 from funcsparse.testing import check_leaf_mask
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NM(n=2, m=4).scaled(torch.zeros(2, 2)) raises RuntimeError (Boolean value of "
-    "Tensor ambiguous); fix owed in funcsparse/methods/nm.py (NM.scaled: check the fraction, "
-    "e.g. with funcsparse.methods._base.check_fraction)",
-)
 def test_nm_scaled_refuses_a_tensor_fraction() -> None:
     with pytest.raises(TypeError, match=r"NM.scaled: fraction must be a real number"):
         fs.NM(n=2, m=4).scaled(torch.zeros(2, 2))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LambdaSL(sparsifier, lambda t: 10**400) raises OverflowError; fix owed in "
-    "funcsparse/adapter/_schedulers.py (a level too large for a float is a ValueError)",
-)
 def test_lambda_scheduler_refuses_a_level_too_large_for_a_float() -> None:
     model = nn.Sequential(nn.Linear(8, 8))
     sparsifier = adapter.WeightNormSparsifier()
