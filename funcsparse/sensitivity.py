@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcsparse._compute import compute_masks, data_per_leaf
+from funcsparse._compute import check_data_coverage, compute_masks, data_per_leaf
 from funcsparse._errors import short_repr
 from funcsparse._rules import assign_rules
 from funcsparse._tree import (
@@ -199,6 +199,8 @@ def sensitivity(
     paths, leaves, spec = flatten_with_paths(params, function="sensitivity")
     data = data_per_leaf(spec, leaf_data, len(leaves), function="sensitivity")
     assignments = assign_rules(paths, rules, function="sensitivity")
+    matched = [None if a is None else a.method for a in assignments]
+    check_data_coverage(paths, assignments, matched, data, leaf_data, function="sensitivity")
 
     # Every layer's methods at every level, checked before any loss is computed.
     layers: list[tuple[int, list[MaskMethod]]] = []

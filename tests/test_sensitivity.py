@@ -471,3 +471,19 @@ def test_hostile_levels_leaves_and_chunks() -> None:
     assert torch.equal(
         huge.losses, fs.sensitivity(loss_fn, params, rules, levels=[0.0, 0.5]).losses
     )
+
+
+def test_a_scores_tree_with_none_at_a_matched_leaf_is_refused() -> None:
+    # Magnitude reads scores where given: a None entry would silently rank that leaf by |w|.
+    params = {"a": torch.randn(4, 4), "b": torch.randn(4, 4)}
+    with pytest.raises(
+        ValueError,
+        match=r"^sensitivity: scores is None at \['b'\], which rule '\*' \(Magnitude\) matches",
+    ):
+        fs.sensitivity(
+            lambda p: sum(v.sum() for v in p.values()),
+            params,
+            {"*": fs.Magnitude(0.5)},
+            levels=[0.5],
+            scores={"a": torch.randn(4, 4), "b": None},
+        )
