@@ -8,11 +8,14 @@ Imported by the scripts as ``_harness`` (``python benchmarks/NAME.py`` puts this
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import importlib.util
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -78,3 +81,30 @@ def base_parser(
         "--json", type=Path, default=default_json, help=f"output path (default {default_json})"
     )
     return parser
+
+
+# --- peak memory of a call, in a fresh process ---------------------------------------------
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``)."""
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    if match is None:
+        raise RuntimeError(f"no {field} in /proc/self/status")
+    return int(match.group(1))
+
+
+def release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``), so that the RSS before a
+    call is live memory only and every page a call touches shows up as growth."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS; False where the kernel does not support it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return status_kib("VmHWM") <= status_kib("VmRSS") + 1024

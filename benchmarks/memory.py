@@ -52,13 +52,10 @@ the stack's shapes) is shown as refused.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -68,7 +65,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import base_parser, load_masks_benchmark, machine_info, write_payload
+from _harness import (
+    base_parser,
+    load_masks_benchmark,
+    machine_info,
+    release_free_heap,
+    reset_peak,
+    status_kib,
+    write_payload,
+)
 from torch import nn
 
 import funcsparse as fs
@@ -231,20 +236,6 @@ def tiny_stack(case: str) -> tuple[Callable[[], Any], int, str]:
 # --- one measurement in this (fresh) process ------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    if match is None:
-        raise RuntimeError(f"no {field} in /proc/self/status")
-    return int(match.group(1))
-
-
-def _release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``), so that the RSS before the
-    call is live memory only and every page the call touches shows up as growth."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def measure(case: str, scope: str, numel: int) -> dict[str, Any]:
     """Peak RSS growth of one call of ``case`` over the RSS with its inputs built."""
     result: dict[str, Any] = {"case": case, "scope": scope}
@@ -254,18 +245,17 @@ def measure(case: str, scope: str, numel: int) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         return {**result, "error": f"{type(err).__name__}: {err}"}
     gc.collect()
-    _release_free_heap()
-    Path("/proc/self/clear_refs").write_text("5")
-    before_kib = _status_kib("VmRSS")
-    if _status_kib("VmHWM") > before_kib + 1024:
+    release_free_heap()
+    if not reset_peak():
         raise RuntimeError("clear_refs did not reset VmHWM (kernel too old?)")
+    before_kib = status_kib("VmRSS")
     start = time.perf_counter()
     try:
         out = call()
     except (TypeError, ValueError) as err:
         return {**result, "error": f"{type(err).__name__}: {err}"}
     seconds = time.perf_counter() - start
-    peak_kib = _status_kib("VmHWM")
+    peak_kib = status_kib("VmHWM")
     del out
     extra = max(0, peak_kib - before_kib) * 1024
     return {

@@ -52,16 +52,13 @@ Results are printed as a table and written as JSON (default ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
 import dataclasses
 import functools
 import gc
 import importlib.util
 import json
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -70,7 +67,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import base_parser, load_masks_benchmark, machine_info, timed, write_payload
+from _harness import (
+    base_parser,
+    load_masks_benchmark,
+    machine_info,
+    release_free_heap,
+    reset_peak,
+    status_kib,
+    timed,
+    write_payload,
+)
 from torch import nn
 from torch.ao.pruning import WeightNormSparsifier
 from torch.nn.utils import prune
@@ -273,29 +279,6 @@ def run_nm_case(model: nn.Module, repeats: int) -> Result:
 # --- peak memory, one side per fresh process -----------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    if match is None:
-        raise RuntimeError(f"no {field} in /proc/self/status")
-    return int(match.group(1))
-
-
-def _release_free_heap() -> None:
-    """Return freed heap pages to the OS (glibc ``malloc_trim``), so that the RSS before a
-    call is live memory only and every page a call touches shows up as growth."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS; False where the kernel does not support it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return _status_kib("VmHWM") <= _status_kib("VmRSS") + 1024
-
-
 def measure_memory(case: str, side: str, layers: int) -> dict[str, Any]:
     """Peak RSS growth of one side of ``case`` over the RSS after building the model."""
     model = masks_bench.transformer_stack(layers)
@@ -308,10 +291,10 @@ def measure_memory(case: str, side: str, layers: int) -> dict[str, Any]:
     run_prune(case, copy.deepcopy(tiny))
     del tiny
     gc.collect()
-    _release_free_heap()
-    exact = _reset_peak()
+    release_free_heap()
+    exact = reset_peak()
     before_kib = (
-        _status_kib("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        status_kib("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     )
     if side == "fs":
         out: Any = fs.compute_masks(dict(model.named_parameters()), fs_rules(case))
@@ -319,7 +302,7 @@ def measure_memory(case: str, side: str, layers: int) -> dict[str, Any]:
         out = run_prune(case, model)
     else:
         raise ValueError(f"unknown side {side!r}")
-    peak_kib = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     del out
     growth = max(0, peak_kib - before_kib) * 1024
     return {
