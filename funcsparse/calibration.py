@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 from funcsparse._apply import apply_masks, functional_call
 from funcsparse._errors import describe
 from funcsparse._tree import flatten_with_paths, unflatten
+from funcsparse.methods._base import SUPPORTED_DTYPES
 
 __all__ = ["collect_input_norms"]
 
@@ -51,11 +52,23 @@ class _InputSquares(TorchFunctionMode):
     the reason.
     """
 
-    def __init__(self, watched: dict[int, Tensor]) -> None:
+    def __init__(self, watched: dict[int, Tensor], names: dict[int, str]) -> None:
         super().__init__()
         self.watched = watched
+        self.names = names
+        self.batch = 0  # the index of the batch being run, for messages
         self.sums: dict[int, Tensor] = {}
         self.unsupported: dict[int, str] = {}
+
+    def _check_features(self, weight: Tensor, x: Tensor, call: str) -> None:
+        """Raise unless ``x`` has ``weight``'s input features as its last dimension."""
+        if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"{_FUNCTION}: batch {self.batch}: {call} got an input of shape "
+                f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
+                f"{tuple(weight.shape)}; its input needs {weight.shape[1]} features in its "
+                "last dimension (a batch the model cannot take)"
+            )
 
     def _is_watched(self, weight: object) -> bool:
         return isinstance(weight, Tensor) and self.watched.get(id(weight)) is weight
@@ -72,6 +85,7 @@ class _InputSquares(TorchFunctionMode):
             x = args[0] if args else kwargs.get("input")
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             if isinstance(weight, Tensor) and self._is_watched(weight) and isinstance(x, Tensor):
+                self._check_features(weight, x, "torch.nn.functional.linear")
                 self._add(weight, _tokens(x))
         elif func in _CONVS:
             self._conv(_CONVS[func], args, kwargs)
@@ -106,6 +120,13 @@ class _InputSquares(TorchFunctionMode):
             )
             return
         kernel = tuple(weight.shape[2:])
+        if x.dim() not in (spatial + 1, spatial + 2) or x.shape[-spatial - 1] != weight.shape[1]:
+            raise ValueError(
+                f"{_FUNCTION}: batch {self.batch}: conv{spatial}d got an input of shape "
+                f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
+                f"{tuple(weight.shape)}; its input needs shape ([batch,] {weight.shape[1]}, "
+                f"{spatial} spatial sizes) (a batch the model cannot take)"
+            )
         stride = _tuple(given.get("stride", 1), spatial)
         dilation = _tuple(given.get("dilation", 1), spatial)
         padding = given.get("padding", 0)
@@ -121,6 +142,14 @@ class _InputSquares(TorchFunctionMode):
         squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
         flat_pads = [p for pair in reversed(pads) for p in pair]
         squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
+        spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+        if any(size < span for size, span in zip(squares.shape[1:], spans, strict=True)):
+            raise ValueError(
+                f"{_FUNCTION}: batch {self.batch}: conv{spatial}d got an input of shape "
+                f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
+                f"{tuple(weight.shape)}: padded, it is smaller than the kernel (a batch the "
+                "model cannot take)"
+            )
         for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
             span = dilation[i] * (kernel[i] - 1) + 1
             squares = squares.unfold(1 + i, span, stride[i])[..., :: dilation[i]]
@@ -138,6 +167,7 @@ class _InputSquares(TorchFunctionMode):
             weight = given["in_proj_weight"]
             if self._is_watched(weight):
                 if query is key and key is value:
+                    self._check_features(weight, query, "multi_head_attention_forward")
                     self._add(weight, _tokens(query))
                 else:
                     self.unsupported[id(weight)] = (
@@ -152,6 +182,7 @@ class _InputSquares(TorchFunctionMode):
                 ("v_proj_weight", value),
             ):
                 if self._is_watched(given[name]):
+                    self._check_features(given[name], x, "multi_head_attention_forward")
                     self._add(given[name], _tokens(x))
         out_weight = given["out_proj_weight"]
         if not self._is_watched(out_weight):
@@ -268,11 +299,15 @@ def collect_input_norms(
         ValueError: no batches; a path in ``paths`` is not a leaf of ``params``, is not a
             floating tensor of at least 2 dimensions, is never used as a weight by a traced
             call (the message lists such paths and the traced calls), or is used in a way
-            norms cannot describe; a collected leaf or a batch is on the meta device; or, as
-            ``fs.functional_call``, a leaf path names nothing in ``module``.
-        TypeError: ``module`` is not a module; ``batches`` is a tensor or not iterable; a
-            batch is neither a tensor nor a tuple or list; ``paths`` is not a sequence of
-            strings.
+            norms cannot describe; a collected leaf or a batch is on the meta device; a
+            traced call gets an input a collected weight cannot take (a 0-D batch, the
+            wrong number of features; the message names the batch index and the weight's
+            path); or, as ``fs.functional_call``, a leaf path names nothing in ``module``.
+        TypeError: ``module`` is not a module; a leaf of ``params`` is not a tensor (a
+            module passed whole as ``params`` too) or has a dtype no method supports
+            (float8, complex; the message names its path); ``batches`` is a tensor or not
+            iterable; a batch is neither a tensor nor a tuple or list; ``paths`` is not a
+            sequence of strings.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
@@ -288,6 +323,14 @@ def collect_input_norms(
             f"{_FUNCTION}: batches must be an iterable of batches (e.g. a list or a "
             f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
         )
+    leaf_paths, leaves, _ = flatten_with_paths(params, function=_FUNCTION, tensors=True)
+    for path, leaf in zip(leaf_paths, leaves, strict=True):
+        if leaf.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; {leaf.dtype} is not "
+                "supported: calibration runs float16, bfloat16, float32 and float64 weights "
+                "(bool and integer buffers pass through)"
+            )
     run_params = params if masks is None else apply_masks(params, masks)
     leaf_paths, leaves, spec = flatten_with_paths(run_params, function=_FUNCTION)
     index = {path: i for i, path in enumerate(leaf_paths)}
@@ -300,11 +343,12 @@ def collect_input_norms(
             )
     watched = {id(leaves[index[path]]): leaves[index[path]] for path in wanted}
     call_params = _with_buffer_copies(module, leaf_paths, leaves, watched)
-    mode = _InputSquares(watched)
+    mode = _InputSquares(watched, {id(leaves[index[path]]): path for path in wanted})
     seen_batches = 0
     with torch.no_grad():
         for i, batch in enumerate(batches):
             args = _as_args(i, batch)
+            mode.batch = i
             with mode:
                 functional_call(module, call_params, None, args)
             seen_batches += 1

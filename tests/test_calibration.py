@@ -297,7 +297,13 @@ def test_bad_input_raises_and_leaves_nothing_behind() -> None:
         collect_input_norms(model, params, [torch.randn(2, 6)], paths="0.weight")
     with pytest.raises(ValueError, match="name no parameter or buffer"):
         collect_input_norms(model, {"nope.weight": torch.ones(2, 2)}, [torch.randn(2, 6)])
-    with pytest.raises(RuntimeError):  # a forward that fails midway
+    with pytest.raises(  # a forward that fails midway: batch 0 ran
+        ValueError,
+        match=re.escape(
+            "collect_input_norms: batch 1: torch.nn.functional.linear got an input of shape "
+            "(2, 7) for the weight at '0.weight' of shape (5, 6); its input needs 6 features"
+        ),
+    ):
         collect_input_norms(model, params, [torch.randn(2, 6), torch.randn(2, 7)])
     snapshot.assert_unchanged()
 
@@ -613,3 +619,115 @@ def test_zero_size_weights_and_batches() -> None:
     norms = collect_input_norms(model, params, [torch.randn(4, 0), torch.randn(0, 0)])
     assert norms["0.weight"].shape == (0,)
     assert torch.equal(norms["1.weight"], torch.zeros(3, dtype=torch.float64))  # bias is 0
+
+
+# -- batches the weights cannot take, leaves that are not weights (issue 9, fuzz) --------------
+
+
+@pytest.mark.parametrize(
+    ("batch", "got"),
+    [
+        (torch.tensor(0.5), "shape ()"),
+        (torch.randn(3, 7), "shape (3, 7)"),
+    ],
+)
+def test_a_batch_the_first_linear_cannot_take_is_a_value_error(batch: Tensor, got: str) -> None:
+    model = _mlp()
+    params = _detached(model)
+    snapshot = _Snapshot(model)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"collect_input_norms: batch 1: torch.nn.functional.linear got an input of {got} "
+            "for the weight at '0.weight' of shape (5, 6); its input needs 6 features"
+        ),
+    ):
+        collect_input_norms(model, params, [torch.randn(2, 6), batch])
+    snapshot.assert_unchanged()
+
+
+@pytest.mark.parametrize(
+    ("batch", "why"),
+    [
+        (torch.tensor(1.0), "its input needs shape ([batch,] 2, 2 spatial sizes)"),
+        (torch.randn(1, 3, 5, 5), "its input needs shape ([batch,] 2, 2 spatial sizes)"),
+        (torch.randn(5, 5), "its input needs shape ([batch,] 2, 2 spatial sizes)"),
+        (torch.randn(1, 2, 2, 5), "padded, it is smaller than the kernel"),
+    ],
+)
+def test_a_batch_a_conv_cannot_take_is_a_value_error(batch: Tensor, why: str) -> None:
+    conv = nn.Conv2d(2, 4, kernel_size=3)
+    params = _detached(conv)
+    with pytest.raises(ValueError, match=re.escape(why)) as info:
+        collect_input_norms(conv, params, [batch])
+    assert str(info.value).startswith(
+        f"collect_input_norms: batch 0: conv2d got an input of shape {tuple(batch.shape)} for "
+        "the weight at 'weight' of shape (4, 2, 3, 3)"
+    )
+    # what the checks let through, torch's conv takes (unbatched input; input == kernel)
+    for good in (torch.randn(2, 5, 5), torch.randn(1, 2, 3, 3), torch.randn(1, 2, 1, 1)):
+        padded = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        if good.shape[-1] == 1:
+            norms = collect_input_norms(padded, _detached(padded), [good])["weight"]
+        else:
+            norms = collect_input_norms(conv, params, [good])["weight"]
+        assert norms.shape == (2, 3, 3) and bool(norms.isfinite().all())
+
+
+def test_an_attention_input_of_the_wrong_width_is_a_value_error() -> None:
+    attention = nn.MultiheadAttention(4, 2).eval()
+    x = torch.randn(3, 1, 5)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "collect_input_norms: batch 0: multi_head_attention_forward got an input of shape "
+            "(3, 1, 5) for the weight at 'in_proj_weight' of shape (12, 4)"
+        ),
+    ):
+        collect_input_norms(attention, _detached(attention), [(x, x, x)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64])
+@pytest.mark.parametrize("path", ["0.weight", "2.bias"])
+def test_params_of_an_unsupported_dtype_are_refused_by_path(dtype: torch.dtype, path: str) -> None:
+    model = _mlp()
+    params = _detached(model)
+    params[path] = params[path].to(dtype)
+    with pytest.raises(TypeError, match=re.escape(f"the leaf at {path!r} is a")) as info:
+        collect_input_norms(model, params, [torch.randn(2, 6)])
+    message = str(info.value)
+    assert message.startswith("collect_input_norms: ") and f"{dtype} is not supported" in message
+    assert len(message) < 300
+
+
+@pytest.mark.parametrize(
+    ("leaf", "shown"),
+    [("w", "str 'w'"), (3.0, "float 3.0"), ([torch.ones(5)], None)],
+)
+def test_params_that_are_not_tensors_are_refused_by_path(leaf: object, shown: str | None) -> None:
+    model = _mlp()
+    params: dict[str, Any] = {**_detached(model), "0.bias": leaf}
+    expected = f"got {shown} at '0.bias'" if shown else "at '0.bias.0'"
+    if shown is None:  # a list is a subtree: its tensor leaf has a path no module names
+        with pytest.raises(ValueError, match=r"name no parameter or buffer.*'0\.bias\.0'"):
+            collect_input_norms(model, params, [torch.randn(2, 6)])
+        return
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        collect_input_norms(model, params, [torch.randn(2, 6)])
+
+
+def test_a_module_passed_as_params_is_refused() -> None:
+    model = _mlp()
+    with pytest.raises(TypeError, match=r"pass dict\(model\.named_parameters\(\)\)"):
+        collect_input_norms(model, model, [torch.randn(2, 6)])  # type: ignore[arg-type]
+
+
+def test_a_none_leaf_in_params_is_an_empty_entry_as_before() -> None:
+    model = _mlp()
+    params: dict[str, Any] = {**_detached(model), "0.bias": None, "2.weight": None}
+    x = torch.randn(4, 6)
+    norms = collect_input_norms(model, params, [x])
+    full = collect_input_norms(model, _detached(model), [x])
+    assert norms["0.bias"] is None and norms["2.weight"] is None
+    for path in ("0.weight", "4.weight"):  # the module's own 2.weight runs in its place
+        torch.testing.assert_close(norms[path], full[path], rtol=0, atol=0)

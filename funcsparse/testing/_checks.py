@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from funcsparse._compute import compute_masks, data_per_leaf
+from funcsparse._errors import short_repr
 from funcsparse._rules import Assignment, assign_rules
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like
 from funcsparse.methods._base import GlobalMethod, MaskMethod, describe
@@ -26,14 +27,22 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     """Equal shape, dtype and bytes (NaN equals NaN; -0.0 differs from 0.0)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return torch.equal(
-        a.detach().contiguous().view(-1).view(torch.uint8),
-        b.detach().contiguous().view(-1).view(torch.uint8),
-    )
+    return torch.equal(_bytes(a), _bytes(b))
+
+
+def _bytes(tensor: Tensor) -> Tensor:
+    """The bytes of ``tensor``'s values, in order, as a flat uint8 tensor.
+
+    A fresh contiguous copy: ``.contiguous()`` returns a one-entry (or empty) tensor as it
+    is, with whatever strides it has (``torch.zeros(1, 2)[:, ::2]`` has stride 2), and
+    ``.view(torch.uint8)`` needs stride 1.
+    """
+    flat = tensor.detach().reshape(-1).clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8)
 
 
 def _snapshot(tree: Any) -> list[Any]:
-    _, leaves, _ = flatten_with_paths(tree)
+    _, leaves, _ = flatten_with_paths(tree, function="check_masks")
     return [leaf.detach().clone() if isinstance(leaf, Tensor) else leaf for leaf in leaves]
 
 
@@ -61,6 +70,29 @@ def _raised_level(method: MaskMethod) -> MaskMethod | None:
         return None
 
 
+_NO_VALUES = "meta tensors hold no values to check; move it to a real device (cpu, cuda, ...)"
+
+
+def _check_mask_form(where: str, tensor: Tensor, mask: object) -> Tensor:
+    """``mask``, if it is a bool tensor of ``tensor``'s shape on its device; else raise.
+
+    Raises:
+        AssertionError: ``mask`` is not a tensor, or has another dtype, shape or device.
+        ValueError: ``mask`` is on the meta device (no values to check).
+    """
+    if not isinstance(mask, Tensor):
+        raise _fail(where, f"expected a torch.bool mask, found {describe(mask)}")
+    if mask.device.type == "meta":
+        raise ValueError(f"{where}: the mask is {describe(mask)}; {_NO_VALUES}")
+    if mask.dtype != torch.bool:
+        raise _fail(where, f"expected dtype torch.bool, found {mask.dtype}")
+    if mask.shape != tensor.shape:
+        raise _fail(where, f"expected shape {tuple(tensor.shape)}, found {tuple(mask.shape)}")
+    if mask.device != tensor.device:
+        raise _fail(where, f"expected a mask on {tensor.device}, found one on {mask.device}")
+    return mask
+
+
 def check_leaf_mask(
     method: MaskMethod,
     tensor: Tensor,
@@ -79,10 +111,12 @@ def check_leaf_mask(
         where: the prefix of the failure message.
 
     Raises:
-        AssertionError: naming ``where`` and what was expected and found.
+        AssertionError: naming ``where`` and what was expected and found (a mask that is
+            not a bool tensor of the tensor's shape on its device is one).
         TypeError: ``method`` is not a funcsparse method, ``tensor`` not a tensor, or
             ``data`` not a mapping; or what the method raises on ``tensor``.
-        ValueError: what the method raises on ``tensor``.
+        ValueError: ``tensor`` or ``mask`` is on the meta device (no values to check),
+            naming ``where``; or what the method raises on ``tensor``.
     """
     if not isinstance(method, MaskMethod):
         raise TypeError(f"{where}: method must be a funcsparse method, got {describe(method)}")
@@ -90,13 +124,10 @@ def check_leaf_mask(
         raise TypeError(f"{where}: tensor must be a tensor, got {describe(tensor)}")
     if data is not None and not isinstance(data, Mapping):
         raise TypeError(f"{where}: data must be a dict of keyword data, got {describe(data)}")
+    if tensor.device.type == "meta":
+        raise ValueError(f"{where}: tensor is {describe(tensor)}; {_NO_VALUES}")
     kwargs = dict(data or {})
-    if not isinstance(mask, Tensor):
-        raise _fail(where, f"expected a torch.bool mask, found {describe(mask)}")
-    if mask.dtype != torch.bool:
-        raise _fail(where, f"expected dtype torch.bool, found {mask.dtype}")
-    if mask.shape != tensor.shape:
-        raise _fail(where, f"expected shape {tuple(tensor.shape)}, found {tuple(mask.shape)}")
+    mask = _check_mask_form(where, tensor, mask)
     before = tensor.detach().clone()
     again = method(tensor, **kwargs)
     if not _same_bits(tensor, before):
@@ -151,14 +182,10 @@ def _check_global_group(
     data: list[dict[str, Any]],
 ) -> None:
     """A global method's masks over its whole group: agreement, count, nesting."""
+    for tensor, mask in zip(tensors, masks, strict=True):
+        _check_mask_form(where, tensor, mask)
     again = method.global_masks(tensors, data)
-    for tensor, mask, fresh in zip(tensors, masks, again, strict=True):
-        if mask.dtype != torch.bool or mask.shape != tensor.shape:
-            raise _fail(
-                where,
-                f"expected a torch.bool mask of shape {tuple(tensor.shape)}, "
-                f"found {describe(mask)}",
-            )
+    for mask, fresh in zip(masks, again, strict=True):
         if not torch.equal(fresh, mask):
             raise _fail(
                 where,
@@ -221,18 +248,27 @@ def check_masks(
     Raises:
         AssertionError: an invariant fails; the message names the leaf, the rule, the method,
             and what was expected and found.
-        TypeError: what ``fs.compute_masks`` raises on bad input (checked first).
-        ValueError: what ``fs.compute_masks`` raises on bad input (checked first).
+        TypeError: a leaf of ``params`` is not a tensor, or what ``fs.compute_masks``
+            raises on bad input (checked first).
+        ValueError: a leaf of ``params`` (matched or not) is on the meta device, whose
+            values cannot be compared before and after; or what ``fs.compute_masks``
+            raises on bad input (checked first).
     """
     if not isinstance(rules, Mapping):
         raise TypeError(
             f"check_masks: rules must be a mapping of leaf paths or patterns to methods, got "
             f"{describe(rules)}"
         )
-    params_before = _snapshot(params)
+    paths, leaves, spec = flatten_with_paths(params, function="check_masks", tensors=True)
+    for path, leaf in zip(paths, leaves, strict=True):
+        if leaf.device.type == "meta":
+            raise ValueError(
+                f"check_masks: the leaf at {short_repr(path)} is {describe(leaf)}; check_masks "
+                f"compares values before and after, and {_NO_VALUES}"
+            )
+    params_before = [leaf.detach().clone() for leaf in leaves]
     rules_before = dict(rules)
     computed = compute_masks(params, rules, prev_masks=prev_masks, **leaf_data)
-    paths, leaves, spec = flatten_with_paths(params, function="check_masks")
     assignments = assign_rules(paths, rules, function="check_masks")
     _check_unchanged(paths, assignments, params_before, params, rules_before, rules)
     if masks is None:
