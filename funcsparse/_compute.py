@@ -16,7 +16,13 @@ from funcsparse._tree import (
     leaves_like,
     unflatten,
 )
-from funcsparse.methods._base import GlobalMethod, MaskMethod, describe, require_int
+from funcsparse.methods._base import (
+    GlobalMethod,
+    MaskMethod,
+    data_problem,
+    describe,
+    require_int,
+)
 
 __all__ = ["check_data_coverage", "compute_masks", "data_per_leaf", "masks_with_data"]
 
@@ -72,14 +78,16 @@ def compute_masks(
         a rule applies (``True`` keeps), None elsewhere.
 
     Raises:
-        TypeError: ``rules`` is malformed, or a matched leaf (or its data) has a type or
-            dtype its method cannot handle.
+        TypeError: ``rules`` is malformed; a leaf of ``params`` is not a tensor (matched
+            or not; a module passed whole too: pass ``dict(model.named_parameters())``); or
+            a matched leaf (or its data) has a dtype its method cannot handle.
         ValueError: a rule matches no leaf, two patterns match one leaf, a data pytree does
             not have ``params``' structure or is None at a leaf whose method reads it
             (``scores=`` with None where calibration never saw a weight: the method would
-            silently rank the weights instead), or a matched leaf has a shape its method
-            cannot handle. The message names the rule, the method, the leaf path and the
-            value.
+            silently rank the weights instead), a matched leaf or its data is on the meta
+            device (no values: refused before any mask is computed), or a matched leaf has
+            a shape its method cannot handle. The message names the rule, the method, the
+            leaf path and the value.
     """
     return masks_with_data(
         params, rules, batch_dims=batch_dims, prev_masks=prev_masks, leaf_data=leaf_data
@@ -104,7 +112,7 @@ def masks_with_data(
     batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
     if batch_dims < 0:
         raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
-    paths, leaves, spec = flatten_with_paths(params, function="compute_masks")
+    paths, leaves, spec = flatten_with_paths(params, function="compute_masks", tensors=True)
     if prev_masks is not None:
         leaf_data = {**leaf_data, "prev_mask": prev_masks}
     data = data_per_leaf(spec, leaf_data, len(leaves))
@@ -162,7 +170,17 @@ def _check_leaf(
     leaf_kwargs: dict[str, Any],
     batch_dims: int,
 ) -> None:
-    """Raise (naming ``where`` and ``path``) if ``method`` cannot mask ``leaf`` with its data."""
+    """Raise (naming ``where`` and ``path``) if ``method`` cannot mask ``leaf`` with its data.
+
+    The real leaf and its data come first (:func:`data_problem`: a meta leaf or meta data
+    holds no values), so that such a leaf is refused before any mask is computed; then the
+    method's own checks, on one member's stand-in where ``batch_dims`` is given.
+    """
+    problem = data_problem(leaf, leaf_kwargs)
+    if problem is not None:
+        meta_leaf = isinstance(leaf, Tensor) and leaf.device.type == "meta"
+        got = describe(leaf) if meta_leaf else problem.got.replace("prev_mask ", "prev_masks ")
+        raise problem.error(f"{where} got {got} at {path!r}; {problem.need}")
     if isinstance(leaf, Tensor) and leaf.dim() < batch_dims:
         raise ValueError(
             f"{where} got {describe(leaf)} at {path!r}; batch_dims={batch_dims} needs "

@@ -163,12 +163,17 @@ def test_ensemble_data_must_have_the_members_of_the_leaf() -> None:
 
 
 def test_a_global_group_needs_one_device() -> None:
+    # a meta member is refused by path before the group is looked at (no data, issue 9);
+    # the group check itself is what compute_masks reports for two real devices
     params = {"a": torch.randn(3, 3), "b": torch.empty(3, 3, device="meta")}
     with pytest.raises(
         ValueError,
-        match=r"got tensors on devices \['cpu', 'meta'\] over \['a', 'b'\]; a global selection needs one device",
+        match=r"^compute_masks: rule '\*' \(GlobalMagnitude\) got a 2-D torch.float32 tensor "
+        r"of shape \(3, 3\) on meta at 'b'; meta tensors have no data",
     ):
         fs.compute_masks(params, {"*": fs.GlobalMagnitude(sparsity=0.5)})
+    problem = fs.GlobalMagnitude(sparsity=0.5).group_problem(list(params.values()))
+    assert problem is not None and problem.got == "tensors on devices ['cpu', 'meta']"
 
 
 # -- a data tree with None where a method reads it (issue 9) --------------------------------
@@ -267,3 +272,80 @@ def test_a_member_problem_does_not_mention_the_meta_stand_in() -> None:
     with pytest.raises(ValueError) as err:
         fs.compute_masks({"w": torch.randn(2, 4)}, {"w": fs.NearlyDiagonal()}, batch_dims=1)
     assert "at 'w'" in str(err.value) and "meta" not in str(err.value)
+
+
+# -- meta leaves and leaves that are not tensors, refused up front (issue 9, fuzz) ---------
+
+
+@pytest.mark.parametrize("batch_dims", [0, 1])
+@pytest.mark.parametrize("method", [fs.Magnitude(sparsity=0.5), fs.GlobalMagnitude(sparsity=0.5)])
+def test_a_meta_leaf_is_refused_before_any_mask(
+    monkeypatch: pytest.MonkeyPatch, method: fs.MaskMethod, batch_dims: int
+) -> None:
+    calls: list[str] = []
+    cls = type(method)
+    name = "_global_masks" if isinstance(method, fs.GlobalMethod) else "_mask"
+    original = getattr(cls, name)
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counting)
+    params = {"a": torch.randn(2, 4, 4), "z": torch.zeros(2, 4, 4, device="meta")}
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"compute_masks: rule '*' ({cls.__name__}) got a 3-D torch.float32 tensor of shape "
+            "(2, 4, 4) on meta at 'z'; meta tensors have no data; move it to a real device"
+        ),
+    ):
+        fs.compute_masks(params, {"*": method}, batch_dims=batch_dims)
+    assert calls == []
+    fs.compute_masks({"a": params["a"]}, {"*": method}, batch_dims=batch_dims)
+    assert calls  # the spy sees real work
+
+
+@pytest.mark.parametrize("batch_dims", [0, 1])
+def test_meta_data_is_refused_by_name_and_path(batch_dims: int) -> None:
+    params = {"w": torch.randn(2, 4, 4)}
+    meta = torch.ones(2, 4, 4, device="meta")
+    with pytest.raises(ValueError, match=r"got scores on the meta device at 'w'; meta tensors"):
+        fs.compute_masks(
+            params, {"w": fs.Magnitude(sparsity=0.5)}, batch_dims=batch_dims, scores={"w": meta}
+        )
+    with pytest.raises(ValueError, match=r"got prev_masks on the meta device at 'w'; meta"):
+        fs.compute_masks(
+            params,
+            {"w": fs.Magnitude(sparsity=0.5)},
+            batch_dims=batch_dims,
+            prev_masks={"w": meta.bool()},
+        )
+
+
+@pytest.mark.parametrize(
+    ("leaf", "shown"), [("x", "str 'x'"), (3, "int 3"), (1.5, "float 1.5"), (object(), "object")]
+)
+def test_a_leaf_that_is_not_a_tensor_is_refused_matched_or_not(leaf: object, shown: str) -> None:
+    params = {"w": torch.randn(4, 4), "step": leaf}
+    for rules in ({"w": fs.Magnitude(sparsity=0.5)}, {"*": fs.Magnitude(sparsity=0.5)}):
+        with pytest.raises(
+            TypeError,
+            match=rf"^compute_masks: expected a pytree of tensors .*got {shown}.* at 'step'",
+        ):
+            fs.compute_masks(params, rules)
+
+
+def test_a_module_passed_as_params_is_refused_with_a_hint() -> None:
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(TypeError, match=r"as the whole tree; pass dict\(model\.named_parameters"):
+        fs.compute_masks(model, {"weight": fs.Magnitude(sparsity=0.5)})
+
+
+def test_none_leaves_are_empty_entries_as_before() -> None:
+    params = {"w": torch.randn(4, 4), "b": None, "layers": [None, {"w": torch.randn(4, 4)}]}
+    masks = fs.compute_masks(params, {"w": fs.Magnitude(sparsity=0.5), "**.w": None})
+    assert masks["b"] is None and masks["layers"][0] is None and masks["layers"][1]["w"] is None
+    assert masks["w"].dtype == torch.bool and int((~masks["w"]).sum()) == 8
+    with pytest.raises(ValueError, match=r"rule path 'b' matches no leaf"):
+        fs.compute_masks(params, {"b": fs.Magnitude(sparsity=0.5)})
