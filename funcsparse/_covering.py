@@ -30,6 +30,12 @@ _INT_OF = {
     torch.float64: torch.int64,
 }
 _WIDTH = {torch.float16: 16, torch.bfloat16: 16, torch.float32: 32, torch.float64: 64}
+_INF_BITS = {
+    torch.float16: 0x7C00,
+    torch.bfloat16: 0x7F80,
+    torch.float32: 0x7F800000,
+    torch.float64: 0x7FF0000000000000,
+}
 _INTS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _INT64_MAX = (1 << 63) - 1
 
@@ -43,20 +49,24 @@ def _plain(tensor: Tensor) -> bool:
 
 
 def _keys(chunk: Tensor) -> Tensor:
-    """int64 keys ordered as funcsparse ranks scores: ``-0.0`` equals ``0.0``, NaN is largest.
+    """Integer keys ordered as funcsparse ranks scores: ``-0.0`` equals ``0.0``, NaN is largest.
 
-    Floats map through their bits (negative ones with all but the sign bit flipped), so the
-    signed keys compare as the floats do; integer scores are their own keys.
+    A float's key is its magnitude's bits (every NaN clamped to one value above ``+inf``),
+    negated for a negative sign (not for a NaN): signed keys compare as the floats do, and
+    ``-0.0`` and ``0.0`` share the key 0. Keys of 16- and 32-bit floats are int32, of float64
+    int64; integer scores are their own keys (int64).
     """
     if chunk.dtype in _INTS:
         return chunk.to(torch.int64)
     width = _WIDTH[chunk.dtype]
-    key = chunk.view(_INT_OF[chunk.dtype]).to(torch.int64)
-    negative = key < 0
-    key = torch.where(negative, key ^ ((1 << (width - 1)) - 1), key)
-    key.masked_fill_(key == -1, 0)  # -0.0: the only float whose key is -1
-    key.masked_fill_(chunk.isnan(), (1 << (width - 1)) - 1)  # every NaN, above +inf
-    return key
+    bits = chunk.view(_INT_OF[chunk.dtype])
+    if width == 16:
+        bits = bits.to(torch.int32)
+    inf = _INF_BITS[chunk.dtype]
+    key = bits & ((1 << (width - 1)) - 1)  # the magnitude
+    key.clamp_(max=inf + 1)  # every NaN: one key, above +inf
+    negative = (bits < key).logical_and_(key <= inf)  # sign set, not a NaN
+    return torch.where(negative, key.neg(), key)
 
 
 def _key_range(dtype: torch.dtype) -> tuple[int, int]:
