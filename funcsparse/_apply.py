@@ -38,9 +38,10 @@ def _checked_masks(
     """Paths, leaves, mask leaves (None: dense) and structure, after checking every mask.
 
     Everything is checked before the caller touches a leaf, so that an error never leaves
-    params half-updated. ``masks=None`` means no leaf is masked.
+    params half-updated. ``masks=None`` means no leaf is masked. Every leaf of ``params``
+    must be a tensor (None is an empty entry), masked or not.
     """
-    paths, leaves, spec = flatten_with_paths(params, function=function)
+    paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     if masks is None:
         return paths, leaves, [None] * len(leaves), spec
     try:
@@ -55,8 +56,6 @@ def _checked_masks(
                 f"{function}: the mask at {path!r} must be a torch.bool tensor or None, "
                 f"got {describe(mask)}"
             )
-        if not isinstance(leaf, Tensor):
-            raise TypeError(f"{function}: the leaf at {path!r} is {describe(leaf)}, not a tensor")
         if mask.shape != leaf.shape:
             raise ValueError(
                 f"{function}: the mask at {path!r} has shape {tuple(mask.shape)} but the "
@@ -168,8 +167,10 @@ def apply_masks(params: Any, masks: Any) -> Any:
     """A new pytree whose masked leaves are zeroed where their mask is False.
 
     Leaves whose mask is None are returned as they are (the same objects); ``masks=None``
-    returns ``params`` itself. Pruned entries are exactly 0.0 even where the leaf is inf or
-    NaN, and so are gradients through them, even where the upstream gradient is inf or NaN.
+    returns ``params`` itself. Any dtype is masked, float8 and complex too: zeroing entries
+    needs no arithmetic that a dtype could lack. Pruned entries are exactly 0.0 even where
+    the leaf is inf or NaN, and so are gradients through them, even where the upstream
+    gradient is inf or NaN.
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -193,7 +194,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
     Raises:
         ValueError: the structures differ (for a flat dict: masks has a key params lacks),
             or a mask's shape or device differs from its leaf's.
-        TypeError: a mask is not a bool tensor, or a masked leaf is not a tensor.
+        TypeError: a leaf of ``params`` is not a tensor (masked or not; None is an empty
+            entry, and a module passed whole is refused too), or a mask is not a bool
+            tensor. The message names the leaf path.
     """
     if masks is None:
         _checked_masks(params, None, function="apply_masks")
@@ -347,11 +350,6 @@ def functional_call(
         if not isinstance(flag, bool):
             raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
     paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function=function)
-    for path, leaf in zip(paths, leaves, strict=True):
-        if not isinstance(leaf, Tensor):
-            raise TypeError(
-                f"{function}: the leaf at {path!r} is {describe(leaf)}; params holds tensors"
-            )
     _check_no_meta_mix(module, paths, leaves, args, kwargs)
     known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
     known.update(name for name, _ in module.named_buffers(remove_duplicate=False))

@@ -404,7 +404,7 @@ def test_mask_errors(function: str) -> None:
 
 def test_a_masked_leaf_that_is_not_a_tensor_is_an_error() -> None:
     with pytest.raises(
-        TypeError, match=r"apply_masks_: the leaf at 'w' is float 1\.0, not a tensor"
+        TypeError, match=r"^apply_masks_: expected a pytree of tensors .*got float 1\.0 at 'w'"
     ):
         fs.apply_masks_({"w": 1.0}, {"w": torch.ones((), dtype=torch.bool)})
 
@@ -637,7 +637,8 @@ def test_bad_arguments_are_type_and_value_errors() -> None:
         ),
         (
             TypeError,
-            "the leaf at '0.weight' is str 'w'; params holds tensors",
+            "functional_call: expected a pytree of tensors (dicts, lists, tuples; None for an "
+            "empty entry), got str 'w' at '0.weight'",
             lambda: fs.functional_call(model, {**params, "0.weight": "w"}, None, (x,)),
         ),
         (
@@ -750,3 +751,59 @@ def test_functional_call_refuses_meta_mixed_with_real_tensors() -> None:
     partly = {"0.weight": params["0.weight"].to("meta")}
     with pytest.raises(ValueError, match=r"but the module's '0.bias' is on cpu"):
         fs.functional_call(model, partly, None, (torch.randn(2, 6, device="meta"),))
+
+
+# -- leaves that are not tensors, float8 (issue 9, fuzz) -----------------------------------
+
+
+@pytest.mark.parametrize("function", ["apply_masks", "apply_masks_", "functional_call"])
+@pytest.mark.parametrize(("leaf", "shown"), [("x", "str 'x'"), (3, "int 3"), (1.5, "float 1.5")])
+def test_a_leaf_that_is_not_a_tensor_is_refused_masked_or_not(
+    function: str, leaf: object, shown: str
+) -> None:
+    model = nn.Linear(4, 2)
+    params: dict[str, Any] = {"weight": model.weight.detach().clone(), "bias": leaf}
+    before = params["weight"].clone()
+    calls = {
+        "apply_masks": lambda m: fs.apply_masks(params, m),
+        "apply_masks_": lambda m: fs.apply_masks_(params, m),
+        "functional_call": lambda m: fs.functional_call(model, params, m, (torch.ones(1, 4),)),
+    }
+    zeros = torch.zeros(2, 4, dtype=torch.bool)
+    for masks in (None, {"weight": zeros, "bias": None}):
+        with pytest.raises(
+            TypeError, match=rf"^{function}: expected a pytree of tensors .*got {shown} at 'bias'"
+        ):
+            calls[function](masks)
+    assert torch.equal(params["weight"], before)  # nothing zeroed before the refusal
+
+
+@pytest.mark.parametrize("function", [fs.apply_masks, fs.apply_masks_])
+def test_a_module_passed_as_params_is_refused_with_a_hint(function: Any) -> None:
+    with pytest.raises(TypeError, match=r"as the whole tree; pass dict\(model\.named_parameters"):
+        function(nn.Linear(2, 2), None)
+
+
+def test_none_leaves_are_empty_entries_as_before() -> None:
+    params = {"w": torch.ones(2, 2), "b": None, "layers": [None, torch.ones(3)]}
+    masks = {"w": torch.tensor([[True, False], [False, True]]), "b": None, "layers": [None, None]}
+    out = fs.apply_masks(params, masks)
+    assert out["b"] is None and out["layers"][0] is None and out["layers"][1] is params["layers"][1]
+    assert out["w"].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert fs.apply_masks_(params, masks) is params and params["w"].tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.complex64])
+def test_float8_and_complex_leaves_are_masked_bit_for_bit(dtype: torch.dtype) -> None:
+    # masking is a choice of entries, not arithmetic: every dtype is masked exactly
+    torch.manual_seed(0)
+    leaf = torch.randn(6, 8).to(dtype)
+    mask = torch.rand(6, 8) > 0.5
+    out = fs.apply_masks({"w": leaf}, {"w": mask})["w"]
+    in_place = leaf.clone()
+    fs.apply_masks_({"w": in_place}, {"w": mask})
+    width = {1: torch.uint8, 8: torch.int64}[leaf.element_size()]
+    expected = torch.where(mask, leaf.view(width), torch.zeros((), dtype=width))
+    for result in (out, in_place):
+        assert result.dtype == dtype
+        assert torch.equal(result.view(width), expected)
