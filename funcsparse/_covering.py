@@ -20,7 +20,7 @@ __all__ = ["lowest_covering_chunked"]
 
 # Units read at a time, and bits of the key resolved per pass (2**bits int64 bins). These
 # change the speed and the memory, never the selection.
-_CHUNK = 1 << 20
+_CHUNK = 1 << 21
 _RADIX_BITS = 16
 
 _INT_OF = {
@@ -121,7 +121,7 @@ def lowest_covering_chunked(
         gains: 1-D tensor of ``scores``' shape and device (integers, as a rule: what
             selecting each unit adds).
         needed: the sum of gains to reach: an int, however large, or a 0-d tensor.
-        chunk: units read at a time (default ``2**20``); the memory, not the selection.
+        chunk: units read at a time (default ``2**21``); the memory, not the selection.
         radix_bits: key bits resolved per pass (default 16); the speed, not the selection.
 
     Returns:
