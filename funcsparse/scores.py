@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from funcsparse._errors import describe
@@ -20,9 +21,29 @@ from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, le
 __all__ = ["magnitude_scores", "saliency_scores", "wanda_scores"]
 
 
+#: The floating dtypes scores are computed in (float8 has too few bits to rank, and no
+#: method takes float8 scores).
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOATS_SHOWN = "float16, bfloat16, float32, float64"
+
+
 def _scorable(leaf: object) -> bool:
     """A tensor whose magnitude means something: floating point or complex."""
     return isinstance(leaf, Tensor) and (leaf.is_floating_point() or leaf.is_complex())
+
+
+def _check_dtype(
+    function: str, what: str, path: str, tensor: Tensor, *, complex_ok: bool = False
+) -> None:
+    """Raise a TypeError naming ``what``, ``path`` and the dtype unless ``tensor``'s dtype
+    is one scores are computed in (``_FLOATS``; complex too where ``complex_ok``)."""
+    if tensor.dtype in _FLOATS or (complex_ok and tensor.is_complex()):
+        return
+    shown = _FLOATS_SHOWN + (", complex64, complex128" if complex_ok else "")
+    raise TypeError(
+        f"{function}: {what} at {path!r} is {describe(tensor)}; {tensor.dtype} is not "
+        f"supported: the supported dtypes are {shown}"
+    )
 
 
 def _entries(function: str, name: str, spec: Any, tree: Any) -> list[Any]:
@@ -52,9 +73,18 @@ def magnitude_scores(params: Any) -> Any:
 
     Returns:
         A pytree of ``params``' structure: ``w.abs()`` at floating and complex tensor leaves
-        (real for complex ones), None at every other leaf (integer or bool tensors, non-tensors).
+        (real for complex ones), None at integer and bool tensor leaves.
+
+    Raises:
+        TypeError: a leaf is not a tensor (None is an empty entry; a module passed whole is
+            refused too), or a floating leaf is float8 (no method ranks float8 scores); the
+            message names the leaf path.
     """
-    _, leaves, spec = flatten_with_paths(params, function="magnitude_scores")
+    function = "magnitude_scores"
+    paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
+    for path, leaf in zip(paths, leaves, strict=True):
+        if _scorable(leaf):
+            _check_dtype(function, "the leaf", path, leaf, complex_ok=True)
     return unflatten(spec, [leaf.abs() if _scorable(leaf) else None for leaf in leaves])
 
 
@@ -82,16 +112,19 @@ def saliency_scores(params: Any, grads: Any) -> Any:
             where there is no gradient.
 
     Returns:
-        A pytree of ``params``' structure: ``(w * g).abs()`` where ``w`` is a floating (or
-        complex) tensor with a gradient, None elsewhere.
+        A pytree of ``params``' structure: ``(w * g).abs()`` where ``w`` is a floating
+        tensor with a gradient, None elsewhere (integer and bool leaves, None gradients).
 
     Raises:
         ValueError: ``grads`` does not have ``params``' structure, or a gradient's shape
             or device differs from its leaf's (the message names the leaf path).
-        TypeError: a gradient is not a tensor (the message names the leaf path).
+        TypeError: a leaf is not a tensor (None is an empty entry); or, where a gradient
+            is given, the leaf or the gradient is complex (``|w * g|`` is the first-order
+            estimate for real weights only), float8, or the gradient not a floating tensor
+            (the message names the leaf path and the dtype).
     """
     function = "saliency_scores"
-    paths, leaves, spec = flatten_with_paths(params, function=function)
+    paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     grad_leaves = _entries(function, "grads", spec, grads)
     pairs: list[tuple[Tensor, Tensor] | None] = []
     for path, leaf, grad in zip(paths, leaves, grad_leaves, strict=True):
@@ -102,6 +135,8 @@ def saliency_scores(params: Any, grads: Any) -> Any:
             raise TypeError(
                 f"{function}: the gradient at {path!r} is {describe(grad)}, not a tensor"
             )
+        _check_dtype(function, "the leaf", path, leaf)
+        _check_dtype(function, "the gradient", path, grad)
         if grad.shape != leaf.shape:
             raise ValueError(
                 f"{function}: the gradient at {path!r} has shape {tuple(grad.shape)} but the "
@@ -156,15 +191,16 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
             norms (the message names its path), the leaf has fewer than 2 dimensions, the
             norms' shape is not ``rest``, the norms are on another device than the leaf, or
             a norm is negative or not finite.
-        TypeError: at a leaf with norms, the leaf is not a floating tensor or the norms are
-            not a floating tensor.
+        TypeError: a leaf is not a tensor (None is an empty entry); or, at a leaf with
+            norms, the leaf or the norms are not a floating tensor of a supported dtype
+            (float16, bfloat16, float32, float64: not float8), naming the path.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
         Large Language Models. ICLR 2024. arXiv:2306.11695.
     """
     function = "wanda_scores"
-    paths, leaves, spec = flatten_with_paths(params, function=function)
+    paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     norm_leaves = _entries(function, "input_norms", spec, input_norms)
     checked: list[tuple[Tensor, Tensor] | None] = []
     for path, leaf, norms in zip(paths, leaves, norm_leaves, strict=True):
@@ -187,6 +223,8 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
                 f"{function}: input_norms at {path!r} is {describe(norms)}; expected a floating "
                 f"tensor of shape {rest}"
             )
+        _check_dtype(function, "the leaf", path, leaf)
+        _check_dtype(function, "input_norms", path, norms)
         if tuple(norms.shape) != rest:
             raise ValueError(
                 f"{function}: input_norms at {path!r} has shape {tuple(norms.shape)} for a "

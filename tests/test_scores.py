@@ -325,5 +325,72 @@ def test_hostile_inputs_are_type_and_value_errors() -> None:
     for error, message, call in cases:
         with pytest.raises(error, match=re.escape(message)):
             call()
-    out = magnitude_scores({"w": w, "s": "text", "n": None})
-    assert out["s"] is None and out["n"] is None and torch.equal(out["w"], w.abs())
+    out = magnitude_scores({"w": w, "n": None})  # None is an empty entry
+    assert out["n"] is None and torch.equal(out["w"], w.abs())
+    with pytest.raises(TypeError, match=r"^magnitude_scores: expected a pytree of tensors"):
+        magnitude_scores({"w": w, "s": "text", "n": None})  # a str leaf is a mistake
+
+
+# -- leaves that are not tensors, float8 and complex (issue 9, fuzz) -----------------------
+
+
+def _call(function: str, params: Any, other: Any = None) -> Any:
+    if function == "magnitude_scores":
+        return magnitude_scores(params)
+    if function == "saliency_scores":
+        return saliency_scores(params, other)
+    return wanda_scores(params, other)
+
+
+@pytest.mark.parametrize("function", ["magnitude_scores", "saliency_scores", "wanda_scores"])
+@pytest.mark.parametrize(
+    ("leaf", "shown"), [("x", "str 'x'"), (3, "int 3"), (torch.nn.Linear(2, 2), "Linear")]
+)
+def test_a_leaf_that_is_not_a_tensor_is_refused_by_path(
+    function: str, leaf: object, shown: str
+) -> None:
+    params = {"w": torch.randn(2, 3), "junk": leaf}
+    other = {"w": torch.ones(3) if function == "wanda_scores" else torch.ones(2, 3), "junk": None}
+    with pytest.raises(
+        TypeError, match=rf"^{function}: expected a pytree of tensors .*got {shown}.* at 'junk'"
+    ):
+        _call(function, params, other)
+    with pytest.raises(TypeError, match=r"as the whole tree; pass dict\(model\.named_parameters"):
+        _call(function, torch.nn.Linear(3, 2), other)
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_leaves_are_refused_naming_dtype_path_and_supported(dtype: torch.dtype) -> None:
+    w = torch.randn(2, 3).to(dtype)
+    supported = "the supported dtypes are float16, bfloat16, float32, float64"
+    cases: list[tuple[str, Any, Any]] = [
+        ("magnitude_scores", {"m": {"w": w}}, None),
+        ("saliency_scores", {"m": {"w": w}}, {"m": {"w": torch.ones(2, 3)}}),
+        ("wanda_scores", {"m": {"w": w}}, {"m": {"w": torch.ones(3)}}),
+    ]
+    for function, params, other in cases:
+        with pytest.raises(TypeError, match=re.escape(supported)) as info:
+            _call(function, params, other)
+        assert str(info.value).startswith(f"{function}: the leaf at 'm.w' is a 2-D {dtype}")
+    with pytest.raises(TypeError, match=rf"saliency_scores: the gradient at 'w' is a 2-D {dtype}"):
+        saliency_scores({"w": torch.ones(2, 3)}, {"w": w})
+    with pytest.raises(TypeError, match=rf"wanda_scores: input_norms at 'w' is a 1-D {dtype}"):
+        wanda_scores({"w": torch.ones(2, 3)}, {"w": torch.ones(3).to(dtype)})
+    # no gradient or no norms: nothing to score, as before
+    assert saliency_scores({"w": w}, {"w": None})["w"] is None
+    assert wanda_scores({"w": w}, {"w": None})["w"] is None
+
+
+def test_saliency_refuses_complex_leaves_and_grads() -> None:
+    real, cplx = torch.randn(2, 3), torch.randn(2, 3, dtype=torch.complex64)
+    with pytest.raises(
+        TypeError, match=r"saliency_scores: the gradient at 'w' is a 2-D torch.complex64"
+    ):
+        saliency_scores({"w": real}, {"w": cplx})
+    with pytest.raises(
+        TypeError, match=r"saliency_scores: the leaf at 'w' is a 2-D torch.complex64"
+    ):
+        saliency_scores({"w": cplx}, {"w": cplx})
+    assert saliency_scores({"w": cplx}, {"w": None})["w"] is None
+    # magnitude keeps complex leaves (|w| is real), as documented
+    assert magnitude_scores({"w": cplx})["w"].dtype == torch.float32
