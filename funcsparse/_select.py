@@ -34,6 +34,7 @@ from funcsparse._errors import describe, require_int
 __all__ = [
     "keep_all_but_lowest",
     "keep_all_but_lowest_drawn",
+    "kth_smallest_value",
     "lowest_covering",
     "smallest_k",
     "smallest_k_per_group",
@@ -212,12 +213,18 @@ def keep_all_but_lowest(
         return _select_chunked(pieces, bounds, ranking, k, prev_mask, sample, keep=True)
     if magnitude:
         ranking = ranking.abs()
-    if prev_mask is not None:
-        ranking = torch.where(prev_mask, ranking, torch.full_like(ranking, -torch.inf))
-    pruned = smallest_k(ranking.reshape(-1), k).reshape(ranking.shape)
-    if prev_mask is not None:
-        pruned = pruned | ~prev_mask
-    return pruned.logical_not_()  # fresh from smallest_k: negate in place, no new buffer
+    if prev_mask is None:
+        pruned = smallest_k(ranking.reshape(-1), k).reshape(ranking.shape)
+    else:
+        first = prev_mask.logical_not().reshape(-1)  # pruned before: ranked first
+        if k <= 0:
+            pruned = first.reshape(ranking.shape)
+        elif k >= n:
+            pruned = torch.ones(ranking.shape, dtype=torch.bool, device=ranking.device)
+        else:
+            ranked = torch.where(first, -torch.inf, ranking.reshape(-1))
+            pruned = _smallest_k_pure(ranked, k, first).reshape(ranking.shape)
+    return pruned.logical_not_()  # a fresh buffer: negate in place, no new one
 
 
 def keep_all_but_lowest_drawn(
@@ -328,15 +335,57 @@ def lowest_covering(scores: Tensor, gains: Tensor, needed: int | Tensor) -> Tens
     return selected.scatter(-1, order, before < needed)
 
 
-def _smallest_k_pure(scores: Tensor, k: int) -> Tensor:
-    """Branch-free ``smallest_k``: a k-th value threshold, then ties by a running count."""
+def _smallest_k_pure(scores: Tensor, k: int, first: Tensor | None = None) -> Tensor:
+    """Branch-free ``smallest_k``: a k-th value threshold, then ties by a running count.
+
+    ``first`` (a bool tensor of ``scores``' shape, -inf in ``scores`` where it is True)
+    marks entries that rank before every other, real -inf scores included: all of them are
+    selected, and they are the first of the ties at a -inf threshold.
+    """
     threshold = torch.kthvalue(scores, k, dim=-1, keepdim=True).values
     threshold_nan = threshold.isnan()
     scores_nan = scores.isnan()
     below = (scores < threshold) | (threshold_nan & ~scores_nan)
     tied = (scores == threshold) | (threshold_nan & scores_nan)
+    if first is not None:  # below already holds them unless the threshold is -inf
+        below = below | first
+        tied = tied & ~first
     still_needed = k - below.sum(dim=-1, keepdim=True)
     return below | (tied & (tied.cumsum(dim=-1) <= still_needed))
+
+
+def kth_smallest_value(scores: Tensor, k: int) -> float:
+    """The ``k``-th smallest entry of a 1-D tensor, as a Python number (NaN ranks largest).
+
+    Large tensors are narrowed from a strided sample first, so no full sort is made.
+
+    Examples:
+        >>> kth_smallest_value(torch.tensor([3.0, float("nan"), -1.0, 2.0]), 2)
+        2.0
+        >>> kth_smallest_value(torch.tensor([3.0, float("nan"), -1.0, 2.0]), 4)
+        nan
+
+    Args:
+        scores: 1-D real tensor (floating or integer).
+        k: the rank, from 1 (the smallest) to ``scores.numel()``.
+
+    Returns:
+        The value (a float; NaN where the ``k``-th is a NaN).
+
+    Raises:
+        TypeError: ``scores`` is not a real tensor, or ``k`` is not an int.
+        ValueError: ``scores`` is not 1-D, or ``k`` is outside ``[1, scores.numel()]``.
+    """
+    owner = "kth_smallest_value"
+    _check_scores(owner, "scores", scores)
+    k = require_int(owner, "k", k)
+    if scores.dim() != 1:
+        raise ValueError(f"{owner}: scores must be 1-D, got {describe(scores)}")
+    if not 1 <= k <= scores.numel():
+        raise ValueError(
+            f"{owner}: k={k} for {scores.numel()} scores; k must be in [1, {scores.numel()}]"
+        )
+    return _kth_smallest_value(scores, k)
 
 
 def _kth_smallest_value(scores: Tensor, k: int) -> float:
@@ -577,9 +626,17 @@ class _Plan(NamedTuple):
 
 
 def _plan(
-    k: int, lo: float, hi: float, below: int, inside: int, gathered: _Inside | None
+    k: int,
+    lo: float,
+    hi: float,
+    below: int,
+    inside: int,
+    gathered: _Inside | None,
+    prev: Tensor | None = None,
 ) -> _Plan | None:
-    """How to settle the codes, or None when the bracket cannot tell."""
+    """How to settle the codes, or None when the bracket cannot tell. ``prev``: False
+    where entries were pruned before (their scores are -inf); at a -inf threshold they are
+    the first of the ties."""
     if k <= below:
         return None
     if k <= below + inside:
@@ -591,8 +648,12 @@ def _plan(
         scores = gathered.scores
         threshold = _kth_smallest_value(scores, needed)
         take = scores < threshold
-        tied = torch.nonzero(scores == threshold).flatten()
-        take[tied[: needed - int(torch.count_nonzero(take))]] = True
+        ties = scores == threshold
+        if prev is not None and threshold == -math.inf:  # pruned before: first, then by position
+            take = _flat_take(prev, torch.cat(gathered.positions)).logical_not_()
+            ties.logical_and_(take.logical_not())
+        tied = torch.nonzero(ties).flatten()
+        take[tied[: max(0, needed - int(torch.count_nonzero(take)))]] = True
         chosen, offset = [], 0
         for at in gathered.positions:
             chosen.append(at[take[offset : offset + at.numel()]])
@@ -631,7 +692,7 @@ def _select_chunked(
     del first  # the chain holds the first chunk only until it is classified
     below, inside, gathered = _classify(chained, codes, lo, hi, cap)
     del chained, stream
-    plan = _plan(k, lo, hi, below, inside, gathered)
+    plan = _plan(k, lo, hi, below, inside, gathered, prev)
     del gathered
     if plan is None and hi == math.inf and k > below + inside:
         retry = math.inf  # past every number: the k-th is a NaN
@@ -646,6 +707,12 @@ def _select_chunked(
         plan = _plan(k, lo, hi, below, inside, None)
         if plan is None:  # unreachable: the bracket is the k-th value itself
             raise RuntimeError("funcsparse._select: the exact threshold missed the k-th entry")
+    if prev is not None and plan.selected is None and plan.code == 2 and lo == -math.inf:
+        # The k-th is -inf (lo == hi): the entries pruned before, all -inf (code 2), rank
+        # before every real -inf. Select them all first, then real -infs by position.
+        for start, stop in bounds:
+            codes[start:stop].masked_fill_(_flat_piece(prev, start, stop).logical_not(), 1)
+        plan = plan._replace(needed=max(0, plan.needed - prev_pruned))
     _settle(codes, bounds, plan)
     selected = codes.view(torch.bool)
     if keep:

@@ -225,13 +225,18 @@ def small_chunks(**overrides: int) -> Iterator[None]:
 
 
 def reference_keep(ranking: torch.Tensor, k: int, prev: torch.Tensor | None) -> torch.Tensor:
-    """keep_all_but_lowest stated plainly: -inf where pruned before, a stable sort, ~prev."""
+    """keep_all_but_lowest stated plainly: entries pruned before first (all pruned), then the
+    others by a stable sort (a real -inf after every entry pruned before), ~prev."""
     flat = ranking.reshape(-1).double()
-    if prev is not None:
-        flat = torch.where(prev.reshape(-1), flat, -math.inf)
-    pruned = reference_smallest_k(flat, max(0, min(k, flat.numel())))
-    if prev is not None:
-        pruned |= ~prev.reshape(-1)
+    k = max(0, min(k, flat.numel()))
+    if prev is None:
+        return (~reference_smallest_k(flat, k)).view(ranking.shape)
+    before = ~prev.reshape(-1)
+    # The sort by score, then a stable sort by "kept before": (pruned before, score, position).
+    by_score = torch.sort(flat, stable=True).indices
+    order = by_score[torch.sort((~before)[by_score].to(torch.uint8), stable=True).indices]
+    pruned = before.clone()
+    pruned[order[:k]] = True
     return (~pruned).view(ranking.shape)
 
 

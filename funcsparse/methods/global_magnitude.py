@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from funcsparse._select import _kth_smallest_value
+from funcsparse._select import kth_smallest_value
 from funcsparse.methods._base import GlobalMethod, LeafProblem, describe
 from funcsparse.methods._level import count_to_prune, level_configs, set_level
 
@@ -340,6 +340,8 @@ class _Group:
     def masks(self, k: int, threshold: _Threshold) -> list[Tensor]:
         """The masks that prune the k lowest-ranked entries, given the k-th score."""
         value = threshold.value
+        if value == -math.inf and self.previously_pruned:
+            return self.masks_at_neg_inf(k)
         needed = k - threshold.below  # ties at the threshold to prune, in group order
         masks = []
         for i, shape in enumerate(self.shapes):
@@ -361,6 +363,34 @@ class _Group:
                     if here:
                         out.logical_or_(_first_true(equal, here))
                         tied -= here
+            masks.append(pruned.logical_not_().view(shape))
+        return masks
+
+    def masks_at_neg_inf(self, k: int, buffers: list[Tensor] | None = None) -> list[Tensor]:
+        """The masks where the k-th score is -inf and ``k`` is more than the entries pruned
+        before: those entries (-inf in the scores) rank before every real -inf score, so
+        all of them are pruned, then the first ``k - previously_pruned`` real -inf scores in
+        group order. ``buffers``: bool tensors, one per tensor of its size, to write into."""
+        needed = k - self.previously_pruned
+        masks = []
+        for i, shape in enumerate(self.shapes):
+            pruned = (
+                torch.empty(self.sizes[i], dtype=torch.bool, device=self.device)
+                if buffers is None
+                else buffers[i]
+            )
+            prev = self._prev[i]
+            for start, scores in self.chunks(i):
+                out = torch.eq(scores, -math.inf, out=pruned[start : start + scores.numel()])
+                real = (
+                    out.clone()
+                    if prev is None
+                    else out.logical_and(_flat_piece(prev, start, stop=start + scores.numel()))
+                )
+                here = int(torch.count_nonzero(real))
+                if here > needed:  # keep the first ``needed`` real -inf scores only
+                    out.logical_xor_(real).logical_or_(_first_true(real, needed))
+                needed -= min(here, needed)
             masks.append(pruned.logical_not_().view(shape))
         return masks
 
@@ -528,7 +558,9 @@ def _finish(
     order, positions ascending.
     """
     joined = _cat(scores, group.device)
-    value = _kth_smallest_value(joined, k - base)
+    value = kth_smallest_value(joined, k - base)
+    if value == -math.inf and group.previously_pruned:
+        return group.masks_at_neg_inf(k, partial)
     needed = k - base - int(torch.count_nonzero(_lt(joined, value)))
     del joined
     masks = []
@@ -558,7 +590,7 @@ def _nan_threshold(group: _Group, nans: list[int]) -> _Threshold:
 def _kth_of_candidates(candidates: list[Tensor], k: int, base: int) -> _Threshold:
     """The threshold from the gathered scores of a region with ``base`` scores below it."""
     joined = _cat(candidates, candidates[0].device)
-    value = _kth_smallest_value(joined, k - base)
+    value = kth_smallest_value(joined, k - base)
     below = base + int(torch.count_nonzero(_lt(joined, value)))
     return _Threshold(value, below, [int(torch.count_nonzero(_eq(c, value))) for c in candidates])
 
