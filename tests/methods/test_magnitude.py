@@ -419,3 +419,72 @@ class TestHostile:
             Magnitude(0.5)(torch.randn(2, 3).to(dtype))
         with pytest.raises(TypeError, match=r"^Magnitude: "):
             Magnitude(0.5)(torch.randn(2, 3), scores=torch.randn(2, 3).to(dtype))
+
+
+# Scores with every special value, ties included: -inf must rank after every entry pruned before.
+SPECIAL_SCORES = st.sampled_from([-math.inf, -1.0, 0.0, 1.0, math.inf, math.nan])
+
+
+class TestPrevMaskOutranksEveryScore:
+    """Entries pruned before rank below every other entry, a real -inf score included."""
+
+    def test_a_real_minus_inf_score_does_not_take_a_previous_zero_s_place(self) -> None:
+        w = torch.zeros(3)
+        scores = torch.tensor([-math.inf, 0.0, 5.0])
+        prev = torch.tensor([True, False, True])
+        assert torch.equal(Magnitude(count=1)(w, scores=scores, prev_mask=prev), prev)
+        two = Magnitude(count=2)(w, scores=scores, prev_mask=prev)
+        assert two.tolist() == [False, False, True]
+
+    @pytest.mark.parametrize("count", [10, 50, 60, 149, 150, 151, 1000])
+    def test_large_tensor_eager_path(self, count: int) -> None:
+        # 2**17 entries: the chunked selection. Real -infs on and off the sample's stride.
+        n = 1 << 17
+        scores = torch.randn(n, generator=torch.Generator().manual_seed(0))
+        scores[1::8][:60] = -math.inf
+        scores[:320:8] = -math.inf
+        prev = torch.ones(n, dtype=torch.bool)
+        prev[2::8][:50] = False
+        mask = Magnitude(count=count)(torch.zeros(n), scores=scores, prev_mask=prev)
+        assert int((~mask).sum()) == max(count, 50)
+        assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
+        real = scores.isneginf()  # 100 of them, pruned by position after the previous zeros
+        assert int((~mask & real).sum()) == min(max(count - 50, 0), 100)
+
+    def test_vmap_through_compute_masks(self) -> None:
+        scores = torch.tensor([[-math.inf, 0.0, 5.0, -math.inf], [1.0, -math.inf, 2.0, 3.0]])
+        prev = torch.tensor([[True, False, True, True], [False, True, True, True]])
+        ws = torch.zeros(2, 4)
+        for count in range(5):
+            method = Magnitude(count=count)
+            masks = fs.compute_masks(
+                {"w": ws}, {"w": method}, batch_dims=1, prev_masks={"w": prev}, scores={"w": scores}
+            )
+            for i in range(2):
+                alone = method(ws[i], scores=scores[i], prev_mask=prev[i])
+                assert torch.equal(masks["w"][i], alone)
+                assert int((~alone).sum()) == max(count, 1)
+
+    @given(
+        values=st.lists(SPECIAL_SCORES, min_size=1, max_size=24),
+        data=st.data(),
+    )
+    def test_zeros_are_the_level_or_the_previous_zeros_for_any_scores(
+        self, values: list[float], data: st.DataObject
+    ) -> None:
+        scores = torch.tensor(values)
+        n = scores.numel()
+        prev = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        count = data.draw(st.integers(0, n))
+        method = Magnitude(count=count)
+        mask = method(torch.zeros(n), scores=scores, prev_mask=prev)
+        assert (
+            int((~mask).sum())
+            == max(count, int((~prev).sum()))
+            == method.expected_zeros(torch.zeros(n), prev_mask=prev)
+        )
+        assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
+        batched = torch.func.vmap(lambda s, p: method(torch.zeros(n), scores=s, prev_mask=p))(
+            scores[None], prev[None]
+        )
+        assert torch.equal(batched[0], mask)
