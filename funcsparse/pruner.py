@@ -138,7 +138,11 @@ class Pruner:
     def init(self, params: Any) -> PrunerState:
         """The state before the first training step: step 0, no masks yet.
 
-        Checks that every rule matches a leaf and every matched leaf is a tensor.
+        Checks that every rule matches a leaf, every leaf is a tensor, and every matched
+        leaf is one its method can mask, before any state exists: a leaf on the meta device
+        (no values), or of a dtype or layout the method refuses (float8, complex, sparse),
+        is refused here, naming the rule and the path. What depends on the data each
+        ``update`` brings (``input_norms``, accumulated scores) is checked there.
 
         Args:
             params: the params pytree the loop trains (``dict(model.named_parameters())``).
@@ -147,11 +151,27 @@ class Pruner:
             A :class:`PrunerState`.
 
         Raises:
-            TypeError: a matched leaf is not a tensor.
-            ValueError: a rule matches no leaf, or two patterns match one leaf.
+            TypeError: a leaf is not a tensor (None is an empty entry; a module passed whole
+                is refused too), or a matched leaf has a dtype or layout its method refuses.
+            ValueError: a rule matches no leaf, two patterns match one leaf, or a matched
+                leaf is on the meta device.
         """
-        paths, leaves, spec = flatten_with_paths(params, function="Pruner.init")
-        methods = self._methods(paths, leaves, "Pruner.init")
+        function = "Pruner.init"
+        paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
+        assignments, methods = self._assigned(paths, function)
+        for path, leaf, assigned, method in zip(paths, leaves, assignments, methods, strict=True):
+            if assigned is None or method is None:
+                continue
+            # the method's own check, as a call makes it; a ValueError that is not about
+            # the leaf's device (shapes, data only update brings) is left to update
+            problem = method.check_call(leaf)
+            meta = leaf.device.type == "meta"
+            if problem is not None and (meta or problem.error is TypeError):
+                got = describe(leaf) if meta else problem.got
+                raise problem.error(
+                    f"{function}: rule {assigned.key!r} ({type(method).__name__}) got {got} "
+                    f"at {path!r}; {problem.need}"
+                )
         method_state = [
             None if method is None else method.init_state(leaf)
             for method, leaf in zip(methods, leaves, strict=True)
@@ -185,7 +205,8 @@ class Pruner:
             rule applies or before the first mask update), and the new state.
 
         Raises:
-            TypeError: ``state`` is not a pruner state (its masks not bool tensors or
+            TypeError: a leaf of ``params`` is not a tensor (by path; None is an empty
+                entry); ``state`` is not a pruner state (its masks not bool tensors or
                 None, its method state not floating tensors, its step not an int, its
                 fraction not a number), the schedule gives no number, or what
                 ``fs.compute_masks`` raises.
@@ -196,9 +217,9 @@ class Pruner:
                 raises. Nothing passed in changes when it raises.
         """
         function = "Pruner.update"
-        paths, leaves, spec = flatten_with_paths(params, function=function)
+        paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
         step, mask_leaves, method_state = self._unpack(state, spec, function)
-        methods = self._methods(paths, leaves, function)
+        _, methods = self._assigned(paths, function)
         _check_state_leaves(paths, leaves, methods, mask_leaves, method_state, state["fraction"])
         if any(method is not None and method.needs_grads for method in methods):
             method_state = self._accumulate(paths, leaves, spec, methods, method_state, grads)
@@ -237,21 +258,17 @@ class Pruner:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _methods(self, paths: list[str], leaves: list[Any], function: str) -> list[Any]:
-        """Each leaf's method (``for_leaf`` applied), None where no rule applies."""
+    def _assigned(
+        self, paths: list[str], function: str
+    ) -> tuple[list[Assignment | None], list[Any]]:
+        """Each leaf's rule, and its method (``for_leaf`` applied); None where no rule
+        applies."""
         assignments: list[Assignment | None] = assign_rules(paths, self.rules, function=function)
-        methods: list[MaskMethod | None] = []
-        for path, leaf, assigned in zip(paths, leaves, assignments, strict=True):
-            if assigned is None:
-                methods.append(None)
-                continue
-            if not isinstance(leaf, Tensor):
-                raise TypeError(
-                    f"{function}: rule {assigned.key!r} matches {path!r}, which is "
-                    f"{describe(leaf)}, not a tensor"
-                )
-            methods.append(assigned.method.for_leaf(path))
-        return methods
+        methods: list[MaskMethod | None] = [
+            None if assigned is None else assigned.method.for_leaf(path)
+            for path, assigned in zip(paths, assignments, strict=True)
+        ]
+        return assignments, methods
 
     def _fraction(self, step: int) -> float:
         """``schedule(step)`` as a float (1.0 without a schedule), or a TypeError/ValueError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 from typing import Any
 
 import pytest
@@ -554,3 +555,80 @@ def test_a_schedule_that_gives_no_number_is_refused_by_name() -> None:
         pruner = fs.Pruner({"w": fs.Magnitude(0.5)}, schedule=lambda step, v=value: v)
         with pytest.raises(error, match=r"Pruner.update: schedule\(0\) must"):
             pruner.update(params, pruner.init(params))
+
+
+# -- leaves refused at init, before any state exists (issue 9, fuzz) ------------------------
+
+
+@pytest.mark.parametrize(
+    "method",
+    [fs.Magnitude(sparsity=0.5), fs.Movement(sparsity=0.5), fs.WeightNorm(sparsity=0.5)],
+    ids=lambda m: type(m).__name__,
+)
+def test_init_refuses_a_meta_leaf_by_rule_and_path_before_any_state(
+    monkeypatch: pytest.MonkeyPatch, method: fs.MaskMethod
+) -> None:
+    states: list[object] = []
+    original = type(method).init_state
+    monkeypatch.setattr(
+        type(method), "init_state", lambda self, t: states.append(t) or original(self, t)
+    )
+    params = {"a": torch.randn(4, 4), "z": torch.zeros(4, 4, device="meta")}
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"Pruner.init: rule '*' ({type(method).__name__}) got a 2-D torch.float32 tensor "
+            "of shape (4, 4) on meta at 'z'; meta tensors have no data"
+        ),
+    ):
+        fs.Pruner({"*": method}).init(params)
+    assert states == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.complex64])
+@pytest.mark.parametrize(
+    "method",
+    [fs.Magnitude(sparsity=0.5), fs.Movement(sparsity=0.5)],
+    ids=lambda m: type(m).__name__,
+)
+def test_init_refuses_float8_and_complex_leaves_by_path(
+    method: fs.MaskMethod, dtype: torch.dtype
+) -> None:
+    params = {"a": torch.randn(4, 4), "z": torch.randn(4, 4).to(dtype)}
+    with pytest.raises(TypeError, match=re.escape(f"of dtype {dtype} at 'z'; {dtype} is not")):
+        fs.Pruner({"*": method}).init(params)
+    fs.Pruner({"a": method}).init(params)  # an unmatched leaf of any dtype is fine
+
+
+def test_init_leaves_what_update_brings_to_update() -> None:
+    # Wanda's input_norms and Movement's scores come with update: init takes the leaves
+    params = {"w": torch.randn(4, 8), "b": torch.randn(4)}
+    for method in (fs.Wanda(sparsity=0.5), fs.Movement(sparsity=0.5)):
+        state = fs.Pruner({"w": method}).init(params)
+        assert state["step"] == 0 and state["masks"] == {"w": None, "b": None}
+
+
+@pytest.mark.parametrize("function", ["init", "update"])
+@pytest.mark.parametrize(("leaf", "shown"), [("x", "str 'x'"), (2, "int 2")])
+def test_a_leaf_that_is_not_a_tensor_is_refused_matched_or_not(
+    function: str, leaf: object, shown: str
+) -> None:
+    pruner = fs.Pruner({"w": fs.Magnitude(sparsity=0.5)})
+    good = {"w": torch.randn(4, 4), "b": None}
+    state = pruner.init(good)
+    bad = {"w": torch.randn(4, 4), "b": leaf}
+    with pytest.raises(
+        TypeError, match=rf"^Pruner.{function}: expected a pytree of tensors .*got {shown} at 'b'"
+    ):
+        pruner.init(bad) if function == "init" else pruner.update(bad, state)
+    with pytest.raises(TypeError, match=r"as the whole tree; pass dict\(model\.named_parameters"):
+        pruner.init(torch.nn.Linear(2, 2))
+
+
+def test_none_leaves_are_empty_entries_as_before() -> None:
+    params = {"w": torch.randn(4, 4), "b": None}
+    pruner = fs.Pruner({"w": fs.Magnitude(sparsity=0.5)})
+    state = pruner.init(params)
+    assert state["masks"] == {"w": None, "b": None}
+    masks, state = pruner.update(params, state)
+    assert masks["b"] is None and int((~masks["w"]).sum()) == 8
