@@ -586,3 +586,73 @@ def test_ensembles_select_per_member() -> None:
     for j, member in enumerate(members):
         expected = prune_global(member, 0.5)
         assert_masks_equal([masks["a.weight"][j], masks["b.weight"][j]], expected)
+
+
+# --- entries pruned before rank below every score, a real -inf included ------------------
+
+SPECIAL_SCORES = st.sampled_from([-math.inf, -1.0, 0.0, 1.0, math.inf, math.nan])
+
+
+def test_a_real_minus_inf_score_neither_unprunes_nor_adds_zeros() -> None:
+    # The k-th score is -inf: the previous zeros (all -inf) come first, then real -infs.
+    scores = [torch.tensor([-math.inf, 0.0, 5.0]), torch.tensor([-math.inf, 1.0])]
+    prev = [torch.tensor([True, False, True]), torch.tensor([True, True])]
+    data = [{"scores": s, "prev_mask": p} for s, p in zip(scores, prev, strict=True)]
+    tensors = [torch.zeros(3), torch.zeros(2)]
+    for count, expected in [
+        (1, [[True, False, True], [True, True]]),
+        (2, [[False, False, True], [True, True]]),
+        (3, [[False, False, True], [False, True]]),
+    ]:
+        masks = GlobalMagnitude(count=count).global_masks(tensors, data)
+        assert [m.tolist() for m in masks] == expected
+
+
+@pytest.mark.parametrize("gather", [True, False])
+@pytest.mark.parametrize("count", [10, 50, 60, 149, 150, 151, 1000])
+def test_a_real_minus_inf_score_on_large_tensors(count: int, gather: bool) -> None:
+    # 2**17 entries: the sampled bracket, with (gather) the one-pass finish, or (without)
+    # the masks built from an exact threshold. Real -infs on and off the sample's stride.
+    n = 1 << 17
+    scores = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    scores[1::8][:60] = -math.inf
+    scores[:320:8] = -math.inf
+    prev = torch.ones(n, dtype=torch.bool)
+    prev[2::8][:50] = False
+    limits = (
+        contextlib.nullcontext()
+        if gather
+        else mock.patch.multiple(gm, _GATHER_MIN=0, _GATHER_FRACTION=1 << 30)
+    )
+    with limits:
+        (mask,) = GlobalMagnitude(count=count).global_masks(
+            [torch.zeros(n)], [{"scores": scores, "prev_mask": prev}]
+        )
+    assert int((~mask).sum()) == max(count, 50)
+    assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
+    real = scores.isneginf()  # 100 of them, pruned by position after the previous zeros
+    assert int((~mask & real).sum()) == min(max(count - 50, 0), 100)
+
+
+@given(
+    values=st.lists(SPECIAL_SCORES, min_size=2, max_size=24),
+    data=st.data(),
+)
+def test_zeros_are_the_level_or_the_previous_zeros_for_any_scores(
+    values: list[float], data: st.DataObject
+) -> None:
+    scores = torch.tensor(values)
+    n = scores.numel()
+    cut = data.draw(st.integers(0, n))
+    prev = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    count = data.draw(st.integers(0, n))
+    params = {"a.weight": torch.zeros(cut), "b.weight": torch.zeros(n - cut)}
+    masks = fs.compute_masks(
+        params,
+        {"*.weight": GlobalMagnitude(count=count)},
+        prev_masks={"a.weight": prev[:cut], "b.weight": prev[cut:]},
+        scores={"a.weight": scores[:cut], "b.weight": scores[cut:]},
+    )
+    mask = torch.cat([masks["a.weight"], masks["b.weight"]])
+    assert int((~mask).sum()) == max(count, int((~prev).sum()))
+    assert not bool((mask & ~prev).any()), "a previously pruned weight came back"
