@@ -97,7 +97,10 @@ class _Slices(MaskMethod):
         prev_zeros = slice_size - _kept_per_slice(prev_mask, dim)
         needed = count * slice_size - prev_zeros.sum()
         pruned = lowest_covering(self.slice_scores(tensor, data), slice_size - prev_zeros, needed)
-        return _keep_slices(pruned.logical_not(), tensor.shape, dim) & prev_mask
+        keep = _keep_slices(pruned.logical_not(), tensor.shape, dim)  # fresh memory
+        if _plain(keep) and _plain(prev_mask):
+            return keep.logical_and_(prev_mask)  # in place: no second leaf-sized mask
+        return keep & prev_mask
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """Pruned slices times the slice size (None with a ``prev_mask`` that has zeros)."""
@@ -179,13 +182,40 @@ def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
     """How many entries of every slice along ``dim`` ``mask`` keeps (int64), chunk by chunk.
 
     Counting a whole bool mask at once casts it to int64 (8 bytes per entry, twice a
-    float32 weight); counts are exact, so chunks give the same numbers.
+    float32 weight); counts are exact, so chunks give the same numbers. On a plain tensor
+    every chunk is cast into one reused int64 buffer and summed into the preallocated
+    counts: a fresh cast per chunk (32 MB) next to the small per-chunk results fragmented
+    the heap (glibc serves the small results from the freed cast, so the next cast cannot
+    reuse its place), and the casts piled up to nearly twice the leaf's size, run by run.
     """
-    counts = [
-        torch.count_nonzero(mask.narrow(dim, start, length).movedim(dim, 0).reshape(length, -1), 1)
-        for start, length in _slice_chunks(mask.shape, dim)
-    ]
-    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64, device=mask.device)
+    size = mask.shape[dim]
+    chunks = _slice_chunks(mask.shape, dim)
+    slice_size = mask.numel() // max(1, size)
+    if not chunks or slice_size == 0:
+        return torch.full((size,), slice_size, dtype=torch.int64, device=mask.device)
+    if not _plain(mask):
+        counts = [
+            torch.count_nonzero(
+                mask.narrow(dim, start, length).movedim(dim, 0).reshape(length, -1), 1
+            )
+            for start, length in chunks
+        ]
+        return torch.cat(counts)
+    largest = slice_size * max(length for _, length in chunks)
+    buffer = torch.empty(largest, dtype=torch.int64, device=mask.device)  # reused
+    kept = torch.empty(size, dtype=torch.int64, device=mask.device)
+    for start, length in chunks:
+        part = mask.narrow(dim, start, length).movedim(dim, 0)
+        cast = buffer[: part.numel()].view(part.shape)
+        cast.copy_(part)
+        torch.sum(cast.view(length, -1), 1, out=kept.narrow(0, start, length))
+    return kept
+
+
+def _plain(tensor: Tensor) -> bool:
+    """Whether in-place work on buffers is allowed (no torch.func transform, no trace)."""
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return not torch.compiler.is_compiling() and is_wrapped is not None and not is_wrapped(tensor)
 
 
 def _keep_slices(keep: Tensor, shape: torch.Size, dim: int) -> Tensor:
