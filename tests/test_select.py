@@ -16,6 +16,7 @@ from funcsparse import _select
 from funcsparse._select import (
     keep_all_but_lowest,
     keep_all_but_lowest_drawn,
+    kth_smallest_value,
     lowest_covering,
     smallest_k,
     smallest_k_per_group,
@@ -508,3 +509,63 @@ def test_the_bracket_of_a_sample_with_nan_and_heavy_ties() -> None:
         lo, hi, retry = _select._bracket(sample, rank, sample.numel())
         assert not math.isnan(lo) and not math.isnan(hi) and lo <= hi
         assert retry is None or not math.isnan(retry)
+
+
+class TestPrevMaskOutranksMinusInf:
+    """Entries pruned before rank before every score, -inf included (issue 9)."""
+
+    SPECIAL = st.sampled_from([-math.inf, -1.0, 0.0, 1.0, math.inf, math.nan])
+
+    def test_pinned(self) -> None:
+        scores = torch.tensor([-math.inf, 0.0, 5.0])
+        prev = torch.tensor([True, False, True])
+        assert torch.equal(keep_all_but_lowest(scores, 1, prev), prev)
+        assert keep_all_but_lowest(scores, 2, prev).tolist() == [False, False, True]
+
+    @given(values=st.lists(SPECIAL, min_size=1, max_size=40), data=st.data())
+    def test_pure_chunked_and_vmap_match_the_reference(
+        self, values: list[float], data: st.DataObject
+    ) -> None:
+        scores = torch.tensor(values)
+        n = scores.numel()
+        prev = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        k = data.draw(st.integers(-1, n + 1))
+        expected = reference_keep(scores, k, prev)
+        assert int((~expected).sum()) == max(min(max(k, 0), n), int((~prev).sum()))
+        assert torch.equal(keep_all_but_lowest(scores, k, prev), expected)
+        batched = torch.func.vmap(lambda s, p: keep_all_but_lowest(s, k, p))(
+            scores[None], prev[None]
+        )
+        assert torch.equal(batched[0], expected)
+        if n >= 2:
+            with small_chunks(_BRACKET_MIN=2, _CHUNK=3, _BRACKET_SAMPLE=4, _GATHER_MIN=2):
+                assert torch.equal(keep_all_but_lowest(scores, k, prev), expected)
+
+    @pytest.mark.parametrize("bracket", ["sampled", "radix"])
+    def test_chunked_threshold_at_minus_inf(self, bracket: str) -> None:
+        n = 1 << 12
+        scores = torch.randn(n, generator=torch.Generator().manual_seed(0))
+        scores[1::8][:40] = -math.inf  # off the sample's stride: the bracket is [-inf, x]
+        prev = torch.ones(n, dtype=torch.bool)
+        prev[2::8][:30] = False
+        limits = {"_GATHER_MIN": 0, "_GATHER_FRACTION": 1 << 30} if bracket == "radix" else {}
+        for k in (10, 30, 31, 50, 70, 71, 200):
+            with small_chunks(_BRACKET_MIN=64, _CHUNK=1000, **limits):
+                keep = keep_all_but_lowest(scores, k, prev)
+            assert torch.equal(keep, reference_keep(scores, k, prev))
+
+
+class TestKthSmallestValue:
+    def test_values_and_nan(self) -> None:
+        scores = torch.tensor([3.0, math.nan, -math.inf, 2.0])
+        assert kth_smallest_value(scores, 1) == -math.inf
+        assert kth_smallest_value(scores, 3) == 3.0
+        assert math.isnan(kth_smallest_value(scores, 4))
+
+    def test_bad_input(self) -> None:
+        with pytest.raises(TypeError, match="kth_smallest_value: scores must be a tensor"):
+            kth_smallest_value([1.0], 1)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"kth_smallest_value: k=0 for 2 scores"):
+            kth_smallest_value(torch.tensor([1.0, 2.0]), 0)
+        with pytest.raises(ValueError, match="kth_smallest_value: scores must be 1-D"):
+            kth_smallest_value(torch.ones(2, 2), 1)
