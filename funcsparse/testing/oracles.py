@@ -20,7 +20,6 @@ from funcsparse.methods import NM, NearlyDiagonal, WeightNorm
 __all__ = [
     "ao_nearly_diagonal_mask",
     "ao_weight_norm_mask",
-    "ao_weight_norm_padded_parts",
     "torch_ao_mask",
 ]
 
@@ -64,39 +63,6 @@ def ao_weight_norm_mask(
     return _stored_mask(model)
 
 
-def ao_weight_norm_padded_parts(
-    weight: Tensor,
-    *,
-    sparsity_level: float,
-    sparse_block_shape: tuple[int, int],
-    zeros_per_block: int,
-    norm: int | Callable[[Tensor], Tensor] = 2,
-) -> Tensor:
-    """What torch.ao means where it crashes: its tensor mask and block mask, each cropped.
-
-    torch.ao computes the level mask on the weight and the per-block mask on a NaN-padded
-    grid, then fails to combine them when the block shape does not divide the weight.
-    """
-    sparsifier = WeightNormSparsifier(
-        sparsity_level=sparsity_level,
-        sparse_block_shape=sparse_block_shape,
-        zeros_per_block=zeros_per_block,
-        norm=norm,
-    )
-    scores = sparsifier.norm_fn(weight)
-    height, width = weight.shape
-    tensor_mask = sparsifier._make_tensor_mask(  # type: ignore[no-untyped-call]
-        data=scores,
-        input_shape=scores.shape,
-        sparsity_level=sparsity_level,
-        sparse_block_shape=sparse_block_shape,
-    )[:height, :width]
-    block_mask = sparsifier._make_block_mask(  # type: ignore[no-untyped-call]
-        data=scores, sparse_block_shape=sparse_block_shape, zeros_per_block=zeros_per_block
-    )[:height, :width]
-    return torch.logical_or(tensor_mask, block_mask)
-
-
 def ao_nearly_diagonal_mask(weight: Tensor, *, nearliness: int) -> Tensor:
     """torch.ao's NearlyDiagonalSparsifier mask after one step(), as bool."""
     model = _linear_with(weight)
@@ -111,9 +77,9 @@ def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
 
     None when the method has no torch.ao counterpart, the tensor is empty, or the scores
     tie (torch.ao breaks ties by whatever ``topk`` returns; funcsparse by its documented
-    rule). Where
-    torch.ao is defective (block shapes that do not divide, ``0 < zeros_per_block < block
-    size``), this is what torch.ao computes on its padded grid, cropped to the weight.
+    rule). A block side far longer than the weight's (torch.ao would pad the weight to
+    gigabytes) is clamped to the weight's side first: every block covers the same entries
+    and its padded mean only scales by a constant, so torch.ao's mask is the same.
     """
     if tensor.numel() == 0:  # torch.ao's pooling and loops fail on empty weights
         return None
@@ -134,9 +100,12 @@ def torch_ao_mask(method: Any, tensor: Tensor) -> Tensor | None:
     }
     height, width = tensor.shape
     rows, cols = method.sparse_block_shape
-    crashes = 0 < method.block_zeros < method.block_size and 0 < level < 1
-    if crashes and (height % rows or width % cols):
-        return ao_weight_norm_padded_parts(tensor, **config)
+    padded = -(-height // rows) * rows * -(-width // cols) * cols
+    if padded > 16 * tensor.numel() + 4096:
+        fit = (min(rows, height), min(cols, width))
+        whole = method.block_zeros >= method.block_size
+        config["sparse_block_shape"] = fit
+        config["zeros_per_block"] = fit[0] * fit[1] if whole else method.block_zeros
     return ao_weight_norm_mask(tensor, **config)[:height, :width]
 
 

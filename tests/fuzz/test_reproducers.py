@@ -1,8 +1,8 @@
 """Minimal reproducers of what the fuzz suite found in files fixed elsewhere.
 
-Each is marked ``xfail(strict=True)`` with the file that owes the fix: when the fix lands the
-test passes, strict xfail fails, and the mark comes off. Each asserts the promise itself:
-only a TypeError/ValueError escapes.
+Each was first committed as ``xfail(strict=True)`` naming the file that owed the fix; the
+fixes have landed and the marks are off, so each now guards its fix. Each asserts the
+promise itself: only a TypeError/ValueError escapes.
 """
 
 from __future__ import annotations

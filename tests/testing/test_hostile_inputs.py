@@ -14,6 +14,7 @@ from torch import Tensor
 import funcsparse as fs
 from funcsparse.testing import check_leaf_mask, check_masks
 from funcsparse.testing._checks import _same_bits
+from funcsparse.testing.oracles import torch_ao_mask
 
 META_MASK = torch.ones(4, 4, dtype=torch.bool, device="meta")
 NO_VALUES = "meta tensors hold no values to check; move it to a real device (cpu, cuda, ...)"
@@ -124,3 +125,17 @@ def test_check_masks_refuses_leaves_that_are_not_tensors(leaf: object, shown: st
 def test_check_masks_takes_none_entries_as_before() -> None:
     params = {"w": torch.randn(4, 4), "b": None, "nested": [None, torch.randn(2, 2)]}
     check_masks(params, {"w": fs.Magnitude(0.5), "nested.1": fs.Magnitude(0.25)})
+
+
+@pytest.mark.parametrize("block", [(10**6, 10**6), (1, 10**9), (3, 10**6)])
+def test_blocks_far_larger_than_the_weight_are_checked_without_padding(
+    block: tuple[int, int],
+) -> None:
+    # torch.ao would pad the weight to the block (terabytes); the oracle clamps the block,
+    # which gives torch.ao's mask, and WeightNorm clamps it the same way.
+    weight = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    method = fs.WeightNorm(0.5, sparse_block_shape=block)
+    expected = torch_ao_mask(method, weight)
+    assert expected is not None
+    assert torch.equal(expected, method(weight))
+    check_masks({"w": weight}, {"w": method})
