@@ -170,8 +170,9 @@ def keep_all_but_lowest(
 ) -> Tensor:
     """A keep-mask of ``ranking``'s shape that prunes its ``k`` lowest-ranked entries (flat).
 
-    With ``prev_mask``, entries it prunes rank below every other and stay pruned, so ``k``
-    is the total: the mask prunes ``max(k, previously pruned)`` entries. Branch-free in the
+    With ``prev_mask``, entries it prunes rank below every other (a -inf score included)
+    and stay pruned, so ``k`` is the total: the mask prunes ``max(k, previously pruned)``
+    entries. Branch-free in the
     data (``k`` depends on shapes only), so it runs under vmap. On a large plain tensor no
     full-size copy of the ranking is made (see the module's note on memory).
 
@@ -182,6 +183,8 @@ def keep_all_but_lowest(
         tensor([ True,  True,  True, False])
         >>> prev = torch.tensor([False, True, True])
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0]), 1, prev)
+        tensor([False,  True,  True])
+        >>> keep_all_but_lowest(torch.tensor([3.0, -torch.inf, 2.0]), 1, prev)
         tensor([False,  True,  True])
 
     Args:
