@@ -184,8 +184,8 @@ def keep_all_but_lowest(
         >>> prev = torch.tensor([False, True, True])
         >>> keep_all_but_lowest(torch.tensor([3.0, -1.0, 2.0]), 1, prev)
         tensor([False,  True,  True])
-        >>> keep_all_but_lowest(torch.tensor([3.0, -torch.inf, 2.0]), 1, prev)
-        tensor([False,  True,  True])
+        >>> keep_all_but_lowest(torch.tensor([-torch.inf, 3.0, 2.0]), 1, prev.flip(0))
+        tensor([ True,  True, False])
 
     Args:
         ranking: floating tensor of any shape; the lowest values are pruned first.
