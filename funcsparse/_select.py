@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from funcsparse._covering import lowest_covering_chunked
 from funcsparse._errors import describe, require_int
 
 __all__ = [
@@ -331,6 +332,19 @@ def lowest_covering(scores: Tensor, gains: Tensor, needed: int | Tensor) -> Tens
     else:
         # Beyond any sum of gains (int64): everything; at or below 0: nothing.
         needed = max(-_INT64_MAX, min(require_int(owner, "needed", needed), _INT64_MAX))
+    if (
+        scores.numel() >= _BRACKET_MIN
+        and scores.device.type == "cpu"
+        and is_plain(scores)
+        and is_plain(gains)
+        and gains.dtype in _INTS
+        and (not isinstance(needed, Tensor) or (needed.dtype in _INTS and is_plain(needed)))
+    ):
+        # Large eager CPU input: the same selection by key-range passes over chunks (a few
+        # chunks of memory besides the mask, where a sort takes about 2x the scores' bytes).
+        return lowest_covering_chunked(scores, gains, needed)
+    if gains.dtype == torch.bool:  # 0/1 gains (bool has no subtraction)
+        gains = gains.to(torch.uint8)
     order = torch.sort(scores, stable=True).indices
     ranked_gains = gains.gather(-1, order)
     before = torch.cumsum(ranked_gains, -1) - ranked_gains
