@@ -37,6 +37,7 @@ __all__ = [
     "keep_all_but_lowest_drawn",
     "kth_smallest_value",
     "lowest_covering",
+    "rank_pruned_first",
     "smallest_k",
     "smallest_k_per_group",
 ]
@@ -818,6 +819,36 @@ def _radix_kth(pieces: _Pieces, k: int, dtype: torch.dtype) -> float:
     bits = key ^ _INT64_MAX if key < 0 else key
     value: float = struct.unpack("<d", struct.pack("<q", bits))[0]
     return value
+
+
+def rank_pruned_first(scores: Tensor, kept: Tensor) -> Tensor:
+    """A ranking of ``scores`` in which the entries ``kept`` prunes come before all others.
+
+    Entries pruned before rank below every score, ``-inf`` included; the others rank as
+    ``scores`` do (ties by position, NaN last), so a per-group selector that takes the ``k``
+    lowest takes previous zeros first. Where no kept entry scores ``-inf`` (checked on
+    plain eager tensors) the result is ``scores`` with ``-inf`` at the pruned entries;
+    otherwise int64 keys that order as ``scores`` do, with the smallest key at the pruned
+    entries (a real ``-inf`` would otherwise tie with them).
+
+    Examples:
+        >>> scores = torch.tensor([-math.inf, -math.inf, 0.0, 5.0])
+        >>> kept = torch.tensor([True, False, True, True])
+        >>> smallest_k_per_group(rank_pruned_first(scores, kept), 1)
+        tensor([False,  True, False, False])
+
+    Args:
+        scores: floating tensor.
+        kept: bool tensor of ``scores``' shape, False at the entries pruned before.
+
+    Returns:
+        A tensor of ``scores``' shape: ``scores``' dtype, or int64 keys.
+    """
+    plain = is_plain(scores) and is_plain(kept)
+    if plain and not bool(torch.isneginf(scores).logical_and_(kept).any()):
+        return torch.where(kept, scores, torch.full_like(scores, -math.inf))
+    keys = _order_keys(scores) ^ _INT64_MIN  # signed keys: ordered as the scores
+    return keys.masked_fill(kept.logical_not(), _INT64_MIN)
 
 
 def smallest_k_per_group(groups: Tensor, k: int, *, valid: Tensor | None = None) -> Tensor:

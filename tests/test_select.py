@@ -18,6 +18,7 @@ from funcsparse._select import (
     keep_all_but_lowest_drawn,
     kth_smallest_value,
     lowest_covering,
+    rank_pruned_first,
     smallest_k,
     smallest_k_per_group,
 )
@@ -569,3 +570,13 @@ class TestKthSmallestValue:
             kth_smallest_value(torch.tensor([1.0, 2.0]), 0)
         with pytest.raises(ValueError, match="kth_smallest_value: scores must be 1-D"):
             kth_smallest_value(torch.ones(2, 2), 1)
+
+
+def test_rank_pruned_first_keeps_the_order_of_the_rest() -> None:
+    # The keys order as the scores do (ties by position, NaN last, -0.0 == 0.0).
+    scores = torch.tensor([3.0, -math.inf, math.nan, -0.0, 0.0, -2.5, math.inf, -math.inf])
+    kept = torch.tensor([True, True, True, True, True, True, True, False])
+    ranked = rank_pruned_first(scores, kept)
+    assert ranked.dtype == torch.int64
+    order = torch.sort(ranked, stable=True).indices.tolist()
+    assert order == [7, 1, 5, 3, 4, 0, 6, 2]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from funcsparse._errors import short_repr
-from funcsparse._select import is_plain, smallest_k_per_group
+from funcsparse._select import is_plain, rank_pruned_first, smallest_k_per_group
 from funcsparse.methods._base import (
     LeafProblem,
     MaskMethod,
@@ -179,7 +179,7 @@ class NM(MaskMethod):
         ranking = ranking_of(tensor, data)
         prev_mask: Tensor | None = data.get("prev_mask")
         if prev_mask is not None:
-            ranking = torch.where(prev_mask, ranking, torch.full_like(ranking, -torch.inf))
+            ranking = rank_pruned_first(ranking, prev_mask)  # previous zeros first
         pruned = smallest_k_per_group(self._groups(ranking), self.m - self.n)
         pruned = self._ungroup(pruned, tensor)
         if prev_mask is not None:

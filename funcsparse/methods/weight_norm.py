@@ -16,6 +16,7 @@ from funcsparse._select import (
     keep_all_but_lowest,
     keep_all_but_lowest_drawn,
     lowest_covering,
+    rank_pruned_first,
     smallest_k,
     smallest_k_per_group,
 )
@@ -373,7 +374,7 @@ class WeightNorm(MaskMethod):
                     return torch.zeros_like(prev)
                 return self._expand(selected[tile.rows, tile.cols].logical_not(), rows, cols) & prev
             entries = self._entry_scores(tensor, given, prev, rows, cols)
-            ranked = torch.where(prev, entries, torch.full_like(entries, -torch.inf))
+            ranked = rank_pruned_first(entries, prev)  # previous zeros first in a block
             within = self._zeros_within_blocks(ranked)  # pruned entries come first in a block
             if selected is not None:
                 within &= self._expand(selected[tile.rows, tile.cols], rows, cols)

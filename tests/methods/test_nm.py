@@ -381,3 +381,44 @@ class TestHostile:
             NM(n=1, m=1)(torch.tensor(2.0))
         with pytest.raises(ValueError, match="at 'w'; NM axis=-1 is out of range for a 0-D"):
             fs.compute_masks({"w": torch.ones(3)}, {"w": NM(n=1, m=1)}, batch_dims=1)
+
+
+_SPECIAL = st.sampled_from([-math.inf, -1.0, 0.0, 1.0, math.inf, math.nan])
+
+
+@given(
+    st.lists(_SPECIAL, min_size=8, max_size=8),
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.sampled_from([(1, 4), (2, 4), (3, 4), (2, 8)]),
+    st.booleans(),
+)
+def test_previous_zeros_rank_before_a_real_minus_inf(
+    scores: list[float], kept: list[bool], nm: tuple[int, int], batched: bool
+) -> None:
+    # A group prunes exactly max(m - n, its previous zeros), whatever the scores (-inf too),
+    # and never brings a previous zero back.
+    n, m = nm
+    method = fs.NM(n=n, m=m)
+    score = torch.tensor(scores).reshape(1, 8)
+    prev = torch.tensor(kept).reshape(1, 8)
+    if batched:
+        mask = torch.func.vmap(lambda s, p: method(torch.zeros(1, 8), scores=s, prev_mask=p))(
+            score[None], prev[None]
+        )[0]
+    else:
+        mask = method(torch.zeros(1, 8), scores=score, prev_mask=prev)
+    assert not bool((mask & ~prev).any())
+    for group in range(8 // m):
+        cols = slice(group * m, (group + 1) * m)
+        previous = int((~prev[0, cols]).sum())
+        assert int((~mask[0, cols]).sum()) == max(m - n, previous)
+
+
+def test_a_real_minus_inf_beside_a_previous_zero() -> None:
+    inf = math.inf
+    mask = fs.NM(n=2, m=4)(
+        torch.zeros(1, 4),
+        scores=torch.tensor([[-inf, -inf, 0.0, 5.0]]),
+        prev_mask=torch.tensor([[True, False, True, True]]),
+    )
+    assert mask.tolist() == [[False, False, True, True]]

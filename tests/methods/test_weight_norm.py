@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import pytest
@@ -856,3 +857,40 @@ def test_single_entry_blocks_ranked_chunk_by_chunk_equal_the_block_path(
     config = {"sparse_block_shape": (1, 1), "norm": norm}
     mask = fs.WeightNorm(level, **config)(weight, **data)
     assert torch.equal(mask, _ViaBlocks(level, **config)(weight, **data))
+
+
+@given(
+    st.lists(
+        st.sampled_from([-math.inf, -1.0, 0.0, 1.0, math.inf, math.nan]), min_size=8, max_size=8
+    ),
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.integers(1, 3),
+    st.booleans(),
+)
+def test_previous_zeros_rank_before_a_real_minus_inf_within_blocks(
+    scores: list[float], kept: list[bool], zeros: int, batched: bool
+) -> None:
+    # At level 1 every (1, 4) block prunes exactly max(zeros_per_block, its previous zeros).
+    method = fs.WeightNorm(1.0, sparse_block_shape=(1, 4), zeros_per_block=zeros)
+    score = torch.tensor(scores).reshape(1, 8)
+    prev = torch.tensor(kept).reshape(1, 8)
+    if batched:
+        mask = torch.func.vmap(lambda s, p: method(torch.zeros(1, 8), scores=s, prev_mask=p))(
+            score[None], prev[None]
+        )[0]
+    else:
+        mask = method(torch.zeros(1, 8), scores=score, prev_mask=prev)
+    assert not bool((mask & ~prev).any())
+    for block in range(2):
+        cols = slice(4 * block, 4 * block + 4)
+        previous = int((~prev[0, cols]).sum())
+        assert int((~mask[0, cols]).sum()) == max(zeros, previous)
+
+
+def test_a_real_minus_inf_beside_a_previous_zero_in_a_block() -> None:
+    mask = fs.WeightNorm(1.0, sparse_block_shape=(1, 4), zeros_per_block=1)(
+        torch.zeros(1, 4),
+        scores=torch.tensor([[-math.inf, 0.0, 5.0, 1.0]]),
+        prev_mask=torch.tensor([[True, False, True, True]]),
+    )
+    assert mask.tolist() == [[True, False, True, True]]
