@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from funcsparse._apply import apply_masks, functional_call
-from funcsparse._errors import describe
+from funcsparse._errors import describe, short_repr
 from funcsparse._tree import flatten_with_paths, unflatten
 from funcsparse.methods._base import SUPPORTED_DTYPES
 
@@ -302,7 +302,9 @@ def collect_input_norms(
             norms cannot describe; a collected leaf or a batch is on the meta device; a
             traced call gets an input a collected weight cannot take (a 0-D batch, the
             wrong number of features; the message names the batch index and the weight's
-            path); or, as ``fs.functional_call``, a leaf path names nothing in ``module``.
+            path); the model raises a RuntimeError on a batch (a dtype or shape torch
+            refuses; the message names the batch index, the error is chained); or, as
+            ``fs.functional_call``, a leaf path names nothing in ``module``.
         TypeError: ``module`` is not a module; a leaf of ``params`` is not a tensor (a
             module passed whole as ``params`` too) or has a dtype no method supports
             (float8, complex; the message names its path); ``batches`` is a tensor or not
@@ -349,8 +351,14 @@ def collect_input_norms(
         for i, batch in enumerate(batches):
             args = _as_args(i, batch)
             mode.batch = i
-            with mode:
-                functional_call(module, call_params, None, args)
+            try:
+                with mode:
+                    functional_call(module, call_params, None, args)
+            except RuntimeError as err:  # torch refused the batch (a dtype, a shape, ...)
+                raise ValueError(
+                    f"{_FUNCTION}: batch {i}: the model raised RuntimeError: "
+                    f"{short_repr(str(err))} (a batch the model cannot take)"
+                ) from err
             seen_batches += 1
     if seen_batches == 0:
         raise ValueError(f"{_FUNCTION}: batches is empty; give at least one calibration batch")

@@ -731,3 +731,15 @@ def test_a_none_leaf_in_params_is_an_empty_entry_as_before() -> None:
     assert norms["0.bias"] is None and norms["2.weight"] is None
     for path in ("0.weight", "4.weight"):  # the module's own 2.weight runs in its place
         torch.testing.assert_close(norms[path], full[path], rtol=0, atol=0)
+
+
+def test_a_batch_torch_refuses_is_a_value_error_naming_the_batch() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    batches = [torch.randn(3, 4), torch.ones(3, 4, dtype=torch.long)]
+    with pytest.raises(
+        ValueError,
+        match=r"^collect_input_norms: batch 1: the model raised RuntimeError: .*\(a batch the model cannot take\)$",
+    ) as info:
+        collect_input_norms(model, params, batches)
+    assert isinstance(info.value.__cause__, RuntimeError)
