@@ -358,11 +358,9 @@ class TestAgainstPrune:
         count = pruned_count(level, weight.shape[dim])
         assert torch.equal(mask, total_target_mask(weight, prev, norms, count, dim))
         check_leaf_mask(method, weight, mask, data={"prev_mask": prev})
-        # The old semantics, for contrast: prune's intersection prunes more (or the same).
-        oracle = prune.LnStructured(prune_amount(level), n=2, dim=dim).compute_mask(
-            weight, prev.float()
-        )
-        assert int((~mask).sum()) <= int((~oracle.bool()).sum())
+        # Not prune's intersection: that one adds `count` fresh slices to the previous zeros,
+        # this one stops once the zeros reach the total (which can overshoot by part of a
+        # slice, so neither count bounds the other; the long profile found such a case).
 
     @given(st.data())
     def test_random_structured_equals_manual_seed(self, data: st.DataObject) -> None:
