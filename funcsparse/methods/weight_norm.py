@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from funcsparse._errors import short_repr
 from funcsparse._select import (
     is_plain,
     keep_all_but_lowest,
@@ -481,7 +482,14 @@ class WeightNorm(MaskMethod):
             return tensor * tensor
         if not callable(self.norm):  # unreachable after __post_init__; narrows the type
             raise TypeError(f"WeightNorm: norm must be 1, 2 or a callable, got {self.norm!r}")
-        scores = self.norm(tensor.clone())  # a callable may work in place: not on the weight
+        try:  # a callable may work in place: not on the weight
+            scores = self.norm(tensor.clone())
+        except RuntimeError as err:  # torch refused what the callable did with the weight
+            raise ValueError(
+                f"WeightNorm: the norm callable {short_repr(self.norm)} raised RuntimeError "
+                f"on {describe(tensor)}: {short_repr(str(err))}; norm must map a weight to "
+                "scores of its shape"
+            ) from err
         if (
             not isinstance(scores, Tensor)
             or scores.shape != tensor.shape

@@ -894,3 +894,14 @@ def test_a_real_minus_inf_beside_a_previous_zero_in_a_block() -> None:
         prev_mask=torch.tensor([[True, False, True, True]]),
     )
     assert mask.tolist() == [[True, False, True, True]]
+
+
+def test_a_norm_callable_that_torch_refuses_is_a_value_error() -> None:
+    # A module is callable, but not a norm of this weight: torch's RuntimeError is chained.
+    method = fs.WeightNorm(0.5, norm=torch.nn.Linear(2, 2))
+    with pytest.raises(
+        ValueError,
+        match=r"^WeightNorm: the norm callable .* raised RuntimeError on a 2-D torch.float32 tensor of shape \(8, 8\)",
+    ) as info:
+        method(torch.randn(8, 8))
+    assert isinstance(info.value.__cause__, RuntimeError)
