@@ -33,6 +33,8 @@ from funcsparse._covering import lowest_covering_chunked
 from funcsparse._errors import describe, require_int
 
 __all__ = [
+    "flat_piece",
+    "flat_take",
     "keep_all_but_lowest",
     "keep_all_but_lowest_drawn",
     "kth_smallest_value",
@@ -462,7 +464,7 @@ def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def _flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:
+def flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:
     """Flat entries ``[start, stop)`` of ``tensor``, row-major (a view where contiguous; for a
     non-contiguous tensor the range is whole rows, copied)."""
     if tensor.is_contiguous() or tensor.dim() <= 1:
@@ -471,7 +473,7 @@ def _flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:
     return tensor[start // row : stop // row].reshape(-1)
 
 
-def _flat_take(tensor: Tensor, index: Tensor) -> Tensor:
+def flat_take(tensor: Tensor, index: Tensor) -> Tensor:
     """``tensor``'s entries at flat row-major positions ``index``, without a flat copy."""
     if tensor.is_contiguous() or tensor.dim() <= 1:
         return tensor.reshape(-1)[index]
@@ -487,14 +489,14 @@ def _tensor_pieces(
     def pieces() -> Iterator[Tensor]:
         buffer: Tensor | None = None
         for start, stop in bounds:
-            piece = _flat_piece(ranking, start, stop)
+            piece = flat_piece(ranking, start, stop)
             if magnitude or prev is not None:
                 if buffer is None or buffer.numel() < piece.numel():
                     buffer = torch.empty(piece.numel(), dtype=piece.dtype, device=piece.device)
                 out = buffer[: piece.numel()]
                 piece = torch.abs(piece, out=out) if magnitude else out.copy_(piece)
                 if prev is not None:
-                    piece.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
+                    piece.masked_fill_(flat_piece(prev, start, stop).logical_not(), -math.inf)
             yield piece
 
     return pieces
@@ -512,7 +514,7 @@ def _drawn_pieces(
         for start, stop in bounds:
             piece = draw(stop - start)
             if prev is not None:
-                piece.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
+                piece.masked_fill_(flat_piece(prev, start, stop).logical_not(), -math.inf)
             yield piece
             del piece  # let the chunk go before the next is drawn
 
@@ -523,10 +525,10 @@ def _strided_sample(ranking: Tensor, prev: Tensor | None, *, magnitude: bool) ->
     """About ``_BRACKET_SAMPLE`` of the ranking's values, strided, where ``prev`` keeps."""
     n = ranking.numel()
     index = torch.arange(0, n, max(1, n // _BRACKET_SAMPLE), device=ranking.device)
-    values = _flat_take(ranking, index)
+    values = flat_take(ranking, index)
     if magnitude:
         values = values.abs()
-    return values if prev is None else values[_flat_take(prev, index)]
+    return values if prev is None else values[flat_take(prev, index)]
 
 
 def _bracket(sample: Tensor, rank: int, population: int) -> tuple[float, float, float | None]:
@@ -668,7 +670,7 @@ def _plan(
         take = scores < threshold
         ties = scores == threshold
         if prev is not None and threshold == -math.inf:  # pruned before: first, then by position
-            take = _flat_take(prev, torch.cat(gathered.positions)).logical_not_()
+            take = flat_take(prev, torch.cat(gathered.positions)).logical_not_()
             ties.logical_and_(take.logical_not())
         tied = torch.nonzero(ties).flatten()
         take[tied[: max(0, needed - int(torch.count_nonzero(take)))]] = True
@@ -702,7 +704,7 @@ def _select_chunked(
     stream = pieces()
     first = next(stream)
     if sample is None:
-        sample = first if prev is None else first[_flat_piece(prev, *bounds[0])]
+        sample = first if prev is None else first[flat_piece(prev, *bounds[0])]
     lo, hi, retry = _bracket(sample, k - prev_pruned, n - prev_pruned)
     del sample
     cap = max(n // _GATHER_FRACTION, _GATHER_MIN)
@@ -729,7 +731,7 @@ def _select_chunked(
         # The k-th is -inf (lo == hi): the entries pruned before, all -inf (code 2), rank
         # before every real -inf. Select them all first, then real -infs by position.
         for start, stop in bounds:
-            codes[start:stop].masked_fill_(_flat_piece(prev, start, stop).logical_not(), 1)
+            codes[start:stop].masked_fill_(flat_piece(prev, start, stop).logical_not(), 1)
         plan = plan._replace(needed=max(0, plan.needed - prev_pruned))
     _settle(codes, bounds, plan)
     selected = codes.view(torch.bool)
@@ -737,7 +739,7 @@ def _select_chunked(
         selected.logical_not_()
         if prev is not None:
             for start, stop in bounds:
-                selected[start:stop].logical_and_(_flat_piece(prev, start, stop))
+                selected[start:stop].logical_and_(flat_piece(prev, start, stop))
     return selected.view(like.shape)
 
 

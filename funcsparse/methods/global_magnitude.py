@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from funcsparse._select import kth_smallest_value
+from funcsparse._select import flat_piece, flat_take, kth_smallest_value
 from funcsparse.methods._base import GlobalMethod, LeafProblem, describe
 from funcsparse.methods._level import count_to_prune, level_configs, set_level
 
@@ -300,7 +300,7 @@ class _Group:
         ``scores`` lives in a buffer that the next chunk overwrites."""
         source, prev = self._sources[i], self._prev[i]
         for start, stop in _chunk_bounds(source, prev):
-            piece = _flat_piece(source, start, stop)
+            piece = flat_piece(source, start, stop)
             buffer = self._buffers.get(piece.dtype)
             if buffer is None or buffer.numel() < piece.numel():
                 buffer = torch.empty(piece.numel(), dtype=piece.dtype, device=piece.device)
@@ -308,16 +308,16 @@ class _Group:
             out = buffer[: piece.numel()]
             scores = out.copy_(piece) if self._signed[i] else torch.abs(piece, out=out)
             if prev is not None:
-                scores.masked_fill_(_flat_piece(prev, start, stop).logical_not(), -math.inf)
+                scores.masked_fill_(flat_piece(prev, start, stop).logical_not(), -math.inf)
             yield start, scores
 
     def sample_at(self, i: int, index: Tensor) -> Tensor:
         """Scores of tensor ``i`` at the flat positions ``index`` (computed for those only)."""
-        values = _flat_take(self._sources[i], index)
+        values = flat_take(self._sources[i], index)
         values = values.clone() if self._signed[i] else values.abs()
         prev = self._prev[i]
         if prev is not None:
-            values.masked_fill_(_flat_take(prev, index).logical_not(), -math.inf)
+            values.masked_fill_(flat_take(prev, index).logical_not(), -math.inf)
         return values
 
     def count(self, *predicates: Callable[[Tensor], Tensor]) -> list[list[int]]:
@@ -385,7 +385,7 @@ class _Group:
                 real = (
                     out.clone()
                     if prev is None
-                    else out.logical_and(_flat_piece(prev, start, stop=start + scores.numel()))
+                    else out.logical_and(flat_piece(prev, start, stop=start + scores.numel()))
                 )
                 here = int(torch.count_nonzero(real))
                 if here > needed:  # keep the first ``needed`` real -inf scores only
@@ -406,22 +406,6 @@ def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]
         row = n // tensor.shape[0]
         step = row * max(1, _CHUNK // row)
     return [(start, min(start + step, n)) for start in range(0, n, step)]
-
-
-def _flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:
-    """Flat entries ``[start, stop)`` of ``tensor`` in row-major order (a view if contiguous;
-    for a non-contiguous tensor the range is whole rows, copied)."""
-    if tensor.is_contiguous() or tensor.dim() == 0:
-        return tensor.reshape(-1)[start:stop]
-    row = tensor.numel() // tensor.shape[0]
-    return tensor[start // row : stop // row].reshape(-1)
-
-
-def _flat_take(tensor: Tensor, index: Tensor) -> Tensor:
-    """``tensor``'s entries at flat row-major positions ``index``, without a flat copy."""
-    if tensor.is_contiguous() or tensor.dim() <= 1:
-        return tensor.reshape(-1)[index]
-    return tensor[torch.unravel_index(index, tensor.shape)]
 
 
 def _first_true(flags: Tensor, count: int) -> Tensor:
