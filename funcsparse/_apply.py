@@ -350,6 +350,12 @@ def functional_call(
         if not isinstance(flag, bool):
             raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
     paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function=function)
+    for path, leaf in zip(paths, leaves, strict=True):
+        if str(leaf.dtype).startswith("torch.float8"):
+            raise TypeError(
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; float8 params are not "
+                "supported in a forward (torch has no general float8 arithmetic): upcast them"
+            )
     _check_no_meta_mix(module, paths, leaves, args, kwargs)
     known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
     known.update(name for name, _ in module.named_buffers(remove_duplicate=False))

@@ -807,3 +807,14 @@ def test_float8_and_complex_leaves_are_masked_bit_for_bit(dtype: torch.dtype) ->
     for result in (out, in_place):
         assert result.dtype == dtype
         assert torch.equal(result.view(width), expected)
+
+
+def test_functional_call_refuses_float8_params_by_path() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    params["0.bias"] = params["0.bias"].to(torch.float8_e4m3fn)
+    with pytest.raises(
+        TypeError,
+        match=r"^functional_call: the leaf at '0.bias' is .*float8_e4m3fn.*; float8 params are not supported",
+    ):
+        fs.functional_call(model, params, None, (torch.randn(4, 3),))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from funcsparse._errors import short_repr
 from funcsparse._select import lowest_covering, smallest_k
 from funcsparse.methods._base import LeafProblem, MaskMethod, describe, require_int, require_real
 from funcsparse.methods._level import count_to_prune, level_configs, set_level
@@ -324,6 +326,11 @@ class LnStructured(_Slices):
                 )
         else:
             require_real("LnStructured", "n", self.n)
+            if isinstance(self.n, numbers.Integral) and abs(int(self.n)) > 2**63 - 1:
+                raise ValueError(
+                    f"LnStructured: n={short_repr(self.n)} does not fit in 64 bits (torch's "
+                    "norms take int64 or float orders); give it as a float"
+                )
 
     @classmethod
     def configs(cls, st: Any) -> Any:

@@ -804,3 +804,10 @@ def test_kept_per_slice_counts_in_one_buffer(chunk: int, monkeypatch: pytest.Mon
         )
         assert torch.equal(mask, before) and out.data_ptr() != mask.data_ptr()
         assert not bool((out & ~mask).any())
+
+
+def test_an_int_order_beyond_64_bits_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"^LnStructured: n=18446744073709551617 does not fit in 64 bits"
+    ):
+        LnStructured(0.5, n=2**64 + 1, dim=0)
