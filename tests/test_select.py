@@ -247,7 +247,9 @@ def chunked_cases(draw: st.DrawFn) -> tuple[torch.Tensor, int, torch.Tensor | No
     size = draw(st.integers(64, 700))
     kind = draw(st.sampled_from(["ties", "nan", "distinct", "sorted", "zeros"]))
     if kind == "distinct":
-        scores = torch.randn(size, generator=torch.Generator().manual_seed(draw(st.integers())))
+        scores = torch.randn(
+            size, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**63 - 1)))
+        )
     elif kind == "sorted":
         scores = torch.arange(size, dtype=torch.float32).flip(0) * draw(st.sampled_from([1, -1]))
     elif kind == "zeros":
