@@ -719,7 +719,7 @@ def test_params_that_are_not_tensors_are_refused_by_path(leaf: object, shown: st
 def test_a_module_passed_as_params_is_refused() -> None:
     model = _mlp()
     with pytest.raises(TypeError, match=r"pass dict\(model\.named_parameters\(\)\)"):
-        collect_input_norms(model, model, [torch.randn(2, 6)])  # type: ignore[arg-type]
+        collect_input_norms(model, model, [torch.randn(2, 6)])
 
 
 def test_a_none_leaf_in_params_is_an_empty_entry_as_before() -> None:

@@ -91,12 +91,12 @@ def test_pinned_cases() -> None:
 
 def test_refuses_bad_input_by_name() -> None:
     with pytest.raises(TypeError, match="lowest_covering_chunked: scores"):
-        lowest_covering_chunked([1.0], torch.tensor([1]), 1)  # type: ignore[arg-type]
+        lowest_covering_chunked([1.0], torch.tensor([1]), 1)
     with pytest.raises(ValueError, match="lowest_covering_chunked: scores must be 1-D"):
         lowest_covering_chunked(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.int64), 1)
     with pytest.raises(ValueError, match="lowest_covering_chunked: gains"):
         lowest_covering_chunked(torch.zeros(3), torch.zeros(2, dtype=torch.int64), 1)
     with pytest.raises(TypeError, match="lowest_covering_chunked: needed"):
-        lowest_covering_chunked(torch.zeros(3), torch.zeros(3, dtype=torch.int64), "1")  # type: ignore[arg-type]
+        lowest_covering_chunked(torch.zeros(3), torch.zeros(3, dtype=torch.int64), "1")
     with pytest.raises(ValueError, match="lowest_covering_chunked: chunk"):
         lowest_covering_chunked(torch.zeros(3), torch.zeros(3, dtype=torch.int64), 1, chunk=0)

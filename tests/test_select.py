@@ -567,7 +567,7 @@ class TestKthSmallestValue:
 
     def test_bad_input(self) -> None:
         with pytest.raises(TypeError, match="kth_smallest_value: scores must be a tensor"):
-            kth_smallest_value([1.0], 1)  # type: ignore[arg-type]
+            kth_smallest_value([1.0], 1)
         with pytest.raises(ValueError, match=r"kth_smallest_value: k=0 for 2 scores"):
             kth_smallest_value(torch.tensor([1.0, 2.0]), 0)
         with pytest.raises(ValueError, match="kth_smallest_value: scores must be 1-D"):

@@ -516,7 +516,7 @@ def test_hostile_config_values_raise_only_type_or_value_errors(key: str) -> None
     for value in HOSTILE:
         model, sparsifier = model_and_sparsifier()
         entry = {"tensor_fqn": "2.weight", key: value}
-        prepare = lambda: sparsifier.prepare(model, [entry])  # noqa: E731, B023
+        prepare = lambda: sparsifier.prepare(model, [entry])  # noqa: E731, B023 (a named call, used within this iteration only)
         if only_type_or_value_errors(prepare, "WeightNormSparsifier.prepare", model, sparsifier):
             sparsifier.step()  # what prepare accepts, step can mask
             assert model[2].parametrizations.weight[0].mask.shape == (4, 6)
@@ -554,7 +554,7 @@ def test_hostile_state_dicts_raise_only_type_or_value_errors(where: str) -> None
         except TypeError:  # an unhashable fqn cannot even be a dict key
             continue
         given_copy = cloned(state_dict)
-        load = lambda: sparsifier.load_state_dict(state_dict)  # noqa: E731, B023
+        load = lambda: sparsifier.load_state_dict(state_dict)  # noqa: E731, B023 (a named call, used within this iteration only)
         if only_type_or_value_errors(
             load, "WeightNormSparsifier.load_state_dict", model, sparsifier
         ):
@@ -568,7 +568,7 @@ def test_hostile_state_dicts_raise_only_type_or_value_errors(where: str) -> None
 def test_hostile_cubic_arguments_raise_only_type_or_value_errors(name: str) -> None:
     for value in HOSTILE:
         model, sparsifier = model_and_sparsifier()
-        make = lambda: fa.CubicSL(sparsifier, **{name: value})  # noqa: E731, B023
+        make = lambda: fa.CubicSL(sparsifier, **{name: value})  # noqa: E731, B023 (a named call, used within this iteration only)
         if only_type_or_value_errors(make, "CubicSL", model, sparsifier):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -583,7 +583,7 @@ def test_hostile_cubic_arguments_raise_only_type_or_value_errors(name: str) -> N
 def test_any_number_as_a_level_masks_as_torch_ao_or_is_refused(level: float) -> None:
     model, sparsifier = model_and_sparsifier()
     entry = {"tensor_fqn": "2.weight", "sparsity_level": level}
-    prepare = lambda: sparsifier.prepare(model, [entry])  # noqa: E731
+    prepare = lambda: sparsifier.prepare(model, [entry])  # noqa: E731 (a named call for the checks below)
     if only_type_or_value_errors(prepare, "WeightNormSparsifier.prepare", model, sparsifier):
         sparsifier.step()
         zeros = int((model[2].parametrizations.weight[0].mask == 0).sum())

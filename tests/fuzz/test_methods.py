@@ -37,7 +37,7 @@ GLOBAL = [cls for cls in METHODS if issubclass(cls, GlobalMethod)]
 
 
 def _fields(method: MaskMethod) -> dict[str, Any]:
-    return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.init}  # type: ignore[arg-type]
+    return {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.init}
 
 
 def _check_call(where: str, method: MaskMethod, leaf: Any, data: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from funcsparse.testing import check_leaf_mask
 
 def test_nm_scaled_refuses_a_tensor_fraction() -> None:
     with pytest.raises(TypeError, match=r"NM.scaled: fraction must be a real number"):
-        fs.NM(n=2, m=4).scaled(torch.zeros(2, 2))  # type: ignore[arg-type]
+        fs.NM(n=2, m=4).scaled(torch.zeros(2, 2))
 
 
 def test_lambda_scheduler_refuses_a_level_too_large_for_a_float() -> None:

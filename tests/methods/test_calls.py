@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import pickle
 
 import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import funcsparse as fs
+from funcsparse._errors import describe, require_int, require_real, short_repr
 from funcsparse.testing import registered_methods
 
 
@@ -132,14 +137,6 @@ def test_scaled_levels() -> None:
 
 # -- the central leaf checks every method shares (issue 9) -----------------------------------
 
-import math  # noqa: E402
-
-import torch  # noqa: E402
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from funcsparse._errors import describe, require_int, require_real, short_repr  # noqa: E402
-
 METHODS = registered_methods()
 
 
@@ -152,7 +149,7 @@ def _one_config(cls: type[fs.MaskMethod]) -> fs.MaskMethod:
         "RandomStructured": lambda: fs.RandomStructured(0.5, dim=0),
         "Movement": lambda: fs.Movement(0.5),
     }
-    return made.get(cls.__name__, lambda: cls(0.5))()  # type: ignore[call-arg]
+    return made.get(cls.__name__, lambda: cls(0.5))()
 
 
 def _data(method: fs.MaskMethod, weight: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -170,7 +167,7 @@ def test_a_leaf_that_is_not_a_tensor_is_a_type_error(
 ) -> None:
     method = _one_config(cls)
     with pytest.raises(TypeError, match=rf"^{cls.__name__}: got {type(leaf).__name__} "):
-        method(leaf)  # type: ignore[arg-type]
+        method(leaf)
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda cls: cls.__name__)
@@ -230,9 +227,9 @@ def test_global_masks_refuse_malformed_groups() -> None:
     with pytest.raises(
         TypeError, match=r"global_masks: tensors must be a list of tensors, got str"
     ):
-        method.global_masks("ab")  # type: ignore[arg-type]
+        method.global_masks("ab")
     with pytest.raises(TypeError, match=r"GlobalMagnitude: tensor 1: got str 'x'"):
-        method.global_masks([torch.randn(2), "x"])  # type: ignore[list-item]
+        method.global_masks([torch.randn(2), "x"])
     with pytest.raises(ValueError, match=r"data must be one dict per tensor \(1\)"):
         method.global_masks([torch.randn(2)], [{}, {}])
 
@@ -281,7 +278,7 @@ def test_huge_levels_and_counts_are_value_or_type_errors(
         if field not in {f.name for f in __import__("dataclasses").fields(cls)}:
             continue
         try:
-            cls(**{field: value})  # type: ignore[call-arg]
+            cls(**{field: value})
         except (TypeError, ValueError) as err:
             assert cls.__name__ in str(err) and len(str(err)) < 400
         else:
