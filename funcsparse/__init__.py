@@ -1,9 +1,10 @@
 """funcsparse: functional, stateless pruning masks for PyTorch, built on torch.func."""
 
-from funcsparse import schedules
+from funcsparse import export, schedules
 from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms
+from funcsparse.export import load_sparse, save_sparse, squash
 from funcsparse.methods import (
     NM,
     GlobalMagnitude,
@@ -47,10 +48,14 @@ __all__ = [
     "apply_masks_",
     "collect_input_norms",
     "compute_masks",
+    "export",
     "functional_call",
+    "load_sparse",
     "magnitude_scores",
     "saliency_scores",
+    "save_sparse",
     "schedules",
     "sensitivity",
+    "squash",
     "wanda_scores",
 ]

@@ -1,4 +1,13 @@
-"""Command-line entry point: ``python -m funcsparse demo`` (or the ``funcsparse`` script)."""
+"""Command-line entry point: ``python -m funcsparse COMMAND`` (or the ``funcsparse`` script).
+
+Commands:
+    demo: train a small model on real data, prune it gradually, compare with torch.ao,
+        write plots, a sparse checkpoint and a JSON summary (:mod:`funcsparse.demo_cli`).
+    report: per-layer sparsity, pattern and bytes of a checkpoint (:mod:`funcsparse.report`).
+
+Each command's module owns its arguments (``add_arguments``) and its run (``main``), which
+returns the exit status.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +18,16 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    from funcsparse.demo import DEFAULT_STEPS
+    from funcsparse import demo_cli, report
 
     parser = argparse.ArgumentParser(
         prog="funcsparse", description="funcsparse: functional, stateless pruning masks."
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="train a small MLP and prune it gradually while it trains",
-        description="Train a small MLP on synthetic data with a pure torch.func loop while "
-        "fs.Pruner raises every weight's fs.WeightNorm level (1x4 blocks) on a cubic "
-        "schedule; print the schedule's levels as the masks change, the accuracies and a "
-        "per-layer sparsity table.",
-    )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULT_STEPS,
-        help=f"training steps (default: {DEFAULT_STEPS})",
-    )
-    demo.add_argument(
-        "--sparsity",
-        type=float,
-        default=0.5,
-        help="final WeightNorm sparsity, in [0, 1] (default: 0.5)",
-    )
+    for module in (demo_cli, report):
+        sub = commands.add_parser(module.COMMAND, help=module.HELP, description=module.DESCRIPTION)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
     return parser
 
 
@@ -46,18 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help and on bad arguments
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command != "demo":
+    if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-
-    from funcsparse.demo import run_demo
-
-    try:
-        run_demo(seed=args.seed, steps=args.steps, sparsity=args.sparsity, out=sys.stdout)
-    except (TypeError, ValueError) as err:
-        print(f"funcsparse demo: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    status: int = args.run(args)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,0 +1,26 @@
+"""Where pruned params go: sparse checkpoints, squashed dense params, torch's sparse layouts.
+
+- :func:`save_sparse` / :func:`load_sparse`: checkpoints that store the kept values and the
+  masks bit-packed, so a pruned model's file shrinks with its sparsity.
+- :func:`squash`: the masked dense params (pruned entries +0.0), for any framework.
+- :func:`to_csr`, :func:`to_bsr`, :func:`to_semi_structured`: torch's sparse layouts, after a
+  check that each mask has the pattern the layout needs.
+- :func:`detect_pattern`: what structure a mask has (unstructured, N:M, block, channel).
+"""
+
+from funcsparse.export.checkpoint import iter_sparse, load_sparse, save_sparse
+from funcsparse.export.layouts import to_bsr, to_csr, to_semi_structured
+from funcsparse.export.patterns import Pattern, detect_pattern
+from funcsparse.export.squash import squash
+
+__all__ = [
+    "Pattern",
+    "detect_pattern",
+    "iter_sparse",
+    "load_sparse",
+    "save_sparse",
+    "squash",
+    "to_bsr",
+    "to_csr",
+    "to_semi_structured",
+]
