@@ -19,7 +19,7 @@ from torch import Tensor
 
 from funcsparse._errors import describe, short_repr
 from funcsparse.export.patterns import _check_blocksize, block_violation, nm_violation
-from funcsparse.export.squash import squashed_leaves
+from funcsparse.export.squash import in_params_order, squashed_leaves
 
 __all__ = ["to_bsr", "to_csr", "to_semi_structured"]
 
@@ -62,10 +62,11 @@ def to_csr(params: Any, masks: Any) -> dict[str, Tensor]:
         if mask is not None:
             _require_2d("to_csr", path, leaf, "CSR")
     with _quiet_beta():
-        return {
+        flat = {
             path: leaf if mask is None else _csr(leaf, mask)
             for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
         }
+    return in_params_order(params, flat)
 
 
 def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, Tensor]:
@@ -118,10 +119,11 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
                 f"{(rows, cols)} blocks: {problem}"
             )
     with _quiet_beta():
-        return {
+        flat = {
             path: leaf if mask is None else _bsr(leaf, mask, rows, cols)
             for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
         }
+    return in_params_order(params, flat)
 
 
 def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
@@ -214,10 +216,11 @@ def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
                 "semi-structured layout runs only on CUDA: move params and masks to a CUDA "
                 "device (the pattern check passed)"
             )
-    return {
+    flat = {
         path: leaf if mask is None else torch.sparse.to_sparse_semi_structured(leaf)
         for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
     }
+    return in_params_order(params, flat)
 
 
 def _require_2d(function: str, path: str, leaf: Tensor, layout: str) -> None:

@@ -46,7 +46,9 @@ def squash(params: Any, masks: Any) -> dict[str, Tensor]:
             dict of some keys of a flat dict of params, or None (nothing masked).
 
     Returns:
-        ``{path: tensor}`` in the order of the leaves of ``params``.
+        ``{path: tensor}``: in the key order of ``params`` for a flat dict (as
+        ``named_parameters()`` gives them), else in the pytree's leaf order (dict keys
+        sorted).
 
     Raises:
         ValueError: the structures differ, or a mask's shape or device differs from its
@@ -54,7 +56,15 @@ def squash(params: Any, masks: Any) -> dict[str, Tensor]:
         TypeError: a leaf of ``params`` is not a tensor, or a mask is not a bool tensor.
     """
     paths, leaves, _ = squashed_leaves(params, masks, function="squash")
-    return dict(zip(paths, leaves, strict=True))
+    return in_params_order(params, dict(zip(paths, leaves, strict=True)))
+
+
+def in_params_order(params: Any, flat: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``flat`` in the key order of ``params`` when that is a flat dict with its keys (a
+    pytree flattens dicts in sorted key order); otherwise ``flat`` itself."""
+    if isinstance(params, Mapping) and len(params) == len(flat) and set(params) == set(flat):
+        return {key: flat[key] for key in params}
+    return flat
 
 
 def squashed_leaves(
