@@ -29,8 +29,10 @@ def to_csr(params: Any, masks: Any) -> dict[str, Tensor]:
 
     The stored positions are the mask's kept positions, read from the mask, not from the
     values: a kept weight that is 0.0 stays stored, so ``values()`` has one entry per kept
-    weight and the pattern survives. ``.to_dense()`` equals :func:`funcsparse.squash` bit
-    for bit. Indices are int64, as torch's ``to_sparse_csr`` makes them.
+    weight and the pattern survives. ``values()`` holds the kept values bit for bit, and
+    ``.to_dense()`` equals :func:`funcsparse.squash` (torch's ``to_dense`` adds the stored
+    values into zeros, so a kept -0.0 comes back +0.0 and NaN payloads are normalised).
+    Indices are int64, as torch's ``to_sparse_csr`` makes them.
 
     CSR is a 2-D layout: a masked leaf of another rank (a conv weight, a bias) is an error
     naming it, rather than torch's batched CSR, which needs the same number of kept entries
@@ -73,8 +75,9 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
     """Masked 2-D leaves as ``torch.sparse_bsr`` tensors of ``blocksize`` blocks.
 
     Every mask is checked first: its shape must be divisible by ``blocksize`` and each block
-    wholly kept (stored, kept zeros included) or wholly pruned (not stored). ``.to_dense()``
-    equals :func:`funcsparse.squash` bit for bit. Masks made by
+    wholly kept (stored, kept zeros included) or wholly pruned (not stored). ``values()``
+    holds the kept blocks bit for bit and ``.to_dense()`` equals :func:`funcsparse.squash`
+    (as for :func:`to_csr`, up to the sign of kept zeros and NaN payloads). Masks made by
     ``fs.WeightNorm(sparse_block_shape=blocksize, ...)`` with every selected block pruned
     whole have this pattern; :func:`funcsparse.export.detect_pattern` finds a mask's blocks.
 

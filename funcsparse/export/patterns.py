@@ -427,8 +427,8 @@ def _exact_nm(mask: Tensor, m: int) -> int | None:
 def _as_matrices(mask: Tensor) -> Tensor:
     """``mask`` as a batch of matrices ``(batch, rows, cols)``; a 1-D mask is one row."""
     if mask.dim() < 2:
-        return mask.reshape(1, 1, -1)
-    return mask.reshape(-1, *mask.shape[-2:])
+        return mask.reshape(1, 1, mask.numel())
+    return mask.reshape(math.prod(mask.shape[:-2]), *mask.shape[-2:])
 
 
 def _largest_side(matrices: Tensor, *, vertical: bool) -> int:
