@@ -1,280 +1,526 @@
-"""End-to-end demo: train a small MLP functionally and prune it gradually while it trains.
+"""End-to-end demo: prune an MLP on real digits while it trains, compare with torch.ao, save.
 
-Everything is stateless: parameters live in a dict of tensors, gradients come from
-``torch.func.grad_and_value`` of a loss that runs the model through
-``torch.func.functional_call``, the Adam updates are plain tensor arithmetic, and the
-pruner's state is a dict the loop carries. The ``nn.Module`` only supplies the
-architecture and is never mutated.
+``python -m funcsparse demo`` (see :mod:`funcsparse.demo_cli`) runs :func:`run_demo`:
 
-Run it with ``python -m funcsparse demo`` (see :mod:`funcsparse.__main__`).
+1. Data (:mod:`funcsparse.demo_data`): the UCI optical handwritten digits shipped in the
+   package (E. Alpaydin, C. Kaynak, 1998, CC BY 4.0, https://doi.org/10.24432/C50P49; the
+   copy scikit-learn distributes), 1797 8x8 images, split by the seed.
+2. Training (:mod:`funcsparse.demo_train`): an MLP 64-256-256-10 trained in a pure
+   ``torch.func`` loop, once per final sparsity, while ``fs.Pruner`` raises an unstructured
+   ``fs.WeightNorm`` level on every weight along a cubic schedule.
+3. The masks of each run's final level on its final weights, computed by funcsparse and by
+   ``torch.ao.pruning.WeightNormSparsifier`` in the same process, timed and compared bit for
+   bit (:mod:`funcsparse.demo_timing`).
+4. Tables on ``out``; in ``out_dir``: ``accuracy.png``, ``masks.png``
+   (:mod:`funcsparse.demo_plots`), the sparsest model as a sparse checkpoint
+   (``fs.save_sparse``) and ``summary.json``.
+
+The ``nn.Module`` only supplies the architecture and is never mutated; the global RNG is
+never touched; results other than timings are deterministic for a seed.
 """
 
 from __future__ import annotations
 
+import importlib
+import io
+import json
 import numbers
+import os
+import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
 from typing import Any, TextIO
 
 import torch
-from torch import Tensor, nn
 
 import funcsparse as fs
+from funcsparse._errors import describe, short_repr
+from funcsparse.demo_data import DIGITS_CREDIT, N_CLASSES, load_digits, split
+from funcsparse.demo_timing import compare_with_torch_ao
+from funcsparse.demo_train import HIDDEN, Run, make_model, method, schedule, train
 
-__all__ = ["DEFAULT_STEPS", "run_demo"]
+__all__ = [
+    "CHECKPOINT",
+    "DEFAULT_OUT",
+    "DEFAULT_REPEATS",
+    "DEFAULT_SPARSITIES",
+    "DEFAULT_STEPS",
+    "INSTALL_HINT",
+    "QUICK_REPEATS",
+    "QUICK_SPARSITIES",
+    "QUICK_STEPS",
+    "run_demo",
+]
 
-DEFAULT_STEPS = 200
-"""Training steps of ``python -m funcsparse demo``."""
+DEFAULT_STEPS = 1000
+"""Training steps of each run of ``python -m funcsparse demo``."""
 
-_N_CLASSES = 4
-_N_FEATURES = 32
-_HIDDEN = 128
-_CLUSTERS_PER_CLASS = 3
-_N_TRAIN = 3072
-_N_TEST = 1024
-_BATCH = 256
-_BLOCK = (1, 4)
+DEFAULT_SPARSITIES = (0.0, 0.5, 0.8, 0.9, 0.95)
+"""The final sparsities of ``python -m funcsparse demo``: one training run each."""
 
-Params = dict[str, Tensor]
-Masks = dict[str, Tensor | None]
+DEFAULT_REPEATS = 7
+"""Timed repetitions of each contender's masks."""
 
+QUICK_STEPS = 40
+"""Training steps of each run of ``python -m funcsparse demo --quick``."""
 
-def _make_data(generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A Gaussian mixture: each class is a few clusters in 32-D, so the classes are not linear."""
-    n_centers = _N_CLASSES * _CLUSTERS_PER_CLASS
-    centers = torch.randn(n_centers, _N_FEATURES, generator=generator) * 1.2
-    center_class = torch.arange(n_centers) % _N_CLASSES
-    n = _N_TRAIN + _N_TEST
-    which = torch.randint(0, n_centers, (n,), generator=generator)
-    x = centers[which] + torch.randn(n, _N_FEATURES, generator=generator) * 1.5
-    y = center_class[which]
-    return x[:_N_TRAIN], y[:_N_TRAIN], x[_N_TRAIN:], y[_N_TRAIN:]
+QUICK_SPARSITIES = (0.0, 0.5, 0.9)
+"""The final sparsities of ``--quick``."""
 
+QUICK_REPEATS = 3
+"""Timed repetitions of ``--quick``."""
 
-def _make_model(seed: int) -> nn.Sequential:
-    """The MLP, initialised from ``seed`` without touching the global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(
-            nn.Linear(_N_FEATURES, _HIDDEN),
-            nn.ReLU(),
-            nn.Linear(_HIDDEN, _HIDDEN),
-            nn.ReLU(),
-            nn.Linear(_HIDDEN, _N_CLASSES),
-        )
+DEFAULT_OUT = "funcsparse-demo"
+"""Where the demo writes its files."""
 
+CHECKPOINT = "pruned-model.pt"
+"""The sparse checkpoint's file name in ``out_dir``."""
 
-def _loss(model: nn.Module, params: Params, masks: Masks, x: Tensor, y: Tensor) -> Tensor:
-    logits = fs.functional_call(model, params, masks, (x,))
-    return nn.functional.cross_entropy(logits, y)
+INSTALL_HINT = "pip install 'funcsparse[demo]'"
+"""How to get the optional packages the demo uses (tqdm, matplotlib)."""
 
-
-def _accuracy(model: nn.Module, params: Params, masks: Masks, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        logits = fs.functional_call(model, params, masks, (x,))
-    return float((logits.argmax(dim=1) == y).float().mean().item())
-
-
-def _adam(
-    params: Params, grads: Params, moments: tuple[Params, Params], step: int, lr: float
-) -> tuple[Params, tuple[Params, Params]]:
-    """One functional Adam step: new params and new moments (nothing mutated)."""
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    first = {k: beta1 * moments[0][k] + (1 - beta1) * grads[k] for k in params}
-    second = {k: beta2 * moments[1][k] + (1 - beta2) * grads[k] * grads[k] for k in params}
-    scale1, scale2 = 1 - beta1**step, 1 - beta2**step
-    new = {
-        k: params[k] - lr * (first[k] / scale1) / ((second[k] / scale2).sqrt() + eps)
-        for k in params
-    }
-    return new, (first, second)
-
-
-def _schedule(steps: int) -> fs.schedules.Schedule | None:
-    """Gradual pruning over the middle of the run: dense warm-up, cubic ramp, fine-tuning.
-
-    Runs of fewer than 5 steps prune at step 0, at the full level.
-    """
-    if steps < 5:
-        return None
-    begin = steps // 5
-    end = max(begin + 1, (7 * steps) // 10)
-    return fs.schedules.polynomial(begin_step=begin, end_step=end, every=max(1, (end - begin) // 5))
-
-
-def _require_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"run_demo: {name} must be an int, got {type(value).__name__}")
-    if int(value) < minimum:
-        raise ValueError(f"run_demo: {name} must be at least {minimum}, got {value!r}")
-    return int(value)
-
-
-def _require_level(value: object) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"run_demo: sparsity must be a real number, got {type(value).__name__}")
-    level = float(value)
-    if not 0.0 <= level <= 1.0:  # also rejects NaN
-        raise ValueError(f"run_demo: sparsity must be in [0, 1], got {value!r}")
-    return level
+_MODEL = f"MLP 64-{HIDDEN}-{HIDDEN}-{N_CLASSES}"
+_MASKS_LAYER = "0.weight"
 
 
 def run_demo(
+    *,
     seed: int = 0,
     steps: int = DEFAULT_STEPS,
-    sparsity: float = 0.5,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    repeats: int = DEFAULT_REPEATS,
+    out_dir: str | os.PathLike[str] | None = DEFAULT_OUT,
     out: TextIO = sys.stdout,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train an MLP and prune it gradually with :class:`funcsparse.Pruner`, and report.
+    """Train and prune an MLP on the UCI digits at several sparsities; compare; write files.
 
-    One run of ``steps`` Adam steps in a pure ``torch.func`` loop: dense for the first
-    fifth, then ``fs.WeightNorm`` (1x4 blocks) on every weight, raised to ``sparsity`` by a
-    cubic schedule (``fs.schedules.polynomial``) until 70% of the run, then fine-tuning at
-    the final masks. The loop is the one docs/training.md recommends: a dense gradient on
-    params kept pruned, the optimizer step, and ``fs.apply_masks`` after it. The schedule's
-    levels are printed as the masks change. Results are deterministic for a given ``seed``:
-    the demo runs on one intra-op thread (the caller's thread count is restored).
+    One run of ``steps`` Adam steps per sparsity, in a pure ``torch.func`` loop: dense for
+    the first fifth, then ``fs.WeightNorm(level, sparse_block_shape=(1, 1))`` (unstructured:
+    each weight is its own block, ranked by its magnitude) on every weight, its level raised
+    by ``fs.Pruner`` along a cubic ``fs.schedules.polynomial`` until 70% of the run, then
+    fine-tuning at the final masks. Unstructured, because it keeps the most accuracy at a
+    given sparsity, it is what a sparse checkpoint stores best, and its masks equal
+    ``torch.ao.pruning.WeightNormSparsifier``'s bit for bit on tie-free weights. A run at
+    sparsity 0 (added when missing) is the dense baseline. Then, for each run, the masks of
+    its final level on its final weights are computed by funcsparse and by torch.ao, timed
+    (``repeats`` interleaved repetitions, medians) and compared bit for bit.
+
+    Printed on ``out``: the accuracy per sparsity against the dense baseline, a per-layer
+    sparsity table, the mask timings and ``identical: True`` (or ``identical: False`` and
+    the layers that differ), and where the files are. A progress bar over all training steps
+    goes to stderr. Results other than timings are deterministic for a seed: the demo runs on
+    one intra-op thread (the caller's thread count is restored) and never touches the global
+    RNG.
+
+    Examples:
+        >>> import io
+        >>> summary = run_demo(steps=3, sparsities=[0.5], repeats=1, out_dir=None,
+        ...                    out=io.StringIO(), progress=False)
+        >>> [run["sparsity"] for run in summary["runs"]], summary["identical"]
+        ([0.0, 0.5], True)
 
     Args:
-        seed: seeds the dataset, the model's initialisation and the minibatches.
-        steps: training steps, at least 1 (fewer than 5: pruned at step 0, full level).
-        sparsity: ``WeightNorm``'s level for every ``*.weight``, in [0, 1].
-        out: where the report is printed.
+        seed: seeds the split, the model's initialisation and the minibatches. Default 0.
+        steps: training steps per run, at least 1 (fewer than 5: pruned at step 0).
+            Default :data:`DEFAULT_STEPS`.
+        sparsities: final sparsities, each in [0, 1]; sorted, duplicates dropped, 0 added.
+            Default :data:`DEFAULT_SPARSITIES`.
+        repeats: timed repetitions of each contender, at least 1. Default
+            :data:`DEFAULT_REPEATS`.
+        out_dir: the folder for ``accuracy.png``, ``masks.png``, the checkpoint and
+            ``summary.json`` (created if missing; existing files of those names are
+            replaced); None writes nothing. Default :data:`DEFAULT_OUT`.
+        out: where the report is printed. Default ``sys.stdout``.
+        progress: show a progress bar on stderr (needs tqdm). Default True.
 
     Returns:
-        A dict with ``seed``, ``steps``, ``sparsity``, ``dense_accuracy`` (held-out, when
-        pruning begins), ``final_accuracy`` (held-out, at the end), ``updates`` (one dict per
-        mask update: ``step``, ``fraction`` of the level, ``sparsity`` reached over the
-        pruned weights), ``overall_sparsity`` and ``layers``: one dict per pruned weight
-        with ``path``, ``shape``, ``kept``, ``total`` and ``sparsity``.
+        The summary (what ``summary.json`` holds): ``versions``, ``seed``, ``steps``,
+        ``repeats``, ``data``, ``model``, ``method``, ``schedule``, ``dense_accuracy``,
+        ``runs`` (per sparsity: ``sparsity``, ``reached``, ``accuracy``,
+        ``accuracy_when_pruning_began``, ``updates`` and ``layers``), ``timing`` (per pruned
+        run, see :func:`funcsparse.demo_timing.compare_with_torch_ao`), ``identical``,
+        ``checkpoint`` (``path``, ``sparsity``, ``bytes``, ``dense_bytes``, ``ratio``; None
+        without ``out_dir``), ``files`` (name -> path) and ``skipped``.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``sparsity`` is outside [0, 1], ``steps < 1`` or ``seed < 0``.
+        ValueError: a sparsity outside [0, 1], ``steps < 1``, ``repeats < 1``, ``seed < 0``,
+            or ``out_dir`` is an existing file.
     """
     seed = _require_int("seed", seed, 0)
     steps = _require_int("steps", steps, 1)
-    level = _require_level(sparsity)
+    repeats = _require_int("repeats", repeats, 1)
+    levels = _require_levels(sparsities)
+    folder = _require_folder(out_dir)
     if not callable(getattr(out, "write", None)):
-        raise TypeError(f"run_demo: out must be a text stream, got {type(out).__name__}")
+        raise TypeError(f"run_demo: out must be a text stream, got {describe(out)}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"run_demo: progress must be a bool, got {describe(progress)}")
     # One intra-op thread: the tensors are small, so this is fastest, immune to oversubscribed
-    # cores (a busy 2-core machine slows 2 spinning threads tenfold), and thread-count
-    # independent. The caller's setting is restored.
+    # cores, and thread-count independent. The caller's setting is restored.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(seed, steps, level, out)
+        return _run(seed, steps, levels, repeats, folder, out, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(seed: int, steps: int, level: float, out: TextIO) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(seed)
-    x_train, y_train, x_test, y_test = _make_data(generator)
-    model = _make_model(seed)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    params: Params = {k: v.detach().clone() for k, v in model.named_parameters()}
+def _require_int(name: str, value: object, minimum: int) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"run_demo: {name} must be an int, got {describe(value)}")
+    if int(value) < minimum:
+        raise ValueError(f"run_demo: {name} must be at least {minimum}, got {short_repr(value)}")
+    return int(value)
 
-    schedule = _schedule(steps)
-    method = fs.WeightNorm(level, sparse_block_shape=_BLOCK)
-    pruner = fs.Pruner({"*.weight": method}, schedule=schedule)
-    state = pruner.init(params)
-    moments = ({k: torch.zeros_like(v) for k, v in params.items()},) * 2
 
-    def loss(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
-        # Dense: the params are kept pruned (projected after every step), so this is the
-        # masked model's loss, and its gradient at kept weights is the masked one.
-        return nn.functional.cross_entropy(torch.func.functional_call(model, p, (xb,)), yb)
-
-    grad_fn: Callable[[Params, Tensor, Tensor], tuple[Params, Tensor]]
-    grad_fn = torch.func.grad_and_value(loss)
-    chance = 1.0 / _N_CLASSES
-    print(
-        f"funcsparse demo: seed={seed}, {_N_TRAIN} train / {_N_TEST} test points, "
-        f"{_N_CLASSES} classes (chance {chance:.1%}), MLP {_N_FEATURES}-{_HIDDEN}-{_HIDDEN}-"
-        f"{_N_CLASSES}, {steps} Adam steps",
-        file=out,
-    )
-    print(
-        f"pruning every weight with WeightNorm({level:g}, blocks {_BLOCK[0]}x{_BLOCK[1]}), "
-        f"schedule {schedule if schedule is not None else 'none: full level at step 0'}",
-        file=out,
-    )
-    dense_acc = None
-    updates: list[dict[str, Any]] = []
-    masks: Masks = dict.fromkeys(params)
-    for step in range(steps):
-        batch = torch.randint(0, x_train.shape[0], (_BATCH,), generator=generator)
-        grads, value = grad_fn(params, x_train[batch], y_train[batch])
-        if dense_acc is None and (schedule is None or schedule.is_update_step(step)):
-            dense_acc = _accuracy(model, params, masks, x_test, y_test)
-        previous = state["fraction"]
-        masks, state = pruner.update(params, state)
-        params, moments = _adam(params, grads, moments, step + 1, lr=3e-3)
-        params = fs.apply_masks(params, masks)  # pruned weights stay exactly zero
-        if state["fraction"] != previous or (schedule and schedule.is_update_step(step)):
-            reached = _overall(masks)
-            updates.append({"step": step, "fraction": state["fraction"], "sparsity": reached})
-            print(
-                f"  step {step:>4}: schedule {state['fraction']:.3f} x sparsity {level:g} -> "
-                f"{reached:6.2%} of the weights pruned, train loss {value.item():.3f}",
-                file=out,
+def _require_levels(values: object) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise TypeError(
+            f"run_demo: sparsities must be a sequence of numbers, got {describe(values)}"
+        )
+    levels = {0.0}
+    for index, value in enumerate(values):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(
+                f"run_demo: sparsities[{index}] must be a real number, got {describe(value)}"
             )
-    final_acc = _accuracy(model, params, masks, x_test, y_test)
+        level = float(value)
+        if not 0.0 <= level <= 1.0:  # also rejects NaN
+            raise ValueError(f"run_demo: sparsities[{index}]={short_repr(value)} must be in [0, 1]")
+        levels.add(level)
+    return sorted(levels)
 
+
+def _require_folder(value: object) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"run_demo: out_dir must be a path or None, got {describe(value)}")
+    folder = Path(value)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"run_demo: out_dir={short_repr(str(folder))} is a file, not a folder")
+    return folder
+
+
+def _optional(name: str) -> ModuleType | None:
+    """The module ``name``, or None where it is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _run(
+    seed: int,
+    steps: int,
+    levels: list[float],
+    repeats: int,
+    folder: Path | None,
+    out: TextIO,
+    progress: bool,
+) -> dict[str, Any]:
+    skipped: list[str] = []
+    x, y = load_digits()
+    data = split(x, y, seed=seed)
+    model = make_model(seed)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    print(f"funcsparse demo: {DIGITS_CREDIT}", file=out)
+    print(
+        f"  {len(data[0])} train / {len(data[2])} test digits, 8x8 pixels, {N_CLASSES} classes; "
+        f"{_MODEL}, {steps} Adam steps per run, seed {seed}",
+        file=out,
+    )
+    print(
+        f"  every weight pruned unstructured by fs.WeightNorm (magnitude), raised gradually by "
+        f"fs.Pruner: {schedule(steps) or 'full level at step 0'}",
+        file=out,
+    )
+    tqdm = _optional("tqdm") if progress else None
+    if progress and tqdm is None:
+        skipped.append(f"progress bar: tqdm is not installed ({INSTALL_HINT})")
+    runs = _train_all(model, data, levels, steps, seed, tqdm)
+    timing = [
+        compare_with_torch_ao(model, run.params, level=run.sparsity, repeats=repeats)
+        for run in runs
+        if run.sparsity > 0
+    ]
     after = model.state_dict()
     if before.keys() != after.keys() or any(not torch.equal(before[k], after[k]) for k in before):
         raise RuntimeError("run_demo: the model module was mutated")
+    summary = _summary(seed, steps, repeats, data, runs, timing)
+    _print_accuracy(summary, out)
+    _print_layers(summary, out)
+    _print_timing(summary, out)
+    files: dict[str, str] = {}
+    if folder is not None:
+        files, checkpoint = _write_files(folder, runs, summary, skipped)
+        summary["checkpoint"] = checkpoint
+    summary["files"] = files
+    summary["skipped"] = skipped
+    if folder is not None:
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _print_files(summary, out)
+    return summary
 
-    layers: list[dict[str, Any]] = []
-    for path, mask in masks.items():
-        if mask is None:
-            continue
-        total = mask.numel()
-        kept = int(mask.sum().item())
-        if int(torch.count_nonzero(params[path]).item()) > kept:
+
+def _train_all(
+    model: torch.nn.Module,
+    data: tuple[torch.Tensor, ...],
+    levels: list[float],
+    steps: int,
+    seed: int,
+    tqdm: ModuleType | None,
+) -> list[Run]:
+    bar: Any = None
+    if tqdm is not None:
+        bar = tqdm.tqdm(total=steps * len(levels), file=sys.stderr, unit="step", leave=False)
+    tick: Callable[[], None] = (lambda: None) if bar is None else (lambda: bar.update(1))
+    runs = []
+    try:
+        for level in levels:
+            if bar is not None:
+                bar.set_description(f"training, final sparsity {level:.0%}")
+            x_train, y_train, x_test, y_test = data
+            runs.append(
+                train(
+                    model,
+                    (x_train, y_train, x_test, y_test),
+                    level=level,
+                    steps=steps,
+                    seed=seed,
+                    tick=tick,
+                )
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+    return runs
+
+
+def _layers(run: Run) -> list[dict[str, Any]]:
+    layers = []
+    for path, value in run.params.items():
+        mask = run.masks[path]
+        kept = value.numel() if mask is None else int(mask.sum())
+        if int(torch.count_nonzero(value)) > kept:
             raise RuntimeError(f"run_demo: pruned entries of {path!r} are nonzero")
         layers.append(
             {
                 "path": path,
-                "shape": tuple(mask.shape),
+                "shape": list(value.shape),
+                "pruned": mask is not None,
                 "kept": kept,
-                "total": total,
-                "sparsity": 1.0 - kept / total,
+                "total": value.numel(),
+                "sparsity": 1.0 - kept / value.numel(),
+                "nonzero": int(torch.count_nonzero(value)),
             }
         )
-    all_kept = sum(layer["kept"] for layer in layers)
-    all_total = sum(layer["total"] for layer in layers)
-    overall = 1.0 - all_kept / all_total
+    return layers
 
-    print(f"accuracy when pruning began: {dense_acc:.2%}", file=out)
-    print(f"final accuracy (pruned):     {final_acc:.2%}", file=out)
-    print("", file=out)
-    header = f"{'layer':<10} {'shape':<12} {'kept':>7} {'total':>7} {'sparsity':>9}"
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    for layer in [*layers, {"path": "all", "shape": "", "kept": all_kept, "total": all_total}]:
-        shape = "x".join(str(side) for side in layer["shape"])
-        share = 1.0 - layer["kept"] / layer["total"]
-        print(
-            f"{layer['path']:<10} {shape:<12} {layer['kept']:>7} {layer['total']:>7} {share:>8.2%}",
-            file=out,
+
+def _summary(
+    seed: int,
+    steps: int,
+    repeats: int,
+    data: tuple[torch.Tensor, ...],
+    runs: list[Run],
+    timing: list[dict[str, Any]],
+) -> dict[str, Any]:
+    summary_runs = []
+    for run in runs:
+        layers = _layers(run)
+        weights = [layer for layer in layers if layer["pruned"]]
+        reached = 1.0 - sum(w["kept"] for w in weights) / sum(w["total"] for w in weights)
+        summary_runs.append(
+            {
+                "sparsity": run.sparsity,
+                "reached": reached,
+                "accuracy": run.accuracy,
+                "accuracy_when_pruning_began": run.dense_accuracy,
+                "updates": run.updates,
+                "layers": layers,
+            }
         )
-
     return {
+        "versions": _versions(),
         "seed": seed,
         "steps": steps,
-        "sparsity": level,
-        "dense_accuracy": dense_acc,
-        "final_accuracy": final_acc,
-        "updates": updates,
-        "overall_sparsity": overall,
-        "layers": layers,
+        "repeats": repeats,
+        "data": {
+            "name": "UCI optical recognition of handwritten digits",
+            "credit": DIGITS_CREDIT,
+            "train": len(data[0]),
+            "test": len(data[2]),
+            "classes": N_CLASSES,
+        },
+        "model": _MODEL,
+        "method": repr(method(runs[-1].sparsity)),
+        "schedule": repr(schedule(steps)),
+        "dense_accuracy": runs[0].accuracy,
+        "runs": summary_runs,
+        "timing": timing,
+        "identical": all(t["identical"] for t in timing),
+        "checkpoint": None,
     }
 
 
-def _overall(masks: Masks) -> float:
-    """The fraction of pruned entries over the masked leaves."""
-    present = [m for m in masks.values() if m is not None]
-    total = sum(m.numel() for m in present)
-    return 0.0 if not total else 1.0 - sum(int(m.sum()) for m in present) / total
+def _versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for name in ("funcsparse", "numpy", "tqdm", "matplotlib"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _print_accuracy(summary: dict[str, Any], out: TextIO) -> None:
+    dense = summary["dense_accuracy"]
+    print("", file=out)
+    print(
+        f"test accuracy on {summary['data']['test']} held-out digits "
+        f"(chance {1 / N_CLASSES:.0%}), dense vs pruned:",
+        file=out,
+    )
+    print(f"  {'target':>7} {'pruned':>8} {'accuracy':>9} {'vs dense':>9}", file=out)
+    for run in summary["runs"]:
+        change = (
+            "baseline" if run["sparsity"] == 0 else f"{100 * (run['accuracy'] - dense):+.2f} pt"
+        )
+        print(
+            f"  {run['sparsity']:>7.0%} {run['reached']:>8.2%} {run['accuracy']:>9.2%} {change:>9}",
+            file=out,
+        )
+
+
+def _print_layers(summary: dict[str, Any], out: TextIO) -> None:
+    runs = summary["runs"]
+    print("", file=out)
+    print("per-layer sparsity (share of entries that are zero), one column per run:", file=out)
+    header = f"  {'layer':<9} {'shape':<8}" + "".join(f"{r['sparsity']:>8.0%}" for r in runs)
+    print(header, file=out)
+    for i, layer in enumerate(runs[0]["layers"]):
+        shape = "x".join(str(side) for side in layer["shape"])
+        cells = "".join(
+            f"{r['layers'][i]['sparsity']:>8.2%}" if layer["pruned"] else f"{'-':>8}" for r in runs
+        )
+        print(f"  {layer['path']:<9} {shape:<8}{cells}", file=out)
+    total = "".join(f"{r['reached']:>8.2%}" for r in runs)
+    print(f"  {'weights':<18}{total}  (biases are not pruned: -)", file=out)
+
+
+def _print_timing(summary: dict[str, Any], out: TextIO) -> None:
+    timing = summary["timing"]
+    if not timing:
+        return
+    print("", file=out)
+    print(
+        f"masks of every weight at each run's final level, on its final weights: "
+        f"median of {summary['repeats']} interleaved repetitions (ms)",
+        file=out,
+    )
+    print(
+        f"  {'sparsity':>8} {'funcsparse':>11} {'torch.ao prepare+step':>22} {'ratio':>6} "
+        f"{'torch.ao step':>14} {'ratio':>6}  identical",
+        file=out,
+    )
+    for t in timing:
+        print(
+            f"  {t['level']:>8.0%} {t['funcsparse_ms']:>11.2f}"
+            f" {t['torch_ao_prepare_step_ms']:>22.2f}"
+            f" {t['ratio_prepare_step']:>5.1f}x {t['torch_ao_step_ms']:>14.2f}"
+            f" {t['ratio_step']:>5.1f}x  {t['identical']}",
+            file=out,
+        )
+    if summary["identical"]:
+        print(
+            "identical: True (every mask equals torch.ao.pruning.WeightNormSparsifier's, bit for "
+            "bit)",
+            file=out,
+        )
+    else:
+        differing = {f"{t['level']:.0%}": t["differing"] for t in timing if not t["identical"]}
+        print(f"identical: False  <-- MASKS DIFFER from torch.ao.pruning's: {differing}", file=out)
+
+
+def _write_files(
+    folder: Path, runs: list[Run], summary: dict[str, Any], skipped: list[str]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    if _optional("matplotlib") is None:
+        skipped.append(f"accuracy.png and masks.png: matplotlib is not installed ({INSTALL_HINT})")
+    else:
+        from funcsparse import demo_plots
+
+        files["accuracy"] = str(folder / "accuracy.png")
+        demo_plots.plot_accuracy(
+            Path(files["accuracy"]),
+            sparsities=[run["reached"] for run in summary["runs"]],
+            accuracies=[run.accuracy for run in runs],
+            dense_accuracy=summary["dense_accuracy"],
+            title=(
+                f"Test accuracy vs sparsity: {_MODEL} on the UCI handwritten digits\n"
+                "every weight pruned unstructured by magnitude (fs.WeightNorm),\n"
+                "gradually during training (fs.Pruner, cubic schedule), one run per sparsity"
+            ),
+        )
+        files["masks"] = str(folder / "masks.png")
+        masks = [run.masks[_MASKS_LAYER] for run in runs]
+        demo_plots.plot_masks(
+            Path(files["masks"]),
+            masks=[m for m in masks if m is not None],
+            sparsities=[run.sparsity for run in runs],
+            layer=f"the first layer ({_MASKS_LAYER}: {HIDDEN} hidden units x 64 input pixels)",
+            rows="hidden unit (row of the weight)",
+            columns="input pixel (8x8, row by row)",
+        )
+    sparsest = runs[-1]
+    files["checkpoint"] = str(folder / CHECKPOINT)
+    fs.save_sparse(files["checkpoint"], sparsest.params, sparsest.masks)
+    dense = io.BytesIO()
+    torch.save(sparsest.params, dense)
+    size = Path(files["checkpoint"]).stat().st_size
+    checkpoint = {
+        "path": files["checkpoint"],
+        "sparsity": sparsest.sparsity,
+        "bytes": size,
+        "dense_bytes": dense.getbuffer().nbytes,
+        "ratio": size / dense.getbuffer().nbytes,
+    }
+    files["summary"] = str(folder / "summary.json")
+    return files, checkpoint
+
+
+def _print_files(summary: dict[str, Any], out: TextIO) -> None:
+    checkpoint = summary["checkpoint"]
+    if checkpoint is not None:
+        print("", file=out)
+        print(
+            f"sparse checkpoint of the {checkpoint['sparsity']:.0%} model (fs.save_sparse): "
+            f"{checkpoint['bytes']:,} bytes, {checkpoint['ratio']:.2f}x the dense torch.save "
+            f"of the same params ({checkpoint['dense_bytes']:,} bytes)",
+            file=out,
+        )
+        print(f"  inspect it: python -m funcsparse report {checkpoint['path']}", file=out)
+    for line in summary["skipped"]:
+        print(f"skipped: {line}", file=out)
+    if summary["files"]:
+        print("", file=out)
+        print("files:", file=out)
+        labels = {
+            "accuracy": "test accuracy vs sparsity",
+            "masks": f"masks of {_MASKS_LAYER} per sparsity",
+            "checkpoint": "sparse checkpoint (fs.load_sparse reads it)",
+            "summary": "every figure above, versions, seed",
+        }
+        for name, path in summary["files"].items():
+            print(f"  {path:<40} {labels[name]}", file=out)
