@@ -1,23 +1,287 @@
-"""``funcsparse report PATH``: per-layer sparsity, pattern and bytes of a checkpoint."""
+"""``funcsparse report PATH``: per-layer sparsity, pattern and bytes of a checkpoint.
+
+The file is either a funcsparse sparse checkpoint (:func:`funcsparse.save_sparse`), whose
+masks are read from the file, or a plain ``torch.save``'d state_dict (a mapping of tensors,
+nested mappings allowed), whose zeros count as pruned. For each tensor the report gives its
+shape, dtype, sparsity, detected pattern (:func:`funcsparse.export.detect_pattern`) and bytes:
+dense (``numel * itemsize``) and sparse (what :func:`funcsparse.save_sparse` stores for it:
+the kept values and one bit per entry, or the dense bytes for a leaf with nothing pruned),
+then the totals. ``--json`` prints the same as JSON. Files are read one tensor at a time
+(``torch.load(..., mmap=True, weights_only=True)``), with a progress bar on stderr when the
+file is large and tqdm is installed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
 import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
-__all__ = ["COMMAND", "DESCRIPTION", "HELP", "add_arguments", "main"]
+import torch
+from torch import Tensor
+
+from funcsparse.export import detect_pattern, iter_sparse
+from funcsparse.export.checkpoint import is_sparse_checkpoint, stored_nbytes
+
+__all__ = [
+    "COMMAND",
+    "DESCRIPTION",
+    "HELP",
+    "PROGRESS_BYTES",
+    "add_arguments",
+    "build_report",
+    "format_report",
+    "main",
+]
 
 COMMAND = "report"
 HELP = "per-layer sparsity, pattern and bytes of a checkpoint"
-DESCRIPTION = "Report a sparse checkpoint or a plain state_dict file (not implemented yet)."
+DESCRIPTION = (
+    "Report a funcsparse sparse checkpoint (fs.save_sparse) or a plain torch.save'd "
+    "state_dict, whose zeros count as pruned: per tensor its shape, dtype, sparsity, detected "
+    "pattern (unstructured / N:M / block / channel) and bytes dense vs sparse (what "
+    "fs.save_sparse stores), then the totals."
+)
+
+PROGRESS_BYTES = 256 * 2**20
+"""Files larger than this get a progress bar (when tqdm is installed)."""
+
+Leaf = tuple[str, Tensor, Tensor | None]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the report's options to its sub-parser."""
     parser.add_argument("path", help="a funcsparse sparse checkpoint or a torch.save'd state_dict")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help=f"progress bar on stderr: auto = for files over {PROGRESS_BYTES // 2**20} MiB "
+        "(default: auto)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the report from parsed arguments; returns the exit status."""
-    print("funcsparse report: not implemented yet", file=sys.stderr)
-    return 2
+    """Run the report from parsed arguments; returns the exit status (2 on a bad file)."""
+    try:
+        report = build_report(args.path, progress=args.progress)
+    except (TypeError, ValueError) as err:
+        print(f"funcsparse report: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report), end="")
+    return 0
+
+
+def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> dict[str, Any]:
+    """The report of a checkpoint file as a JSON-ready dict.
+
+    Examples:
+        >>> import tempfile, torch, funcsparse as fs
+        >>> from funcsparse.report import build_report
+        >>> params = {"w": torch.tensor([[4.0, 3, 1, 2], [1, 2, 4, 3]]), "b": torch.ones(2)}
+        >>> masks = {"w": fs.NM(n=2, m=4)(params["w"]), "b": None}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     fs.save_sparse(f"{tmp}/model.pt", params, masks)
+        ...     report = build_report(f"{tmp}/model.pt")
+        >>> report["format"]
+        'funcsparse sparse checkpoint'
+        >>> {row["path"]: row["pattern"] for row in report["leaves"]} == {"w": "2:4", "b": "not masked"}
+        True
+        >>> report["totals"]["sparsity"]
+        0.4
+
+    Args:
+        path: a sparse checkpoint or a ``torch.save``'d mapping of tensors.
+        progress: ``"auto"`` (a bar for files over :data:`PROGRESS_BYTES`), ``"always"`` or
+            ``"never"``; the bar needs tqdm.
+
+    Returns:
+        ``{"path", "format", "file_bytes", "leaves": [...], "skipped": [...], "totals"}``;
+        each leaf has ``path``, ``shape``, ``dtype``, ``numel``, ``pruned``, ``sparsity``,
+        ``pattern``, ``dense_bytes``, ``sparse_bytes``; ``skipped`` names the entries of a
+        plain file that are not tensors.
+
+    Raises:
+        ValueError: the file is missing, unreadable, corrupt, or holds no tensors.
+        TypeError: ``progress`` is not one of the three choices.
+    """
+    if progress not in ("auto", "always", "never"):
+        raise TypeError(
+            f"build_report: progress must be 'auto', 'always' or 'never', got {progress!r}"
+        )
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"build_report: {str(file)!r} is not a file")
+    size = file.stat().st_size
+    loaded = _load(file)
+    skipped: list[str] = []
+    leaves: Iterator[Leaf]
+    if is_sparse_checkpoint(loaded):
+        fmt = "funcsparse sparse checkpoint"
+        del loaded  # iter_sparse reads the file again, one leaf at a time
+        reader = iter_sparse(file)
+        count = len(reader)
+        leaves = iter(reader)
+    else:
+        fmt = "state_dict"
+        found = list(_tensors(loaded, "", skipped))
+        count = len(found)
+        leaves = ((name, tensor, tensor != 0) for name, tensor in found)
+        if not found:
+            raise ValueError(
+                f"build_report: {str(file)!r} holds no tensors (neither a funcsparse sparse "
+                "checkpoint nor a state_dict)"
+            )
+    show = progress == "always" or (progress == "auto" and size > PROGRESS_BYTES)
+    rows = [
+        _row(name, tensor, mask, plain=fmt == "state_dict")
+        for name, tensor, mask in _with_progress(leaves, count, show, file.name)
+    ]
+    return {
+        "path": str(file),
+        "format": fmt,
+        "file_bytes": size,
+        "leaves": rows,
+        "skipped": skipped,
+        "totals": _totals(rows),
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a text table with a totals line (what ``funcsparse report`` prints)."""
+    header = ("tensor", "shape", "dtype", "sparsity", "pattern", "dense", "sparse")
+    lines = [
+        (
+            row["path"],
+            "x".join(str(side) for side in row["shape"]) or "()",
+            str(row["dtype"]).removeprefix("torch."),
+            f"{row['sparsity']:.2%}",
+            row["pattern"],
+            _size(row["dense_bytes"]),
+            _size(row["sparse_bytes"]),
+        )
+        for row in report["leaves"]
+    ]
+    totals = report["totals"]
+    lines.append(
+        (
+            f"total ({len(report['leaves'])} tensors)",
+            f"{totals['numel']:,}",
+            "",
+            f"{totals['sparsity']:.2%}",
+            "",
+            _size(totals["dense_bytes"]),
+            _size(totals["sparse_bytes"]),
+        )
+    )
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
+    right = {3, 5, 6}
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [f"{report['path']}: {report['format']}, {_size(report['file_bytes'])} on disk", ""]
+    out += [fmt(header), "  ".join("-" * w for w in widths)]
+    out += [fmt(cells) for cells in lines[:-1]]
+    out += ["  ".join("-" * w for w in widths), fmt(lines[-1])]
+    ratio = totals["sparse_bytes"] / totals["dense_bytes"] if totals["dense_bytes"] else 1.0
+    out += ["", f"sparse / dense bytes: {ratio:.3f}"]
+    if report["skipped"]:
+        shown = ", ".join(report["skipped"][:8])
+        more = f" and {len(report['skipped']) - 8} more" if len(report["skipped"]) > 8 else ""
+        out.append(f"not tensors, skipped: {shown}{more}")
+    return "\n".join(out) + "\n"
+
+
+def _load(file: Path) -> object:
+    """``torch.load`` with weights_only (memory-mapped where the format allows)."""
+    try:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors all mean "not a readable file"
+        raise ValueError(
+            f"build_report: {str(file)!r} cannot be read by torch.load(weights_only=True): "
+            f"corrupt, truncated, or not a torch.save file ({type(err).__name__})"
+        ) from None
+
+
+def _tensors(value: object, prefix: str, skipped: list[str]) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a (nested) mapping, with dotted paths; other entries go to ``skipped``."""
+    if isinstance(value, Tensor):
+        yield prefix or "<tensor>", value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key), skipped)
+    else:
+        skipped.append(prefix or "<top level>")
+
+
+def _row(name: str, tensor: Tensor, mask: Tensor | None, *, plain: bool) -> dict[str, Any]:
+    numel = tensor.numel()
+    pruned = 0 if mask is None else numel - int(mask.sum())
+    if mask is None:
+        pattern = "not masked"
+    elif plain and pruned == 0:
+        pattern = "dense"
+    else:
+        pattern = str(detect_pattern(mask))
+    # A plain file's tensor with no zeros would be saved unmasked: count its dense bytes.
+    stored_mask = None if mask is None or (plain and pruned == 0) else mask
+    return {
+        "path": name,
+        "shape": list(tensor.shape),
+        "dtype": str(tensor.dtype),
+        "numel": numel,
+        "pruned": pruned,
+        "sparsity": pruned / numel if numel else 0.0,
+        "pattern": pattern,
+        "dense_bytes": numel * tensor.element_size(),
+        "sparse_bytes": stored_nbytes(stored_mask, dtype=tensor.dtype, numel=numel),
+    }
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    numel = sum(row["numel"] for row in rows)
+    pruned = sum(row["pruned"] for row in rows)
+    return {
+        "numel": numel,
+        "pruned": pruned,
+        "sparsity": pruned / numel if numel else 0.0,
+        "dense_bytes": sum(row["dense_bytes"] for row in rows),
+        "sparse_bytes": sum(row["sparse_bytes"] for row in rows),
+    }
+
+
+def _with_progress(leaves: Iterator[Leaf], count: int, show: bool, name: str) -> Iterator[Leaf]:
+    if not show:
+        return leaves
+    try:
+        tqdm = importlib.import_module("tqdm")
+    except ImportError:
+        print("funcsparse report: no progress bar (pip install tqdm)", file=sys.stderr)
+        return leaves
+    bar: Iterator[Leaf] = tqdm.tqdm(leaves, total=count, desc=name, unit="tensor", file=sys.stderr)
+    return bar
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
