@@ -94,7 +94,8 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
         ...     report = build_report(f"{tmp}/model.pt")
         >>> report["format"]
         'funcsparse sparse checkpoint'
-        >>> {row["path"]: row["pattern"] for row in report["leaves"]} == {"w": "2:4", "b": "not masked"}
+        >>> patterns = {row["path"]: row["pattern"] for row in report["leaves"]}
+        >>> patterns == {"w": "2:4", "b": "not masked"}
         True
         >>> report["totals"]["sparsity"]
         0.4
