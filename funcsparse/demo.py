@@ -440,6 +440,11 @@ def _print_timing(summary: dict[str, Any], out: TextIO) -> None:
             f" {t['ratio_step']:>5.1f}x  {t['identical']}",
             file=out,
         )
+    print(
+        "  (tiny weights: per-call overhead dominates here; benchmarks/masks.py times an "
+        "84.9M-weight stack)",
+        file=out,
+    )
     if summary["identical"]:
         print(
             "identical: True (every mask equals torch.ao.pruning.WeightNormSparsifier's, bit for "

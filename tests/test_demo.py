@@ -157,6 +157,7 @@ def test_files_are_written_and_valid(summary: dict[str, Any], folder: Path) -> N
         width, height = _png_size(folder / name)
         assert 400 < width < 2000 and 300 < height < 2000
     assert json.loads((folder / "summary.json").read_text()) == summary
+    assert "matplotlib.pyplot" not in sys.modules  # Agg canvas only: no global backend
     assert summary["skipped"] == []
     assert summary["versions"]["torch"] == torch.__version__
     assert summary["seed"] == 0 and summary["steps"] == QUICK_STEPS
