@@ -24,7 +24,7 @@ _DPI = 100
 
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)  # attaches the Agg canvas: no pyplot, no global backend
-    figure.savefig(path, format="png")
+    figure.savefig(path, format="png", bbox_inches="tight", pad_inches=0.15)
 
 
 def plot_accuracy(
