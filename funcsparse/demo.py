@@ -207,6 +207,11 @@ def _require_folder(value: object) -> Path | None:
     return folder
 
 
+def _percent(level: float) -> str:
+    """A level as a percentage with the digits it needs: 0.5 -> '50%', 0.999 -> '99.9%'."""
+    return f"{100 * level:.4g}%"
+
+
 def _optional(name: str) -> ModuleType | None:
     """The module ``name``, or None where it is not installed."""
     try:
@@ -284,7 +289,7 @@ def _train_all(
     try:
         for level in levels:
             if bar is not None:
-                bar.set_description(f"training, final sparsity {level:.0%}")
+                bar.set_description(f"training, final sparsity {_percent(level)}")
             x_train, y_train, x_test, y_test = data
             runs.append(
                 train(
@@ -396,7 +401,8 @@ def _print_accuracy(summary: dict[str, Any], out: TextIO) -> None:
             "baseline" if run["sparsity"] == 0 else f"{100 * (run['accuracy'] - dense):+.2f} pt"
         )
         print(
-            f"  {run['sparsity']:>7.0%} {run['reached']:>8.2%} {run['accuracy']:>9.2%} {change:>9}",
+            f"  {_percent(run['sparsity']):>7} {run['reached']:>8.2%} {run['accuracy']:>9.2%}"
+            f" {change:>9}",
             file=out,
         )
 
@@ -405,7 +411,7 @@ def _print_layers(summary: dict[str, Any], out: TextIO) -> None:
     runs = summary["runs"]
     print("", file=out)
     print("per-layer sparsity (share of entries that are zero), one column per run:", file=out)
-    header = f"  {'layer':<9} {'shape':<8}" + "".join(f"{r['sparsity']:>8.0%}" for r in runs)
+    header = f"  {'layer':<9} {'shape':<8}" + "".join(f"{_percent(r['sparsity']):>8}" for r in runs)
     print(header, file=out)
     for i, layer in enumerate(runs[0]["layers"]):
         shape = "x".join(str(side) for side in layer["shape"])
@@ -434,7 +440,7 @@ def _print_timing(summary: dict[str, Any], out: TextIO) -> None:
     )
     for t in timing:
         print(
-            f"  {t['level']:>8.0%} {t['funcsparse_ms']:>11.2f}"
+            f"  {_percent(t['level']):>8} {t['funcsparse_ms']:>11.2f}"
             f" {t['torch_ao_prepare_step_ms']:>22.2f}"
             f" {t['ratio_prepare_step']:>5.1f}x {t['torch_ao_step_ms']:>14.2f}"
             f" {t['ratio_step']:>5.1f}x  {t['identical']}",
@@ -452,7 +458,7 @@ def _print_timing(summary: dict[str, Any], out: TextIO) -> None:
             file=out,
         )
     else:
-        differing = {f"{t['level']:.0%}": t["differing"] for t in timing if not t["identical"]}
+        differing = {_percent(t["level"]): t["differing"] for t in timing if not t["identical"]}
         print(f"identical: False  <-- MASKS DIFFER from torch.ao.pruning's: {differing}", file=out)
 
 
@@ -510,7 +516,7 @@ def _print_files(summary: dict[str, Any], out: TextIO) -> None:
     if checkpoint is not None:
         print("", file=out)
         print(
-            f"sparse checkpoint of the {checkpoint['sparsity']:.0%} model (fs.save_sparse): "
+            f"sparse checkpoint of the {_percent(checkpoint['sparsity'])} model (fs.save_sparse): "
             f"{checkpoint['bytes']:,} bytes, {checkpoint['ratio']:.2f}x the dense torch.save "
             f"of the same params ({checkpoint['dense_bytes']:,} bytes)",
             file=out,

@@ -37,6 +37,16 @@ def plot_accuracy(
 ) -> None:
     """Test accuracy (%) against the fraction of weights pruned (%), dense baseline marked.
 
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "accuracy.png"
+        ...     plot_accuracy(path, sparsities=[0.0, 0.5, 0.9], accuracies=[0.98, 0.97, 0.9],
+        ...                   dense_accuracy=0.98, title="an MLP")
+        ...     path.read_bytes()[:4]
+        b'\x89PNG'
+
     Args:
         path: the PNG to write.
         sparsities: the fractions of weights pruned, one per run.
@@ -89,6 +99,17 @@ def plot_masks(
 ) -> None:
     """The masks of one layer side by side, one per run, kept and pruned weights in two colours.
 
+    Examples:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> masks = [torch.ones(8, 4, dtype=torch.bool), torch.arange(32).reshape(8, 4) % 3 > 0]
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "masks.png"
+        ...     plot_masks(path, masks=masks, sparsities=[0.0, 0.5], layer="a layer",
+        ...                rows="output", columns="input")
+        ...     path.read_bytes()[:4]
+        b'\x89PNG'
+
     Args:
         path: the PNG to write.
         masks: one bool mask of the layer (out_features x in_features) per run.
@@ -106,7 +127,7 @@ def plot_masks(
         axes.imshow(
             mask.int().numpy(), cmap=colours, vmin=0, vmax=1, aspect="auto", interpolation="nearest"
         )
-        axes.set_title(f"{100 * level:.0f}% pruned\n{kept:,} of {mask.numel():,} kept", fontsize=9)
+        axes.set_title(f"{100 * level:.4g}% pruned\n{kept:,} of {mask.numel():,} kept", fontsize=9)
         axes.set_xlabel(columns, fontsize=8)
         axes.tick_params(labelsize=7)
         if i == 0:

@@ -18,7 +18,18 @@ from torch import Tensor, nn
 import funcsparse as fs
 from funcsparse.demo_data import N_CLASSES, N_PIXELS
 
-__all__ = ["BATCH", "HIDDEN", "LEARNING_RATE", "Run", "make_model", "method", "schedule", "train"]
+__all__ = [
+    "BATCH",
+    "BLOCK",
+    "HIDDEN",
+    "LEARNING_RATE",
+    "Run",
+    "accuracy",
+    "make_model",
+    "method",
+    "schedule",
+    "train",
+]
 
 HIDDEN = 256
 """Width of the MLP's two hidden layers."""
@@ -106,7 +117,15 @@ def schedule(steps: int) -> fs.schedules.polynomial | None:
 
 
 def accuracy(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> float:
-    """The share of ``x`` that the model with ``params`` classifies as ``y``."""
+    """The share of ``x`` that the model with ``params`` classifies as ``y``.
+
+    Examples:
+        >>> import torch
+        >>> model = make_model(0)
+        >>> params = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+        >>> accuracy(model, params, torch.ones(4, 64), torch.tensor([0, 0, 1, 2]))  # all 0
+        0.5
+    """
     with torch.no_grad():
         logits = torch.func.functional_call(model, params, (x,))
     return float((logits.argmax(dim=1) == y).float().mean().item())
@@ -141,6 +160,15 @@ def train(
     ``fs.Pruner`` raises ``method(level)`` on every ``*.weight`` along :func:`schedule`; the
     loop takes a dense gradient on params kept pruned, the Adam step, and ``fs.apply_masks``
     after it (docs/training.md), so pruned weights stay exactly zero.
+
+    Examples:
+        >>> from funcsparse.demo_data import load_digits, split
+        >>> data = split(*load_digits(), seed=0)
+        >>> run = train(make_model(0), data, level=0.9, steps=20, seed=0)
+        >>> [u["step"] for u in run.updates][:3], run.updates[-1]["sparsity"]
+        ([4, 5, 6], 0.9)
+        >>> int((run.params["2.weight"] == 0).sum()) == round(0.9 * 256 * 256)
+        True
 
     Args:
         model: supplies the architecture and the initial params; never mutated.
