@@ -448,11 +448,12 @@ def _group_counts(groups: Tensor) -> Tensor:
 
     Groups of 2, 4 or 8 are one word each, whose bytes a multiply sums into its top byte
     (the product wraps, as int products do; the sum, at most 8, never reaches the sign
-    bit). Longer groups sum such word counts; others add bytes.
+    bit). Longer groups sum such word counts; others, and groups that do not start at a
+    word boundary in memory (a view at an odd offset), add bytes.
     """
     m = groups.shape[-1]
-    if m in (2, 4, 8) or (m % 8 == 0 and m > 8):
-        size = min(m, 8)
+    size = min(m, 8)
+    if (m in (2, 4, 8) or m % 8 == 0) and _word_size(groups) >= size:
         words = _words(groups, size)
         counts = (words * _ones(size)) >> (8 * (size - 1))
         return counts.squeeze(-1) if m == size else counts.sum(-1)

@@ -262,6 +262,22 @@ def test_detect_pattern_is_the_same_on_a_non_contiguous_view(mask: Tensor) -> No
     assert detect_pattern(wide) == detect_pattern(mask)
 
 
+@given(masks(), st.integers(1, 7))
+def test_detect_pattern_and_checks_agree_on_a_view_at_an_odd_offset(
+    mask: Tensor, skip: int
+) -> None:
+    storage = torch.cat([torch.zeros(skip, dtype=torch.bool), mask.reshape(-1)])
+    shifted = storage[skip:].view(mask.shape)
+    assert shifted.storage_offset() == skip and torch.equal(shifted, mask)
+    assert detect_pattern(shifted) == detect_pattern(mask)
+    if mask.dim() and mask.shape[-1] % 4 == 0:
+        assert nm_violation(shifted, n=2, m=4) == nm_violation(mask, n=2, m=4)
+    if mask.dim() > 1 and mask.shape[-1] % 8 == 0:
+        assert nm_violation(shifted, n=3, m=8, exact=True) == nm_violation(
+            mask, n=3, m=8, exact=True
+        )
+
+
 # --- nm_violation / check_nm ---
 
 
