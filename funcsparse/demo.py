@@ -275,7 +275,7 @@ def _run(
 
 def _train_all(
     model: torch.nn.Module,
-    data: tuple[torch.Tensor, ...],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     levels: list[float],
     steps: int,
     seed: int,
@@ -290,17 +290,7 @@ def _train_all(
         for level in levels:
             if bar is not None:
                 bar.set_description(f"training, final sparsity {_percent(level)}")
-            x_train, y_train, x_test, y_test = data
-            runs.append(
-                train(
-                    model,
-                    (x_train, y_train, x_test, y_test),
-                    level=level,
-                    steps=steps,
-                    seed=seed,
-                    tick=tick,
-                )
-            )
+            runs.append(train(model, data, level=level, steps=steps, seed=seed, tick=tick))
     finally:
         if bar is not None:
             bar.close()
