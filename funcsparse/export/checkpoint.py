@@ -56,7 +56,7 @@ FORMAT = "funcsparse.sparse_checkpoint"
 #: The format version this funcsparse writes and reads.
 VERSION = 1
 #: Entries packed, unpacked or densified per step (a multiple of 8).
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 #: A path, or a binary file object (seekable, for loading).
 FileLike = str | os.PathLike[str] | IO[bytes]
@@ -89,7 +89,14 @@ _DTYPES: dict[str, torch.dtype] = {
 # The integer dtype of each element size: entries are moved as bit patterns, never as
 # values, so NaN payloads, -0.0 and every dtype's bits survive exactly.
 _WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
+# _BYTE_BITS[b] holds the eight bits of the byte b as eight bytes 0 or 1 (bit j in byte j),
+# read as one int64: unpacking is a gather of one word per packed byte.
+_BYTE_BITS = (
+    ((torch.arange(256, dtype=torch.uint8).unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1)
+    .contiguous()
+    .view(torch.int64)
+    .view(256)
+)
 # Zip records holding tensor data ("<archive>/data/<key>"); the others are small.
 _DATA_RECORD = re.compile(r"[^/]*/data/\d+")
 _MASKED_KEYS = frozenset({"dtype", "shape", "kept", "values", "mask_bits", "crc32"})
@@ -581,9 +588,13 @@ def _pack(mask: Tensor) -> Tensor:
     return packed
 
 
-def _unpack(packed: Tensor, numel: int) -> Tensor:
-    """The first ``numel`` bits of ``packed`` as uint8 zeros and ones."""
-    return ((packed.unsqueeze(1) >> _SHIFTS) & 1).view(-1)[:numel]
+def _unpack_into(packed: Tensor, out: Tensor) -> None:
+    """Write the first ``len(out)`` bits of ``packed`` into ``out`` (uint8, 0 or 1)."""
+    index = packed.to(torch.int32)
+    if out.numel() == 8 * packed.numel():
+        torch.index_select(_BYTE_BITS, 0, index, out=out.view(torch.int64))
+    else:
+        out.copy_(torch.index_select(_BYTE_BITS, 0, index).view(torch.uint8)[: out.numel()])
 
 
 def _crc32(tensor: Tensor, value: int = 0) -> int:
@@ -742,20 +753,20 @@ def _densify(leaf: _Leaf, *, where: str) -> tuple[Tensor, Tensor | None]:
     out = torch.empty(numel, dtype=leaf.dtype)
     mask = torch.empty(numel, dtype=torch.bool)
     words, out_words = _words(values), _words(out)
-    buffer = torch.empty((min(CHUNK, numel) + 1, *words.shape[1:]), dtype=words.dtype)
+    # buffer[0] stays 0 (what pruned entries take); each chunk's values follow it.
+    buffer = torch.zeros((min(CHUNK, numel) + 1, *words.shape[1:]), dtype=words.dtype)
     done = 0
     for start in range(0, numel, CHUNK):
         stop = min(start + CHUNK, numel)
-        ones = _unpack(bits[start // 8 : (stop + 7) // 8], stop - start)
-        mask[start:stop] = ones.view(torch.bool)
+        ones = mask[start:stop].view(torch.uint8)
+        _unpack_into(bits[start // 8 : (stop + 7) // 8], ones)
         index = torch.cumsum(ones, 0, dtype=torch.int32)
         count = int(index[-1])
         if done + count > leaf.kept:
             raise ValueError(
                 f"{at}: the mask keeps more than the {leaf.kept} stored values (damaged)"
             )
-        # Entry i takes value index[i] of [0, kept values of the chunk...]: 0 where pruned.
-        buffer[0] = 0
+        # Entry i takes buffer[index[i]]: its kept value, or buffer[0] = 0 where pruned.
         buffer[1 : count + 1] = words[done : done + count]
         index.mul_(ones)
         torch.index_select(buffer[: count + 1], 0, index, out=out_words[start:stop])
