@@ -5,16 +5,19 @@
 - :func:`squash`: the masked dense params (pruned entries +0.0), for any framework.
 - :func:`to_csr`, :func:`to_bsr`, :func:`to_semi_structured`: torch's sparse layouts, after a
   check that each mask has the pattern the layout needs.
-- :func:`detect_pattern`: what structure a mask has (unstructured, N:M, block, channel).
+- :func:`detect_pattern`: what structure a mask has (unstructured, N:M, block, channel);
+  :func:`check_nm` and :func:`check_blocks`: the pattern checks the layouts run.
 """
 
 from funcsparse.export.checkpoint import iter_sparse, load_sparse, save_sparse
 from funcsparse.export.layouts import to_bsr, to_csr, to_semi_structured
-from funcsparse.export.patterns import Pattern, detect_pattern
+from funcsparse.export.patterns import Pattern, check_blocks, check_nm, detect_pattern
 from funcsparse.export.squash import squash
 
 __all__ = [
     "Pattern",
+    "check_blocks",
+    "check_nm",
     "detect_pattern",
     "iter_sparse",
     "load_sparse",
