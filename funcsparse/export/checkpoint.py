@@ -36,7 +36,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from funcsparse._errors import describe, short_repr
+from funcsparse._errors import MAX_SHOWN, describe, short_repr
 from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like
 
 __all__ = [
@@ -56,7 +56,7 @@ FORMAT = "funcsparse.sparse_checkpoint"
 #: The format version this funcsparse writes and reads.
 VERSION = 1
 #: Entries packed, unpacked or densified per step (a multiple of 8).
-CHUNK = 1 << 18
+CHUNK = 1 << 16
 
 #: A path, or a binary file object (seekable, for loading).
 FileLike = str | os.PathLike[str] | IO[bytes]
@@ -509,8 +509,6 @@ def _write(obj: dict[str, Any], path: FileLike) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(temp, target)
     except BaseException:
         if os.path.exists(temp):
@@ -589,12 +587,11 @@ def _pack(mask: Tensor) -> Tensor:
 
 
 def _unpack_into(packed: Tensor, out: Tensor) -> None:
-    """Write the first ``len(out)`` bits of ``packed`` into ``out`` (uint8, 0 or 1)."""
-    index = packed.to(torch.int32)
+    """Write the first ``len(out)`` bits of ``packed`` (int32 bytes) into ``out`` (uint8)."""
     if out.numel() == 8 * packed.numel():
-        torch.index_select(_BYTE_BITS, 0, index, out=out.view(torch.int64))
+        torch.index_select(_BYTE_BITS, 0, packed, out=out.view(torch.int64))
     else:
-        out.copy_(torch.index_select(_BYTE_BITS, 0, index).view(torch.uint8)[: out.numel()])
+        out.copy_(torch.index_select(_BYTE_BITS, 0, packed).view(torch.uint8)[: out.numel()])
 
 
 def _crc32(tensor: Tensor, value: int = 0) -> int:
@@ -685,7 +682,8 @@ def _load(path: FileLike, *, where: str) -> Any:
             raise
         raise ValueError(f"{where} cannot be read ({type(err).__name__}: {err})") from err
     except Exception as err:
-        reason = short_repr(str(err).split("\n", 1)[0])
+        reason = str(err).split("\n", 1)[0]
+        reason = reason if len(reason) <= MAX_SHOWN else reason[: MAX_SHOWN - 3] + "..."
         raise ValueError(
             f"{where} is not a readable torch.save file: corrupt, truncated or another format "
             f"({type(err).__name__}: {reason})"
@@ -745,37 +743,46 @@ def _densify(leaf: _Leaf, *, where: str) -> tuple[Tensor, Tensor | None]:
     if isinstance(leaf, _DenseLeaf):
         _check_crc(leaf, _crc32(leaf.dense), at)
         return leaf.dense.clone(memory_format=torch.contiguous_format), None
-    values, bits = leaf.values, leaf.bits
-    _check_crc(leaf, _crc32(bits, _crc32(values)), at)
+    _check_crc(leaf, _crc32(leaf.bits, _crc32(leaf.values)), at)
     numel = _numel(leaf.shape)
-    if numel % 8 and int(bits[-1]) >> (numel % 8):
+    if numel % 8 and int(leaf.bits[-1]) >> (numel % 8):
         raise ValueError(f"{at}: mask_bits has bits set past the leaf's {numel} entries")
     out = torch.empty(numel, dtype=leaf.dtype)
     mask = torch.empty(numel, dtype=torch.bool)
-    words, out_words = _words(values), _words(out)
-    # buffer[0] stays 0 (what pruned entries take); each chunk's values follow it.
-    buffer = torch.zeros((min(CHUNK, numel) + 1, *words.shape[1:]), dtype=words.dtype)
-    done = 0
-    for start in range(0, numel, CHUNK):
-        stop = min(start + CHUNK, numel)
-        ones = mask[start:stop].view(torch.uint8)
-        _unpack_into(bits[start // 8 : (stop + 7) // 8], ones)
-        index = torch.cumsum(ones, 0, dtype=torch.int32)
-        count = int(index[-1])
-        if done + count > leaf.kept:
-            raise ValueError(
-                f"{at}: the mask keeps more than the {leaf.kept} stored values (damaged)"
-            )
-        # Entry i takes buffer[index[i]]: its kept value, or buffer[0] = 0 where pruned.
-        buffer[1 : count + 1] = words[done : done + count]
-        index.mul_(ones)
-        torch.index_select(buffer[: count + 1], 0, index, out=out_words[start:stop])
-        done += count
+    done = _expand(leaf.values, leaf.bits, out, mask, kept=leaf.kept, at=at)
     if done != leaf.kept:
         raise ValueError(
             f"{at}: the mask keeps {done} entries but {leaf.kept} values are stored (damaged)"
         )
     return out.view(leaf.shape), mask.view(leaf.shape)
+
+
+def _expand(values: Tensor, bits: Tensor, out: Tensor, mask: Tensor, *, kept: int, at: str) -> int:
+    """Fill ``out`` (1-D) with ``values`` where ``bits`` are set, 0 elsewhere, and ``mask``
+    with the bits; return how many bits are set. Branch-free, chunk by chunk: the running
+    count of the mask indexes into ``[0, the chunk's values...]`` (0 where pruned).
+    """
+    numel = out.numel()
+    words, out_words = _words(values), _words(out)
+    step = min(CHUNK, numel)
+    # Scratch reused by every chunk; buffer[0] stays 0, each chunk's values follow it.
+    buffer = torch.zeros((step + 1, *words.shape[1:]), dtype=words.dtype)
+    index_buffer = torch.empty(step, dtype=torch.int32)
+    byte_buffer = torch.empty((step + 7) // 8, dtype=torch.int32)
+    done = 0
+    for start in range(0, numel, CHUNK):
+        stop = min(start + CHUNK, numel)
+        ones = mask[start:stop].view(torch.uint8)
+        packed = byte_buffer[: (stop - start + 7) // 8]
+        _unpack_into(packed.copy_(bits[start // 8 : (stop + 7) // 8]), ones)
+        index = torch.cumsum(ones, 0, dtype=torch.int32, out=index_buffer[: stop - start])
+        count = int(index[-1])
+        if done + count > kept:
+            raise ValueError(f"{at}: the mask keeps more than the {kept} stored values (damaged)")
+        buffer[1 : count + 1] = words[done : done + count]
+        torch.index_select(buffer[: count + 1], 0, index.mul_(ones), out=out_words[start:stop])
+        done += count
+    return done
 
 
 def _numel(shape: tuple[int, ...]) -> int:
