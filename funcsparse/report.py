@@ -2,29 +2,35 @@
 
 The file is either a funcsparse sparse checkpoint (:func:`funcsparse.save_sparse`), whose
 masks are read from the file, or a plain ``torch.save``'d state_dict (a mapping of tensors,
-nested mappings allowed), whose zeros count as pruned. For each tensor the report gives its
-shape, dtype, sparsity, detected pattern (:func:`funcsparse.export.detect_pattern`) and bytes:
-dense (``numel * itemsize``) and sparse (what :func:`funcsparse.save_sparse` stores for it:
-the kept values and one bit per entry, or the dense bytes for a leaf with nothing pruned),
-then the totals. ``--json`` prints the same as JSON. Files are read one tensor at a time
-(``torch.load(..., mmap=True, weights_only=True)``), with a progress bar on stderr when the
-file is large and tqdm is installed.
+nested mappings allowed), whose zeros count as pruned in float and complex tensors (a
+saved sparse layout, such as :func:`funcsparse.export.to_csr`'s, counts its stored entries
+as kept); integer and bool tensors (buffers such as ``num_batches_tracked``) are listed and
+sized but are not weights, so none of their entries count as pruned. For each tensor the
+report gives its shape, dtype, sparsity, detected pattern
+(:func:`funcsparse.export.detect_pattern`) and bytes: dense (``numel * itemsize``) and
+sparse (what :func:`funcsparse.save_sparse` stores for it: the kept values and one bit per
+entry, or the dense bytes for a leaf with nothing pruned), then the totals. ``--json``
+prints the same as JSON. Files are read one tensor at a time (``torch.load(..., mmap=True,
+weights_only=True)``), with a progress bar on stderr when the file is large and tqdm is
+installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from funcsparse._errors import short_repr
 from funcsparse.export import detect_pattern, iter_sparse
 from funcsparse.export.checkpoint import is_sparse_checkpoint, stored_nbytes
 
@@ -107,17 +113,24 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
 
     Returns:
         ``{"path", "format", "file_bytes", "leaves": [...], "skipped": [...], "totals"}``;
-        each leaf has ``path``, ``shape``, ``dtype``, ``numel``, ``pruned``, ``sparsity``,
-        ``pattern``, ``dense_bytes``, ``sparse_bytes``; ``skipped`` names the entries of a
-        plain file that are not tensors.
+        each leaf has ``path``, ``shape``, ``dtype``, ``numel``, ``masked``, ``pruned``,
+        ``sparsity``, ``pattern``, ``dense_bytes``, ``sparse_bytes``. ``masked`` is False
+        for a checkpoint's leaf saved unmasked (pattern ``"not masked"``) and a plain
+        file's integer or bool tensor (``"not a weight"``): their ``pruned`` and
+        ``sparsity`` are 0 by design, not measured. ``skipped`` names the entries of a
+        plain file that are not tensors. ``totals`` has ``numel``, ``masked_numel``,
+        ``pruned``, ``sparsity`` (pruned of all entries), ``dense_bytes`` and
+        ``sparse_bytes`` (the file adds a small fixed overhead: metadata and zip records).
 
     Raises:
-        ValueError: the file is missing, unreadable, corrupt, or holds no tensors.
-        TypeError: ``progress`` is not one of the three choices.
+        ValueError: the file is missing, unreadable, corrupt, or holds no tensors, or
+            ``progress`` is a str other than the three choices.
+        TypeError: ``progress`` is not a str.
     """
-    if progress not in ("auto", "always", "never"):
-        raise TypeError(
-            f"build_report: progress must be 'auto', 'always' or 'never', got {progress!r}"
+    if not isinstance(progress, str) or progress not in ("auto", "always", "never"):
+        raise (TypeError if not isinstance(progress, str) else ValueError)(
+            "build_report: progress must be 'auto', 'always' or 'never', got "
+            f"{short_repr(progress)}"
         )
     file = Path(path)
     if not file.is_file():
@@ -126,17 +139,19 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
     loaded = _load(file)
     skipped: list[str] = []
     leaves: Iterator[Leaf]
-    if is_sparse_checkpoint(loaded):
+    # (is_sparse_checkpoint reads a str as a path: a torch.save'd str is not a checkpoint)
+    if isinstance(loaded, Mapping) and is_sparse_checkpoint(loaded):
         fmt = "funcsparse sparse checkpoint"
         del loaded  # iter_sparse reads the file again, one leaf at a time
-        reader = iter_sparse(file)
+        with _as_build_report():
+            reader = iter_sparse(file)
         count = len(reader)
-        leaves = iter(reader)
+        leaves = _renamed(reader)
     else:
         fmt = "state_dict"
         found = list(_tensors(loaded, "", skipped))
         count = len(found)
-        leaves = ((name, tensor, tensor != 0) for name, tensor in found)
+        leaves = ((name, tensor, _plain_mask(name, tensor)) for name, tensor in found)
         if not found:
             raise ValueError(
                 f"build_report: {str(file)!r} holds no tensors (neither a funcsparse sparse "
@@ -165,7 +180,7 @@ def format_report(report: dict[str, Any]) -> str:
             row["path"],
             "x".join(str(side) for side in row["shape"]) or "()",
             str(row["dtype"]).removeprefix("torch."),
-            f"{row['sparsity']:.2%}",
+            f"{row['sparsity']:.2%}" if row["masked"] else "-",
             row["pattern"],
             _size(row["dense_bytes"]),
             _size(row["sparse_bytes"]),
@@ -199,6 +214,17 @@ def format_report(report: dict[str, Any]) -> str:
     out += ["  ".join("-" * w for w in widths), fmt(lines[-1])]
     ratio = totals["sparse_bytes"] / totals["dense_bytes"] if totals["dense_bytes"] else 1.0
     out += ["", f"sparse / dense bytes: {ratio:.3f}"]
+    unmasked = [row["pattern"] for row in report["leaves"] if not row["masked"]]
+    if "not masked" in unmasked:
+        out.append("sparsity -: not masked (saved dense, no entry counted as pruned)")
+    if "not a weight" in unmasked:
+        out.append("sparsity -: not a weight (an int or bool tensor, e.g. a step counter)")
+    if totals["masked_numel"] != totals["numel"] and totals["masked_numel"]:
+        share = totals["pruned"] / totals["masked_numel"]
+        out.append(
+            f"total sparsity is of all {totals['numel']:,} entries; of the "
+            f"{totals['masked_numel']:,} that can be pruned: {share:.2%}"
+        )
     if report["skipped"]:
         shown = ", ".join(report["skipped"][:8])
         more = f" and {len(report['skipped']) - 8} more" if len(report["skipped"]) > 8 else ""
@@ -222,6 +248,29 @@ def _load(file: Path) -> object:
         ) from None
 
 
+@contextlib.contextmanager
+def _as_build_report() -> Iterator[None]:
+    """Errors of :func:`funcsparse.export.iter_sparse` renamed to start with build_report."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        if message.startswith("iter_sparse:"):
+            message = "build_report" + message[len("iter_sparse") :]
+        raise type(err)(message) from None
+
+
+def _renamed(leaves: Iterable[Leaf]) -> Iterator[Leaf]:
+    """``leaves``, an error while reading one renamed as by :func:`_as_build_report`."""
+    iterator = iter(leaves)
+    while True:
+        with _as_build_report():
+            leaf = next(iterator, None)
+        if leaf is None:
+            return
+        yield leaf
+
+
 def _tensors(value: object, prefix: str, skipped: list[str]) -> Iterator[tuple[str, Tensor]]:
     """The tensors of a (nested) mapping, with dotted paths; other entries go to ``skipped``."""
     if isinstance(value, Tensor):
@@ -237,7 +286,7 @@ def _row(name: str, tensor: Tensor, mask: Tensor | None, *, plain: bool) -> dict
     numel = tensor.numel()
     pruned = 0 if mask is None else numel - int(mask.sum())
     if mask is None:
-        pattern = "not masked"
+        pattern = "not a weight" if plain else "not masked"
     elif plain and pruned == 0:
         pattern = "dense"
     else:
@@ -249,6 +298,7 @@ def _row(name: str, tensor: Tensor, mask: Tensor | None, *, plain: bool) -> dict
         "shape": list(tensor.shape),
         "dtype": str(tensor.dtype),
         "numel": numel,
+        "masked": mask is not None,
         "pruned": pruned,
         "sparsity": pruned / numel if numel else 0.0,
         "pattern": pattern,
@@ -257,11 +307,43 @@ def _row(name: str, tensor: Tensor, mask: Tensor | None, *, plain: bool) -> dict
     }
 
 
+def _plain_mask(name: str, tensor: Tensor) -> Tensor | None:
+    """The kept entries of a plain file's tensor: its nonzeros, or for a sparse layout
+    (e.g. :func:`funcsparse.export.to_csr`'s, saved) its stored entries; None for a tensor
+    that is not a weight (integer or bool: a buffer such as ``num_batches_tracked``)."""
+    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.is_quantized):
+        return None
+    if tensor.layout == torch.strided:
+        return tensor != 0
+    try:
+        if tensor.layout == torch.sparse_coo:
+            coalesced = tensor.coalesce()
+            mask = torch.zeros(tensor.shape, dtype=torch.bool)
+            mask[tuple(coalesced.indices())] = True
+            return mask
+        compressed, plain = (
+            (tensor.crow_indices(), tensor.col_indices())
+            if tensor.layout in (torch.sparse_csr, torch.sparse_bsr)
+            else (tensor.ccol_indices(), tensor.row_indices())
+        )
+        ones = torch.ones_like(tensor.values(), dtype=torch.uint8)
+        stored = torch.sparse_compressed_tensor(
+            compressed, plain, ones, tensor.shape, layout=tensor.layout, check_invariants=True
+        )
+        return stored.to_dense().bool()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        raise ValueError(
+            f"build_report: the tensor at {short_repr(name)} has layout {tensor.layout}, whose "
+            "stored entries the report cannot read"
+        ) from None
+
+
 def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     numel = sum(row["numel"] for row in rows)
     pruned = sum(row["pruned"] for row in rows)
     return {
         "numel": numel,
+        "masked_numel": sum(row["numel"] for row in rows if row["masked"]),
         "pruned": pruned,
         "sparsity": pruned / numel if numel else 0.0,
         "dense_bytes": sum(row["dense_bytes"] for row in rows),

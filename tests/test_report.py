@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -171,5 +171,78 @@ def test_progress_bar_on_request_goes_to_stderr(tmp_path: Path) -> None:
 
 
 def test_build_report_refuses_a_bad_progress_choice(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="build_report: progress must be"):
+    with pytest.raises(ValueError, match=r"build_report: progress must be .* got 'sometimes'"):
         build_report(tmp_path, progress="sometimes")
+    with pytest.raises(TypeError, match=r"build_report: progress must be .* got 1"):
+        build_report(tmp_path, progress=cast(Any, 1))
+
+
+def test_sparse_bytes_are_the_file_size_less_a_small_fixed_overhead(tmp_path: Path) -> None:
+    params, masks = _model_params()
+    fs.save_sparse(tmp_path / "model.pt", params, masks)
+    report = build_report(tmp_path / "model.pt")
+    overhead = report["file_bytes"] - report["totals"]["sparse_bytes"]
+    assert 0 < overhead <= 1024 + 1024 * len(params)
+
+
+def test_unmasked_leaves_show_a_dash_not_a_measured_sparsity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    params, masks = _model_params()
+    fs.save_sparse(tmp_path / "model.pt", params, masks)
+    assert main(["report", str(tmp_path / "model.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bias = next(line for line in lines if line.startswith("free.bias"))
+    assert bias.split()[:6] == ["free.bias", "10", "float32", "-", "not", "masked"]
+    assert any(line.startswith("sparsity -: not masked") for line in lines)
+    report = build_report(tmp_path / "model.pt")
+    row = next(row for row in report["leaves"] if row["path"] == "free.bias")
+    assert (row["masked"], row["pruned"], row["sparsity"]) == (False, 0, 0.0)
+    assert report["totals"]["masked_numel"] == report["totals"]["numel"] - 10
+
+
+def test_integer_and_bool_buffers_are_sized_but_not_weights(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    state = model.state_dict()  # num_batches_tracked: an int64 0; running_mean: zeros
+    state["flags"] = torch.tensor([True, False, False])
+    state["phase"] = torch.tensor([1 + 1j, 0j, 0j])
+    torch.save(state, tmp_path / "plain.pt")
+    report = build_report(tmp_path / "plain.pt")
+    rows = {row["path"]: row for row in report["leaves"]}
+    for name, nbytes in (("1.num_batches_tracked", 8), ("flags", 3)):
+        row = rows[name]
+        assert (row["masked"], row["pruned"], row["pattern"]) == (False, 0, "not a weight")
+        assert row["sparse_bytes"] == row["dense_bytes"] == nbytes
+    # complex weights are weights: their zeros count as pruned, stored as kept values + bits
+    assert (rows["phase"]["pruned"], rows["phase"]["pattern"]) == (2, "unstructured")
+    assert rows["phase"]["sparse_bytes"] == 1 * 8 + 1
+    assert rows["1.running_mean"]["pattern"] == "empty"  # a float buffer of zeros: as saved
+    text = format_report(report)
+    assert "sparsity -: not a weight" in text
+    counter = next(line for line in text.splitlines() if line.startswith("1.num_batches"))
+    assert counter.split()[1:5] == ["()", "int64", "-", "not"]
+
+
+def test_saved_sparse_layouts_count_their_stored_entries_as_kept(tmp_path: Path) -> None:
+    params, masks = _model_params()
+    block = {"block.weight": params["block.weight"]}
+    block_mask = {"block.weight": masks["block.weight"]}
+    saved = {
+        "csr": fs.export.to_csr(params, masks)["free.weight"],
+        "bsr": fs.export.to_bsr(block, block_mask, blocksize=(4, 4))["block.weight"],
+        "coo": fs.squash(params, masks)["nm.weight"].to_sparse(),
+    }
+    torch.save(saved, tmp_path / "layouts.pt")
+    rows = {row["path"]: row for row in build_report(tmp_path / "layouts.pt")["leaves"]}
+    free = masks["free.weight"]
+    assert free is not None
+    assert rows["csr"]["pruned"] == int((~free).sum())
+    assert rows["bsr"]["pattern"] == "block 4x4"
+    assert rows["coo"]["pattern"] == "2:4"
+
+
+def test_a_saved_str_is_not_taken_for_a_path(tmp_path: Path) -> None:
+    fs.save_sparse(tmp_path / "model.pt", {"w": torch.ones(2)}, None)
+    torch.save(str(tmp_path / "model.pt"), tmp_path / "name.pt")
+    with pytest.raises(ValueError, match="holds no tensors"):
+        build_report(tmp_path / "name.pt")

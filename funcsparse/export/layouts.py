@@ -119,7 +119,7 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
         if problem is not None:
             raise ValueError(
                 f"to_bsr: the mask at {short_repr(path)} is not made of whole "
-                f"{(rows, cols)} blocks: {problem}"
+                f"{short_repr((rows, cols))} blocks: {problem}"
             )
     with _quiet_beta():
         flat = {

@@ -100,7 +100,7 @@ class Pattern:
             n = require_int("Pattern", "n", self.n)
             m = require_int("Pattern", "m", self.m)
             if not 0 < n < m:
-                raise ValueError(f"Pattern: n:m={n}:{m} needs 0 < n < m")
+                raise ValueError(f"Pattern: n:m={short_repr(n)}:{short_repr(m)} needs 0 < n < m")
         if self.kind == "block":
             _check_blocksize("Pattern", "block", self.block)
         if self.kind == "channel":
@@ -218,10 +218,15 @@ def nm_violation(mask: Tensor, *, n: int, m: int, exact: bool = False) -> str | 
             type.
         ValueError: ``m < 1``, ``n`` outside ``[0, m]``, or a 0-D or meta mask.
     """
-    n, m = _check_nm_args("nm_violation", mask, n, m, exact)
+    return _nm_problem("nm_violation", mask, n=n, m=m, exact=exact)
+
+
+def _nm_problem(function: str, mask: Tensor, *, n: int, m: int, exact: bool) -> str | None:
+    """:func:`nm_violation`, its argument errors naming ``function``."""
+    n, m = _check_nm_args(function, mask, n, m, exact)
     width = mask.shape[-1]
     if width % m:
-        return f"the last dim has length {width}, not a multiple of m={m}"
+        return f"the last dim has length {width}, not a multiple of m={short_repr(m)}"
     if mask.numel() == 0:
         return None
     groups = mask.contiguous().view(-1, m)
@@ -263,12 +268,14 @@ def check_nm(mask: Tensor, *, n: int, m: int, path: str = "mask", exact: bool = 
     Raises:
         ValueError: ``mask`` is not N:M (the first offending group is named), or as
             :func:`nm_violation`.
-        TypeError: as :func:`nm_violation`.
+        TypeError: ``path`` is not a str; or as :func:`nm_violation`.
     """
-    problem = nm_violation(mask, n=n, m=m, exact=exact)
+    _check_path("check_nm", path)
+    problem = _nm_problem("check_nm", mask, n=n, m=m, exact=exact)
     if problem is not None:
         raise ValueError(
-            f"check_nm: the mask at {short_repr(path)} is not {n}:{m} along its last dim: {problem}"
+            f"check_nm: the mask at {short_repr(path)} is not {short_repr(n)}:{short_repr(m)} "
+            f"along its last dim: {problem}"
         )
 
 
@@ -302,13 +309,20 @@ def block_violation(mask: Tensor, *, blocksize: tuple[int, int]) -> str | None:
         TypeError: ``mask`` is not a bool tensor, or ``blocksize`` is not two ints.
         ValueError: ``blocksize`` has a side below 1, or a 0-D or meta mask.
     """
-    _check_mask("block_violation", mask, min_dim=1)
-    rows, cols = _check_blocksize("block_violation", "blocksize", blocksize)
+    return _block_problem("block_violation", mask, blocksize=blocksize)
+
+
+def _block_problem(function: str, mask: Tensor, *, blocksize: tuple[int, int]) -> str | None:
+    """:func:`block_violation`, its argument errors naming ``function``."""
+    _check_mask(function, mask, min_dim=1)
+    rows, cols = _check_blocksize(function, "blocksize", blocksize)
     matrices = _as_matrices(mask)
     height, width = matrices.shape[1:]
     if height % rows or width % cols:
         shape = tuple(mask.shape[-2:]) if mask.dim() > 1 else (1, width)
-        return f"the last two dims {shape} are not divisible by blocksize {(rows, cols)}"
+        return (
+            f"the last two dims {shape} are not divisible by blocksize {short_repr((rows, cols))}"
+        )
     if mask.numel() == 0:
         return None
     blocks = matrices.reshape(-1, rows, width // cols, cols)
@@ -351,13 +365,14 @@ def check_blocks(mask: Tensor, *, blocksize: tuple[int, int], path: str = "mask"
     Raises:
         ValueError: a block is partly kept, or the shape is not divisible (named), or as
             :func:`block_violation`.
-        TypeError: as :func:`block_violation`.
+        TypeError: ``path`` is not a str; or as :func:`block_violation`.
     """
-    problem = block_violation(mask, blocksize=blocksize)
+    _check_path("check_blocks", path)
+    problem = _block_problem("check_blocks", mask, blocksize=blocksize)
     if problem is not None:
         raise ValueError(
             f"check_blocks: the mask at {short_repr(path)} is not made of whole "
-            f"{tuple(blocksize)} blocks: {problem}"
+            f"{short_repr(tuple(blocksize))} blocks: {problem}"
         )
 
 
@@ -368,6 +383,11 @@ def _check_mask(function: str, mask: object, *, min_dim: int = 0) -> None:
         raise ValueError(f"{function}: mask is on the meta device; it has no values to check")
     if mask.dim() < min_dim:
         raise ValueError(f"{function}: mask must have at least {min_dim} dim, got a 0-D tensor")
+
+
+def _check_path(function: str, path: object) -> None:
+    if not isinstance(path, str):
+        raise TypeError(f"{function}: path must be a str (a leaf path), got {describe(path)}")
 
 
 def _check_nm_args(
@@ -381,7 +401,7 @@ def _check_nm_args(
     if m < 1:
         raise ValueError(f"{function}: m={short_repr(m)} must be at least 1")
     if not 0 <= n <= m:
-        raise ValueError(f"{function}: n={short_repr(n)} must be in [0, m] = [0, {m}]")
+        raise ValueError(f"{function}: n={short_repr(n)} must be in [0, m] = [0, {short_repr(m)}]")
     return n, m
 
 
