@@ -56,7 +56,8 @@ def to_csr(params: Any, masks: Any) -> dict[str, Tensor]:
         ``{path: tensor}``: sparse CSR tensors for masked leaves, dense copies otherwise.
 
     Raises:
-        ValueError: a masked leaf is not 2-D; or as :func:`funcsparse.squash`.
+        ValueError: a masked leaf is not 2-D or is on the meta device; or as
+            :func:`funcsparse.squash`.
         TypeError: as :func:`funcsparse.squash`.
     """
     paths, dense, mask_leaves = squashed_leaves(params, masks, function="to_csr")
@@ -104,9 +105,9 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
         ``{path: tensor}``: sparse BSR tensors for masked leaves, dense copies otherwise.
 
     Raises:
-        ValueError: a masked leaf is not 2-D, its shape is not divisible by ``blocksize``,
-            or a block is partly kept (the first such block is named); or as
-            :func:`funcsparse.squash`.
+        ValueError: a masked leaf is not 2-D or is on the meta device, its shape is not
+            divisible by ``blocksize``, or a block is partly kept (the first such block is
+            named); or as :func:`funcsparse.squash`.
         TypeError: ``blocksize`` is not two ints; or as :func:`funcsparse.squash`.
     """
     rows, cols = _check_blocksize("to_bsr", "blocksize", blocksize)
@@ -173,9 +174,10 @@ def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
         otherwise.
 
     Raises:
-        ValueError: a masked leaf is not 2-D, its shape breaks the backend's minimum, its
-            mask is not 2:4 along rows (the first offending group is named), or, all of
-            these passing, it is not on a CUDA device; or as :func:`funcsparse.squash`.
+        ValueError: a masked leaf is not 2-D or is on the meta device, its shape breaks
+            the backend's minimum, its mask is not 2:4 along rows (the first offending
+            group is named), or, all of these passing, it is not on a CUDA device; or as
+            :func:`funcsparse.squash`.
         TypeError: a masked leaf's dtype is not one the backend takes; or as
             :func:`funcsparse.squash`.
     """
@@ -227,6 +229,12 @@ def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
 
 
 def _require_2d(function: str, path: str, leaf: Tensor, layout: str) -> None:
+    """A masked leaf must hold values (not meta) and be 2-D."""
+    if leaf.device.type == "meta":
+        raise ValueError(
+            f"{function}: the masked leaf at {short_repr(path)} is on the meta device (a shape "
+            "without values); there is nothing to convert"
+        )
     if leaf.dim() != 2:
         raise ValueError(
             f"{function}: the masked leaf at {short_repr(path)} is {describe(leaf)}; {layout} "
@@ -245,8 +253,9 @@ def _quiet_beta() -> Iterator[None]:
 
 def _csr(dense: Tensor, mask: Tensor) -> Tensor:
     """``dense`` as CSR storing the kept positions of ``mask`` (row-major order)."""
-    crow, flat, col = _compressed_indices(mask)
+    crow, flat = _compressed_indices(mask)
     values = dense.reshape(-1).index_select(0, flat)
+    col = flat.remainder_(mask.shape[1]) if mask.shape[1] else flat  # in place: no 2nd copy
     return torch.sparse_csr_tensor(
         crow, col, values, tuple(dense.shape), dtype=dense.dtype, check_invariants=False
     )
@@ -256,7 +265,8 @@ def _bsr(dense: Tensor, mask: Tensor, rows: int, cols: int) -> Tensor:
     """``dense`` as BSR of ``(rows, cols)`` blocks, storing the kept blocks of ``mask``."""
     height, width = dense.shape
     block_mask = mask[::rows, ::cols]
-    crow, _, col = _compressed_indices(block_mask)
+    crow, flat = _compressed_indices(block_mask)
+    col = flat.remainder_(block_mask.shape[1]) if block_mask.shape[1] else flat
     blocks = dense.view(height // rows, rows, width // cols, cols).transpose(1, 2)
     values = blocks[block_mask]  # (kept blocks, rows, cols), row-major over the grid
     return torch.sparse_bsr_tensor(
@@ -264,11 +274,10 @@ def _bsr(dense: Tensor, mask: Tensor, rows: int, cols: int) -> Tensor:
     )
 
 
-def _compressed_indices(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Compressed-row indices of a 2-D mask's kept cells: ``(crow, flat, col)``, int64,
-    ``flat`` the row-major positions (a copy: ``col`` is computed from it)."""
+def _compressed_indices(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Compressed-row indices of a 2-D mask's kept cells: ``(crow, flat)``, int64, ``flat``
+    the row-major positions (``flat % columns`` are the column indices)."""
     crow = torch.zeros(mask.shape[0] + 1, dtype=torch.int64, device=mask.device)
     torch.cumsum(mask.sum(1), 0, out=crow[1:])
     flat = mask.reshape(-1).nonzero().squeeze(1)
-    col = flat % mask.shape[1] if mask.shape[1] else flat.clone()
-    return crow, flat, col
+    return crow, flat

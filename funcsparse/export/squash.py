@@ -47,8 +47,8 @@ def squash(params: Any, masks: Any) -> dict[str, Tensor]:
 
     Returns:
         ``{path: tensor}``: in the key order of ``params`` for a flat dict (as
-        ``named_parameters()`` gives them), else in the pytree's leaf order (dict keys
-        sorted).
+        ``named_parameters()`` gives them; None entries are skipped), else in the pytree's
+        leaf order (dict keys sorted).
 
     Raises:
         ValueError: the structures differ, or a mask's shape or device differs from its
@@ -60,10 +60,11 @@ def squash(params: Any, masks: Any) -> dict[str, Tensor]:
 
 
 def in_params_order(params: Any, flat: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``flat`` in the key order of ``params`` when that is a flat dict with its keys (a
-    pytree flattens dicts in sorted key order); otherwise ``flat`` itself."""
-    if isinstance(params, Mapping) and len(params) == len(flat) and set(params) == set(flat):
-        return {key: flat[key] for key in params}
+    """``flat`` in the key order of ``params`` when that is a flat dict holding its keys
+    (None entries are empty subtrees; a pytree flattens dicts in sorted key order);
+    otherwise ``flat`` itself."""
+    if isinstance(params, Mapping) and set(flat) <= set(params):
+        return {key: flat[key] for key in params if key in flat}
     return flat
 
 

@@ -84,6 +84,19 @@ def test_to_csr_refuses_masked_leaves_that_are_not_two_dim() -> None:
     assert to_csr(params, {"b": None})["conv"].layout == torch.strided  # unmasked: fine
 
 
+@pytest.mark.parametrize("name", ["to_csr", "to_bsr", "to_semi_structured"])
+def test_layouts_refuse_masked_meta_leaves_by_name(name: str) -> None:
+    params = {"fc.weight": torch.empty(16, 16, dtype=torch.float16, device="meta")}
+    masks = {"fc.weight": torch.empty(16, 16, dtype=torch.bool, device="meta")}
+    kwargs = {"blocksize": (2, 2)} if name == "to_bsr" else {}
+    with pytest.raises(
+        ValueError, match=rf"^{name}: the masked leaf at 'fc.weight' is on the meta"
+    ):
+        getattr(layouts, name)(params, masks, **kwargs)
+    unmasked = getattr(layouts, name)(params, None, **kwargs)["fc.weight"]
+    assert unmasked.device.type == "meta" and unmasked.shape == (16, 16)
+
+
 def test_to_csr_renames_the_structure_checks() -> None:
     with pytest.raises(ValueError, match=r"^to_csr: the mask at 'w' has shape \(2, 2\)"):
         to_csr({"w": torch.ones(2, 3)}, {"w": torch.ones(2, 2, dtype=torch.bool)})

@@ -82,6 +82,15 @@ def test_squash_flattens_nested_pytrees_to_dotted_paths() -> None:
     assert torch.equal(flat["enc.w"], torch.eye(2))
 
 
+def test_squash_keeps_a_flat_dicts_key_order_past_none_entries() -> None:
+    params = {"z.weight": torch.ones(2), "y.bias": None, "a.weight": torch.ones(2, 4)}
+    mask = torch.tensor([[True, False] * 2] * 2)
+    assert list(fs.squash(params, None)) == ["z.weight", "a.weight"]
+    csr = fs.export.to_csr(params, {"z.weight": None, "y.bias": None, "a.weight": mask})
+    assert list(csr) == ["z.weight", "a.weight"]
+    assert csr["a.weight"].layout == torch.sparse_csr
+
+
 def test_squash_with_no_masks_copies_every_leaf() -> None:
     params = {"w": torch.arange(4.0)}
     flat = fs.squash(params, None)

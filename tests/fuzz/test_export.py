@@ -221,6 +221,48 @@ def test_to_csr_and_to_bsr_on_valid_masks(
     assert _same_bits(csr["w"].values(), kept), "to_csr: values are not the kept values"
 
 
+@st.composite
+def matched(draw: st.DrawFn, /) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+    """A flat dict of hostile leaves (any rank, dtype, layout, meta) and masks that fit each
+    leaf's shape and device: inputs that pass squash's checks and reach the conversions."""
+    params: dict[str, Tensor] = {}
+    masks: dict[str, Tensor | None] = {}
+    for name in draw(st.lists(st.sampled_from(["w", "b", "fc.weight", "0"]), unique=True)):
+        shape = draw(st.one_of(shapes(min_dims=2, max_dims=2), shapes()))
+        dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.int8, *FLOAT8)
+        leaf = draw(tensors(shape, dtypes=dtypes))
+        params[name] = leaf
+        if draw(st.integers(0, 3)) == 0:
+            masks[name] = None
+            continue
+        mask = draw(st.one_of(structured_masks(), tensors(shape, dtypes=(torch.bool,), odd=False)))
+        if mask.shape != leaf.shape:
+            mask = torch.rand(leaf.shape) < 0.5
+        if leaf.device.type == "meta":
+            mask = mask.to("meta")
+        masks[name] = mask
+    return params, masks
+
+
+@fuzz
+@given(case=matched(), blocksize=blocksizes)
+def test_layouts_on_inputs_that_fit(
+    case: tuple[dict[str, Tensor], dict[str, Tensor | None]], blocksize: Any
+) -> None:
+    params, masks = case
+    for name, call, kwargs in (
+        ("to_csr", to_csr, {}),
+        ("to_bsr", to_bsr, {"blocksize": blocksize}),
+        ("to_semi_structured", to_semi_structured, {}),
+    ):
+        out = guarded(name, call, params, masks, **kwargs)
+        _short(out)
+        if isinstance(out, Raised):
+            assert str(out.error).startswith(f"{name}:"), str(out.error)
+        elif name != "to_semi_structured":
+            _check_layout(name, out, params, masks)
+
+
 @fuzz
 @given(data=st.data())
 def test_to_semi_structured(data: Any) -> None:
