@@ -23,6 +23,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from funcsparse._errors import short_repr
+from funcsparse._errors import describe, short_repr
 from funcsparse.export import detect_pattern, iter_sparse
 from funcsparse.export.checkpoint import is_sparse_checkpoint, stored_nbytes
 
@@ -125,16 +126,26 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
     Raises:
         ValueError: the file is missing, unreadable, corrupt, or holds no tensors, or
             ``progress`` is a str other than the three choices.
-        TypeError: ``progress`` is not a str.
+        TypeError: ``path`` is not a str or path, or ``progress`` is not a str.
     """
     if not isinstance(progress, str) or progress not in ("auto", "always", "never"):
         raise (TypeError if not isinstance(progress, str) else ValueError)(
             "build_report: progress must be 'auto', 'always' or 'never', got "
             f"{short_repr(progress)}"
         )
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"build_report: path must be a str or os.PathLike, got {describe(path)}")
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"build_report: {str(file)!r} is not a file")
+    # torch's warnings while loading (beta sparse layouts, deprecated storages, quantized
+    # tensors, pickle protocols) say nothing a reader of the report can act on
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _report(file, progress)
+
+
+def _report(file: Path, progress: str) -> dict[str, Any]:
     size = file.stat().st_size
     loaded = _load(file)
     skipped: list[str] = []
@@ -235,17 +246,21 @@ def format_report(report: dict[str, Any]) -> str:
 def _load(file: Path) -> object:
     """``torch.load`` with weights_only (memory-mapped where the format allows)."""
     try:
-        try:
-            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
-            if "mmap" not in str(err):
-                raise
-            return torch.load(file, map_location="cpu", weights_only=True)
+        return _load_mmap(file)
     except Exception as err:  # pickle, zip and torch errors all mean "not a readable file"
         raise ValueError(
             f"build_report: {str(file)!r} cannot be read by torch.load(weights_only=True): "
             f"corrupt, truncated, or not a torch.save file ({type(err).__name__})"
         ) from None
+
+
+def _load_mmap(file: Path) -> object:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:  # the legacy (non-zip) format cannot be memory-mapped
+        if "mmap" not in str(err):
+            raise
+        return torch.load(file, map_location="cpu", weights_only=True)
 
 
 @contextlib.contextmanager
