@@ -50,9 +50,10 @@ COMMAND = "report"
 HELP = "per-layer sparsity, pattern and bytes of a checkpoint"
 DESCRIPTION = (
     "Report a funcsparse sparse checkpoint (fs.save_sparse) or a plain torch.save'd "
-    "state_dict, whose zeros count as pruned: per tensor its shape, dtype, sparsity, detected "
-    "pattern (unstructured / N:M / block / channel) and bytes dense vs sparse (what "
-    "fs.save_sparse stores), then the totals."
+    "state_dict, whose zeros count as pruned (in float and complex tensors; integer and bool "
+    "tensors such as num_batches_tracked are not weights): per tensor its shape, dtype, "
+    "sparsity ('-': not masked, nothing measured), detected pattern (unstructured / N:M / "
+    "block / channel) and bytes dense vs sparse (what fs.save_sparse stores), then the totals."
 )
 
 PROGRESS_BYTES = 256 * 2**20
@@ -104,6 +105,8 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
         >>> patterns = {row["path"]: row["pattern"] for row in report["leaves"]}
         >>> patterns == {"w": "2:4", "b": "not masked"}
         True
+        >>> [(row["path"], row["masked"], row["sparsity"]) for row in report["leaves"]]
+        [('b', False, 0.0), ('w', True, 0.5)]
         >>> report["totals"]["sparsity"]
         0.4
 
