@@ -71,13 +71,15 @@ class Pattern:
         kind: one of the kinds above. Required.
         n: kept entries per group (``"n:m"`` only). Default None.
         m: group size along the last dim (``"n:m"`` only). Default None.
-        block: block shape ``(rows, cols)`` (``"block"`` only). Default None.
+        block: block shape ``(rows, cols)`` (``"block"`` only; a list becomes a tuple).
+            Default None.
         axis: the dim whose slices are wholly kept or pruned (``"channel"`` only).
             Default None.
 
     Raises:
         ValueError: an unknown kind, or fields that do not fit the kind (a field the kind
-            needs is missing, or one it does not use is set).
+            needs is missing, or one it does not use is set), or values out of range
+            (``0 < n < m``, block sides at least 1, ``axis`` at least 0).
         TypeError: a field of the wrong type.
     """
 
@@ -101,18 +103,23 @@ class Pattern:
             m = require_int("Pattern", "m", self.m)
             if not 0 < n < m:
                 raise ValueError(f"Pattern: n:m={short_repr(n)}:{short_repr(m)} needs 0 < n < m")
-        if self.kind == "block":
-            _check_blocksize("Pattern", "block", self.block)
+            object.__setattr__(self, "n", n)
+            object.__setattr__(self, "m", m)
+        if self.kind == "block":  # a list or numpy ints become a tuple of ints (hashable)
+            object.__setattr__(self, "block", _check_blocksize("Pattern", "block", self.block))
         if self.kind == "channel":
-            require_int("Pattern", "axis", self.axis)
+            axis = require_int("Pattern", "axis", self.axis)
+            if axis < 0:
+                raise ValueError(f"Pattern: axis={short_repr(axis)} must be at least 0")
+            object.__setattr__(self, "axis", axis)
 
     def __str__(self) -> str:
         if self.kind == "n:m":
-            return f"{self.n}:{self.m}"
+            return f"{short_repr(self.n)}:{short_repr(self.m)}"
         if self.kind == "block" and self.block is not None:
-            return f"block {self.block[0]}x{self.block[1]}"
+            return f"block {short_repr(self.block[0])}x{short_repr(self.block[1])}"
         if self.kind == "channel":
-            return f"channel (dim {self.axis})"
+            return f"channel (dim {short_repr(self.axis)})"
         return self.kind
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 from unittest import mock
 
 import pytest
@@ -154,6 +155,8 @@ def test_pattern_strings_are_short() -> None:
         ({"kind": "block", "block": (0, 4)}, ValueError, "sides >= 1"),
         ({"kind": "block", "block": 4}, TypeError, "tuple (rows, cols)"),
         ({"kind": "channel", "axis": 0.5}, TypeError, "axis must be an int"),
+        ({"kind": "channel", "axis": -1}, ValueError, "axis=-1 must be at least 0"),
+        ({"kind": "n:m", "n": 1, "m": True}, TypeError, "m must be an int, got bool"),
     ],
 )
 def test_pattern_refuses_fields_that_do_not_fit_the_kind(
@@ -167,6 +170,10 @@ def test_pattern_refuses_fields_that_do_not_fit_the_kind(
 def test_pattern_is_frozen_and_hashable() -> None:
     pattern = Pattern(kind="n:m", n=2, m=4)
     assert pattern == Pattern(kind="n:m", n=2, m=4) and len({pattern, pattern}) == 1
+    listed = Pattern(kind="block", block=cast(Any, [4, 2]))
+    assert listed == Pattern(kind="block", block=(4, 2)) and listed.block == (4, 2)
+    assert len({listed, Pattern(kind="block", block=(4, 2))}) == 1
+    assert str(Pattern(kind="n:m", n=1, m=10**400)) == "1:100000000000000000...0000000000000000000"
     with pytest.raises(AttributeError):
         pattern.n = 1
 
@@ -440,3 +447,46 @@ def test_weight_norm_block_masks_pass_check_blocks() -> None:
         mask = fs.WeightNorm(0.5, sparse_block_shape=(4, 2))(w)
         check_blocks(mask, blocksize=(4, 2))
         assert int(mask.sum()) * 2 == mask.numel()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: check_nm(None, n=2, m=4), TypeError, "check_nm: mask must be a torch.bool"),
+        (lambda: check_nm(torch.ones(4, dtype=torch.bool), n=2, m=0), ValueError, "check_nm: m=0"),
+        (lambda: check_blocks([True], blocksize=(1, 1)), TypeError, "check_blocks: mask must be"),
+        (
+            lambda: check_blocks(torch.ones(4, dtype=torch.bool), blocksize=(1, True)),
+            TypeError,
+            "check_blocks: blocksize[1] must be an int, got bool True",
+        ),
+        (
+            lambda: check_nm(torch.ones(4, dtype=torch.bool), n=2, m=4, path=3),
+            TypeError,
+            "check_nm: path must be a str (a leaf path), got int 3",
+        ),
+        (
+            lambda: check_blocks(torch.ones(4, dtype=torch.bool), blocksize=(1, 1), path=None),
+            TypeError,
+            "check_blocks: path must be a str",
+        ),
+    ],
+)
+def test_check_nm_and_check_blocks_name_themselves_in_argument_errors(
+    call: Any, error: type, message: str
+) -> None:
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value).startswith(message)
+
+
+def test_huge_group_and_block_sizes_are_shortened_in_messages() -> None:
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    for call in (
+        lambda: check_nm(mask, n=1, m=10**400),
+        lambda: check_nm(mask, n=-1, m=10**400),
+        lambda: check_blocks(mask, blocksize=(10**400, 1)),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert "0" * 50 not in str(info.value) and len(str(info.value)) < 300

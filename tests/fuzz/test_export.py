@@ -27,6 +27,7 @@ from torch import Tensor
 
 import funcsparse as fs
 from funcsparse.export import (
+    Pattern,
     check_blocks,
     check_nm,
     detect_pattern,
@@ -465,6 +466,28 @@ def test_check_blocks_agrees_with_a_brute_count(data: Any) -> None:
     assert valid, f"check_blocks passed blocksize={blocksize!r} on {mask!r}"
     assert isinstance(mask, Tensor) and isinstance(blocksize, (tuple, list))
     assert _brute_blocks(mask, blocksize[0], blocksize[1]), "check_blocks passed a partial block"
+
+
+@fuzz
+@given(data=st.data())
+def test_pattern_fields(data: Any) -> None:
+    kind = data.draw(st.one_of(st.sampled_from(["dense", "n:m", "block", "channel", "x"]), junk))
+    needs = {"n:m": ("n", "m"), "block": ("block",), "channel": ("axis",)}
+    fit = data.draw(st.booleans(), label="fields that fit the kind")
+    fields = {
+        name: data.draw(strategy if name in needs.get(kind, ()) else st.none(), label=name)
+        if fit and isinstance(kind, str)
+        else data.draw(st.one_of(st.none(), strategy), label=name)
+        for name, strategy in (("n", ints), ("m", ints), ("block", blocksizes), ("axis", ints))
+    }
+    pattern = guarded("Pattern", Pattern, kind=kind, **fields)
+    _short(pattern)
+    if isinstance(pattern, Raised):
+        assert str(pattern.error).startswith("Pattern:"), str(pattern.error)
+        return
+    assert len(str(pattern)) <= 200, str(pattern)
+    assert pattern == Pattern(kind=kind, **fields)
+    assert hash(pattern) == hash(Pattern(kind=kind, **fields))
 
 
 # -- funcsparse report ---------------------------------------------------------------------------
