@@ -290,14 +290,22 @@ def _renamed(leaves: Iterable[Leaf]) -> Iterator[Leaf]:
 
 
 def _tensors(value: object, prefix: str, skipped: list[str]) -> Iterator[tuple[str, Tensor]]:
-    """The tensors of a (nested) mapping, with dotted paths; other entries go to ``skipped``."""
-    if isinstance(value, Tensor):
-        yield prefix or "<tensor>", value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key), skipped)
-    else:
-        skipped.append(prefix or "<top level>")
+    """The tensors of a (nested) mapping, with dotted paths; other entries go to ``skipped``.
+
+    Depth first in key order, with a stack rather than recursion: a crafted file may nest
+    deeper than Python's recursion limit."""
+    stack: list[tuple[str, object]] = [(prefix, value)]
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, Tensor):
+            yield name or "<tensor>", item
+        elif isinstance(item, Mapping):
+            children = [
+                (f"{name}.{key}" if name else str(key), child) for key, child in item.items()
+            ]
+            stack.extend(reversed(children))
+        else:
+            skipped.append(name or "<top level>")
 
 
 def _row(name: str, tensor: Tensor, mask: Tensor | None, *, plain: bool) -> dict[str, Any]:

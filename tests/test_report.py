@@ -246,3 +246,20 @@ def test_a_saved_str_is_not_taken_for_a_path(tmp_path: Path) -> None:
     torch.save(str(tmp_path / "model.pt"), tmp_path / "name.pt")
     with pytest.raises(ValueError, match="holds no tensors"):
         build_report(tmp_path / "name.pt")
+
+
+def test_nesting_deeper_than_the_recursion_limit_is_walked_in_key_order(tmp_path: Path) -> None:
+    nested: dict[object, object] = {"w": torch.zeros(2), "epoch": 1}
+    for _ in range(1200):
+        nested = {"a": nested, 3: torch.ones(1)}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # torch.save pickles recursively
+    try:
+        torch.save(nested, tmp_path / "deep.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    report = build_report(tmp_path / "deep.pt")
+    paths = [row["path"] for row in report["leaves"]]
+    assert len(paths) == 1201 and paths[0] == "a." * 1200 + "w" and paths[-1] == "3"
+    assert paths[1] == "a." * 1199 + "3"
+    assert report["skipped"] == ["a." * 1200 + "epoch"]
