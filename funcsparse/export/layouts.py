@@ -31,7 +31,8 @@ def to_csr(params: Any, masks: Any) -> dict[str, Tensor]:
     values: a kept weight that is 0.0 stays stored, so ``values()`` has one entry per kept
     weight and the pattern survives. ``values()`` holds the kept values bit for bit, and
     ``.to_dense()`` equals :func:`funcsparse.squash` (torch's ``to_dense`` adds the stored
-    values into zeros, so a kept -0.0 comes back +0.0 and NaN payloads are normalised).
+    values into zeros, so a kept -0.0 comes back +0.0, NaN payloads are normalised, and a
+    complex value with an infinite part may come back with NaN in the other part).
     Indices are int64, as torch's ``to_sparse_csr`` makes them.
 
     CSR is a 2-D layout: a masked leaf of another rank (a conv weight, a bias) is an error
@@ -107,10 +108,15 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
     Raises:
         ValueError: a masked leaf is not 2-D or is on the meta device, its shape is not
             divisible by ``blocksize``, or a block is partly kept (the first such block is
-            named); or as :func:`funcsparse.squash`.
+            named); a block of 2**63 entries or more; or as :func:`funcsparse.squash`.
         TypeError: ``blocksize`` is not two ints; or as :func:`funcsparse.squash`.
     """
     rows, cols = _check_blocksize("to_bsr", "blocksize", blocksize)
+    if rows * cols >= 2**63:  # only a 0-size leaf's shape is "divisible" by such blocks
+        raise ValueError(
+            f"to_bsr: blocksize={short_repr((rows, cols))} has more entries per block than "
+            "torch can index (2**63)"
+        )
     paths, dense, mask_leaves = squashed_leaves(params, masks, function="to_bsr")
     for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True):
         if mask is None:

@@ -315,3 +315,16 @@ def test_to_semi_structured_on_cuda_round_trips_and_multiplies() -> None:
     assert torch.equal(sparse.to_dense(), squashed)
     x = torch.randn(128, 32, dtype=torch.float16, device="cuda")
     torch.testing.assert_close(torch.mm(sparse, x), torch.mm(squashed, x))
+
+
+@pytest.mark.parametrize("blocksize", [(2**40, 2**40), (10**400, 1), (2**62, 2)])
+def test_to_bsr_refuses_blocks_torch_cannot_index_even_on_zero_size_leaves(
+    blocksize: tuple[int, int],
+) -> None:
+    params = {"w": torch.ones(0, 2), "v": torch.ones(0, 0)}
+    masks = {"w": torch.ones(0, 2, dtype=torch.bool), "v": torch.ones(0, 0, dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"^to_bsr: blocksize=.* than torch can index") as info:
+        to_bsr(params, masks, blocksize=blocksize)
+    assert len(str(info.value)) < 200
+    empty = to_bsr(params, masks, blocksize=(1, 2))
+    assert empty["w"].layout == torch.sparse_bsr and empty["w"].shape == (0, 2)
