@@ -15,6 +15,11 @@ On the transformer-like stack of ``benchmarks/masks.py`` (12 blocks of bias-free
   ratio is taken within each repeat (sparse over the dense load just before or after it);
   the bound is a median ratio of at most 2x.
 * save time, for both, with the same ratio (no bound).
+* memory while reading, in a fresh process each: the growth of anonymous memory
+  (``RssAnon``; the memory-mapped file's pages are page cache, not counted) at its highest,
+  read after every leaf for ``iter_sparse`` (each leaf dropped before the next) and after
+  the call for ``load_sparse`` and the dense ``torch.load``. ``iter_sparse`` should stay
+  about one leaf (a 768 x 3072 float32 weight and its bool mask: 11.3 MiB).
 
 The weights are filled with ``normal_`` (seeded) instead of ``masks.py``'s tie-free values,
 which take half a minute to build and change neither sizes nor times. After the timings
@@ -42,8 +47,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +64,7 @@ from _harness import (
     load_masks_benchmark,
     machine_info,
     release_free_heap,
+    status_kib,
     write_payload,
 )
 from torch import nn
@@ -120,6 +128,30 @@ def check_round_trip(
     return wrong
 
 
+def read_memory(path: str, mode: str) -> int:
+    """Bytes of anonymous memory gained at the highest point of reading ``path`` (this
+    process): ``mode`` is ``iter`` (iter_sparse, each leaf dropped), ``load`` or ``dense``."""
+    gc.collect()
+    release_free_heap()
+    before = status_kib("RssAnon")
+    peak = before
+    if mode == "iter":
+        for _, tensor, mask in fs.export.iter_sparse(path):
+            peak = max(peak, status_kib("RssAnon"))
+            del tensor, mask
+    else:
+        out = fs.load_sparse(path) if mode == "load" else torch.load(path, weights_only=True)
+        peak = status_kib("RssAnon")
+        del out
+    return (peak - before) * 1024
+
+
+def memory_in_subprocess(path: Path, mode: str) -> int:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), mode]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return int(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def span(values: list[float]) -> dict[str, Any]:
     return {
         "all": values,
@@ -152,6 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("  timing loads", flush=True)
         load_times = interleaved(loads, args.repeats)
         dense_bytes = dense_path.stat().st_size
+        print("  measuring memory", flush=True)
+        dense_memory = memory_in_subprocess(dense_path, "dense")
         levels = []
         for level in args.levels:
             key, path = str(level), sparse_paths[level]
@@ -172,6 +206,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "load_ratio": span(load_ratios),
                     "load_pass": statistics.median(load_ratios) <= LOAD_BOUND,
                     "wrong_leaves": check_round_trip(path, params, masks[level]),
+                    "iter_sparse_peak_bytes": memory_in_subprocess(path, "iter"),
+                    "load_sparse_peak_bytes": memory_in_subprocess(path, "load"),
                 }
             )
     return {
@@ -181,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "file_bytes": dense_bytes,
             "save_s": span(save_times["dense"]),
             "load_s": span(load_times["dense"]),
+            "load_peak_bytes": dense_memory,
         },
         "levels": levels,
     }
@@ -217,6 +254,19 @@ def print_table(result: dict[str, Any]) -> None:
         )
 
 
+def print_memory(result: dict[str, Any]) -> None:
+    mib = 2**20
+    print(
+        f"\nmemory while reading (anonymous, MiB): dense torch.load "
+        f"{result['dense']['load_peak_bytes'] / mib:.1f}"
+    )
+    for row in result["levels"]:
+        print(
+            f"  sparse {row['sparsity']:.0%}: load_sparse {row['load_sparse_peak_bytes'] / mib:.1f}"
+            f", iter_sparse {row['iter_sparse_peak_bytes'] / mib:.1f}"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = base_parser(__doc__, DEFAULT_JSON, repeats=5)
     parser.add_argument(
@@ -224,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--layers", type=int, default=12, help="blocks in the stack (default 12)")
     parser.add_argument("--dir", default=None, help="folder for the files (default: a temp dir)")
+    parser.add_argument(
+        "--child", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS, default=None
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -236,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child is not None:
+        print(json.dumps(read_memory(*args.child)))
+        return 0
     info = machine_info()
     print(
         f"torch {info['torch']}, threads {info['torch_num_threads']}, {info['platform']}; "
@@ -247,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         "fs.Magnitude on every weight\n"
     )
     print_table(result)
+    print_memory(result)
     info["loadavg_1m_after"] = os.getloadavg()[0]
     payload = {
         "benchmark": "checkpoint",
