@@ -12,7 +12,9 @@ a TypeError/ValueError.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import math
 import pickle
 import tempfile
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 import funcsparse as fs
+from funcsparse.__main__ import main
 from funcsparse.export import (
     Pattern,
     check_blocks,
@@ -591,15 +594,26 @@ def test_build_report_on_hostile_files(data: Any) -> None:
         path = Path(tmp) / "model.pt"
         path.write_bytes(raw)
         given_path: Any = data.draw(st.one_of(st.just(path), st.just(str(path)), junk))
+        good_call = progress == "never" and (
+            isinstance(given_path, Path)
+            or (isinstance(given_path, str) and given_path == str(path))
+        )
         report = guarded("build_report", build_report, given_path, progress=progress)
+        if good_call:  # the command line says the same: a JSON report, or status 2 and a line
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = main(["report", "--json", "--progress", "never", str(path)])
+            if isinstance(report, Raised):
+                assert (
+                    status == 2 and err.getvalue() == f"funcsparse report: error: {report.error}\n"
+                )
+            else:
+                assert status == 0 and json.loads(out.getvalue()) == json.loads(json.dumps(report))
         if isinstance(report, Raised):
             assert str(report.error).startswith("build_report:"), str(report.error)
-            good_call = progress == "never" and (
-                isinstance(given_path, Path) or given_path == str(path)
-            )
             assert kind != "sparse" or not good_call, f"refused a good file: {report.error}"
             return
-    assert progress == "never" and (isinstance(given_path, Path) or given_path == str(path))
+    assert good_call
     assert report["file_bytes"] == len(raw)
     totals = report["totals"]
     assert totals["numel"] == sum(row["numel"] for row in report["leaves"])
