@@ -530,7 +530,7 @@ odd_tensors = st.one_of(tensors(odd=False), st.sampled_from(_odd_tensors()))
 odd_keys = st.one_of(st.sampled_from(["w", "a.b", "", ".", "0", "x" * 300]), st.integers(-3, 3))
 state_dicts = st.recursive(
     st.one_of(odd_tensors, st.sampled_from([None, 3, "text", 1.5, [1, 2], ()])),
-    lambda inner: st.dictionaries(odd_keys, inner, max_size=4),
+    lambda inner: st.dictionaries(odd_keys, inner, min_size=1, max_size=4),
     max_leaves=6,
 )
 
@@ -575,7 +575,7 @@ def _file_bytes(draw: st.DrawFn, kind: str) -> tuple[bytes, str]:
     if kind == "pickle":
         obj = draw(st.sampled_from([{"w": Path("x")}, [1, 2], {"a": {1, 2}}, object]))
         return pickle.dumps(obj), kind
-    obj = draw(st.one_of(state_dicts, st.lists(odd_tensors, max_size=2), odd_tensors))
+    obj = draw(st.one_of(state_dicts, st.just({}), st.lists(odd_tensors, max_size=2), odd_tensors))
     torch.save(obj, buffer)
     return buffer.getvalue(), kind
 
