@@ -25,21 +25,45 @@ from funcsparse._tree import (
     unflatten,
 )
 
-__all__ = ["apply_masks", "apply_masks_", "functional_call"]
+__all__ = ["apply_masks", "apply_masks_", "checked_masks", "functional_call"]
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # Entries projected per step of the in-place projection's loop (a 1 MiB int32 buffer).
 _CHUNK = 1 << 18
 
 
-def _checked_masks(
+def checked_masks(
     params: Any, masks: Any, *, function: str
 ) -> tuple[list[str], list[Any], list[Tensor | None], PyTreeSpec]:
     """Paths, leaves, mask leaves (None: dense) and structure, after checking every mask.
 
-    Everything is checked before the caller touches a leaf, so that an error never leaves
-    params half-updated. ``masks=None`` means no leaf is masked. Every leaf of ``params``
-    must be a tensor (None is an empty entry), masked or not.
+    The one check of a masks pytree against its params, shared by :func:`apply_masks`,
+    :func:`functional_call` and the export functions. Everything is checked before the
+    caller touches a leaf, so that an error never leaves params half-updated.
+    ``masks=None`` means no leaf is masked. Every leaf of ``params`` must be a tensor (None
+    is an empty entry), masked or not. A flat dict of params may be masked by a dict of
+    some of its keys.
+
+    Examples:
+        >>> params = {"w": torch.ones(2, 2), "b": torch.ones(2)}
+        >>> paths, leaves, masks, _ = checked_masks(
+        ...     params, {"w": torch.ones(2, 2, dtype=torch.bool)}, function="demo"
+        ... )
+        >>> paths, [m is None for m in masks]
+        (['b', 'w'], [True, False])
+
+    Args:
+        params: a pytree of tensors.
+        masks: ``params``' structure with a bool tensor of the leaf's shape or None at every
+            leaf, a dict of some keys of a flat dict ``params``, or None.
+        function: the name that starts every error message.
+
+    Returns:
+        ``(paths, leaves, mask_leaves, spec)``, in the pytree's flattening order.
+
+    Raises:
+        TypeError: a leaf is not a tensor, or a mask is not a bool tensor.
+        ValueError: the structures differ, or a mask's shape or device is not its leaf's.
     """
     paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     if masks is None:
@@ -78,9 +102,16 @@ def _partial_flat(
     by a dict that holds only the masked keys: a key it leaves out is not masked. Any other
     pytree of masks needs an entry, None where unmasked, at every leaf of ``params``.
     """
-    flat = isinstance(params, Mapping) and len(params) == len(paths) and set(params) == set(paths)
+    flat = isinstance(params, Mapping) and set(paths) == {
+        key for key, value in params.items() if value is not None
+    }
     if flat and isinstance(masks, Mapping):
-        extra = [key for key in masks if key not in params]
+        known = set(paths)
+        extra = [
+            key
+            for key, mask in masks.items()
+            if key not in known and not (mask is None and key in params)
+        ]
         if not extra:
             return [masks.get(path) for path in paths]
         shown = [k if isinstance(k, str) and len(k) <= 80 else describe(k) for k in extra[:5]]
@@ -199,9 +230,9 @@ def apply_masks(params: Any, masks: Any) -> Any:
             tensor. The message names the leaf path.
     """
     if masks is None:
-        _checked_masks(params, None, function="apply_masks")
+        checked_masks(params, None, function="apply_masks")
         return params
-    _, leaves, mask_leaves, spec = _checked_masks(params, masks, function="apply_masks")
+    _, leaves, mask_leaves, spec = checked_masks(params, masks, function="apply_masks")
     masked = [
         leaf
         if mask is None
@@ -246,7 +277,7 @@ def apply_masks_(params: Any, masks: Any) -> Any:
             expanded tensor), which cannot be written in place.
         TypeError: as :func:`apply_masks`.
     """
-    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function="apply_masks_")
+    paths, leaves, mask_leaves, _ = checked_masks(params, masks, function="apply_masks_")
     for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
         if mask is not None and any(
             stride == 0 and size > 1 for stride, size in zip(leaf.stride(), leaf.shape, strict=True)
@@ -349,7 +380,7 @@ def functional_call(
     ):
         if not isinstance(flag, bool):
             raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
-    paths, leaves, mask_leaves, _ = _checked_masks(params, masks, function=function)
+    paths, leaves, mask_leaves, _ = checked_masks(params, masks, function=function)
     for path, leaf in zip(paths, leaves, strict=True):
         if str(leaf.dtype).startswith("torch.float8"):
             raise TypeError(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import optree
 import torch
@@ -12,10 +12,13 @@ from torch import Tensor
 
 from funcsparse._errors import describe, short_repr
 
+T = TypeVar("T")
+
 __all__ = [
     "PyTreeSpec",
     "describe_structure_mismatch",
     "flatten_with_paths",
+    "in_dict_order",
     "join_path",
     "leaves_like",
     "unflatten",
@@ -105,3 +108,21 @@ def leaves_like(spec: PyTreeSpec, tree: Any) -> list[Any]:
         return list(spec.flatten_up_to(tree))
     except (ValueError, TypeError) as err:
         raise ValueError(str(err)) from None
+
+
+def in_dict_order(tree: Any, flat: dict[str, T]) -> dict[str, T]:
+    """``flat`` (keyed by leaf path) in the key order of ``tree`` when ``tree`` is a flat
+    dict holding those keys, as ``dict(model.named_parameters())`` is; otherwise ``flat``.
+
+    optree flattens a dict in sorted key order (``"0.bias"`` before ``"0.weight"``, ``"10."``
+    before ``"2."``); results keyed by path read better in the model's own order.
+
+    Examples:
+        >>> in_dict_order({"w": 1, "b": None, "a": 2}, {"a": "A", "w": "W"})
+        {'w': 'W', 'a': 'A'}
+        >>> in_dict_order([1, 2], {"0": "x", "1": "y"})
+        {'0': 'x', '1': 'y'}
+    """
+    if isinstance(tree, Mapping) and set(flat) <= set(tree):
+        return {key: flat[key] for key in tree if key in flat}
+    return flat

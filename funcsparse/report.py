@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 
 from funcsparse._errors import describe, short_repr
-from funcsparse.export import detect_pattern, iter_sparse
-from funcsparse.export.checkpoint import is_sparse_checkpoint, stored_nbytes
+from funcsparse.export import detect_pattern, is_sparse_checkpoint, iter_sparse, stored_nbytes
 
 __all__ = [
     "COMMAND",
@@ -106,7 +105,7 @@ def build_report(path: str | os.PathLike[str], *, progress: str = "never") -> di
         >>> patterns == {"w": "2:4", "b": "not masked"}
         True
         >>> [(row["path"], row["masked"], row["sparsity"]) for row in report["leaves"]]
-        [('b', False, 0.0), ('w', True, 0.5)]
+        [('w', True, 0.5), ('b', False, 0.0)]
         >>> report["totals"]["sparsity"]
         0.4
 

@@ -818,3 +818,19 @@ def test_functional_call_refuses_float8_params_by_path() -> None:
         match=r"^functional_call: the leaf at '0.bias' is .*float8_e4m3fn.*; float8 params are not supported",
     ):
         fs.functional_call(model, params, None, (torch.randn(4, 3),))
+
+
+def test_a_partial_dict_of_masks_works_beside_a_none_entry_of_params() -> None:
+    # Found by the issue 10 review: a None value in a flat dict of params made a partial
+    # dict of masks fail with "missing ['z'], unexpected []".
+    params = {"w": torch.ones(2, 2), "z": None, "b": torch.ones(2)}
+    keep = torch.tensor([[True, False], [False, True]])
+    out = fs.apply_masks(params, {"w": keep})
+    assert out["z"] is None and torch.equal(out["w"], keep.float())
+    assert torch.equal(out["b"], params["b"])
+    out = fs.apply_masks(params, {"w": keep, "z": None})
+    assert torch.equal(out["w"], keep.float())
+    with pytest.raises(
+        ValueError, match=r"apply_masks: masks has keys that are not keys of params: \['q'\]"
+    ):
+        fs.apply_masks(params, {"q": keep})

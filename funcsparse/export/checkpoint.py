@@ -2,7 +2,8 @@
 
 A checkpoint is one ``torch.save`` file that loads with ``torch.load(path,
 weights_only=True)``: a dict ``{"format": FORMAT, "version": VERSION, "leaves": {path:
-entry}}`` with one entry per leaf of the params, in their flattening order. A masked leaf's
+entry}}`` with one entry per leaf of the params, in a flat dict's own key order (otherwise
+the pytree's flattening order). A masked leaf's
 entry holds its ``dtype`` (a string such as ``"float32"``), ``shape`` (a list of ints),
 ``kept`` (how many entries the mask keeps), ``values`` (the kept entries, 1-D, in the
 row-major order of the mask), ``mask_bits`` (the mask, one bit per entry: bit ``i % 8`` of
@@ -36,8 +37,9 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
+from funcsparse._apply import checked_masks
 from funcsparse._errors import MAX_SHOWN, describe, short_repr
-from funcsparse._tree import describe_structure_mismatch, flatten_with_paths, leaves_like
+from funcsparse._tree import in_dict_order
 
 __all__ = [
     "CHUNK",
@@ -156,10 +158,13 @@ def save_sparse(path: FileLike, params: Any, masks: Any) -> None:
             f"got {describe(path)}"
         )
     paths, leaves, mask_leaves = _checked(params, masks)
-    entries = {
-        name: _dense_entry(leaf) if mask is None else _masked_entry(leaf, mask)
-        for name, leaf, mask in zip(paths, leaves, mask_leaves, strict=True)
-    }
+    entries = in_dict_order(
+        params,
+        {
+            name: _dense_entry(leaf) if mask is None else _masked_entry(leaf, mask)
+            for name, leaf, mask in zip(paths, leaves, mask_leaves, strict=True)
+        },
+    )
     _write({"format": FORMAT, "version": VERSION, "leaves": entries}, path)
 
 
@@ -227,8 +232,8 @@ def iter_sparse(path: FileLike, *, device: torch.device | str | None = None) -> 
         ...     for name, tensor, mask in leaves:
         ...         print(name, tensor.tolist(), None if mask is None else mask.sum().item())
         2
-        b [1.0, 1.0] None
         w [[0.0, 0.0, 3.0, 4.0], [0.0, 0.0, 7.0, 8.0]] 4
+        b [1.0, 1.0] None
 
     Args:
         path: a file path, or a readable, seekable binary file object.
@@ -377,38 +382,12 @@ class SparseLeaves:
 
 def _checked(params: Any, masks: Any) -> tuple[list[str], list[Tensor], list[Tensor | None]]:
     """Paths, leaves and masks (None: dense) of ``params``, every one checked."""
-    paths, leaves, spec = flatten_with_paths(params, function="save_sparse", tensors=True)
-    mask_leaves: list[Any]
-    if masks is None:
-        mask_leaves = [None] * len(leaves)
-    else:
-        try:
-            mask_leaves = leaves_like(spec, masks)
-        except ValueError:
-            mask_leaves = _partial_masks(params, paths, masks, spec)
+    paths, leaves, mask_leaves, _ = checked_masks(params, masks, function="save_sparse")
     for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
         _check_leaf(path, leaf)
         if mask is not None:
-            _check_mask(path, leaf, mask)
+            _check_mask(path, mask)
     return paths, leaves, mask_leaves
-
-
-def _partial_masks(params: Any, paths: list[str], masks: Any, spec: Any) -> list[Any]:
-    """The masks of a flat dict of params given by a dict of some of its keys."""
-    flat = isinstance(params, Mapping) and len(params) == len(paths) and set(params) == set(paths)
-    if flat and isinstance(masks, Mapping):
-        extra = [key for key in masks if key not in params]
-        if not extra:
-            return [masks.get(path) for path in paths]
-        raise ValueError(
-            f"save_sparse: masks has keys that are not keys of params: "
-            f"{short_repr(extra[:5])} ({len(extra)} in all)"
-        )
-    raise ValueError(
-        f"save_sparse: masks do not have the structure of params "
-        f"({describe_structure_mismatch(spec, masks)}); give a mask or None at every leaf "
-        "of params (None: stored dense), as fs.compute_masks(params, rules) returns them"
-    )
 
 
 def _check_leaf(path: str, leaf: Tensor) -> None:
@@ -429,26 +408,12 @@ def _check_leaf(path: str, leaf: Tensor) -> None:
         )
 
 
-def _check_mask(path: str, leaf: Tensor, mask: Any) -> None:
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
-            f"save_sparse: the mask at {path!r} must be a torch.bool tensor or None, "
-            f"got {describe(mask)}"
-        )
+def _check_mask(path: str, mask: Tensor) -> None:
+    """What :func:`funcsparse._apply.checked_masks` leaves open: a mask with data."""
     if mask.layout != torch.strided or mask.device.type == "meta":
         raise ValueError(
             f"save_sparse: the mask at {path!r} must be a strided tensor with data, "
             f"got {describe(mask)} of layout {mask.layout}"
-        )
-    if mask.shape != leaf.shape:
-        raise ValueError(
-            f"save_sparse: the mask at {path!r} has shape {tuple(mask.shape)} but the leaf "
-            f"has shape {tuple(leaf.shape)}"
-        )
-    if mask.device != leaf.device:
-        raise ValueError(
-            f"save_sparse: the mask at {path!r} is on {mask.device} but the leaf is on "
-            f"{leaf.device}"
         )
 
 
@@ -656,8 +621,8 @@ def _read_leaves(path: FileLike, *, function: str, name: str) -> list[_Leaf]:
         raise ValueError(f"{where} has an invalid format version {short_repr(version)}")
     if version > VERSION:
         raise ValueError(
-            f"{where} has format version {version}, written by a newer funcsparse; this "
-            f"one reads version {VERSION}: upgrade funcsparse"
+            f"{where} has format version {short_repr(version)}, written by a newer "
+            f"funcsparse; this one reads version {VERSION}: upgrade funcsparse"
         )
     leaves = obj.get("leaves")
     if set(obj) != {"format", "version", "leaves"} or not isinstance(leaves, Mapping):

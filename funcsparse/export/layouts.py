@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from funcsparse._errors import describe, short_repr
-from funcsparse.export.patterns import _check_blocksize, block_violation, nm_violation
-from funcsparse.export.squash import in_params_order, squashed_leaves
+from funcsparse._tree import in_dict_order
+from funcsparse.export.patterns import block_violation, nm_violation, require_blocksize
+from funcsparse.export.squash import squashed_leaves
 
 __all__ = ["to_bsr", "to_csr", "to_semi_structured"]
 
@@ -70,7 +71,7 @@ def to_csr(params: Any, masks: Any) -> dict[str, Tensor]:
             path: leaf if mask is None else _csr(leaf, mask)
             for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
         }
-    return in_params_order(params, flat)
+    return in_dict_order(params, flat)
 
 
 def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, Tensor]:
@@ -111,7 +112,7 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
             named); a block of 2**63 entries or more; or as :func:`funcsparse.squash`.
         TypeError: ``blocksize`` is not two ints; or as :func:`funcsparse.squash`.
     """
-    rows, cols = _check_blocksize("to_bsr", "blocksize", blocksize)
+    rows, cols = require_blocksize("to_bsr", "blocksize", blocksize)
     if rows * cols >= 2**63:  # only a 0-size leaf's shape is "divisible" by such blocks
         raise ValueError(
             f"to_bsr: blocksize={short_repr((rows, cols))} has more entries per block than "
@@ -133,7 +134,7 @@ def to_bsr(params: Any, masks: Any, *, blocksize: tuple[int, int]) -> dict[str, 
             path: leaf if mask is None else _bsr(leaf, mask, rows, cols)
             for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
         }
-    return in_params_order(params, flat)
+    return in_dict_order(params, flat)
 
 
 def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
@@ -231,7 +232,7 @@ def to_semi_structured(params: Any, masks: Any) -> dict[str, Tensor]:
         path: leaf if mask is None else torch.sparse.to_sparse_semi_structured(leaf)
         for path, leaf, mask in zip(paths, dense, mask_leaves, strict=True)
     }
-    return in_params_order(params, flat)
+    return in_dict_order(params, flat)
 
 
 def _require_2d(function: str, path: str, leaf: Tensor, layout: str) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "check_nm",
     "detect_pattern",
     "nm_violation",
+    "require_blocksize",
 ]
 
 #: Entries a scan looks at per step.
@@ -106,7 +107,7 @@ class Pattern:
             object.__setattr__(self, "n", n)
             object.__setattr__(self, "m", m)
         if self.kind == "block":  # a list or numpy ints become a tuple of ints (hashable)
-            object.__setattr__(self, "block", _check_blocksize("Pattern", "block", self.block))
+            object.__setattr__(self, "block", require_blocksize("Pattern", "block", self.block))
         if self.kind == "channel":
             axis = require_int("Pattern", "axis", self.axis)
             if axis < 0:
@@ -322,7 +323,7 @@ def block_violation(mask: Tensor, *, blocksize: tuple[int, int]) -> str | None:
 def _block_problem(function: str, mask: Tensor, *, blocksize: tuple[int, int]) -> str | None:
     """:func:`block_violation`, its argument errors naming ``function``."""
     _check_mask(function, mask, min_dim=1)
-    rows, cols = _check_blocksize(function, "blocksize", blocksize)
+    rows, cols = require_blocksize(function, "blocksize", blocksize)
     matrices = _as_matrices(mask)
     height, width = matrices.shape[1:]
     if height % rows or width % cols:
@@ -412,7 +413,13 @@ def _check_nm_args(
     return n, m
 
 
-def _check_blocksize(function: str, name: str, blocksize: object) -> tuple[int, int]:
+def require_blocksize(function: str, name: str, blocksize: object) -> tuple[int, int]:
+    """``blocksize`` as ``(rows, cols)`` of positive ints, or an error naming ``function``.
+
+    Examples:
+        >>> require_blocksize("to_bsr", "blocksize", [2, 4])
+        (2, 4)
+    """
     if not isinstance(blocksize, (tuple, list)) or len(blocksize) != 2:
         raise TypeError(
             f"{function}: {name} must be a tuple (rows, cols) of two ints, got "

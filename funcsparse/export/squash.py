@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from funcsparse._apply import apply_masks
-from funcsparse._tree import flatten_with_paths, leaves_like
+from funcsparse._apply import checked_masks
+from funcsparse._tree import in_dict_order
 
 __all__ = ["squash"]
 
@@ -56,16 +55,7 @@ def squash(params: Any, masks: Any) -> dict[str, Tensor]:
         TypeError: a leaf of ``params`` is not a tensor, or a mask is not a bool tensor.
     """
     paths, leaves, _ = squashed_leaves(params, masks, function="squash")
-    return in_params_order(params, dict(zip(paths, leaves, strict=True)))
-
-
-def in_params_order(params: Any, flat: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``flat`` in the key order of ``params`` when that is a flat dict holding its keys
-    (None entries are empty subtrees; a pytree flattens dicts in sorted key order);
-    otherwise ``flat`` itself."""
-    if isinstance(params, Mapping) and set(flat) <= set(params):
-        return {key: flat[key] for key in params if key in flat}
-    return flat
+    return in_dict_order(params, dict(zip(paths, leaves, strict=True)))
 
 
 def squashed_leaves(
@@ -73,27 +63,18 @@ def squashed_leaves(
 ) -> tuple[list[str], list[Tensor], list[Tensor | None]]:
     """Paths, squashed leaves and mask leaves (None: unmasked) of ``params``, all checked.
 
-    The checks are :func:`funcsparse.apply_masks`'s, with its messages renamed to start with
-    ``function``. For the sparse layouts, which convert after this.
+    The checks are :func:`funcsparse.apply_masks`'s (:func:`funcsparse._apply.checked_masks`),
+    with messages that start with ``function``. For the sparse layouts, which convert after
+    this.
     """
-    try:
-        with torch.no_grad():
-            masked = apply_masks(params, masks)
-    except (TypeError, ValueError) as err:
-        message = str(err)
-        if message.startswith("apply_masks:"):
-            message = function + message[len("apply_masks") :]
-        raise type(err)(message) from None
-    paths, leaves, spec = flatten_with_paths(masked, function=function, tensors=True)
-    if masks is None:
-        mask_leaves: list[Any] = [None] * len(paths)
-    else:
-        try:
-            mask_leaves = leaves_like(spec, masks)
-        except ValueError:
-            # apply_masks accepted it, so it is a dict of some keys of a flat dict
-            part: Mapping[str, Any] = masks
-            mask_leaves = [part.get(path) for path in paths]
+    paths, leaves, mask_leaves, _ = checked_masks(params, masks, function=function)
+    with torch.no_grad():
+        leaves = [
+            leaf
+            if mask is None
+            else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
+            for leaf, mask in zip(leaves, mask_leaves, strict=True)
+        ]
     squashed = [
         leaf.detach().clone(memory_format=torch.contiguous_format)
         if mask is None
