@@ -186,7 +186,23 @@ def _report(file: Path, progress: str) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report as a text table with a totals line (what ``funcsparse report`` prints)."""
+    """The report as a text table with a totals line (what ``funcsparse report`` prints).
+
+    Examples:
+        >>> import tempfile, torch
+        >>> from funcsparse.report import build_report, format_report
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     torch.save({"w": torch.tensor([[0.0, 1.0], [2.0, 0.0]])}, f"{tmp}/plain.pt")
+        ...     text = format_report(build_report(f"{tmp}/plain.pt"))
+        >>> print(text.splitlines()[4])
+        w                  2x2    float32    50.00%  1:2       16 B     9 B
+
+    Args:
+        report: what :func:`build_report` returns.
+
+    Returns:
+        The table, one line per tensor, then the totals and notes, ending with a newline.
+    """
     header = ("tensor", "shape", "dtype", "sparsity", "pattern", "dense", "sparse")
     lines = [
         (
