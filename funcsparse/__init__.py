@@ -1,6 +1,10 @@
 """funcsparse: functional, stateless pruning masks for PyTorch, built on torch.func."""
 
 from funcsparse import export, schedules
+import torch.distributed as _dist
+
+if _dist.is_available():  # registers the backend that masks DTensor leaves
+    from funcsparse import distributed
 from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -24,7 +24,49 @@ from funcsparse.methods._base import (
     require_int,
 )
 
-__all__ = ["check_data_coverage", "compute_masks", "data_per_leaf", "masks_with_data"]
+__all__ = [
+    "ShardedBackend",
+    "check_data_coverage",
+    "compute_masks",
+    "data_per_leaf",
+    "masks_with_data",
+    "register_sharded",
+]
+
+
+class ShardedBackend(Protocol):
+    """What :func:`compute_masks` asks of the backend for sharded leaves (DTensors).
+
+    ``funcsparse.distributed`` registers one on import; the core never imports it.
+    """
+
+    def is_sharded(self, leaf: object) -> bool: ...
+
+    def mask(self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str) -> Tensor: ...
+
+    def global_masks(
+        self,
+        method: GlobalMethod,
+        leaves: list[Tensor],
+        data: list[dict[str, Any]],
+        *,
+        where: str,
+    ) -> list[Tensor]: ...
+
+
+_SHARDED: list[ShardedBackend] = []
+
+
+def register_sharded(backend: ShardedBackend) -> None:
+    """Let :func:`compute_masks` hand sharded leaves to ``backend`` (the latest one wins)."""
+    _SHARDED[:] = [backend]
+
+
+def _sharded_backend(leaves: list[Any]) -> ShardedBackend | None:
+    """The registered backend, where any leaf is sharded; else None."""
+    if _SHARDED and any(_SHARDED[0].is_sharded(leaf) for leaf in leaves):
+        return _SHARDED[0]
+    return None
 
 
 def compute_masks(
@@ -143,13 +185,23 @@ def masks_with_data(
             )
             raise problem.error(f"{where} got {problem.got} over {group_paths}; {problem.need}")
 
+    sharded = _sharded_backend(leaves)
+    if sharded is not None and batch_dims:
+        raise ValueError(
+            f"compute_masks: batch_dims={batch_dims} with DTensor leaves; an ensemble of "
+            f"sharded leaves is not supported (compute each member's masks on its own)"
+        )
+
     # Everything is checked: compute.
     masks: list[Tensor | None] = [None] * len(leaves)
     for key, (method, members) in groups.items():
-        with _naming(f"compute_masks: rule {key!r} ({type(method).__name__})"):
-            results = _batched_global(
-                method, [leaves[i] for i in members], [data[i] for i in members], batch_dims
-            )
+        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
+        group_leaves, group_data = [leaves[i] for i in members], [data[i] for i in members]
+        if sharded is not None and any(sharded.is_sharded(leaf) for leaf in group_leaves):
+            results = sharded.global_masks(method, group_leaves, group_data, where=where)
+        else:
+            with _naming(where):
+                results = _batched_global(method, group_leaves, group_data, batch_dims)
         for i, mask in zip(members, results, strict=True):
             masks[i] = mask
     for i, (path, leaf, assigned, method) in enumerate(
@@ -157,7 +209,11 @@ def masks_with_data(
     ):
         if assigned is None or method is None or isinstance(method, GlobalMethod):
             continue
-        with _naming(f"compute_masks: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"):
+        where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"
+        if sharded is not None and sharded.is_sharded(leaf):
+            masks[i] = sharded.mask(method, leaf, data[i], where=where)
+            continue
+        with _naming(where):
             masks[i] = _batched_mask(method, leaf, batch_dims, data[i])
     return unflatten(spec, masks)
 

@@ -1,0 +1,151 @@
+"""Masks of DTensor leaves: each method's sharded strategy, registered by method type.
+
+``fs.compute_masks`` hands a DTensor leaf here (through the backend that
+``funcsparse.distributed`` registers with the core). The mask comes back as a DTensor with
+the leaf's mesh and placements, equal bit for bit to the method's mask of the full tensor.
+
+A strategy computes this rank's piece of that mask from the local piece of the leaf (and of
+its data): locally where the method's groups lie inside the piece, through the small
+collectives of :mod:`funcsparse.distributed.select` where the method ranks across pieces.
+A method without a strategy, or a placement its strategy cannot serve exactly without a
+gather, is refused with a ValueError naming the method and the placement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+from torch.distributed.tensor import DTensor, Replicate
+
+from funcsparse.distributed.shards import Shards, is_sharded, shards_of
+from funcsparse.methods._base import GlobalMethod, MaskMethod
+
+__all__ = [
+    "LEAF_SHAPED",
+    "GlobalStrategy",
+    "Strategy",
+    "global_strategy",
+    "refuse",
+    "sharded_global_masks",
+    "sharded_mask",
+    "strategy",
+]
+
+# Keyword data of a leaf's own shape: each rank takes its piece of it.
+LEAF_SHAPED = frozenset({"prev_mask", "scores"})
+
+# (method, the leaf's shards, the local data, where) -> this rank's piece of the keep-mask.
+Strategy = Callable[[Any, Shards, dict[str, Any], str], Tensor]
+GlobalStrategy = Callable[[Any, list[Shards], list[dict[str, Any]], str], list[Tensor]]
+_STRATEGIES: dict[type, Strategy] = {}
+_GLOBAL_STRATEGIES: dict[type, GlobalStrategy] = {}
+
+F = TypeVar("F")
+
+
+def strategy(*methods: type[MaskMethod]) -> Callable[[F], F]:
+    """Register the decorated function as the sharded strategy of ``methods``."""
+
+    def register(fn: F) -> F:
+        for method in methods:
+            _STRATEGIES[method] = fn  # type: ignore[assignment]
+        return fn
+
+    return register
+
+
+def global_strategy(*methods: type[GlobalMethod]) -> Callable[[F], F]:
+    """Register the decorated function as the sharded strategy of global ``methods``."""
+
+    def register(fn: F) -> F:
+        for method in methods:
+            _GLOBAL_STRATEGIES[method] = fn  # type: ignore[assignment]
+        return fn
+
+    return register
+
+
+def refuse(where: str, method: MaskMethod, shards: Shards, why: str) -> ValueError:
+    """The error for a placement a method cannot serve exactly without a gather."""
+    return ValueError(
+        f"{where}: {type(method).__name__} cannot compute an exact mask of a tensor of shape "
+        f"{shards.shape} placed {shards.placements} without gathering it: {why}. Redistribute "
+        f"the leaf (DTensor.redistribute) to a placement that keeps the method's groups whole"
+    )
+
+
+def _local_data(shards: Shards, data: dict[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if value is None:
+            continue
+        if key in LEAF_SHAPED and isinstance(value, Tensor):
+            value = shards.local_of(value, owner=where, name=key)
+        elif isinstance(value, DTensor):
+            value = value.full_tensor()  # small per-feature data (input norms)
+        out[key] = value.detach() if isinstance(value, Tensor) else value
+    return out
+
+
+def _replicated(shards: Shards) -> bool:
+    return all(isinstance(p, Replicate) for p in shards.placements)
+
+
+def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, where: str) -> DTensor:
+    """``method``'s mask of the DTensor ``leaf`` as a DTensor placed as ``leaf`` is.
+
+    Raises:
+        ValueError: a placement that is neither Shard nor Replicate, or one that ``method``
+            cannot serve exactly without a gather (naming ``where``).
+    """
+    shards = shards_of(leaf, owner=where)
+    local_data = _local_data(shards, data, where)
+    if _replicated(shards):
+        return shards.wrap(method(shards.local.detach(), **local_data))
+    fn = _STRATEGIES.get(type(method))
+    if fn is None:
+        raise refuse(where, method, shards, "it has no sharded strategy")
+    prev_mask = None if method.uses_prev_mask else local_data.pop("prev_mask", None)
+    local = fn(method, shards, local_data, where)
+    return shards.wrap(local if prev_mask is None else local & prev_mask)
+
+
+def sharded_global_masks(
+    method: GlobalMethod, leaves: Sequence[Tensor], data: Sequence[dict[str, Any]], *, where: str
+) -> list[Tensor]:
+    """``method``'s masks of ``leaves`` (DTensors) selected together, placed as the leaves.
+
+    Raises:
+        ValueError: a leaf that is not a DTensor beside ones that are, leaves on different
+            meshes, or a method without a sharded strategy (naming ``where``).
+    """
+    plain = [i for i, leaf in enumerate(leaves) if not is_sharded(leaf)]
+    if plain:
+        raise ValueError(
+            f"{where}: leaves {plain} of the group are plain tensors beside DTensors; a global "
+            f"selection needs every leaf of the group sharded on one mesh"
+        )
+    shards = [shards_of(leaf, owner=where) for leaf in leaves]  # type: ignore[arg-type]
+    meshes = {id(s.mesh) for s in shards}
+    if len(meshes) > 1 and len({str(s.mesh) for s in shards}) > 1:
+        raise ValueError(f"{where}: the group's leaves lie on different device meshes")
+    fn = _GLOBAL_STRATEGIES.get(type(method))
+    if fn is None:
+        raise ValueError(
+            f"{where}: {type(method).__name__} has no sharded strategy; it cannot select "
+            f"across DTensor leaves without gathering them"
+        )
+    local_data = [_local_data(s, d, where) for s, d in zip(shards, data, strict=True)]
+    prevs = [None if method.uses_prev_mask else d.pop("prev_mask", None) for d in local_data]
+    locals_ = fn(method, shards, local_data, where)
+    return [
+        s.wrap(m if p is None else m & p)
+        for s, m, p in zip(shards, locals_, prevs, strict=True)
+    ]
+
+
+def _all_ones(shards: Shards) -> Tensor:
+    return torch.ones(shards.local.shape, dtype=torch.bool, device=shards.local.device)
