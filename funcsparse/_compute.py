@@ -42,7 +42,9 @@ class ShardedBackend(Protocol):
 
     def is_sharded(self, leaf: object) -> bool: ...
 
-    def mask(self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str) -> Tensor: ...
+    def mask(
+        self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str
+    ) -> Tensor: ...
 
     def global_masks(
         self,

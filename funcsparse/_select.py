@@ -39,6 +39,7 @@ __all__ = [
     "keep_all_but_lowest_drawn",
     "kth_smallest_value",
     "lowest_covering",
+    "order_keys",
     "rank_pruned_first",
     "smallest_k",
     "smallest_k_per_group",
@@ -776,9 +777,19 @@ def _settle(codes: Tensor, bounds: list[tuple[int, int]], plan: _Plan) -> None:
             remaining = 0
 
 
-def _order_keys(piece: Tensor) -> Tensor:
+def order_keys(piece: Tensor) -> Tensor:
     """int64 keys ordered as funcsparse ranks ``piece`` (``-0.0 == 0.0``, NaN largest),
-    with the sign bit flipped, so that their bits compare as unsigned numbers."""
+    with the sign bit flipped, so that their bits compare as unsigned numbers.
+
+    Floating values of any dtype map to the keys of their exact float64 values, so keys of
+    tensors of different dtypes compare as the values do. ``keys ^ (-2**63)`` compares as
+    signed int64 in the same order.
+
+    Examples:
+        >>> keys = order_keys(torch.tensor([1.0, -0.0, 0.0, -2.0, float("nan")]))
+        >>> (keys ^ (-2**63)).argsort(stable=True).tolist()
+        [3, 1, 2, 0, 4]
+    """
     if not piece.is_floating_point():
         keys = piece.to(torch.int64)
     else:
@@ -801,7 +812,7 @@ def _radix_kth(pieces: _Pieces, k: int, dtype: torch.dtype) -> float:
         signed = prefix - (1 << width) if width and prefix >> (width - 1) else prefix
         histogram: Tensor | None = None
         for piece in pieces():
-            keys = _order_keys(piece)
+            keys = order_keys(piece)
             if width:
                 keys = keys[(keys >> (shift + _RADIX_BITS)) == signed]
             counts = torch.bincount((keys >> shift) & (radix - 1), minlength=radix)
@@ -849,7 +860,7 @@ def rank_pruned_first(scores: Tensor, kept: Tensor) -> Tensor:
     plain = is_plain(scores) and is_plain(kept)
     if plain and not bool(torch.isneginf(scores).logical_and_(kept).any()):
         return torch.where(kept, scores, torch.full_like(scores, -math.inf))
-    keys = _order_keys(scores) ^ _INT64_MIN  # signed keys: ordered as the scores
+    keys = order_keys(scores) ^ _INT64_MIN  # signed keys: ordered as the scores
     return keys.masked_fill(kept.logical_not(), _INT64_MIN)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "refuse",
     "sharded_global_masks",
     "sharded_mask",
+    "sharded_strategy",
     "strategy",
 ]
 
@@ -66,6 +67,11 @@ def global_strategy(*methods: type[GlobalMethod]) -> Callable[[F], F]:
         return fn
 
     return register
+
+
+def sharded_strategy(method: MaskMethod) -> Strategy | None:
+    """The strategy registered for ``type(method)``, or None."""
+    return _STRATEGIES.get(type(method))
 
 
 def refuse(where: str, method: MaskMethod, shards: Shards, why: str) -> ValueError:

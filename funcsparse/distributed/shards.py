@@ -61,7 +61,8 @@ class Shards:
         result = torch.zeros_like(position)
         rest = position
         full_stride = 1
-        for size, full, off in reversed(list(zip(local_shape, self.shape, self.offset))):
+        dims = list(zip(local_shape, self.shape, self.offset, strict=True))
+        for size, full, off in reversed(dims):
             coordinate = rest % size if size else rest
             result += (coordinate + off) * full_stride
             rest = rest // size if size else rest
@@ -71,7 +72,7 @@ class Shards:
     def box(self) -> tuple[slice, ...]:
         """The local piece's index in the full tensor: ``full[box()]`` is ``local``."""
         return tuple(
-            slice(off, off + size) for off, size in zip(self.offset, self.local.shape)
+            slice(off, off + size) for off, size in zip(self.offset, self.local.shape, strict=True)
         )
 
     def wrap(self, local: Tensor) -> DTensor:

@@ -1,0 +1,118 @@
+"""Sharded Magnitude, Movement, Random and GlobalMagnitude equal the one-process masks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tests.distributed._spawn import run_ranks
+
+
+def _cases() -> list[tuple[str, Any, tuple[int, ...], str]]:
+    import funcsparse as fs
+
+    methods = [
+        ("Magnitude(0.5)", fs.Magnitude(0.5)),
+        ("Magnitude(count=7)", fs.Magnitude(count=7)),
+        ("Magnitude(0.0)", fs.Magnitude(0.0)),
+        ("Magnitude(1.0)", fs.Magnitude(1.0)),
+        ("Random(0.3, seed=5)", fs.Random(0.3, seed=5)),
+        ("Movement(0.4)", fs.Movement(0.4)),
+    ]
+    shapes = [(8, 6), (7, 5), (3, 4, 5), (9,), (1, 3)]
+    values = ["randn", "ties", "zeros", "nan"]
+    return [
+        (n, m, s, v)
+        for n, m in methods
+        for s in shapes
+        for v in values
+        if m.count is None or m.count <= torch.Size(s).numel()
+    ]
+
+
+def _tensor(shape: tuple[int, ...], kind: str, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    if kind == "ties":
+        x = torch.randint(-2, 3, shape, generator=g).float()
+    elif kind == "zeros":
+        x = torch.zeros(shape)
+    elif kind == "nan":
+        x = x.masked_fill(torch.rand(shape, generator=g) < 0.2, float("nan"))
+    return x
+
+
+def _worker_single(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    failures = []
+    for i, (name, method, shape, kind) in enumerate(_cases()):
+        full = _tensor(shape, kind, i)
+        scores = _tensor(shape, "ties" if i % 2 else "randn", i + 1000)
+        prev = torch.rand(shape, generator=torch.Generator().manual_seed(i)) > 0.3
+        for dim in range(len(shape)):
+            for placement in (Shard(dim), Replicate()):
+                dt = distribute_tensor(full, mesh, [placement])
+                data: dict[str, Any] = {}
+                if isinstance(method, fs.Movement):
+                    data["scores"] = {"w": distribute_tensor(scores, mesh, [placement])}
+                for use_prev in (False, True):
+                    kwargs = dict(data)
+                    if use_prev:
+                        kwargs["prev_masks"] = {"w": distribute_tensor(prev, mesh, [placement])}
+                    got = fs.compute_masks({"w": dt}, {"w": method}, **kwargs)["w"]
+                    one = {k: v["w"].full_tensor() for k, v in data.items()}
+                    if use_prev:
+                        one["prev_mask"] = prev
+                    want = fs.compute_masks(
+                        {"w": full}, {"w": method}, **{k: {"w": v} for k, v in one.items() if k != "prev_mask"},
+                        prev_masks={"w": prev} if use_prev else None,
+                    )["w"]
+                    if type(got).__name__ != "DTensor" or got.placements != dt.placements:
+                        failures.append(f"{name} {shape} {placement}: not a DTensor placed as the leaf")
+                    elif not torch.equal(got.full_tensor(), want):
+                        failures.append(f"{name} {shape} {kind} {placement} prev={use_prev}")
+    return failures
+
+
+def test_entrywise_methods_equal_one_process_masks() -> None:
+    results = run_ranks(_worker_single)
+    assert results[0] == [] and results[1] == []
+
+
+def _worker_global(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    failures = []
+    for i, kind in enumerate(["randn", "ties", "zeros", "nan"] * 3):
+        shapes = [(8, 6), (5,), (7, 3)]
+        fulls = [_tensor(s, kind, 10 * i + j).to(dtype) for j, (s, dtype) in enumerate(
+            zip(shapes, [torch.float32, torch.float64, torch.float16], strict=True))]
+        prevs = [torch.rand(s, generator=torch.Generator().manual_seed(i + j)) > 0.2 for j, s in enumerate(shapes)]
+        for method in (fs.GlobalMagnitude(0.5), fs.GlobalMagnitude(count=11), fs.GlobalMagnitude(0.9)):
+            for use_prev in (False, True):
+                params = {f"w{j}": distribute_tensor(f, mesh, [Shard(0)]) for j, f in enumerate(fulls)}
+                prev = {f"w{j}": distribute_tensor(p, mesh, [Shard(0)]) for j, p in enumerate(prevs)}
+                got = fs.compute_masks(params, {"*": method}, prev_masks=prev if use_prev else None)
+                want = fs.compute_masks(
+                    {f"w{j}": f for j, f in enumerate(fulls)}, {"*": method},
+                    prev_masks={f"w{j}": p for j, p in enumerate(prevs)} if use_prev else None,
+                )
+                for key in want:
+                    if not torch.equal(got[key].full_tensor(), want[key]):
+                        failures.append(f"{method} {kind} prev={use_prev} {key}")
+    return failures
+
+
+def test_global_magnitude_equals_one_process_masks() -> None:
+    results = run_ranks(_worker_global)
+    assert results == [[], []]
