@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -222,6 +223,7 @@ def collect_input_norms(
     *,
     paths: Sequence[str] | None = None,
     masks: Any = None,
+    group: dist.ProcessGroup | str | None = None,
 ) -> Any:
     """The L2 norm of every input feature of the weights over calibration batches.
 
@@ -257,6 +259,24 @@ def collect_input_norms(
     the mode it is in: call ``module.eval()`` yourself for statistics without dropout (in
     train mode dropout draws from the global torch RNG, as any forward does).
 
+    Under data parallelism, pass ``group``: each rank runs its own batches, and the sums of
+    squares, the batch counts and which weights were seen are summed over the ranks of
+    ``group`` by ``torch.distributed.all_reduce`` before the square root, so that every rank
+    gets the norms of the union of all ranks' batches: those of one process running them
+    all, up to the rounding of the order of the additions (bit for bit where the sums are
+    exact, e.g. integer-valued inputs). A rank may have no batches where another has some.
+    Every rank of ``group`` must make the call, with the same module, params and paths; a
+    rank whose batches fail raises its error and the others a ValueError naming it, rather
+    than waiting for it. Each rank sends two all_reduce calls of ``8 * (5 + world size)``
+    and ``8 * (input features + 2 * weights)`` bytes (the second is skipped when a rank
+    failed), straight through ``torch.distributed``: ``funcsparse.distributed.counting``
+    does not count them.
+
+    Sharded weights (DTensor, FSDP2's ``fully_shard`` parameters) are refused: a forward
+    never hands them to its calls as they are. Pass the plain tensors the forward uses
+    (e.g. the weights of an unsharded copy of the model on each rank) with ``group``; the
+    norms are plain tensors, which ``fs.compute_masks`` takes beside DTensor params.
+
     Examples:
         >>> import torch
         >>> from torch import nn
@@ -274,6 +294,17 @@ def collect_input_norms(
         >>> collect_input_norms(conv, conv_params, [torch.randn(1, 2, 5, 5)])["weight"].shape
         torch.Size([2, 3, 3])
 
+        ``group`` (default None: no reduction) sums over the ranks of a process group; asked
+        for where no process group is initialized, it says so:
+
+        >>> collect_input_norms(model, params, batches, group=None)["0.weight"]
+        tensor([5.0000, 1.7321], dtype=torch.float64)
+        >>> collect_input_norms(model, params, batches, group="world")
+        Traceback (most recent call last):
+        ...
+        ValueError: collect_input_norms: group='world' asks to sum the statistics over ranks, but
+        this process has no torch.distributed process group (...)
+
     Args:
         module: the model.
         params: a pytree of tensors whose dotted leaf paths name parameters or buffers of
@@ -288,6 +319,10 @@ def collect_input_norms(
             refuse by name.
         masks: masks applied to ``params`` during calibration (e.g. the layers pruned so
             far, as in the paper's layer-by-layer procedure). Default None: the dense model.
+        group: the ranks to sum the statistics over (data parallelism): a
+            ``torch.distributed.ProcessGroup`` (e.g. ``DeviceMesh.get_group("dp")``) or
+            ``"world"`` (the default process group). Default None: this process's batches
+            alone, no communication.
 
     Returns:
         A pytree of ``params``' structure: a float64 tensor (float32 on MPS) on the weight's
@@ -304,12 +339,16 @@ def collect_input_norms(
             wrong number of features; the message names the batch index and the weight's
             path); the model raises a RuntimeError on a batch (a dtype or shape torch
             refuses; the message names the batch index, the error is chained); or, as
-            ``fs.functional_call``, a leaf path names nothing in ``module``.
+            ``fs.functional_call``, a leaf path names nothing in ``module``. With ``group``:
+            no process group is initialized, this rank is not a member of ``group``, the
+            ranks collect different weights, another rank's batches failed, or the batches
+            are empty on every rank.
         TypeError: ``module`` is not a module; a leaf of ``params`` is not a tensor (a
             module passed whole as ``params`` too) or has a dtype no method supports
             (float8, complex; the message names its path); ``batches`` is a tensor or not
             iterable; a batch is neither a tensor nor a tuple or list; ``paths`` is not a
-            sequence of strings.
+            sequence of strings; ``group`` is not None, ``"world"`` or a ProcessGroup; a
+            collected leaf is a DTensor.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
@@ -333,41 +372,51 @@ def collect_input_norms(
                 "supported: calibration runs float16, bfloat16, float32 and float64 weights "
                 "(bool and integer buffers pass through)"
             )
+    ranks = _reduction_group(group)
     run_params = params if masks is None else apply_masks(params, masks)
     leaf_paths, leaves, spec = flatten_with_paths(run_params, function=_FUNCTION)
     index = {path: i for i, path in enumerate(leaf_paths)}
     wanted = _wanted(paths, leaf_paths, leaves, index)
     for path in wanted:
-        if leaves[index[path]].device.type == "meta":
-            raise ValueError(
-                f"{_FUNCTION}: the leaf at {path!r} is on the meta device; calibration runs "
-                "the model on real values"
-            )
+        _check_collectable(path, leaves[index[path]])
     watched = {id(leaves[index[path]]): leaves[index[path]] for path in wanted}
     call_params = _with_buffer_copies(module, leaf_paths, leaves, watched)
     mode = _InputSquares(watched, {id(leaves[index[path]]): path for path in wanted})
     seen_batches = 0
-    with torch.no_grad():
-        for i, batch in enumerate(batches):
-            args = _as_args(i, batch)
-            mode.batch = i
-            try:
-                with mode:
-                    functional_call(module, call_params, None, args)
-            except RuntimeError as err:  # torch refused the batch (a dtype, a shape, ...)
-                raise ValueError(
-                    f"{_FUNCTION}: batch {i}: the model raised RuntimeError: "
-                    f"{short_repr(str(err))} (a batch the model cannot take)"
-                ) from err
-            seen_batches += 1
+    failure: Exception | None = None
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                args = _as_args(i, batch)
+                mode.batch = i
+                try:
+                    with mode:
+                        functional_call(module, call_params, None, args)
+                except RuntimeError as err:  # torch refused the batch (a dtype, a shape, ...)
+                    raise ValueError(
+                        f"{_FUNCTION}: batch {i}: the model raised RuntimeError: "
+                        f"{short_repr(str(err))} (a batch the model cannot take)"
+                    ) from err
+                seen_batches += 1
+    except Exception as err:
+        if ranks is None:
+            raise
+        failure = err  # raised after telling the other ranks, so that none waits for it
+    wanted_leaves = {path: leaves[index[path]] for path in wanted}
+    sums = {path: mode.sums.get(id(leaf)) for path, leaf in wanted_leaves.items()}
+    reasons = {path: mode.unsupported.get(id(leaf)) for path, leaf in wanted_leaves.items()}
+    if ranks is not None:
+        seen_batches = _all_reduce(ranks, wanted_leaves, seen_batches, sums, reasons, failure)
     if seen_batches == 0:
-        raise ValueError(f"{_FUNCTION}: batches is empty; give at least one calibration batch")
+        where = "" if ranks is None else " on every rank of the group"
+        raise ValueError(
+            f"{_FUNCTION}: batches is empty{where}; give at least one calibration batch"
+        )
     norms: list[Tensor | None] = [None] * len(leaves)
     missing: list[str] = []
-    for path in wanted:
-        leaf = leaves[index[path]]
-        why = mode.unsupported.get(id(leaf))
-        total = mode.sums.get(id(leaf))
+    for path, leaf in wanted_leaves.items():
+        why = reasons[path]
+        total = sums[path]
         if why is not None and paths is not None:
             raise ValueError(f"{_FUNCTION}: no input norms for the weight at {path!r}: {why}")
         if why is not None or total is None:
@@ -382,6 +431,132 @@ def collect_input_norms(
             f"call in the calibration forward; funcsparse traces {_TRACED}"
         )
     return unflatten(spec, norms)
+
+
+def _reduction_group(group: object) -> dist.ProcessGroup | None:
+    """``group`` checked: the process group to sum the statistics over, or None for none."""
+    if group is None:
+        return None
+    world = isinstance(group, str) and group == "world"
+    if world or (dist.is_available() and isinstance(group, dist.ProcessGroup)):
+        if not dist.is_available() or not dist.is_initialized():
+            raise ValueError(
+                f"{_FUNCTION}: group={short_repr(group)} asks to sum the statistics over ranks, "
+                "but this process has no torch.distributed process group (call "
+                "torch.distributed.init_process_group first, or pass group=None for the "
+                "statistics of this process's batches alone)"
+            )
+        ranks = dist.group.WORLD if world else group
+        if not isinstance(ranks, dist.ProcessGroup):  # WORLD is None once destroyed
+            raise ValueError(f"{_FUNCTION}: group='world' has no default process group")
+        return ranks
+    outside = dist.GroupMember.NON_GROUP_MEMBER if dist.is_available() else None
+    if type(group) is int and group == outside:
+        raise ValueError(
+            f"{_FUNCTION}: group is torch.distributed.GroupMember.NON_GROUP_MEMBER, what "
+            "torch.distributed.new_group returns on a rank outside the new group; call "
+            "collect_input_norms with that group only on its member ranks"
+        )
+    raise TypeError(
+        f"{_FUNCTION}: group must be None (this process's batches only), 'world' (the "
+        "default process group) or a torch.distributed.ProcessGroup (e.g. "
+        f"DeviceMesh.get_group()), got {describe(group)}"
+    )
+
+
+def _check_collectable(path: str, leaf: Tensor) -> None:
+    """Raise unless ``leaf`` is a weight whose inputs a forward can be watched for."""
+    if leaf.device.type == "meta":
+        raise ValueError(
+            f"{_FUNCTION}: the leaf at {path!r} is on the meta device; calibration runs "
+            "the model on real values"
+        )
+    if not dist.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(leaf, DTensor):
+        raise TypeError(
+            f"{_FUNCTION}: the leaf at {path!r} is a DTensor of shape {tuple(leaf.shape)} "
+            f"placed {tuple(leaf.placements)}: a forward never hands a sharded parameter "
+            "itself to its calls (FSDP2 all-gathers it into a new unsharded tensor first), "
+            "so its inputs cannot be matched to it. Collect the norms with plain tensors "
+            "that the forward uses as they are: the full weights, e.g. of an unsharded copy "
+            "of the model on each rank, with group= to sum over the data-parallel ranks; "
+            "the norms are plain tensors that fs.compute_masks takes beside DTensor params"
+        )
+
+
+def _all_reduce(
+    ranks: dist.ProcessGroup,
+    leaves: dict[str, Tensor],
+    batches: int,
+    sums: dict[str, Tensor | None],
+    reasons: dict[str, str | None],
+    failure: Exception | None,
+) -> int:
+    """Sum ``batches``, ``sums`` and the unsupported marks over ``ranks``; the batch total.
+
+    Two ``torch.distributed.all_reduce`` calls, each rank putting in ``8 * (5 + world)``
+    bytes, then (unless a rank failed or the ranks disagree on the weights)
+    ``8 * (features + 2 * weights)`` bytes. ``sums`` and ``reasons`` are updated in place
+    (a weight seen on any rank has a sum; one unsupported on any rank is unsupported).
+    A rank whose batches failed raises its error; the others raise a ValueError naming it.
+    """
+    world, rank = dist.get_world_size(ranks), dist.get_rank(ranks)
+    if rank < 0:
+        raise ValueError(f"{_FUNCTION}: this rank is not a member of group {short_repr(ranks)}")
+    sizes = [math.prod(leaf.shape[1:]) for leaf in leaves.values()]
+    n, features = len(sizes), sum(sizes)
+    first = next(iter(leaves.values()), None)
+    device = torch.device("cpu") if first is None else first.device
+    device = torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
+    # The batch count, the layout (equal on every rank iff sum x == world * x and
+    # sum x^2 == world * x^2) and which ranks failed.
+    header = torch.zeros(5 + world, dtype=torch.int64, device=device)
+    header[:5] = torch.tensor([batches, n, n * n, features, features * features])
+    header[5 + rank] = int(failure is not None)
+    dist.all_reduce(header, op=dist.ReduceOp.SUM, group=ranks)
+    total, *layout = header[:5].tolist()
+    failed = [r for r, bad in enumerate(header[5:].tolist()) if bad]
+    if failure is not None:
+        raise failure
+    if failed:
+        raise ValueError(
+            f"{_FUNCTION}: rank(s) {failed} of the group failed on their calibration batches "
+            "(their own error says why); nothing was summed"
+        )
+    mine = [n, n * n, features, features * features]
+    if any(got != world * want for got, want in zip(layout, mine, strict=True)):
+        raise ValueError(
+            f"{_FUNCTION}: the ranks of the group collect different weights (this rank: "
+            f"{n} weights with {features} input features in all); call it with the same "
+            "module, params and paths on every rank"
+        )
+    body = torch.zeros(features + 2 * n, dtype=torch.float64, device=device)
+    start = 0
+    for i, (path, size) in enumerate(zip(leaves, sizes, strict=True)):
+        local = sums[path]
+        if local is not None:
+            body[start : start + size] = local.reshape(-1).to(device)
+            body[features + i] = 1.0
+        body[features + n + i] = float(reasons[path] is not None)
+        start += size
+    dist.all_reduce(body, op=dist.ReduceOp.SUM, group=ranks)
+    flags = body[features:].tolist()  # one host sync
+    start = 0
+    for i, (path, leaf) in enumerate(leaves.items()):
+        size = sizes[i]
+        if flags[n + i] > 0 and reasons[path] is None:
+            reasons[path] = (
+                "on another rank of the group it is used in a way one norm per input "
+                "feature cannot describe (a grouped conv, or the packed in-projection of "
+                "cross-attention)"
+            )
+        seen = flags[i] > 0
+        sums[path] = body[start : start + size].reshape(leaf.shape[1:]) if seen else None
+        start += size
+    return int(total)
 
 
 def _wanted(
