@@ -6,11 +6,18 @@ the leaf's dtype, as torch.ao's FakeSparsity multiplies by its stored float mask
 projection multiplies the bit pattern by the mask (an integer multiply by 0 or 1), casting the
 mask chunk by chunk into a small reused buffer: pruned entries become +0.0 even where they
 hold inf or NaN, and kept entries keep their exact bits.
+
+Sharded params (``torch.distributed.tensor.DTensor``, as FSDP2 and tensor parallelism hand
+out) are masked by DTensor masks placed as they are: each rank masks its local piece, with no
+communication. This module never imports ``torch.distributed``: a DTensor (or an FSDP2
+module) can only exist once torch has imported the modules that define it, so they are looked
+up in ``sys.modules``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -25,11 +32,150 @@ from funcsparse._tree import (
     unflatten,
 )
 
-__all__ = ["apply_masks", "apply_masks_", "checked_masks", "functional_call"]
+__all__ = [
+    "apply_masks",
+    "apply_masks_",
+    "checked_masks",
+    "fsdp_managed",
+    "functional_call",
+    "local_piece",
+    "placed_as",
+    "sharding_mismatch",
+]
 
 _SAME_SIZE_INT = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 # Entries projected per step of the in-place projection's loop (a 1 MiB int32 buffer).
 _CHUNK = 1 << 18
+
+
+def _dtensor_class() -> Any:
+    """``DTensor``, where torch has imported it (no DTensor exists otherwise); else None."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else getattr(module, "DTensor", None)
+
+
+def _is_dtensor(value: object) -> bool:
+    dtensor = _dtensor_class()
+    return dtensor is not None and isinstance(value, dtensor)
+
+
+def sharding_mismatch(leaf: Tensor, mask: Tensor, *, what: str = "mask") -> str | None:
+    """Why ``mask`` (of ``leaf``'s shape) cannot mask ``leaf`` piece by piece; None if it can.
+
+    A DTensor leaf needs a DTensor mask on the same device mesh with the same placements
+    (each rank then masks its local piece, with no communication); a plain leaf needs a
+    plain mask.
+
+    Examples:
+        >>> sharding_mismatch(torch.ones(2), torch.ones(2, dtype=torch.bool)) is None
+        True
+
+    Args:
+        leaf: a tensor.
+        mask: a bool tensor of ``leaf``'s shape (or other per-entry data of the leaf).
+        what: what ``mask`` is, in the advice. Default ``"mask"``.
+
+    Returns:
+        None, or the end of an error message (starting with a verb: "is a plain tensor ...").
+    """
+    leaf_sharded, mask_sharded = _is_dtensor(leaf), _is_dtensor(mask)
+    if not leaf_sharded and not mask_sharded:
+        return None
+    if not mask_sharded:
+        return (
+            f"is a plain tensor but the leaf is a DTensor placed {tuple(leaf.placements)} "  # type: ignore[attr-defined]
+            f"on {leaf.device_mesh}; give a DTensor {what} placed as the leaf "  # type: ignore[attr-defined]
+            "(fs.compute_masks returns masks so placed for DTensor params)"
+        )
+    if not leaf_sharded:
+        return (
+            f"is a DTensor placed {tuple(mask.placements)} on {mask.device_mesh} but the "  # type: ignore[attr-defined]
+            f"leaf is a plain tensor; a plain leaf needs a plain {what} (a DTensor's "
+            "full_tensor())"
+        )
+    placed = (mask.device_mesh, tuple(mask.placements))  # type: ignore[attr-defined]
+    wanted = (leaf.device_mesh, tuple(leaf.placements))  # type: ignore[attr-defined]
+    if placed[1] != wanted[1] or placed[0] != wanted[0]:
+        return (
+            f"is a DTensor placed {placed[1]} on {placed[0]} but the leaf is placed "
+            f"{wanted[1]} on {wanted[0]}; place the {what} as the leaf is "
+            "(DTensor.redistribute)"
+        )
+    here, there = mask.to_local().shape, leaf.to_local().shape  # type: ignore[attr-defined]
+    if here != there:
+        return (
+            f"has a local piece of shape {tuple(here)} on this rank but the leaf's piece has "
+            f"shape {tuple(there)}; build the {what} from the leaf's own pieces"
+        )
+    return None
+
+
+def local_piece(tensor: Tensor) -> Tensor:
+    """This rank's piece of a DTensor (a view of its storage); a plain tensor as it is.
+
+    Examples:
+        >>> x = torch.ones(2)
+        >>> local_piece(x) is x
+        True
+    """
+    return tensor.to_local() if _is_dtensor(tensor) else tensor  # type: ignore[attr-defined]
+
+
+def placed_as(leaf: Tensor, piece: Tensor) -> Tensor:
+    """``piece``, this rank's piece of a tensor of ``leaf``'s shape, placed as ``leaf`` is.
+
+    A DTensor of ``leaf``'s mesh, placements, shape and stride whose local piece is ``piece``
+    (no communication, no check across ranks); ``piece`` itself where ``leaf`` is a plain
+    tensor. Gradients flow through.
+
+    Examples:
+        >>> x = torch.ones(2)
+        >>> placed_as(x, x * 2)
+        tensor([2., 2.])
+    """
+    if not _is_dtensor(leaf):
+        return piece
+    return _dtensor_class().from_local(  # type: ignore[no-any-return]
+        piece,
+        leaf.device_mesh,  # type: ignore[attr-defined]
+        leaf.placements,  # type: ignore[attr-defined]
+        run_check=False,
+        shape=leaf.shape,
+        stride=leaf.stride(),
+    )
+
+
+def _on_pieces(leaf: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``fn(leaf, mask)``; for DTensors, ``fn`` of the local pieces, placed as ``leaf`` is.
+
+    No communication: each rank computes its own piece (``to_local`` and ``from_local``
+    carry gradients through).
+    """
+    return placed_as(leaf, fn(local_piece(leaf), local_piece(mask)))
+
+
+def fsdp_managed(module: nn.Module) -> str | None:
+    """The name of the first submodule of ``module`` that FSDP2 manages, or None.
+
+    ``torch.distributed.fsdp.fully_shard`` makes a module an ``FSDPModule``; its forward
+    all-gathers the parameters FSDP2 holds, whatever ``torch.func.functional_call`` put in
+    their place. ``""`` names ``module`` itself.
+
+    Examples:
+        >>> fsdp_managed(torch.nn.Linear(2, 2)) is None
+        True
+
+    Args:
+        module: a module.
+
+    Returns:
+        The dotted name (``""`` for ``module``), or None where no submodule is FSDP2's.
+    """
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    managed = None if fsdp is None else getattr(fsdp, "FSDPModule", None)
+    if managed is None:
+        return None
+    return next((name for name, sub in module.named_modules() if isinstance(sub, managed)), None)
 
 
 def checked_masks(
@@ -63,7 +209,8 @@ def checked_masks(
 
     Raises:
         TypeError: a leaf is not a tensor, or a mask is not a bool tensor.
-        ValueError: the structures differ, or a mask's shape or device is not its leaf's.
+        ValueError: the structures differ, or a mask's shape or device is not its leaf's,
+            or a mask is not placed as its leaf (see :func:`sharding_mismatch`).
     """
     paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     if masks is None:
@@ -85,6 +232,9 @@ def checked_masks(
                 f"{function}: the mask at {path!r} has shape {tuple(mask.shape)} but the "
                 f"leaf has shape {tuple(leaf.shape)}"
             )
+        problem = sharding_mismatch(leaf, mask)
+        if problem is not None:
+            raise ValueError(f"{function}: the mask at {path!r} {problem}")
         if mask.device != leaf.device:
             raise ValueError(
                 f"{function}: the mask at {path!r} is on {mask.device} but the leaf is on "
@@ -203,6 +353,10 @@ def apply_masks(params: Any, masks: Any) -> Any:
     the leaf is inf or NaN, and so are gradients through them, even where the upstream
     gradient is inf or NaN.
 
+    A DTensor leaf (FSDP2, tensor parallelism) takes a DTensor mask placed as it is (what
+    ``fs.compute_masks`` returns for it); its masked leaf is a DTensor placed the same way,
+    made piece by piece on each rank, with no communication.
+
     Examples:
         >>> import torch, funcsparse as fs
         >>> params = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.ones(2)}
@@ -224,7 +378,8 @@ def apply_masks(params: Any, masks: Any) -> Any:
 
     Raises:
         ValueError: the structures differ (for a flat dict: masks has a key params lacks),
-            or a mask's shape or device differs from its leaf's.
+            or a mask's shape or device differs from its leaf's, or a mask is not placed as
+            its DTensor leaf (a plain mask for a DTensor, or other placements or mesh).
         TypeError: a leaf of ``params`` is not a tensor (masked or not; None is an empty
             entry, and a module passed whole is refused too), or a mask is not a bool
             tensor. The message names the leaf path.
@@ -234,12 +389,14 @@ def apply_masks(params: Any, masks: Any) -> Any:
         return params
     _, leaves, mask_leaves, spec = checked_masks(params, masks, function="apply_masks")
     masked = [
-        leaf
-        if mask is None
-        else torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
+        leaf if mask is None else _on_pieces(leaf, mask, _zeroed)
         for leaf, mask in zip(leaves, mask_leaves, strict=True)
     ]
     return unflatten(spec, masked)
+
+
+def _zeroed(leaf: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask, leaf, torch.zeros((), dtype=leaf.dtype, device=leaf.device))
 
 
 def apply_masks_(params: Any, masks: Any) -> Any:
@@ -254,6 +411,14 @@ def apply_masks_(params: Any, masks: Any) -> Any:
     element-wise optimizer (SGD, Adam, AdamW), the kept weights follow training with masks in
     the forward (:func:`functional_call`) exactly, as long as the masks only shrink (a pruned
     entry's optimizer state has seen dense gradients, so it must not come back).
+
+    This is also the way to prune an FSDP2 (``fully_shard``) model: its parameters are
+    DTensors holding this rank's piece, and with the DTensor masks ``fs.compute_masks`` (or
+    ``fs.Pruner``) returns for them, each rank zeroes its own piece in place, with no
+    communication; FSDP2's next forward all-gathers the projected pieces. Take the params
+    while FSDP2 holds them sharded (after ``backward`` and ``optimizer.step()``; a module
+    with ``reshard_after_forward=False`` holds plain unsharded ones after a forward, which
+    ``funcsparse.distributed.fsdp.sharded_params`` reshards).
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -278,7 +443,12 @@ def apply_masks_(params: Any, masks: Any) -> Any:
         TypeError: as :func:`apply_masks`.
     """
     paths, leaves, mask_leaves, _ = checked_masks(params, masks, function="apply_masks_")
-    for path, leaf, mask in zip(paths, leaves, mask_leaves, strict=True):
+    with torch.no_grad():  # a DTensor's pieces: views of its storage, written in place below
+        pieces = [
+            (leaf, mask) if mask is None else (local_piece(leaf), local_piece(mask))
+            for leaf, mask in zip(leaves, mask_leaves, strict=True)
+        ]
+    for path, (leaf, mask) in zip(paths, pieces, strict=True):
         if mask is not None and any(
             stride == 0 and size > 1 for stride, size in zip(leaf.stride(), leaf.shape, strict=True)
         ):
@@ -288,7 +458,7 @@ def apply_masks_(params: Any, masks: Any) -> Any:
                 "fs.apply_masks, or pass leaf.contiguous()"
             )
     with torch.no_grad():
-        for leaf, mask in zip(leaves, mask_leaves, strict=True):
+        for leaf, mask in pieces:
             if mask is not None:
                 _zero_pruned_(leaf, mask)
     return params
@@ -327,6 +497,13 @@ def functional_call(
     :func:`apply_masks_` after every update), ``masks=None`` gives the same loss and the same
     gradients at kept entries, faster.
 
+    DTensor params (tensor parallelism) take DTensor masks placed as they are; each rank masks
+    its own piece, with no communication. A module managed by FSDP2 (``fully_shard``) is
+    refused: FSDP2's forward all-gathers the parameters it holds and swaps them in, so it
+    silently ignores the params passed here (and a module's first forward even adopts them
+    as its own parameters). Prune it in place instead: :func:`apply_masks_` on
+    ``dict(model.named_parameters())`` after every optimizer step, then ``model(x)``.
+
     Examples:
         >>> import torch, funcsparse as fs
         >>> model = torch.nn.Linear(4, 1, bias=False)
@@ -363,8 +540,9 @@ def functional_call(
 
     Raises:
         ValueError: a leaf path names no parameter or buffer of ``module``; ``masks`` does
-            not fit ``params`` (see :func:`apply_masks`); or meta-device tensors and real
-            ones meet among ``params`` and the inputs.
+            not fit ``params`` (see :func:`apply_masks`); meta-device tensors and real
+            ones meet among ``params`` and the inputs; or ``module`` (or a submodule) is
+            managed by FSDP2.
         TypeError: ``module`` is not a module, a leaf of ``params`` is not a tensor,
             ``kwargs`` is not a dict, a flag is not a bool; or as :func:`apply_masks`.
     """
@@ -380,6 +558,17 @@ def functional_call(
     ):
         if not isinstance(flag, bool):
             raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
+    managed = fsdp_managed(module)
+    if managed is not None:
+        where = "the module" if managed == "" else f"its submodule {managed!r}"
+        raise ValueError(
+            f"{function}: {where} ({type(module.get_submodule(managed)).__name__}) is managed "
+            "by FSDP2 (fully_shard), whose forward all-gathers the sharded parameters FSDP2 "
+            "holds: it would ignore the masked params (or, on a first forward, adopt them "
+            "as its own). Mask FSDP2's parameters in place instead: "
+            "fs.apply_masks_(dict(model.named_parameters()), masks) after every optimizer "
+            "step, then call model(x)"
+        )
     paths, leaves, mask_leaves, _ = checked_masks(params, masks, function=function)
     for path, leaf in zip(paths, leaves, strict=True):
         if str(leaf.dtype).startswith("torch.float8"):
@@ -397,7 +586,11 @@ def functional_call(
             f"{type(module).__name__}: {unknown[:8]}"
         )
     masked = [
-        leaf if mask is None else _masked_forward(leaf, mask, straight_through=straight_through)
+        leaf
+        if mask is None
+        else _on_pieces(
+            leaf, mask, lambda x, m: _masked_forward(x, m, straight_through=straight_through)
+        )
         for leaf, mask in zip(leaves, mask_leaves, strict=True)
     ]
     return torch.func.functional_call(

@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
+from funcsparse._apply import local_piece, placed_as, sharding_mismatch
 from funcsparse._compute import data_per_leaf, masks_with_data
 from funcsparse._errors import describe, require_int, require_real
 from funcsparse._rules import Assignment, assign_rules
@@ -61,6 +62,16 @@ class Pruner:
     (gradual magnitude pruning, Zhu & Gupta 2017). ``regrow=True`` selects afresh at every
     update instead, so weights may come back (use it with gradients that reach pruned
     weights: ``fs.functional_call(..., straight_through=True)``).
+
+    Sharded params (DTensors, e.g. an FSDP2 model's ``dict(model.named_parameters())``) get
+    DTensor masks placed as the params, the same on every rank as the single-process masks
+    of the full tensors; a method's state (``fs.Movement``'s scores) is a DTensor placed as
+    its param too, each rank accumulating its own piece (``grads``: the params' ``.grad``,
+    DTensors placed as the params). In an FSDP2 loop, project after every optimizer step
+    with ``fs.apply_masks_(params, masks)``. The state goes into a
+    ``torch.distributed.checkpoint`` beside the model's state dict; to load it, pass
+    ``funcsparse.distributed.fsdp.state_template(pruner, params)`` as the place to load
+    into (``dcp.load`` fills tensors in place, so the masks need slots there).
 
     Examples:
         >>> import torch, funcsparse as fs
@@ -173,7 +184,7 @@ class Pruner:
                     f"at {path!r}; {problem.need}"
                 )
         method_state = [
-            None if method is None else method.init_state(leaf)
+            None if method is None else _init_state(method, leaf)
             for method, leaf in zip(methods, leaves, strict=True)
         ]
         return PrunerState(
@@ -354,7 +365,14 @@ class Pruner:
                     f"gradient on the leaf's device ({leaf.device}), got a {grad.dtype} "
                     f"gradient on {grad.device}"
                 )
-            new_state[i] = method.next_state(method_state[i], leaf, grad)
+            problem = sharding_mismatch(leaf, grad, what="gradient")
+            if problem is not None:
+                raise ValueError(f"{function}: the gradient at {path!r} {problem}")
+            entry = method_state[i]
+            new = method.next_state(  # entry by entry: each rank on its own piece
+                None if entry is None else local_piece(entry), local_piece(leaf), local_piece(grad)
+            )
+            new_state[i] = None if new is None else placed_as(leaf, new)
         return new_state
 
     @staticmethod
@@ -388,6 +406,16 @@ class Pruner:
                 entries.append(mine.get(name, theirs.get(name)))
             merged[name] = unflatten(spec, entries)
         return merged, names
+
+
+def _init_state(method: MaskMethod, leaf: Tensor) -> Tensor | None:
+    """``method.init_state(leaf)``; for a DTensor leaf, of its local piece, placed as the leaf.
+
+    A method's state has its leaf's shape and is accumulated entry by entry, so each rank
+    keeps the piece of its own entries (no communication).
+    """
+    state = method.init_state(local_piece(leaf))
+    return None if state is None else placed_as(leaf, state)
 
 
 def _check_state_leaves(
@@ -424,6 +452,9 @@ def _check_state_leaves(
                     f"{function}: state['masks'] at {path!r} has shape {tuple(mask.shape)} on "
                     f"{mask.device}; the leaf has shape {tuple(leaf.shape)} on {leaf.device}"
                 )
+            problem = sharding_mismatch(leaf, mask)
+            if problem is not None:
+                raise ValueError(f"{function}: state['masks'] at {path!r} {problem}")
         if entry is None:
             continue
         if method is None or type(method).init_state is MaskMethod.init_state:
@@ -442,3 +473,6 @@ def _check_state_leaves(
                 f"{tuple(entry.shape)} on {entry.device}; the leaf has shape "
                 f"{tuple(leaf.shape)} on {leaf.device}"
             )
+        problem = sharding_mismatch(leaf, entry, what="method state")
+        if problem is not None:
+            raise ValueError(f"{function}: state['method_state'] at {path!r} {problem}")
