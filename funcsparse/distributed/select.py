@@ -150,8 +150,7 @@ def keep_all_but_lowest_sharded(
                     kept = _kept(part, start, stop)
                     if kept is not None:
                         hit &= kept
-                    if bool(hit.any()):
-                        yield part.position(start, stop)[hit]
+                    yield part.position(start, stop)[hit]
 
         bits = max(1, max(_position_bound(part) for part in parts).bit_length()) if parts else 1
         bits = _max_over_ranks(bits, groups, device)
@@ -182,9 +181,7 @@ def _position_bound(part: Part) -> int:
     return int(part.position(n - 1, n)[0]) + 1 if n else 0
 
 
-def _max_over_ranks(
-    value: int, groups: Sequence[dist.ProcessGroup], device: torch.device
-) -> int:
+def _max_over_ranks(value: int, groups: Sequence[dist.ProcessGroup], device: torch.device) -> int:
     """``value``'s maximum over the ranks of ``groups``."""
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     return int(all_reduce_max(tensor, groups)[0])

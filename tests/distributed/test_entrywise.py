@@ -70,11 +70,15 @@ def _worker_single(rank: int, world: int) -> list[str]:
                     if use_prev:
                         one["prev_mask"] = prev
                     want = fs.compute_masks(
-                        {"w": full}, {"w": method}, **{k: {"w": v} for k, v in one.items() if k != "prev_mask"},
+                        {"w": full},
+                        {"w": method},
+                        **{k: {"w": v} for k, v in one.items() if k != "prev_mask"},
                         prev_masks={"w": prev} if use_prev else None,
                     )["w"]
                     if type(got).__name__ != "DTensor" or got.placements != dt.placements:
-                        failures.append(f"{name} {shape} {placement}: not a DTensor placed as the leaf")
+                        failures.append(
+                            f"{name} {shape} {placement}: not a DTensor placed as the leaf"
+                        )
                     elif not torch.equal(got.full_tensor(), want):
                         failures.append(f"{name} {shape} {kind} {placement} prev={use_prev}")
     return failures
@@ -95,16 +99,32 @@ def _worker_global(rank: int, world: int) -> list[str]:
     failures = []
     for i, kind in enumerate(["randn", "ties", "zeros", "nan"] * 3):
         shapes = [(8, 6), (5,), (7, 3)]
-        fulls = [_tensor(s, kind, 10 * i + j).to(dtype) for j, (s, dtype) in enumerate(
-            zip(shapes, [torch.float32, torch.float64, torch.float16], strict=True))]
-        prevs = [torch.rand(s, generator=torch.Generator().manual_seed(i + j)) > 0.2 for j, s in enumerate(shapes)]
-        for method in (fs.GlobalMagnitude(0.5), fs.GlobalMagnitude(count=11), fs.GlobalMagnitude(0.9)):
+        fulls = [
+            _tensor(s, kind, 10 * i + j).to(dtype)
+            for j, (s, dtype) in enumerate(
+                zip(shapes, [torch.float32, torch.float64, torch.float16], strict=True)
+            )
+        ]
+        prevs = [
+            torch.rand(s, generator=torch.Generator().manual_seed(i + j)) > 0.2
+            for j, s in enumerate(shapes)
+        ]
+        for method in (
+            fs.GlobalMagnitude(0.5),
+            fs.GlobalMagnitude(count=11),
+            fs.GlobalMagnitude(0.9),
+        ):
             for use_prev in (False, True):
-                params = {f"w{j}": distribute_tensor(f, mesh, [Shard(0)]) for j, f in enumerate(fulls)}
-                prev = {f"w{j}": distribute_tensor(p, mesh, [Shard(0)]) for j, p in enumerate(prevs)}
+                params = {
+                    f"w{j}": distribute_tensor(f, mesh, [Shard(0)]) for j, f in enumerate(fulls)
+                }
+                prev = {
+                    f"w{j}": distribute_tensor(p, mesh, [Shard(0)]) for j, p in enumerate(prevs)
+                }
                 got = fs.compute_masks(params, {"*": method}, prev_masks=prev if use_prev else None)
                 want = fs.compute_masks(
-                    {f"w{j}": f for j, f in enumerate(fulls)}, {"*": method},
+                    {f"w{j}": f for j, f in enumerate(fulls)},
+                    {"*": method},
                     prev_masks={f"w{j}": p for j, p in enumerate(prevs)} if use_prev else None,
                 )
                 for key in want:
@@ -116,3 +136,127 @@ def _worker_global(rank: int, world: int) -> list[str]:
 def test_global_magnitude_equals_one_process_masks() -> None:
     results = run_ranks(_worker_global)
     assert results == [[], []]
+
+
+def _worker_large(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    failures = []
+    g = torch.Generator().manual_seed(7)
+    fulls = {
+        "randn": torch.randn(1500, 1400, generator=g),
+        "ties": torch.randint(-3, 4, (1500, 1400), generator=g).float(),
+    }
+    for kind, full in fulls.items():
+        for placement in (Shard(0), Shard(1)):
+            dt = distribute_tensor(full, mesh, [placement])
+            for method in (fs.Magnitude(0.5), fs.Random(0.7, seed=3)):
+                got = fs.compute_masks({"w": dt}, {"w": method})["w"].full_tensor()
+                if not torch.equal(got, fs.compute_masks({"w": full}, {"w": method})["w"]):
+                    failures.append(f"{method} {kind} {placement}")
+        other = torch.randn(900, 700, generator=g)
+        params = {
+            "a": distribute_tensor(full, mesh, [Shard(0)]),
+            "b": distribute_tensor(other, mesh, [Shard(0)]),
+        }
+        got = fs.compute_masks(params, {"*": fs.GlobalMagnitude(0.6)})
+        want = fs.compute_masks({"a": full, "b": other}, {"*": fs.GlobalMagnitude(0.6)})
+        for key in want:
+            if not torch.equal(got[key].full_tensor(), want[key]):
+                failures.append(f"GlobalMagnitude {kind} {key}")
+    return failures
+
+
+def test_large_leaves_with_many_chunks_and_heavy_ties() -> None:
+    assert run_ranks(_worker_large) == [[], []]
+
+
+def _worker_mesh_2d(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (2, 2))
+    failures = []
+    placements = [
+        (Shard(0), Shard(1)),
+        (Replicate(), Shard(0)),
+        (Shard(1), Replicate()),
+        (Shard(0), Shard(0)),
+    ]
+    for i, kind in enumerate(["randn", "ties"]):
+        full = _tensor((9, 7), kind, i)
+        prev = torch.rand(9, 7, generator=torch.Generator().manual_seed(i)) > 0.3
+        for placement in placements:
+            for method in (fs.Magnitude(0.5), fs.Random(0.4, seed=2), fs.Magnitude(count=30)):
+                dt = distribute_tensor(full, mesh, list(placement))
+                dprev = distribute_tensor(prev, mesh, list(placement))
+                got = fs.compute_masks({"w": dt}, {"w": method}, prev_masks={"w": dprev})["w"]
+                want = fs.compute_masks({"w": full}, {"w": method}, prev_masks={"w": prev})["w"]
+                if got.placements != tuple(placement) or not torch.equal(got.full_tensor(), want):
+                    failures.append(f"{method} {kind} {placement}")
+            params = {
+                "a": distribute_tensor(full, mesh, list(placement)),
+                "b": distribute_tensor(full.T.contiguous(), mesh, list(placement)),
+            }
+            got_g = fs.compute_masks(params, {"*": fs.GlobalMagnitude(0.5)})
+            want_g = fs.compute_masks(
+                {"a": full, "b": full.T.contiguous()}, {"*": fs.GlobalMagnitude(0.5)}
+            )
+            for key in want_g:
+                if not torch.equal(got_g[key].full_tensor(), want_g[key]):
+                    failures.append(f"GlobalMagnitude {kind} {placement} {key}")
+    return failures
+
+
+def test_four_ranks_on_a_2d_mesh() -> None:
+    assert run_ranks(_worker_mesh_2d, world=4) == [[], [], [], []]
+
+
+def _worker_refusals(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    messages = []
+    partial = DTensor.from_local(full / world, mesh, [Partial()])
+    sharded = distribute_tensor(full, mesh, [Shard(0)])
+    cases = [
+        lambda: fs.compute_masks({"w": partial}, {"w": fs.Magnitude(0.5)}),
+        lambda: fs.compute_masks({"w": sharded}, {"w": fs.Magnitude(0.5)}, batch_dims=1),
+        lambda: fs.compute_masks({"a": sharded, "b": full}, {"*": fs.GlobalMagnitude(0.5)}),
+        lambda: fs.compute_masks(
+            {"a": sharded, "b": distribute_tensor(full, mesh, [Replicate()])},
+            {"*": fs.GlobalMagnitude(0.5)},
+        ),
+        lambda: fs.compute_masks(
+            {"w": sharded},
+            {"w": fs.Magnitude(0.5)},
+            prev_masks={"w": distribute_tensor(full > 0, mesh, [Shard(1)])},
+        ),
+    ]
+    for case in cases:
+        try:
+            case()
+        except ValueError as err:
+            messages.append(str(err))
+        else:
+            messages.append("no error")
+    return messages
+
+
+def test_refusals_name_the_function_the_method_and_the_placement() -> None:
+    messages = run_ranks(_worker_refusals)[0]
+    assert "compute_masks: rule 'w' (Magnitude)" in messages[0] and "Partial" in messages[0]
+    assert "batch_dims=1 with DTensor leaves" in messages[1]
+    assert "plain tensors beside DTensors" in messages[2]
+    assert "GlobalMagnitude" in messages[3] and "replicated" in messages[3]
+    assert "prev_mask is a DTensor placed (Shard(dim=1),)" in messages[4]
