@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from funcsparse._apply import apply_masks, functional_call
+from funcsparse._apply import apply_masks, fsdp_managed, functional_call
 from funcsparse._errors import describe, short_repr
 from funcsparse._tree import flatten_with_paths, unflatten
 from funcsparse.methods._base import SUPPORTED_DTYPES
@@ -29,6 +29,11 @@ _TRACED = (
     "out_proj.weight)"
 )
 _CONVS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_UNSHARDED = (
+    "the same architecture loaded with {k: v.full_tensor() for k, v in "
+    "model.state_dict().items()}, with group= to sum over the data-parallel ranks; the "
+    "norms are plain tensors, which fs.compute_masks takes beside DTensor params"
+)
 _MHA = inspect.signature(F.multi_head_attention_forward)
 
 
@@ -272,9 +277,10 @@ def collect_input_norms(
     failed), straight through ``torch.distributed``: ``funcsparse.distributed.counting``
     does not count them.
 
-    Sharded weights (DTensor, FSDP2's ``fully_shard`` parameters) are refused: a forward
-    never hands them to its calls as they are. Pass the plain tensors the forward uses
-    (e.g. the weights of an unsharded copy of the model on each rank) with ``group``; the
+    Sharded weights (DTensor leaves) and modules managed by FSDP2 (``fully_shard``) are
+    refused: a forward never hands a sharded weight to its calls as it is. Calibrate an
+    unsharded copy of the model on each rank (loaded with
+    ``{k: v.full_tensor() for k, v in model.state_dict().items()}``) with ``group``; the
     norms are plain tensors, which ``fs.compute_masks`` takes beside DTensor params.
 
     Examples:
@@ -337,9 +343,10 @@ def collect_input_norms(
             norms cannot describe; a collected leaf or a batch is on the meta device; a
             traced call gets an input a collected weight cannot take (a 0-D batch, the
             wrong number of features; the message names the batch index and the weight's
-            path); the model raises a RuntimeError on a batch (a dtype or shape torch
-            refuses; the message names the batch index, the error is chained); or, as
-            ``fs.functional_call``, a leaf path names nothing in ``module``. With ``group``:
+            path); ``module`` or a submodule is managed by FSDP2; the model raises a
+            RuntimeError on a batch (a dtype or shape torch refuses; the message names the
+            batch index, the error is chained); or, as ``fs.functional_call``, a leaf path
+            names nothing in ``module``. With ``group``:
             no process group is initialized, this rank is not a member of ``group``, the
             ranks collect different weights, another rank's batches failed, or the batches
             are empty on every rank.
@@ -363,6 +370,15 @@ def collect_input_norms(
         raise TypeError(
             f"{_FUNCTION}: batches must be an iterable of batches (e.g. a list or a "
             f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
+        )
+    managed = fsdp_managed(module)
+    if managed is not None:
+        where = "the module" if managed == "" else f"its submodule {managed!r}"
+        raise ValueError(
+            f"{_FUNCTION}: {where} ({type(module.get_submodule(managed)).__name__}) is managed "
+            "by FSDP2 (fully_shard), whose forward all-gathers its own parameters and swaps "
+            "them in, so no tensor of params is the weight its calls see. Calibrate an "
+            f"unsharded copy on each rank instead, {_UNSHARDED}"
         )
     leaf_paths, leaves, _ = flatten_with_paths(params, function=_FUNCTION, tensors=True)
     for path, leaf in zip(leaf_paths, leaves, strict=True):
@@ -480,10 +496,8 @@ def _check_collectable(path: str, leaf: Tensor) -> None:
             f"{_FUNCTION}: the leaf at {path!r} is a DTensor of shape {tuple(leaf.shape)} "
             f"placed {tuple(leaf.placements)}: a forward never hands a sharded parameter "
             "itself to its calls (FSDP2 all-gathers it into a new unsharded tensor first), "
-            "so its inputs cannot be matched to it. Collect the norms with plain tensors "
-            "that the forward uses as they are: the full weights, e.g. of an unsharded copy "
-            "of the model on each rank, with group= to sum over the data-parallel ranks; "
-            "the norms are plain tensors that fs.compute_masks takes beside DTensor params"
+            "so its inputs cannot be matched to it. Calibrate plain tensors that the forward "
+            f"uses as they are: the full weights of an unsharded copy on each rank, {_UNSHARDED}"
         )
 
 

@@ -142,13 +142,30 @@ def _on_ranks(rank: int, world: int) -> dict[str, Any]:
         out["solo"] = collect_input_norms(model, _params(model), [torch.ones(2, 6)], group=solo)
     else:
         out["solo"] = _error(lambda: collect_input_norms(model, _params(model), [], group=solo))
-    # FSDP2: the parameters are DTensors (Shard(0)).
+    # FSDP2: refused with what to do instead, which then works.
+    from torch.distributed.tensor import DTensor, Shard
+
     sharded = _float_model()
     fully_shard(sharded)
-    out["dtensor"] = _error(
+    out["fsdp"] = _error(
         lambda: collect_input_norms(
             sharded, dict(sharded.named_parameters()), [torch.ones(1, 6)], group="world"
         )
+    )
+    copy = _float_model()
+    copy.load_state_dict({k: v.full_tensor() for k, v in sharded.state_dict().items()})
+    mine = _shares(_float_batches, FLOAT_SIZES)[rank]
+    out["fsdp_copy"] = collect_input_norms(copy, _params(copy), mine, group="world")
+    # A DTensor leaf (Shard(0)) on a plain module.
+    model = _float_model()
+    params = _params(model)
+    piece = params["0.weight"].chunk(world)[rank]
+    mesh = dict(sharded.named_parameters())["0.weight"].device_mesh
+    params["0.weight"] = DTensor.from_local(
+        piece, mesh, [Shard(0)], run_check=False, shape=(5, 6), stride=(6, 1)
+    )
+    out["dtensor"] = _error(
+        lambda: collect_input_norms(model, params, [torch.ones(1, 6)], group="world")
     )
     return out
 
@@ -246,15 +263,29 @@ def test_group_of_one_rank_and_non_member(ranks: list[dict[str, Any]]) -> None:
     assert kind == "ValueError" and "NON_GROUP_MEMBER" in message
 
 
+def test_fsdp2_module_refused_and_the_unsharded_copy_it_asks_for(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for out in ranks:
+        kind, message = out["fsdp"]
+        assert kind == "ValueError"
+        assert message.startswith(
+            "collect_input_norms: the module (FSDPSequential) is managed by FSDP2 (fully_shard)"
+        )
+        assert "{k: v.full_tensor() for k, v in model.state_dict().items()}" in message
+        assert "group=" in message
+        _assert_same(out["fsdp_copy"], out["float"], exact=True)
+
+
 def test_dtensor_weights_refused(ranks: list[dict[str, Any]]) -> None:
     for out in ranks:
         kind, message = out["dtensor"]
         assert kind == "TypeError"
         assert message.startswith(
             "collect_input_norms: the leaf at '0.weight' is a DTensor of shape (5, 6) placed "
-            "(Shard(dim=0),)"
+            "(Shard(dim=0),): a forward never hands a sharded parameter itself to its calls"
         )
-        assert "unsharded copy of the model" in message and "group=" in message
+        assert "unsharded copy" in message and "group=" in message
 
 
 # One process, no process group.
