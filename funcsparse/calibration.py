@@ -327,8 +327,9 @@ def collect_input_norms(
             far, as in the paper's layer-by-layer procedure). Default None: the dense model.
         group: the ranks to sum the statistics over (data parallelism): a
             ``torch.distributed.ProcessGroup`` (e.g. ``DeviceMesh.get_group("dp")``) or
-            ``"world"`` (the default process group). Default None: this process's batches
-            alone, no communication.
+            ``"world"`` (the default process group). The statistics travel on the first
+            collected weight's device (CUDA weights take a NCCL group, CPU weights a gloo
+            one). Default None: this process's batches alone, no communication.
 
     Returns:
         A pytree of ``params``' structure: a float64 tensor (float32 on MPS) on the weight's
@@ -465,6 +466,11 @@ def _reduction_group(group: object) -> dist.ProcessGroup | None:
         ranks = dist.group.WORLD if world else group
         if not isinstance(ranks, dist.ProcessGroup):  # WORLD is None once destroyed
             raise ValueError(f"{_FUNCTION}: group='world' has no default process group")
+        if dist.get_rank(ranks) < 0:
+            raise ValueError(
+                f"{_FUNCTION}: this rank is not a member of group {short_repr(ranks)}; call "
+                "collect_input_norms with a group only on its member ranks"
+            )
         return ranks
     outside = dist.GroupMember.NON_GROUP_MEMBER if dist.is_available() else None
     if type(group) is int and group == outside:
@@ -518,8 +524,6 @@ def _all_reduce(
     A rank whose batches failed raises its error; the others raise a ValueError naming it.
     """
     world, rank = dist.get_world_size(ranks), dist.get_rank(ranks)
-    if rank < 0:
-        raise ValueError(f"{_FUNCTION}: this rank is not a member of group {short_repr(ranks)}")
     sizes = [math.prod(leaf.shape[1:]) for leaf in leaves.values()]
     n, features = len(sizes), sum(sizes)
     first = next(iter(leaves.values()), None)
