@@ -325,6 +325,18 @@ def _weight_norm(rank: int, world: int) -> tuple[int, list[str]]:
             place="R,S1",
             mesh="2x1",
         ),
+        # other dtypes: bfloat16 scores tie often; float64
+        dict(build=lambda: (torch.randn(8, 16).bfloat16(), None), method=WN(0.5), place="S1"),
+        dict(
+            build=lambda: (torch.randn(8, 16).bfloat16(), {"prev": _prev(8, 16)}),
+            method=WN(0.5, sparse_block_shape=(2, 2)),
+            place="S0",
+        ),
+        dict(
+            build=lambda: (torch.randn(8, 16, dtype=torch.float64), {"prev": _prev(8, 16)}),
+            method=WN(0.5, norm=1),
+            place="S1",
+        ),
         # larger, so the selection sees many blocks
         dict(build=lambda: (torch.randn(64, 96), None), method=WN(0.45), place="S1"),
         dict(
@@ -419,7 +431,49 @@ def _slice_methods(rank: int, world: int) -> tuple[int, list[str]]:
                 mesh="1x2",
             )
         )
+    cases.append(
+        dict(
+            build=lambda: (torch.randn(6, 8), {"data": {"generator": _generator(11)}}),
+            method=fs.RandomStructured(count=3, dim=0),
+            place="S1",
+        )
+    )
     return _run(cases)
+
+
+def _generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def _covering(rank: int, world: int) -> list[str]:
+    """The gain-weighted sharded search equals ``lowest_covering`` on the whole vector."""
+    import torch.distributed as dist
+
+    from funcsparse._select import lowest_covering, order_keys
+    from funcsparse.distributed.strategies.structured import _lowest_covering_sharded
+
+    failures = []
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0])
+    for trial in range(12):
+        torch.manual_seed(trial)
+        n = [1, 2, 9, 40, 300][trial % 5]
+        scores = torch.randint(-2, 3, (n,)).float() if trial % 2 else torch.randn(n)
+        if trial % 3 == 0:
+            scores[torch.randint(0, n, (n // 3,))] = special[torch.randint(0, 5, (n // 3,))]
+        gains = torch.randint(0, 4, (n,))
+        order = torch.randperm(n)  # the units' positions, dealt to the ranks in this order
+        mine = order[: n // 3] if rank == 0 else order[n // 3 :]
+        total = int(gains.sum())
+        for needed in (-1, 0, 1, total // 3, total // 2, total - 1, total, total + 1):
+            want = lowest_covering(scores, gains, needed)[mine]
+            got = _lowest_covering_sharded(
+                order_keys(scores[mine]), mine, gains[mine], needed, n, [dist.group.WORLD]
+            )
+            if not torch.equal(got, want):
+                failures.append(f"trial {trial}, n={n}, needed={needed}")
+    return failures
 
 
 def _refusals(rank: int, world: int) -> list[str]:
@@ -461,6 +515,7 @@ def _everything(rank: int, world: int) -> dict[str, Any]:
         "weight_norm": _weight_norm,
         "slices": _slice_methods,
         "refusals": _refusals,
+        "covering": _covering,
     }
     results: dict[str, Any] = {}
     for name, part in parts.items():
@@ -505,6 +560,13 @@ def test_slice_methods_match_single_process(ranks: list[dict[str, Any]]) -> None
     """LnStructured (slices whole on a rank) and RandomStructured (any placement)."""
     for count, failures in _part(ranks, "slices"):
         assert count > 40
+        assert failures == []
+
+
+def test_covering_search_matches_lowest_covering(ranks: list[dict[str, Any]]) -> None:
+    """The gain-weighted search (WeightNorm after a prev_mask) equals the core's, on units
+    dealt to the ranks out of order, with ties, NaN, infinities and signed zeros."""
+    for failures in _part(ranks, "covering"):
         assert failures == []
 
 
