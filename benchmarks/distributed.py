@@ -57,6 +57,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -350,6 +351,23 @@ def spawn_ranks(settings: dict[str, Any], timeout: float) -> list[dict[str, Any]
         return results
 
 
+def source_state() -> dict[str, Any]:
+    """The checkout measured: HEAD's commit and the files of ``funcsparse/`` that differ."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30
+        )
+        return done.stdout.rstrip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "funcsparse")
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "funcsparse_changes": [line[3:] for line in changed.splitlines()],
+    }
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -462,7 +480,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = machine_info()
+    info = {**machine_info(), **source_state()}
     shapes = stack_shapes(args.quick)
     n_params = sum(torch.Size(s).numel() for s in shapes.values())
     print(
