@@ -222,6 +222,13 @@ def _local_methods(rank: int, world: int) -> tuple[int, list[str]]:
         )
     cases.append(
         dict(
+            build=lambda: (torch.randn(1, 9), {"prev": _prev(1, 9)}),
+            method=fs.NearlyDiagonal(nearliness=1),
+            place="S0",
+        )
+    )
+    cases.append(
+        dict(
             build=lambda: (torch.randn(3, 4, 2), None),
             method=fs.NearlyDiagonal(nearliness=0),
             place="S1",
@@ -337,6 +344,13 @@ def _weight_norm(rank: int, world: int) -> tuple[int, list[str]]:
             method=WN(0.5, norm=1),
             place="S1",
         ),
+        # one row over two ranks: rank 1 holds an empty piece
+        dict(build=lambda: (torch.randn(1, 16), None), method=WN(0.5), place="S0"),
+        dict(
+            build=lambda: (torch.randn(1, 16), {"prev": _prev(1, 16)}),
+            method=WN(0.5, zeros_per_block=2),
+            place="S0",
+        ),
         # larger, so the selection sees many blocks
         dict(build=lambda: (torch.randn(64, 96), None), method=WN(0.45), place="S1"),
         dict(
@@ -431,6 +445,34 @@ def _slice_methods(rank: int, world: int) -> tuple[int, list[str]]:
                 mesh="1x2",
             )
         )
+    cases += [
+        # one slice over two ranks: rank 1 holds an empty piece
+        dict(
+            build=lambda: (torch.randn(1, 6), {"prev": _prev(1, 6)}),
+            method=fs.LnStructured(count=0, n=2, dim=0),
+            place="S0",
+        ),
+        dict(
+            build=lambda: (torch.randn(1, 6), {"prev": _prev(1, 6)}),
+            method=fs.RandomStructured(count=0, dim=0),
+            place="S0",
+        ),
+        dict(
+            build=lambda: (torch.randn(3, 1), {"prev": _prev(3, 1)}),
+            method=fs.RandomStructured(count=2, dim=0),
+            place="S1",
+        ),
+        dict(
+            build=lambda: (torch.randn(8, 6).bfloat16(), {"prev": _prev(8, 6)}),
+            method=fs.LnStructured(0.5, n=1, dim=0),
+            place="S0",
+        ),
+        dict(
+            build=lambda: (torch.randn(8, 6).half(), None),
+            method=fs.LnStructured(0.5, n=2, dim=0),
+            place="S0",
+        ),
+    ]
     cases.append(
         dict(
             build=lambda: (torch.randn(6, 8), {"data": {"generator": _generator(11)}}),

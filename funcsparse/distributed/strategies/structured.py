@@ -90,10 +90,6 @@ def _split_dims(shards: Shards) -> set[int]:
     return {dim for dim in range(len(shards.shape)) if _cuts(shards, dim)}
 
 
-def _placed(shards: Shards) -> str:
-    return f"placed {shards.placements}"
-
-
 # -- NM ---------------------------------------------------------------------------------------
 
 
@@ -166,10 +162,13 @@ def _full_slice_vector(shards: Shards, dim: int, local: Tensor) -> Tensor:
     every entry is one rank's value plus zeros, which is that value exactly.
     """
     size = shards.shape[dim]
-    full = torch.zeros(size, dtype=local.dtype, device=local.device)
+    # Sent as float64 (int64): every float dtype converts to it and back exactly, and gloo
+    # reduces it (not bfloat16).
+    wide = torch.float64 if local.is_floating_point() else torch.int64
+    full = torch.zeros(size, dtype=wide, device=local.device)
     start = shards.offset[dim]
     full[start : start + local.numel()] = local
-    return all_reduce_sum(full, shards.groups)
+    return all_reduce_sum(full, shards.groups).to(local.dtype)
 
 
 def _slices_mask(
@@ -218,7 +217,8 @@ def _trivial_slices(
 def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
     """Entries of every slice along ``dim`` that ``mask`` keeps (int64)."""
     moved = mask.movedim(dim, 0)
-    return moved.reshape(moved.shape[0], -1).sum(1, dtype=torch.int64)
+    rest = math.prod(moved.shape[1:])  # explicit: -1 is ambiguous on an empty piece
+    return moved.reshape(moved.shape[0], rest).sum(1, dtype=torch.int64)
 
 
 @strategy(LnStructured)
