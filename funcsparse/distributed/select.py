@@ -19,6 +19,8 @@ most the gathered bucket; the histograms are the only data sent.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -27,15 +29,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from funcsparse._select import order_keys
-from funcsparse.distributed._comm import all_reduce_max, all_reduce_sum
+from funcsparse.distributed._comm import all_gather, all_reduce_max, all_reduce_sum
 
 __all__ = ["Part", "keep_all_but_lowest_sharded", "local_chunks", "tensor_part"]
 
 _CHUNK = 1 << 20
+_CHUNK_MAX = 1 << 24
 _FIRST_BITS = 16
 _NEXT_BITS = 8
 _GATHER_FRACTION = 16
 _GATHER_MIN = 1 << 16
+_SAMPLE = 1 << 14
+_SIGMAS = 5.0
+_SLACK = 8
 _INT64_MIN = -(1 << 63)
 
 Pieces = Callable[[], Iterator[tuple[int, int, Tensor]]]
@@ -62,13 +68,15 @@ class Part(NamedTuple):
 
 
 def local_chunks(tensor: Tensor) -> list[tuple[int, int]]:
-    """Flat ``[start, stop)`` ranges of ``tensor`` in order, ``_CHUNK`` entries or whole rows."""
+    """Flat ``[start, stop)`` ranges of ``tensor`` in order: a quarter of it (at least
+    ``_CHUNK`` and at most ``_CHUNK_MAX`` entries, as the core chunks), or whole rows."""
     n = tensor.numel()
+    size = max(_CHUNK, min(-(-n // 4), _CHUNK_MAX))
     if tensor.is_contiguous() or tensor.dim() <= 1:
-        step = _CHUNK
+        step = size
     else:
         row = n // tensor.shape[0]
-        step = row * max(1, _CHUNK // row)
+        step = row * max(1, size // row)
     return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
 
 
@@ -129,50 +137,207 @@ def keep_all_but_lowest_sharded(
     if k <= 0 or k >= total or k == before:
         return [_constant(part, keep=k <= 0 or k == before) for part in parts]
 
-    def keys() -> Iterator[Tensor]:
-        for part in parts:
-            for start, stop, values in part.pieces():
-                kept = _kept(part, start, stop)
-                piece = order_keys(values)
-                yield piece if kept is None else piece[kept]
-
     rank = k - before  # among the entries not pruned before
-    threshold, below, tied = _kth(keys, rank, 64, groups, parts)
-    signed = _signed(threshold)
-    needed = rank - below
-    cut: int | None = None  # prune the tied entries at positions <= cut
-    if needed < tied:
-
-        def tied_positions() -> Iterator[Tensor]:
-            for part in parts:
-                for start, stop, values in part.pieces():
-                    hit = (order_keys(values) ^ _INT64_MIN) == signed
-                    kept = _kept(part, start, stop)
-                    if kept is not None:
-                        hit &= kept
-                    yield part.position(start, stop)[hit]
-
-        bits = max(1, max(_position_bound(part) for part in parts).bit_length()) if parts else 1
-        bits = _max_over_ranks(bits, groups, device)
-        cut, _, _ = _kth(tied_positions, needed, bits, groups, parts)
+    bits = _key_bits(parts)
+    uniform = len({part.like.dtype for part in parts}) <= 1
+    found = _bracketed(parts, rank, total - before, bits, groups) if uniform else None
+    if found is None:
+        found = _streamed(parts, rank, bits, groups)
+    threshold, cut = found
+    value = _value_of(threshold, bits, parts[0].like.dtype) if uniform and parts else None
     masks = []
     for part in parts:
         mask = torch.empty(part.like.shape, dtype=torch.bool, device=device)
         flat = mask.view(-1)
         for start, stop, values in part.pieces():
-            signed_keys = order_keys(values) ^ _INT64_MIN
-            pruned = signed_keys < signed
-            if needed > 0:
-                at = signed_keys == signed
-                if cut is not None:
-                    at &= part.position(start, stop) <= cut
-                pruned |= at
+            if value is None:  # mixed dtypes: compare keys
+                ordered = _comparable(_keys(values, bits), bits)
+                signed = _signed(threshold, bits)
+                pruned, at = ordered < signed, ordered == signed
+            elif math.isnan(value):
+                at = values.isnan()
+                pruned = ~at
+            else:
+                pruned, at = values < value, values == value
+            if cut is not None:
+                at &= part.position(start, stop) <= cut
+            pruned |= at
             kept = _kept(part, start, stop)
             if kept is not None:
                 pruned |= ~kept
-            flat[start:stop] = ~pruned
+            torch.logical_not(pruned, out=flat[start:stop])
         masks.append(mask)
     return masks
+
+
+def _streamed(
+    parts: Sequence[Part], rank: int, bits: int, groups: Sequence[dist.ProcessGroup]
+) -> tuple[int, int | None]:
+    """The ``rank``-th key over every kept entry by counting passes over the whole pieces,
+    and the cut among the entries tied at it (None: prune them all)."""
+
+    def keys() -> Iterator[Tensor]:
+        for part in parts:
+            for start, stop, values in part.pieces():
+                kept = _kept(part, start, stop)
+                piece = _keys(values, bits)
+                yield piece if kept is None else piece[kept]
+
+    threshold, below, tied = _kth(keys, rank, bits, groups, parts)
+    needed = rank - below
+    if needed >= tied:
+        return threshold, None
+    signed = _signed(threshold, bits)
+
+    def tied_positions() -> Iterator[Tensor]:
+        for part in parts:
+            for start, stop, values in part.pieces():
+                hit = _comparable(_keys(values, bits), bits) == signed
+                kept = _kept(part, start, stop)
+                if kept is not None:
+                    hit &= kept
+                yield part.position(start, stop)[hit]
+
+    return threshold, _cut(tied_positions, needed, parts, groups)
+
+
+def _cut(
+    positions: Callable[[], Iterator[Tensor]],
+    needed: int,
+    parts: Sequence[Part],
+    groups: Sequence[dist.ProcessGroup],
+) -> int:
+    """The ``needed``-th smallest of the tied entries' positions over all ranks."""
+    device = parts[0].like.device if parts else torch.device("cpu")
+    bound = max((_position_bound(part) for part in parts), default=0)
+    width = _max_over_ranks(max(1, bound.bit_length()), groups, device)
+    cut, _, _ = _kth(positions, needed, width, groups, parts)
+    return cut
+
+
+def _bracketed(
+    parts: Sequence[Part],
+    rank: int,
+    population: int,
+    bits: int,
+    groups: Sequence[dist.ProcessGroup],
+) -> tuple[int, int | None] | None:
+    """The ``rank``-th key and the tie cut, from the entries inside a sampled bracket.
+
+    A strided sample of every rank's kept entries (all-gathered: about ``_SAMPLE`` values
+    in all) brackets the ``rank``-th value; one pass counts the entries below the bracket
+    and keeps the (few) inside it, locally; the k-th and the ties are then counted among
+    those alone. None where the bracket misses the k-th or holds too many entries (the
+    caller then counts over the whole pieces). Every part must rank one dtype.
+    """
+    device = parts[0].like.device if parts else torch.device("cpu")
+    dtype = parts[0].like.dtype if parts else torch.float32
+    stride = max(1, population // _SAMPLE)
+    sample = _local_sample(parts, stride, dtype, device)
+    union = _gather_all(sample, groups)
+    union = union.sort().values  # NaN last
+    m = union.numel()
+    if m == 0:
+        return None
+    q = rank / population
+    margin = _SIGMAS * math.sqrt(m * q * (1 - q)) + _SLACK
+    lo_i, hi_i = math.floor(q * m - margin), math.ceil(q * m + margin)
+    lo = float(union[lo_i]) if lo_i >= 0 else None
+    hi = float(union[hi_i]) if hi_i < m else None
+    if hi is not None and math.isnan(hi):
+        hi = None
+    if lo is not None and math.isnan(lo):
+        return None
+    budget = max(sum(p.like.numel() for p in parts) // _GATHER_FRACTION, _GATHER_MIN)
+    below = 0
+    values: list[Tensor] = []
+    where: list[tuple[int, int, int, Tensor]] = []
+    inside_count = 0
+    overflow = False
+    for i, part in enumerate(parts):
+        for start, stop, chunk in part.pieces():
+            kept = _kept(part, start, stop)
+            if lo is None:
+                inside = torch.ones(chunk.shape, dtype=torch.bool, device=device)
+            else:
+                under = chunk < lo
+                below += int(torch.count_nonzero(under if kept is None else under & kept))
+                inside = ~under
+            if hi is not None:
+                inside &= chunk <= hi
+            if kept is not None:
+                inside &= kept
+            index = inside.nonzero().view(-1)
+            inside_count += index.numel()
+            if overflow or inside_count > budget:
+                overflow = True
+                continue
+            values.append(chunk[index])
+            where.append((i, start, stop, index))
+    counts = torch.tensor([below, inside_count, int(overflow)], dtype=torch.int64, device=device)
+    below, inside_count, overflows = (int(v) for v in all_reduce_sum(counts, groups).tolist())
+    if overflows or not below < rank <= below + inside_count:
+        return None
+    keys = [_keys(v, bits) for v in values]
+    threshold, lower, tied = _kth(lambda: iter(keys), rank - below, bits, groups, parts)
+    needed = rank - below - lower
+    if needed >= tied:
+        return threshold, None
+    value = _value_of(threshold, bits, dtype)
+    tied_positions = []
+    for v, (i, start, stop, index) in zip(values, where, strict=True):
+        hit = v.isnan() if math.isnan(value) else v == value
+        if bool(hit.any()):
+            tied_positions.append(parts[i].position(start, stop)[index[hit]])
+    return threshold, _cut(lambda: iter(tied_positions), needed, parts, groups)
+
+
+def _local_sample(
+    parts: Sequence[Part], stride: int, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Every ``stride``-th entry of the local pieces (flat, in order), kept entries only."""
+    taken: list[Tensor] = []
+    offset = 0  # where the next piece's first sampled entry lies
+    for part in parts:
+        for start, stop, chunk in part.pieces():
+            first = (-(start + offset)) % stride
+            picked = chunk[first::stride]
+            kept = _kept(part, start, stop)
+            taken.append(picked if kept is None else picked[kept[first::stride]])
+        offset += part.like.numel()
+    if not taken:
+        return torch.empty(0, dtype=dtype, device=device)
+    return torch.cat(taken)
+
+
+def _gather_all(sample: Tensor, groups: Sequence[dist.ProcessGroup]) -> Tensor:
+    """Every rank's ``sample`` (of any length), concatenated; padded with NaN to send."""
+    result = sample
+    for group in groups:
+        size = torch.tensor([result.numel()], dtype=torch.int64, device=result.device)
+        sizes = [int(s) for s in all_gather(size, group)]
+        padded = torch.full((max(sizes),), math.nan, dtype=result.dtype, device=result.device)
+        padded[: result.numel()] = result
+        pieces = all_gather(padded, group)
+        result = torch.cat([p[:n] for p, n in zip(pieces, sizes, strict=True)])
+    return result
+
+
+def _value_of(key: int, bits: int, dtype: torch.dtype) -> float:
+    """The float whose unsigned order key is ``key`` (NaN for the NaN key)."""
+    if bits == 64:
+        signed = key - (1 << 63)
+        if signed == (1 << 63) - 1:
+            return math.nan
+        raw = signed ^ ((1 << 63) - 1) if signed < 0 else signed
+        value: float = struct.unpack("<d", struct.pack("<q", raw))[0]
+        return value
+    top = 1 << (bits - 1)
+    signed = key - top
+    if signed == top - 1:
+        return math.nan
+    raw = signed ^ (top - 1) if signed < 0 else signed
+    return float(torch.tensor([raw], dtype=_INTS[bits]).view(dtype)[0])
 
 
 def _position_bound(part: Part) -> int:
@@ -194,9 +359,41 @@ def _constant(part: Part, *, keep: bool) -> Tensor:
     return fill(part.like.shape, dtype=torch.bool, device=part.like.device)
 
 
-def _signed(unsigned: int) -> int:
-    """An unsigned 64-bit key as the signed int64 that compares in the same order."""
-    return unsigned - (1 << 63)
+def _key_bits(parts: Sequence[Part]) -> int:
+    """The keys' width: 16 or 32 bits where every part ranks one such float dtype, else 64
+    (float64 keys of the exact values, which compare across dtypes)."""
+    dtypes = {part.like.dtype for part in parts}
+    if len(dtypes) == 1:
+        return _NARROW.get(dtypes.pop(), 64)
+    return 64
+
+
+_NARROW = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16}
+_INTS = {32: torch.int32, 16: torch.int16}
+
+
+def _keys(values: Tensor, bits: int) -> Tensor:
+    """Unsigned order keys of ``values`` (as the core ranks them: ``-0.0 == 0.0``, NaN
+    largest): ``bits``-bit numbers in an int64 (int32 for 16 bits); for 64 bits the int64's
+    bit pattern is the unsigned number."""
+    if bits == 64:
+        return order_keys(values)
+    top = 1 << (bits - 1)
+    raw = (values + 0.0).view(_INTS[bits])  # -0.0 + 0.0 is +0.0
+    keys = torch.where(raw < 0, raw ^ (top - 1), raw)  # ordered as signed numbers
+    keys.masked_fill_(values.isnan(), top - 1)
+    wide = keys.to(torch.int64 if bits == 32 else torch.int32)
+    return wide.add_(top)  # signed to unsigned order: shift up by half the range
+
+
+def _comparable(keys: Tensor, bits: int) -> Tensor:
+    """Keys as signed integers that compare in their order."""
+    return keys ^ _INT64_MIN if bits == 64 else keys
+
+
+def _signed(unsigned: int, bits: int) -> int:
+    """An unsigned key as :func:`_comparable` shows it."""
+    return unsigned - (1 << 63) if bits == 64 else unsigned
 
 
 def _kth(
