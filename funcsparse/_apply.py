@@ -91,7 +91,9 @@ def sharding_mismatch(leaf: Tensor, mask: Tensor, *, what: str = "mask") -> str 
         return (
             f"is a DTensor placed {tuple(mask.placements)} on {mask.device_mesh} but the "  # type: ignore[attr-defined]
             f"leaf is a plain tensor; a plain leaf needs a plain {what} (a DTensor's "
-            "full_tensor())"
+            "full_tensor()). An FSDP2 module holds plain unsharded parameters after a "
+            "forward, until it reshards: mask its sharded ones "
+            "(funcsparse.distributed.fsdp.sharded_params(model))"
         )
     placed = (mask.device_mesh, tuple(mask.placements))  # type: ignore[attr-defined]
     wanted = (leaf.device_mesh, tuple(leaf.placements))  # type: ignore[attr-defined]
