@@ -149,6 +149,13 @@ def _loop_worker(rank: int, world: int, checkpoint: str) -> dict[str, Any]:
     out["loaded_none"] = sorted(k for k, v in state["masks"].items() if v is None)
     out["resumed_masks"], state = _train(model, params, state, range(RESUME_AT, STEPS))
     out["resumed_weights"] = _full(dict(model.named_parameters()))
+
+    # a state saved before its first mask update (None at every mask) loads as None
+    dcp.save({"pruner": _pruner().init(params)}, checkpoint_id=checkpoint + "-init")
+    state = fsdp.state_template(_pruner(), params)
+    dcp.load({"pruner": state}, checkpoint_id=checkpoint + "-init")
+    out["init_loaded"] = (state["step"], state["fraction"], sorted(state["masks"].items()))
+    out["init_scores"] = float(state["method_state"]["2.weight"].full_tensor().abs().sum())
     return out
 
 
@@ -194,6 +201,9 @@ def test_fsdp_pruning_loop_matches_one_process_and_resumes_from_a_distributed_ch
                     assert torch.equal(mask, uninterrupted[key]), (rank, RESUME_AT + step, key)
         for key, weight in got["resumed_weights"].items():
             assert torch.equal(weight, got["weights"][key]), (rank, key)
+        keys = ["0.bias", "0.weight", "2.bias", "2.weight"]
+        assert got["init_loaded"] == (0, None, [(k, None) for k in keys]), rank
+        assert got["init_scores"] == 0.0, rank
 
     # the ranks agree on every mask (full_tensor on each rank)
     for step in range(STEPS):
@@ -243,6 +253,12 @@ def _apply_worker(rank: int, world: int) -> dict[str, Any]:
     with pytest.raises(ValueError, match="FSDP2") as refused:
         fs.functional_call(model, params, masks, (x,))
     out["refused"] = str(refused.value)
+    from torch.distributed.fsdp import fully_shard
+
+    part = _model()
+    fully_shard(part[2])
+    with pytest.raises(ValueError, match="its submodule '2' \\(FSDPLinear\\) is managed by FSDP2"):
+        fs.functional_call(part, dict(part.named_parameters()), None, (x,))
     out["dense_out"] = model(x).detach()
     # why: after its first forward, FSDP2 all-gathers its own pieces and runs on them, so
     # torch.func.functional_call's masked params would be ignored without a word
@@ -284,8 +300,6 @@ def _apply_worker(rank: int, world: int) -> dict[str, Any]:
     out["projected_full"] = _full(dict(model.named_parameters()))
 
     # a module holding unsharded params (reshard_after_forward=False): sharded_params reshards
-    from torch.distributed.fsdp import fully_shard
-
     lazy = fully_shard(_model(), reshard_after_forward=False)
     lazy(x)
     out["unsharded_after_forward"] = type(lazy[0].weight).__name__
