@@ -4,10 +4,12 @@ What it measures
 ----------------
 For each case, ``fs.compute_masks(params, {"**.weight": method})`` over every weight of the
 stack of ``benchmarks/masks.py`` (12 blocks of bias-free ``nn.Linear`` layers, 84.9M float32
-weights in 72 tensors; ``--quick``: 2 blocks of width 128, 0.39M weights) in two settings:
+weights in 72 tensors; ``--quick``: 2 blocks of width 128, 0.39M weights) in these settings:
 
-* ``1 rank``: plain tensors in one process, the single-process methods, with every core
-  (torch's default thread count, 2 here);
+* ``1 rank``: plain tensors in one process, the single-process methods, with torch's
+  default thread count (every core: 2 here), and again with 1 thread (``--one-rank-threads``
+  picks the counts). On a busy machine, 2 threads can be much slower than 1: an intra-op
+  parallel region waits for its slowest thread, and another process may hold that core;
 * ``2 ranks``: two processes (``torch.multiprocessing`` spawn, gloo on CPU, one torch
   thread each), every weight a DTensor placed ``Shard(0)`` on a 1-D mesh of 2 ranks; the
   masks come back as DTensors, selected through ``funcsparse.distributed``'s collectives.
@@ -28,10 +30,10 @@ Per case and setting, it reports:
   (the payload this rank contributed to the collectives), and its ratio to the weights'
   bytes (the whole stack's, and this rank's shard's).
 
-Both settings run in the same two spawned processes, alternately: every repeat runs the
-1-rank call on rank 0 (with the machine's thread count; rank 1 waits in a barrier, and its
-CPU time while waiting is recorded) and the 2-rank call on both ranks, the order swapped on
-odd repeats. One untimed call of each setting comes first (warm-up).
+All settings run in the same two spawned processes, alternately: every repeat runs the
+1-rank calls on rank 0 (rank 1 waits in a barrier; its CPU time while waiting is recorded,
+to show it takes no core from rank 0) and the 2-rank call on both ranks, the order reversed
+on odd repeats. One untimed call of each side comes first (warm-up).
 
 After timing, the 2-rank masks are checked against the 1-rank masks without gathering
 them: per leaf, the count of pruned entries, the sum of their flat indices in the full
@@ -42,6 +44,7 @@ leaf compared with ``torch.equal``. ``identical`` is True when all of them agree
 Usage::
 
     python benchmarks/distributed.py [--repeats N] [--quick] [--out PATH]
+        [--one-rank-threads N ...] [--timeout S]
 
 Results are printed as a table and written as JSON (default
 ``benchmarks/results/distributed.json``); the exit status is 1 if a case's masks differ or
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -156,22 +160,22 @@ class _Sides:
     def __init__(
         self,
         rank: int,
-        threads_one: int,
         rules: dict[str, Any],
         plain: dict[str, torch.Tensor],
         sharded: dict[str, Any],
         result: dict[str, Any],
     ) -> None:
-        self.rank, self.threads_one, self.rules = rank, threads_one, rules
+        self.rank, self.rules = rank, rules
         self.plain, self.sharded, self.result = plain, sharded, result
         self.one_masks: Any = None
         self.two_masks: Any = None
 
-    def run_one(self, record: bool) -> None:
-        """The single-process call on rank 0 with every core; the other ranks wait."""
+    def run_one(self, record: bool, threads: int) -> None:
+        """The single-process call on rank 0 with ``threads`` torch threads; the other ranks
+        wait in a barrier."""
         import torch.distributed as dist
 
-        one = self.result["one"]
+        one = self.result["one"].setdefault(str(threads), _one_record())
         dist.barrier()
         if self.rank != 0:
             cpu = time.process_time()
@@ -180,7 +184,7 @@ class _Sides:
                 one["idle_rank_cpu_s"].append(time.process_time() - cpu)
             return
         self.one_masks = None
-        torch.set_num_threads(self.threads_one)
+        torch.set_num_threads(threads)
         try:
             seconds, extra, self.one_masks = measured(
                 lambda: fs.compute_masks(self.plain, self.rules)
@@ -235,6 +239,10 @@ class _Sides:
         self.one_masks = self.two_masks = None
 
 
+def _one_record() -> dict[str, list[float]]:
+    return {"seconds": [], "extra_bytes": [], "idle_rank_cpu_s": []}
+
+
 def worker(rank: int, world: int, settings: dict[str, Any]) -> dict[str, Any]:
     """Build the stack, run every case in both settings, check the masks; return the runs."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -263,26 +271,29 @@ def worker(rank: int, world: int, settings: dict[str, Any]) -> dict[str, Any]:
     for case, make in CASES.items():
         result: dict[str, Any] = {
             "case": case,
-            "one": {"seconds": [], "extra_bytes": [], "idle_rank_cpu_s": []},
+            "one": {},
             "two": {"seconds": [], "extra_bytes": [], "comm_bytes": [], "comm_calls": []},
         }
         runs.append(result)
-        sides = _Sides(
-            rank, int(settings["threads_one_rank"]), {RULES_KEY: make()}, plain, sharded, result
-        )
+        sides = _Sides(rank, {RULES_KEY: make()}, plain, sharded, result)
+        threads = [int(t) for t in settings["one_rank_threads"]]
         try:
             sides.run_two(False)  # warm-up
         except ValueError as err:
             # A method without a sharded strategy is refused on every rank alike, before
-            # any collective: report it and go on with the next case.
+            # any collective: report it, and time the 1-rank side alone.
             result["two_error"] = f"{type(err).__name__}: {err}"
-            continue
-        sides.run_one(False)  # warm-up
+        sides.run_one(False, threads[0])  # warm-up
         for repeat in range(settings["repeats"]):
-            order = (sides.run_one, sides.run_two)
+            order: list[Callable[[bool], None]] = [
+                functools.partial(sides.run_one, threads=t) for t in threads
+            ]
+            if "two_error" not in result:
+                order.append(sides.run_two)
             for run in order if repeat % 2 == 0 else order[::-1]:
                 run(True)
-        sides.compare(list(shapes), offsets)
+        if "two_error" not in result:
+            sides.compare(list(shapes), offsets)
         del sides
         gc.collect()
     return {
@@ -378,20 +389,21 @@ def summarise(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, first in enumerate(ranks[0]["runs"]):
         per_rank = [r["runs"][i] for r in ranks]
         case = first["case"]
-        one = first["one"]
-        rows.append(
-            {
-                "case": case,
-                "ranks": 1,
-                "seconds": one["seconds"],
-                "seconds_median": statistics.median(one["seconds"]) if one["seconds"] else None,
-                "extra_bytes_per_rank": [one["extra_bytes"]],
-                "peak_extra_mib_per_rank": [max(one["extra_bytes"], default=0) / 2**20],
-                "weight_bytes_per_rank": [weight_bytes],
-                "idle_rank_cpu_s": per_rank[1]["one"]["idle_rank_cpu_s"],
-                "comm_bytes_per_rank": [0],
-            }
-        )
+        for threads, one in first["one"].items():
+            rows.append(
+                {
+                    "case": case,
+                    "ranks": 1,
+                    "threads_per_rank": int(threads),
+                    "seconds": one["seconds"],
+                    "seconds_median": statistics.median(one["seconds"]),
+                    "extra_bytes_per_rank": [one["extra_bytes"]],
+                    "peak_extra_mib_per_rank": [max(one["extra_bytes"]) / 2**20],
+                    "weight_bytes_per_rank": [weight_bytes],
+                    "idle_rank_cpu_s": per_rank[1]["one"][threads]["idle_rank_cpu_s"],
+                    "comm_bytes_per_rank": [0],
+                }
+            )
         if "two_error" in first:
             rows.append({"case": case, "ranks": WORLD, "missing": first["two_error"]})
             continue
@@ -403,6 +415,7 @@ def summarise(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "case": case,
                 "ranks": WORLD,
+                "threads_per_rank": 1,
                 "seconds": seconds,
                 "seconds_median": statistics.median(seconds),
                 "seconds_per_rank": [t["seconds"] for t in two],
@@ -428,7 +441,7 @@ def summarise(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = (
-        f"{'method':<24}{'ranks':>6}{'median s':>10}{'range s':>15}"
+        f"{'method':<24}{'ranks':>6}{'threads':>8}{'median s':>10}{'range s':>15}"
         f"{'peak extra MiB/rank':>21}{'x shard':>12}{'sent B/rank':>23}"
         f"{'sent/W':>9}  identical"
     )
@@ -436,7 +449,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("-" * len(header))
     for r in rows:
         if "missing" in r:
-            print(f"{r['case']:<24}{r['ranks']:>6}  missing: {r['missing'][:100]}")
+            print(f"{r['case']:<24}{r['ranks']:>6}{'':>8}  missing: {r['missing'][:100]}")
             continue
         spread = f"{min(r['seconds']):.2f}-{max(r['seconds']):.2f}"
         mib = "/".join(f"{m:.0f}" for m in r["peak_extra_mib_per_rank"])
@@ -448,7 +461,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ratio = f"{r['comm_over_weight_bytes']:.1e}" if r["ranks"] > 1 else "-"
         same = str(r["identical"]) if r["ranks"] > 1 else ""
         print(
-            f"{r['case']:<24}{r['ranks']:>6}{r['seconds_median']:>10.2f}{spread:>15}"
+            f"{r['case']:<24}{r['ranks']:>6}{r['threads_per_rank']:>8}"
+            f"{r['seconds_median']:>10.2f}{spread:>15}"
             f"{mib:>21}{over:>12}{sent:>23}{ratio:>9}  {same}"
         )
 
@@ -470,11 +484,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"output path (default {DEFAULT_JSON})",
     )
     parser.add_argument(
+        "--one-rank-threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch threads of the 1-rank runs (default: torch's default, and 1 if that differs)",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds before the run is killed"
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.one_rank_threads is not None and min(args.one_rank_threads) < 1:
+        parser.error("--one-rank-threads must be at least 1")
     return args
 
 
@@ -483,19 +506,21 @@ def main(argv: list[str] | None = None) -> int:
     info = {**machine_info(), **source_state()}
     shapes = stack_shapes(args.quick)
     n_params = sum(torch.Size(s).numel() for s in shapes.values())
-    print(
-        f"torch {info['torch']}, {info['cpu_count']} cores, {info['platform']}; "
-        f"{len(shapes)} weights, {n_params / 1e6:.2f}M params; 1 rank ({info['torch_num_threads']} "
-        f"threads) vs {WORLD} gloo ranks (1 thread each), {args.repeats} repeats "
-        f"(load average {info['loadavg_1m']:.2f})",
-        flush=True,
-    )
     settings = {
         "quick": args.quick,
         "repeats": args.repeats,
-        "threads_one_rank": info["torch_num_threads"],
+        "one_rank_threads": args.one_rank_threads
+        or sorted({info["torch_num_threads"], 1}, reverse=True),
         "collective_timeout": min(args.timeout, 1800.0),
     }
+    threads = "/".join(map(str, settings["one_rank_threads"]))
+    print(
+        f"torch {info['torch']}, {info['cpu_count']} cores, {info['platform']}; "
+        f"{len(shapes)} weights, {n_params / 1e6:.2f}M params; 1 rank ({threads} threads) vs "
+        f"{WORLD} gloo ranks (1 thread each), {args.repeats} repeats "
+        f"(load average {info['loadavg_1m']:.2f})",
+        flush=True,
+    )
     start = time.perf_counter()
     ranks = spawn_ranks(settings, args.timeout)
     wall = time.perf_counter() - start

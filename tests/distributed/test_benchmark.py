@@ -16,8 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distributed.py"
 
 def test_quick_run_writes_identical_masks_and_counts(tmp_path: Path) -> None:
     out = tmp_path / "distributed.json"
+    options = ["--quick", "--repeats", "1", "--one-rank-threads", "1", "--out", str(out)]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out)],
+        [sys.executable, str(SCRIPT), *options],
         capture_output=True,
         text=True,
         timeout=180,  # a 2-rank spawn on a busy 2-core machine; about 15 s when idle
@@ -41,6 +42,7 @@ def test_quick_run_writes_identical_masks_and_counts(tmp_path: Path) -> None:
     ]
     for case in cases:
         assert len(case["seconds"]) == 1 and case["seconds_median"] > 0
+        assert case["threads_per_rank"] == 1
         assert len(case["peak_extra_mib_per_rank"]) == case["ranks"]
         if case["ranks"] == 1:
             assert case["comm_bytes_per_rank"] == [0]
