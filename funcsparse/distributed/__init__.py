@@ -23,13 +23,24 @@ from typing import Any
 from torch import Tensor
 
 from funcsparse._compute import register_sharded
+from funcsparse.distributed import fsdp
 from funcsparse.distributed import strategies as _strategies  # noqa: F401  (registers them)
 from funcsparse.distributed._comm import Traffic, counting
+from funcsparse.distributed.fsdp import sharded_params, state_template
 from funcsparse.distributed.masks import sharded_global_masks, sharded_mask
 from funcsparse.distributed.shards import Shards, is_sharded, shards_of
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
-__all__ = ["Shards", "Traffic", "counting", "is_sharded", "shards_of"]
+__all__ = [
+    "Shards",
+    "Traffic",
+    "counting",
+    "fsdp",
+    "is_sharded",
+    "sharded_params",
+    "shards_of",
+    "state_template",
+]
 
 
 class _Backend:

@@ -206,12 +206,14 @@ def _cut(
     needed: int,
     parts: Sequence[Part],
     groups: Sequence[dist.ProcessGroup],
+    *,
+    small: bool = False,
 ) -> int:
     """The ``needed``-th smallest of the tied entries' positions over all ranks."""
     device = parts[0].like.device if parts else torch.device("cpu")
     bound = max((_position_bound(part) for part in parts), default=0)
     width = _max_over_ranks(max(1, bound.bit_length()), groups, device)
-    cut, _, _ = _kth(positions, needed, width, groups, parts)
+    cut, _, _ = _kth(positions, needed, width, groups, parts, small=small)
     return cut
 
 
@@ -279,7 +281,24 @@ def _bracketed(
     if overflows or not below < rank <= below + inside_count:
         return None
     keys = [_keys(v, bits) for v in values]
-    threshold, lower, tied = _kth(lambda: iter(keys), rank - below, bits, groups, parts)
+    # Every key inside the bracket shares the top bits that the bracket's ends share.
+    low = 0 if lo is None else int(_keys(torch.tensor([lo], dtype=dtype), bits)[0]) % (1 << bits)
+    high = (
+        (1 << bits) - 1
+        if hi is None
+        else int(_keys(torch.tensor([hi], dtype=dtype), bits)[0]) % (1 << bits)
+    )
+    common = min(bits - (low ^ high).bit_length(), bits - 1)
+    threshold, lower, tied = _kth(
+        lambda: iter(keys),
+        rank - below,
+        bits,
+        groups,
+        parts,
+        small=True,
+        common=common,
+        prefix=low >> (bits - common),
+    )
     needed = rank - below - lower
     if needed >= tied:
         return threshold, None
@@ -289,7 +308,7 @@ def _bracketed(
         hit = v.isnan() if math.isnan(value) else v == value
         if bool(hit.any()):
             tied_positions.append(parts[i].position(start, stop)[index[hit]])
-    return threshold, _cut(lambda: iter(tied_positions), needed, parts, groups)
+    return threshold, _cut(lambda: iter(tied_positions), needed, parts, groups, small=True)
 
 
 def _local_sample(
@@ -402,21 +421,28 @@ def _kth(
     bits: int,
     groups: Sequence[dist.ProcessGroup],
     parts: Sequence[Part],
+    *,
+    small: bool = False,
+    common: int = 0,
+    prefix: int = 0,
 ) -> tuple[int, int, int]:
     """The ``rank``-th smallest (1-based) ``bits``-bit unsigned key over all ranks.
 
     Returns ``(key, below, equal)``: the key, how many keys are below it and how many equal
     it, over all ranks. Keys are int64 tensors holding ``bits``-bit unsigned numbers (for 64
-    bits, the sign bit is the top bit).
+    bits, the sign bit is the top bit). ``small``: the stream is a few local keys, held
+    and counted 8 bits at a time; every key's top ``common`` bits are ``prefix`` (on every
+    rank; fewer than ``bits``), so counting starts below them.
     """
     device = parts[0].like.device if parts else torch.device("cpu")
     budget = max(sum(p.like.numel() for p in parts) // _GATHER_FRACTION, _GATHER_MIN)
-    prefix, done, below = 0, 0, 0
-    gathered: list[Tensor] | None = None
+    done, below = common, 0
+    gathered: list[Tensor] | None = list(stream()) if small else None
     local_in_bucket = -1
     histogram = torch.zeros(0, dtype=torch.int64)
     while done < bits:
-        width = min(_FIRST_BITS if done == 0 else _NEXT_BITS, bits - done)
+        first = done == 0 and not small
+        width = min(_FIRST_BITS if first else _NEXT_BITS, bits - done)
         shift = bits - done - width
         histogram = torch.zeros(1 << width, dtype=torch.int64, device=device)
         keep_going = done > 0 and gathered is None and 0 <= local_in_bucket <= budget

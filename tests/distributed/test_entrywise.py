@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from tests.distributed._spawn import run_ranks
@@ -84,9 +85,23 @@ def _worker_single(rank: int, world: int) -> list[str]:
     return failures
 
 
-def test_entrywise_methods_equal_one_process_masks() -> None:
-    results = run_ranks(_worker_single)
-    assert results[0] == [] and results[1] == []
+def _worker_two_ranks(rank: int, world: int) -> dict[str, list[str]]:
+    """Every 2-rank check of this file, on one spawn."""
+    return {
+        "single": _worker_single(rank, world),
+        "global": _worker_global(rank, world),
+        "large": _worker_large(rank, world),
+        "refusals": _worker_refusals(rank, world),
+    }
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> list[dict[str, list[str]]]:
+    return run_ranks(_worker_two_ranks)
+
+
+def test_entrywise_methods_equal_one_process_masks(two_ranks: list[dict[str, list[str]]]) -> None:
+    assert [r["single"] for r in two_ranks] == [[], []]
 
 
 def _worker_global(rank: int, world: int) -> list[str]:
@@ -133,9 +148,10 @@ def _worker_global(rank: int, world: int) -> list[str]:
     return failures
 
 
-def test_global_magnitude_equals_one_process_masks() -> None:
-    results = run_ranks(_worker_global)
-    assert results == [[], []]
+def test_global_magnitude_equals_one_process_masks(
+    two_ranks: list[dict[str, list[str]]],
+) -> None:
+    assert [r["global"] for r in two_ranks] == [[], []]
 
 
 def _worker_large(rank: int, world: int) -> list[str]:
@@ -171,8 +187,10 @@ def _worker_large(rank: int, world: int) -> list[str]:
     return failures
 
 
-def test_large_leaves_with_many_chunks_and_heavy_ties() -> None:
-    assert run_ranks(_worker_large) == [[], []]
+def test_large_leaves_with_many_chunks_and_heavy_ties(
+    two_ranks: list[dict[str, list[str]]],
+) -> None:
+    assert [r["large"] for r in two_ranks] == [[], []]
 
 
 def _worker_mesh_2d(rank: int, world: int) -> list[str]:
@@ -253,8 +271,10 @@ def _worker_refusals(rank: int, world: int) -> list[str]:
     return messages
 
 
-def test_refusals_name_the_function_the_method_and_the_placement() -> None:
-    messages = run_ranks(_worker_refusals)[0]
+def test_refusals_name_the_function_the_method_and_the_placement(
+    two_ranks: list[dict[str, list[str]]],
+) -> None:
+    messages = two_ranks[0]["refusals"]
     assert "compute_masks: rule 'w' (Magnitude)" in messages[0] and "Partial" in messages[0]
     assert "batch_dims=1 with DTensor leaves" in messages[1]
     assert "plain tensors beside DTensors" in messages[2]
