@@ -246,6 +246,8 @@ def _bracketed(
     lo_i, hi_i = math.floor(q * m - margin), math.ceil(q * m + margin)
     lo = float(union[lo_i]) if lo_i >= 0 else None
     hi = float(union[hi_i]) if hi_i < m else None
+    if stride == 1 and m == population:  # the sample is every entry: the k-th is known
+        lo = hi = float(union[rank - 1])
     if hi is not None and math.isnan(hi):
         hi = None
     if lo is not None and math.isnan(lo):
