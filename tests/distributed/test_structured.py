@@ -26,6 +26,12 @@ def _prev(*shape: int, kept: float = 0.7) -> Tensor:
     return torch.rand(*shape) < kept
 
 
+def _permuted(rows: int, cols: int) -> Tensor:
+    """Columns that hold the same values in different orders: norms equal but for rounding."""
+    base = torch.randn(rows)
+    return torch.stack([base[torch.randperm(rows)] for _ in range(cols)], 1)
+
+
 def _cube(tensor: Tensor) -> Tensor:
     """An elementwise norm callable for WeightNorm."""
     return tensor.abs() ** 3
@@ -113,7 +119,8 @@ def _run(cases: list[dict[str, Any]]) -> tuple[int, list[str]]:
     meshes = _meshes()
     failures = []
     for index, case in enumerate(cases):
-        torch.manual_seed(index)  # the same data on every rank, other data in every case
+        # the same data on every rank, other data in every case (or the case's own seed)
+        torch.manual_seed(case.pop("seed", index))
         build = case.pop("build")
         full, extra = build()
         case.setdefault("data", None)
@@ -464,6 +471,41 @@ def _slice_methods(rank: int, world: int) -> tuple[int, list[str]]:
             build=lambda: (torch.randn(3, 1), {"prev": _prev(3, 1)}),
             method=fs.RandomStructured(count=2, dim=0),
             place="S1",
+        ),
+    ]
+    # A piece of one slice where the full tensor has more: torch norms a lone slice (one
+    # output) in another order. Slices holding the same values in other orders have norms
+    # that differ in the last bits only, so the order of summation decides the ranking.
+    for _ in range(6):  # columns 2 + 1, channels 2 + 1
+        cases += [
+            dict(
+                build=lambda: (_permuted(50, 3), None),
+                method=fs.LnStructured(count=1, n=2, dim=1),
+                place="S1",
+            ),
+            dict(
+                build=lambda: (torch.randn(50, 3), {"data": {"scores": _permuted(50, 3)}}),
+                method=fs.LnStructured(count=1, n=2, dim=1),
+                place="S1",
+            ),
+            dict(
+                build=lambda: (
+                    _permuted(90, 3).T.reshape(3, 10, 3, 3).transpose(0, 1).contiguous(),
+                    None,
+                ),
+                method=fs.LnStructured(count=1, n="fro", dim=1),
+                place="S1",
+            ),
+        ]
+    cases += [
+        # prev_mask: the method norms chunks of 4 slices of 2**20 entries; columns 3 + 2 put
+        # slice 3 alone here (among others there) and slice 4 alone in both. Seed 0: normed
+        # among others, slice 4 would not be the one kept.
+        dict(
+            build=lambda: (_permuted(1 << 20, 5), {"prev": _prev(1 << 20, 5, kept=2.0)}),
+            method=fs.LnStructured(count=4, n=2, dim=1),
+            place="S1",
+            seed=0,
         ),
         dict(
             build=lambda: (torch.randn(8, 6).bfloat16(), {"prev": _prev(8, 6)}),

@@ -53,6 +53,10 @@ from funcsparse.methods.weight_norm import WeightNorm
 
 __all__: list[str] = []
 
+# Entries per chunk of LnStructured's norms of the weights as the model sees them (with a
+# prev_mask): the method's chunks (methods/structured.py), restated; a slice alone in its
+# chunk is normed alone there, and so here.
+_SLICE_CHUNK = 1 << 22
 # Digits of the gain-weighted radix search: 8 bits, so each pass all-reduces 2 x 256 int64.
 _DIGIT_BITS = 8
 
@@ -221,6 +225,56 @@ def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
     return moved.reshape(moved.shape[0], rest).sum(1, dtype=torch.int64)
 
 
+def _full_passes(shape: tuple[int, ...], dim: int, chunked: bool) -> list[tuple[int, int]]:
+    """The runs of slices ``[start, stop)`` whose norms the method computes in one call on
+    the full tensor: all of them, or (``chunked``: norms of the weights as the model sees
+    them) chunks of about ``_SLICE_CHUNK`` entries, as ``LnStructured.slice_scores`` takes
+    them."""
+    size = shape[dim]
+    if not chunked:
+        return [(0, size)]
+    slice_size = max(1, math.prod(shape) // max(1, size))
+    step = max(1, _SLICE_CHUNK // slice_size)
+    return [(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def _local_slice_scores(
+    method: LnStructured, shards: Shards, local: Tensor, data: dict[str, Any], dim: int
+) -> Tensor:
+    """The method's own scores of the local (whole) slices, each computed as in the full
+    tensor's pass: torch reduces a lone slice (one output) in another order than a slice
+    among others, so a slice that the full pass takes among others but that is alone here
+    (a piece, or a piece's share of a chunk, of one slice) is normed beside a zero slice."""
+    begin = shards.offset[dim]
+    end = begin + local.shape[dim]
+    chunked = data.get("prev_mask") is not None and data.get("scores") is None
+    shaped = {  # prev_mask, scores
+        key
+        for key, value in data.items()
+        if isinstance(value, Tensor) and value.shape == local.shape
+    }
+    scores: list[Tensor] = []
+    for start, stop in _full_passes(shards.shape, dim, chunked):
+        low, high = max(start, begin), min(stop, end)
+        if low >= high:
+            continue
+        piece = local.narrow(dim, low - begin, high - low)
+        part = {
+            key: value.narrow(dim, low - begin, high - low) if key in shaped else value
+            for key, value in data.items()
+        }
+        alone = high - low == 1 and stop - start > 1
+        if alone:  # beside a zero slice (the second score is dropped)
+            piece = torch.cat([piece, torch.zeros_like(piece)], dim)
+            for key in shaped:
+                part[key] = torch.cat([part[key], torch.zeros_like(part[key])], dim)
+        found = method.slice_scores(piece, part)
+        scores.append(found[:1] if alone else found)
+    if not scores:  # no slices here
+        return method.slice_scores(local, data)
+    return torch.cat(scores)
+
+
 @strategy(LnStructured)
 def _ln_structured(
     method: LnStructured, shards: Shards, data: dict[str, Any], where: str
@@ -244,8 +298,7 @@ def _ln_structured(
     if trivial is not None:
         return trivial
     local = shards.local.detach()
-    # The method's own slice scores of the local (whole) slices.
-    local_scores = method.slice_scores(local, data)
+    local_scores = _local_slice_scores(method, shards, local, data, dim)
     scores = _full_slice_vector(shards, dim, local_scores)
     prev_zeros: Tensor | None = None
     if prev_mask is not None:
