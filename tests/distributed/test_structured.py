@@ -319,6 +319,12 @@ def _weight_norm(rank: int, world: int) -> tuple[int, list[str]]:
             method=WN(0.5, zeros_per_block=2),
             place="S0",
         ),
+        # given scores as a plain tensor: each rank reads its columns (a strided view)
+        dict(
+            build=lambda: (torch.randn(8, 12), {"data": {"scores": torch.randn(8, 12)}}),
+            method=WN(0.5, sparse_block_shape=(2, 3)),
+            place="S1",
+        ),
         # NaN and infinite weights: NaN ranks above every number
         dict(
             build=lambda: (

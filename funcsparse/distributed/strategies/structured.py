@@ -387,7 +387,11 @@ def _block_means(method: WeightNorm, entries: Tensor) -> Tensor:
     bit (it sums a block row by row, left to right, then divides by its size)."""
     if method.block_size == 1:
         return entries
-    return F.avg_pool2d(entries[None, None], method.sparse_block_shape, ceil_mode=True)[0, 0]
+    # Contiguous, as the method's scores are (given scores may be a strided view of a piece).
+    pooled = F.avg_pool2d(
+        entries.contiguous()[None, None], method.sparse_block_shape, ceil_mode=True
+    )
+    return pooled[0, 0]
 
 
 def _expand(per_block: Tensor, block: tuple[int, int], shape: torch.Size) -> Tensor:
