@@ -695,3 +695,35 @@ def test_refusals_name_method_and_placement(ranks: list[dict[str, Any]]) -> None
         assert "ranked on its own" in messages[2]
         assert "straddle" in messages[3]
         assert "sums of scores" in messages[7]
+
+
+def test_cuts_follow_nested_chunks() -> None:
+    """The piece boundaries every rank computes alike: torch.chunk's split, mesh dim after
+    mesh dim (here without processes: the cuts read the shape, placements and mesh sizes)."""
+    from types import SimpleNamespace
+
+    from torch.distributed.tensor import Replicate, Shard
+
+    from funcsparse.distributed.strategies.structured import _cuts
+
+    def expected(length: int, counts: list[int]) -> list[int]:
+        pieces = [torch.arange(length)]
+        for count in counts:
+            pieces = [chunk for piece in pieces for chunk in torch.chunk(piece, count)]
+        return sorted({int(p[-1]) + 1 for p in pieces if p.numel()} - {length})
+
+    for length in (0, 1, 2, 3, 7, 8, 12, 13, 30):
+        for sizes, placements in [
+            ((2,), (Shard(0),)),
+            ((3,), (Shard(0),)),
+            ((4,), (Shard(0),)),
+            ((2, 2), (Shard(0), Shard(0))),
+            ((2, 3), (Shard(0), Shard(0))),
+            ((3, 2), (Shard(0), Replicate())),
+            ((2, 4), (Shard(1), Shard(0))),
+            ((4, 1), (Replicate(), Shard(0))),
+        ]:
+            mesh = SimpleNamespace(size=lambda i, sizes=sizes: sizes[i])
+            shards = SimpleNamespace(shape=(length, 5), placements=placements, mesh=mesh)
+            counts = [n for n, p in zip(sizes, placements, strict=True) if p == Shard(0)]
+            assert _cuts(shards, 0) == expected(length, counts), (length, sizes, placements)
