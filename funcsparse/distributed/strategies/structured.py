@@ -15,12 +15,18 @@ Each strategy returns this rank's piece of the method's mask of the full tensor,
   (:func:`funcsparse.distributed.select.keep_all_but_lowest_sharded`; with ``prev_mask``,
   a gain-weighted form of the same search, :func:`_lowest_covering_sharded`).
 - ``LnStructured``: every slice must be whole on its rank (a split along ``dim`` only);
-  the slice norms (one value per slice) are gathered and the method's selection runs on
-  them. A split along a dim the norm reduces over is refused: partial norms summed across
-  ranks are not the single-process norm bit for bit.
+  each rank norms its slices with the method's own ``slice_scores`` (a slice left alone in
+  its piece is normed beside a zero slice, since torch reduces a lone output in another
+  order), the norms (one value per slice) are summed into one vector over the ranks, and
+  the method's selection runs on it. A split along a dim the norm reduces over is refused:
+  partial norms summed across ranks are not the single-process norm bit for bit.
 - ``RandomStructured``: the draw is one value per slice from the seed, the same on every
-  rank; with ``prev_mask``, the zeros per slice are counted locally and summed (integers,
-  exact). Any placement.
+  rank (so a ``generator`` passed in must hold the same state on every rank); with
+  ``prev_mask``, the zeros per slice are counted locally and summed (integers, exact). Any
+  placement; no communication without ``prev_mask``.
+
+Refusals depend on the placement and the method's config only (never on the data or the
+level), and every rank finds the same piece boundaries, so all ranks refuse together.
 """
 
 from __future__ import annotations
