@@ -26,6 +26,13 @@ def _prev(*shape: int, kept: float = 0.7) -> Tensor:
     return torch.rand(*shape) < kept
 
 
+def _sharded(tensor: Tensor) -> Tensor:
+    """``tensor`` as a DTensor split along dim 0 on the 1-D mesh."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    return distribute_tensor(tensor, _meshes()["1d"], (Shard(0),))
+
+
 def _permuted(rows: int, cols: int) -> Tensor:
     """Columns that hold the same values in different orders: norms equal but for rounding."""
     base = torch.randn(rows)
@@ -103,7 +110,10 @@ def _check(
         mask = fs.compute_masks({"w": leaf}, {"w": method}, **kwargs)["w"]
     if not isinstance(mask, DTensor) or tuple(mask.placements) != placements:
         return f"{label}: the mask is not a DTensor placed as the leaf: {type(mask)}"
-    plain = dict(data)
+    plain = {
+        key: value.full_tensor() if isinstance(value, DTensor) else value
+        for key, value in data.items()
+    }
     if prev is not None:
         plain["prev_mask"] = prev
     want = method.for_leaf("w")(full, **plain)
@@ -199,6 +209,12 @@ def _local_methods(rank: int, world: int) -> tuple[int, list[str]]:
             ),
         ]
     cases += [
+        # input_norms as a DTensor (gathered whole: one value per input feature)
+        dict(
+            build=lambda: (torch.randn(6, 10), {"data": {"input_norms": _sharded(norms())}}),
+            method=fs.Wanda(0.5),
+            place="S0",
+        ),
         # a conv weight, rows of 3 * 2 * 2 unfolded features
         dict(
             build=lambda: (torch.randn(5, 3, 2, 2), {"data": {"input_norms": torch.rand(3, 2, 2)}}),
