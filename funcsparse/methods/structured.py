@@ -22,7 +22,7 @@ from funcsparse.methods._level import count_to_prune, level_configs, set_level
 from funcsparse.methods._seeds import SEED_LIMIT as _SEED_LIMIT
 from funcsparse.methods._seeds import leaf_seed
 
-__all__ = ["LnStructured", "RandomStructured", "leaf_seed"]
+__all__ = ["LnStructured", "RandomStructured", "leaf_seed", "slice_chunks"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,8 +172,17 @@ class _Slices(MaskMethod):
 _CHUNK = 1 << 22
 
 
-def _slice_chunks(shape: torch.Size, dim: int) -> list[tuple[int, int]]:
-    """``(start, length)`` runs of slices along ``dim``, each about :data:`_CHUNK` entries."""
+def slice_chunks(shape: torch.Size, dim: int) -> list[tuple[int, int]]:
+    """``(start, length)`` runs of slices along ``dim``, each about :data:`_CHUNK` entries.
+
+    Where a per-slice pass runs chunk by chunk, these are its chunks (the sharded strategy
+    norms each rank's slices in the same runs, since torch reduces a slice that is alone in
+    its call in another order).
+
+    Examples:
+        >>> slice_chunks(torch.Size([3, 4]), 0)
+        [(0, 3)]
+    """
     size = shape[dim]
     slice_size = max(1, math.prod(shape) // max(1, size))
     step = max(1, _CHUNK // slice_size)
@@ -191,7 +200,7 @@ def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
     reuse its place), and the casts piled up to nearly twice the leaf's size, run by run.
     """
     size = mask.shape[dim]
-    chunks = _slice_chunks(mask.shape, dim)
+    chunks = slice_chunks(mask.shape, dim)
     slice_size = mask.numel() // max(1, size)
     if not chunks or slice_size == 0:
         return torch.full((size,), slice_size, dtype=torch.int64, device=mask.device)
@@ -376,7 +385,7 @@ class LnStructured(_Slices):
         zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
         if torch._C._functorch.is_batchedtensor(tensor):  # under vmap: no out= (one pass)
             return _norms(torch.where(prev_mask, tensor, zero), self.n, dim)
-        chunks = _slice_chunks(tensor.shape, dim)
+        chunks = slice_chunks(tensor.shape, dim)
         if not chunks:  # no slices
             return _norms(tensor, self.n, dim)
         largest = max((tensor.numel() // max(1, size)) * length for _, length in chunks)

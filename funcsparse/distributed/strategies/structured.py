@@ -53,16 +53,12 @@ from funcsparse.distributed.select import keep_all_but_lowest_sharded, tensor_pa
 from funcsparse.distributed.shards import Shards
 from funcsparse.methods.nearly_diagonal import NearlyDiagonal
 from funcsparse.methods.nm import NM
-from funcsparse.methods.structured import LnStructured, RandomStructured
+from funcsparse.methods.structured import LnStructured, RandomStructured, slice_chunks
 from funcsparse.methods.wanda import Wanda
 from funcsparse.methods.weight_norm import WeightNorm
 
 __all__: list[str] = []
 
-# Entries per chunk of LnStructured's norms of the weights as the model sees them (with a
-# prev_mask): the method's chunks (methods/structured.py), restated; a slice alone in its
-# chunk is normed alone there, and so here.
-_SLICE_CHUNK = 1 << 22
 # Digits of the gain-weighted radix search: 8 bits, so each pass all-reduces 2 x 256 int64.
 _DIGIT_BITS = 8
 
@@ -234,14 +230,11 @@ def _kept_per_slice(mask: Tensor, dim: int) -> Tensor:
 def _full_passes(shape: tuple[int, ...], dim: int, chunked: bool) -> list[tuple[int, int]]:
     """The runs of slices ``[start, stop)`` whose norms the method computes in one call on
     the full tensor: all of them, or (``chunked``: norms of the weights as the model sees
-    them) chunks of about ``_SLICE_CHUNK`` entries, as ``LnStructured.slice_scores`` takes
-    them."""
-    size = shape[dim]
+    them) the method's own chunks (:func:`funcsparse.methods.structured.slice_chunks`), as
+    ``LnStructured.slice_scores`` takes them."""
     if not chunked:
-        return [(0, size)]
-    slice_size = max(1, math.prod(shape) // max(1, size))
-    step = max(1, _SLICE_CHUNK // slice_size)
-    return [(start, min(start + step, size)) for start in range(0, size, step)]
+        return [(0, shape[dim])]
+    return [(start, start + length) for start, length in slice_chunks(torch.Size(shape), dim)]
 
 
 def _local_slice_scores(
