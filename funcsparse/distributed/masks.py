@@ -13,6 +13,7 @@ gather, is refused with a ValueError naming the method and the placement.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate
 
+from funcsparse.distributed._comm import all_reduce_max
 from funcsparse.distributed.shards import Shards, is_sharded, shards_of
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
@@ -96,6 +98,29 @@ def _local_data(shards: Shards, data: dict[str, Any], where: str) -> dict[str, A
     return out
 
 
+def _check_same_generator(shards: Shards, data: dict[str, Any], where: str) -> None:
+    """Raise on every rank of the mesh if the ranks pass generators in different states.
+
+    Each rank draws its piece's values from its own ``generator``; states that differ (a
+    generator seeded with the rank) would make pieces of different draws, or replicas that
+    disagree: a mask of no single tensor. One all-reduce of two int64s per mesh dimension.
+    """
+    generator = data.get("generator")
+    if not isinstance(generator, torch.Generator) or not shards.member:
+        return
+    state = generator.get_state().numpy().tobytes()
+    digest = int.from_bytes(hashlib.blake2b(state, digest_size=7).digest(), "little")
+    both = torch.tensor([digest, -digest], dtype=torch.int64, device=shards.local.device)
+    groups = [shards.mesh.get_group(d) for d in range(shards.mesh.ndim)]
+    highest, lowest = (int(v) for v in all_reduce_max(both, groups).tolist())
+    if highest != -lowest:
+        raise ValueError(
+            f"{where}: the generator's state differs across the ranks of {shards.mesh}; every "
+            f"rank draws its piece of one tensor's values, so every rank must pass a generator "
+            f"in the same state (seed it with the same number on every rank, not the rank)"
+        )
+
+
 def _replicated(shards: Shards) -> bool:
     return all(isinstance(p, Replicate) for p in shards.placements)
 
@@ -109,6 +134,7 @@ def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, whe
     """
     shards = shards_of(leaf, owner=where)
     local_data = _local_data(shards, data, where)
+    _check_same_generator(shards, local_data, where)
     if _replicated(shards):
         return shards.wrap(method(shards.local.detach(), **local_data))
     fn = _STRATEGIES.get(type(method))
@@ -148,8 +174,7 @@ def sharded_global_masks(
     prevs = [None if method.uses_prev_mask else d.pop("prev_mask", None) for d in local_data]
     locals_ = fn(method, shards, local_data, where)
     return [
-        s.wrap(m if p is None else m & p)
-        for s, m, p in zip(shards, locals_, prevs, strict=True)
+        s.wrap(m if p is None else m & p) for s, m, p in zip(shards, locals_, prevs, strict=True)
     ]
 
 

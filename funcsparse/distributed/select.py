@@ -67,12 +67,14 @@ class Part(NamedTuple):
     prev_mask: Tensor | None
 
 
-def local_chunks(tensor: Tensor) -> list[tuple[int, int]]:
+def local_chunks(tensor: Tensor, other: Tensor | None = None) -> list[tuple[int, int]]:
     """Flat ``[start, stop)`` ranges of ``tensor`` in order: a quarter of it (at least
-    ``_CHUNK`` and at most ``_CHUNK_MAX`` entries, as the core chunks), or whole rows."""
+    ``_CHUNK`` and at most ``_CHUNK_MAX`` entries, as the core chunks), or whole rows where
+    ``tensor`` or ``other`` (of its shape, e.g. a sliced ``prev_mask``) is not contiguous."""
     n = tensor.numel()
     size = max(_CHUNK, min(-(-n // 4), _CHUNK_MAX))
-    if tensor.is_contiguous() or tensor.dim() <= 1:
+    contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
+    if contiguous or tensor.dim() <= 1:
         step = size
     else:
         row = n // tensor.shape[0]
@@ -81,10 +83,14 @@ def local_chunks(tensor: Tensor) -> list[tuple[int, int]]:
 
 
 def _flat(tensor: Tensor, start: int, stop: int) -> Tensor:
+    """Flat entries ``[start, stop)`` of ``tensor``, row-major: a view where contiguous, else
+    a copy of the rows that hold them (any range: a non-contiguous ``prev_mask`` beside a
+    contiguous ranking is cut where the ranking's chunks end)."""
     if tensor.is_contiguous() or tensor.dim() <= 1:
         return tensor.reshape(-1)[start:stop]
     row = tensor.numel() // tensor.shape[0]
-    return tensor[start // row : stop // row].reshape(-1)
+    first, last = start // row, -(-stop // row)
+    return tensor[first:last].reshape(-1)[start - first * row : stop - first * row]
 
 
 def tensor_part(
@@ -97,7 +103,7 @@ def tensor_part(
     """A :class:`Part` whose ranking is a local tensor (``|ranking|`` with ``magnitude``)."""
 
     def pieces() -> Iterator[tuple[int, int, Tensor]]:
-        for start, stop in local_chunks(ranking):
+        for start, stop in local_chunks(ranking, prev_mask):
             values = _flat(ranking, start, stop)
             yield start, stop, values.abs() if magnitude else values
 

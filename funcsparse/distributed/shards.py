@@ -33,6 +33,9 @@ class Shards:
             all of them, one after the other, is a sum over every piece once).
         mesh: the device mesh.
         placements: the DTensor's placements.
+        member: whether this rank is in ``mesh``. A rank outside it holds an empty piece
+            (no rows), sends nothing and gets an empty mask piece, as DTensor's own
+            operations give a rank outside the mesh.
     """
 
     local: Tensor
@@ -41,6 +44,7 @@ class Shards:
     groups: tuple[dist.ProcessGroup, ...]
     mesh: DeviceMesh
     placements: tuple[Placement, ...]
+    member: bool = True
 
     @property
     def split_dims(self) -> tuple[int, ...]:
@@ -107,6 +111,8 @@ class Shards:
                     f"{value.device_mesh}, the tensor {self.placements} on {self.mesh}; "
                     f"place {name} as the tensor is (DTensor.redistribute)"
                 )
+            if not self.member:  # DTensor gives a rank outside the mesh a 1-D empty piece
+                return value.to_local().new_empty(self.local.shape)
             return value.to_local()
         return value[self.box()]
 
@@ -125,27 +131,36 @@ def shards_of(tensor: DTensor, *, owner: str) -> Shards:
     Placements: ``Shard(d)`` (even or uneven, as ``torch.chunk`` splits) and ``Replicate()``
     on any mesh; a dimension may be split by several mesh dimensions.
 
+    A rank outside the tensor's mesh gets :class:`Shards` with ``member=False``: an empty
+    piece (no rows) and no groups, so that it runs the same checks as the ranks in the mesh
+    (and raises where they raise) but sends nothing; its mask piece is empty, as DTensor's
+    own operations give such a rank.
+
     Raises:
-        ValueError: a ``Partial`` (or other) placement, a strided shard (FSDP2 over tensor
-            parallelism), or a rank outside the tensor's mesh; the message names ``owner``.
+        ValueError: a ``Partial`` (or other) placement, or a strided shard (FSDP2 over
+            tensor parallelism), on every rank alike; the message names ``owner``.
     """
     mesh = tensor.device_mesh
-    coordinate = mesh.get_coordinate()
-    if coordinate is None:
-        raise ValueError(f"{owner}: this rank is not in the mesh {mesh} of the DTensor")
-    shape = tuple(tensor.shape)
-    offset = [0] * len(shape)
-    sizes = list(shape)
-    groups: list[dist.ProcessGroup] = []
     for mesh_dim, placement in enumerate(tensor.placements):
-        if isinstance(placement, Replicate):
-            continue
-        if type(placement) is not Shard:
+        if not isinstance(placement, Replicate) and type(placement) is not Shard:
             raise ValueError(
                 f"{owner}: a DTensor placed {tuple(tensor.placements)} ({placement!r} on mesh "
                 f"dimension {mesh_dim}); funcsparse computes masks on Shard(d) and Replicate() "
                 f"placements only (redistribute a Partial first)"
             )
+    shape = tuple(tensor.shape)
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:
+        empty = (0, *shape[1:]) if shape else ()
+        local = torch.zeros(empty, dtype=tensor.dtype, device=tensor.to_local().device)
+        placements = tuple(tensor.placements)
+        return Shards(local, shape, (0,) * len(shape), (), mesh, placements, member=False)
+    offset = [0] * len(shape)
+    sizes = list(shape)
+    groups: list[dist.ProcessGroup] = []
+    for mesh_dim, placement in enumerate(tensor.placements):
+        if not isinstance(placement, Shard):
+            continue
         d = placement.dim
         count, here = mesh.size(mesh_dim), coordinate[mesh_dim]
         chunk = -(-sizes[d] // count) if sizes[d] else 0

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import Shard
 
 from funcsparse.distributed.masks import global_strategy, refuse, strategy
 from funcsparse.distributed.select import Part, keep_all_but_lowest_sharded, tensor_part
@@ -128,9 +129,19 @@ def _global_magnitude(
 
 
 def _one_split(shards: list[Shards], method: GlobalMagnitude, where: str) -> Any:
-    """The groups that split every leaf of a global selection (one set for all)."""
-    splits = {tuple(tuple(dist.get_process_group_ranks(g)) for g in s.groups) for s in shards}
-    if len(splits) > 1:
+    """The groups that split every leaf of a global selection (one set for all).
+
+    The leaves share a mesh (checked before); they must be split over the same mesh
+    dimensions (of more than one rank). Decided from the placements alone, so every rank
+    (one outside the mesh too) refuses alike, before any collective.
+    """
+
+    def split(s: Shards) -> tuple[int, ...]:
+        return tuple(
+            d for d, p in enumerate(s.placements) if isinstance(p, Shard) and s.mesh.size(d) > 1
+        )
+
+    if len({split(s) for s in shards}) > 1:
         raise refuse(
             where,
             method,
@@ -138,5 +149,6 @@ def _one_split(shards: list[Shards], method: GlobalMagnitude, where: str) -> Any
             "its leaves are split over different mesh dimensions (or some are replicated); "
             "place every leaf of the group on the same mesh dimensions",
         )
-    return shards[0].groups if shards else ()
-
+    if not shards:
+        return ()
+    return tuple(g for g in shards[0].groups if dist.get_world_size(g) > 1)
