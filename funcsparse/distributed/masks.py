@@ -125,6 +125,14 @@ def _replicated(shards: Shards) -> bool:
     return all(isinstance(p, Replicate) for p in shards.placements)
 
 
+def _split(shards: Shards) -> bool:
+    """Whether a mesh dimension of more than one rank splits the tensor."""
+    return any(
+        not isinstance(p, Replicate) and shards.mesh.size(i) > 1
+        for i, p in enumerate(shards.placements)
+    )
+
+
 def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, where: str) -> DTensor:
     """``method``'s mask of the DTensor ``leaf`` as a DTensor placed as ``leaf`` is.
 
@@ -135,11 +143,18 @@ def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, whe
     shards = shards_of(leaf, owner=where)
     local_data = _local_data(shards, data, where)
     _check_same_generator(shards, local_data, where)
+    nothing = torch.zeros(0, dtype=torch.bool, device=shards.local.device)
     if _replicated(shards):
+        if not shards.member:  # checked on the full shape already; nothing to compute
+            return shards.wrap(nothing)
         return shards.wrap(method(shards.local.detach(), **local_data))
     fn = _STRATEGIES.get(type(method))
     if fn is None:
         raise refuse(where, method, shards, "it has no sharded strategy")
+    if not shards.member and not _split(shards):
+        # Outside a mesh whose dims of more than one rank split nothing: the ranks in it
+        # compute on whole tensors, and this rank has no empty piece to check alike.
+        return shards.wrap(nothing)
     prev_mask = None if method.uses_prev_mask else local_data.pop("prev_mask", None)
     local = fn(method, shards, local_data, where)
     return shards.wrap(local if prev_mask is None else local & prev_mask)

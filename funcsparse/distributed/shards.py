@@ -33,9 +33,9 @@ class Shards:
             all of them, one after the other, is a sum over every piece once).
         mesh: the device mesh.
         placements: the DTensor's placements.
-        member: whether this rank is in ``mesh``. A rank outside it holds an empty piece
-            (no rows), sends nothing and gets an empty mask piece, as DTensor's own
-            operations give a rank outside the mesh.
+        member: whether this rank is in ``mesh``. A rank outside it holds an empty piece,
+            sends nothing and gets an empty mask piece, as DTensor's own operations give a
+            rank outside the mesh.
     """
 
     local: Tensor
@@ -117,6 +117,21 @@ class Shards:
         return value[self.box()]
 
 
+def _outside(tensor: DTensor, shape: tuple[int, ...]) -> Shards:
+    """The :class:`Shards` of a rank outside ``tensor``'s mesh: the empty piece a rank past
+    the last one would hold (size 0 at the end of every dim split over more than one rank;
+    where none is, dim 0 emptied), with no groups."""
+    mesh = tensor.device_mesh
+    split = {
+        p.dim for i, p in enumerate(tensor.placements) if isinstance(p, Shard) and mesh.size(i) > 1
+    } or ({0} if shape else set())
+    sizes = tuple(0 if d in split else size for d, size in enumerate(shape))
+    offset = tuple(size if d in split else 0 for d, size in enumerate(shape))
+    local = torch.zeros(sizes, dtype=tensor.dtype, device=tensor.to_local().device)
+    placements = tuple(tensor.placements)
+    return Shards(local, shape, offset, (), mesh, placements, member=False)
+
+
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride, out = 1, []
     for size in reversed(shape):
@@ -131,10 +146,10 @@ def shards_of(tensor: DTensor, *, owner: str) -> Shards:
     Placements: ``Shard(d)`` (even or uneven, as ``torch.chunk`` splits) and ``Replicate()``
     on any mesh; a dimension may be split by several mesh dimensions.
 
-    A rank outside the tensor's mesh gets :class:`Shards` with ``member=False``: an empty
-    piece (no rows) and no groups, so that it runs the same checks as the ranks in the mesh
-    (and raises where they raise) but sends nothing; its mask piece is empty, as DTensor's
-    own operations give such a rank.
+    A rank outside the tensor's mesh gets :class:`Shards` with ``member=False``: the empty
+    piece of a rank past the last one, and no groups, so that it runs the same checks as the
+    ranks in the mesh (and raises where they raise) but sends nothing; its mask piece is
+    empty, as DTensor's own operations give such a rank.
 
     Raises:
         ValueError: a ``Partial`` (or other) placement, or a strided shard (FSDP2 over
@@ -151,10 +166,7 @@ def shards_of(tensor: DTensor, *, owner: str) -> Shards:
     shape = tuple(tensor.shape)
     coordinate = mesh.get_coordinate()
     if coordinate is None:
-        empty = (0, *shape[1:]) if shape else ()
-        local = torch.zeros(empty, dtype=tensor.dtype, device=tensor.to_local().device)
-        placements = tuple(tensor.placements)
-        return Shards(local, shape, (0,) * len(shape), (), mesh, placements, member=False)
+        return _outside(tensor, shape)
     offset = [0] * len(shape)
     sizes = list(shape)
     groups: list[dist.ProcessGroup] = []

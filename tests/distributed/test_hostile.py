@@ -201,13 +201,30 @@ def _sub_mesh(rank: int, world: int) -> dict[str, Any]:
     on_sub = distribute_tensor(full, sub, [Shard(0)])
     whole = distribute_tensor(full, mesh, [Shard(0)])
     out: dict[str, Any] = {}
-    # The sub-mesh leaf first, then a leaf on the whole mesh: both ranks reach its collectives.
-    params = {"a": on_sub, "b": whole, "c": distribute_tensor(full, sub, [Replicate()])}
-    masks = fs.compute_masks(
-        params,
-        {"a": fs.Magnitude(0.5), "b": fs.Magnitude(0.5), "c": fs.Random(0.5)},
-        prev_masks={"a": prev, "b": None, "c": distribute_tensor(prev, sub, [Replicate()])},
-    )
+    # The sub-mesh leaves first, then a leaf on the whole mesh: both ranks reach its
+    # collectives. Rank 1 runs no method on a stand-in piece that the method would refuse
+    # (NearlyDiagonal on 0 rows, Wanda's norms beside 0 columns).
+    replicated = distribute_tensor(full, sub, [Replicate()])
+    params = {
+        "a": on_sub,
+        "b": whole,
+        "c": replicated,
+        "d": replicated,
+        "e": distribute_tensor(full, sub, [Shard(1)]),
+    }
+    rules = {
+        "a": fs.Magnitude(0.5),
+        "b": fs.Magnitude(0.5),
+        "c": fs.Random(0.5),
+        "d": fs.NearlyDiagonal(nearliness=3),
+        "e": fs.Wanda(0.5),
+    }
+    norms = {k: torch.ones(4) if k == "e" else None for k in params}
+    prev_masks = {k: None for k in params} | {
+        "a": prev,
+        "c": distribute_tensor(prev, sub, [Replicate()]),
+    }
+    masks = fs.compute_masks(params, rules, prev_masks=prev_masks, input_norms=norms)
     out["pieces"] = {k: tuple(v.to_local().shape) for k, v in masks.items()}
     out["b"] = torch.equal(masks["b"].full_tensor(), fs.Magnitude(0.5)(full))
     if rank == 0:
@@ -286,8 +303,8 @@ def test_a_rank_outside_the_mesh_gets_an_empty_piece_and_the_same_errors(
     ranks: list[dict[str, Any]],
 ) -> None:
     zero, one = (r["sub_mesh"] for r in ranks)
-    assert zero["pieces"] == {"a": (6, 4), "b": (3, 4), "c": (6, 4)}
-    assert one["pieces"] == {"a": (0,), "b": (3, 4), "c": (0,)}
+    assert zero["pieces"] == {"a": (6, 4), "b": (3, 4), "c": (6, 4), "d": (6, 4), "e": (6, 4)}
+    assert one["pieces"] == {"a": (0,), "b": (3, 4), "c": (0,), "d": (0,), "e": (0,)}
     assert zero["a"] and zero["b"] and one["b"]
     assert zero["global pieces"] == [(6, 4), (6, 4)] and one["global pieces"] == [(0,), (0,)]
     for r in (zero, one):
