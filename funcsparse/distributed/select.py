@@ -34,7 +34,6 @@ from funcsparse.distributed._comm import all_gather, all_reduce_max, all_reduce_
 __all__ = ["Part", "keep_all_but_lowest_sharded", "local_chunks", "tensor_part"]
 
 _CHUNK = 1 << 20
-_CHUNK_MAX = 1 << 24
 _FIRST_BITS = 16
 _NEXT_BITS = 8
 _GATHER_FRACTION = 16
@@ -68,11 +67,17 @@ class Part(NamedTuple):
 
 
 def local_chunks(tensor: Tensor, other: Tensor | None = None) -> list[tuple[int, int]]:
-    """Flat ``[start, stop)`` ranges of ``tensor`` in order: a quarter of it (at least
-    ``_CHUNK`` and at most ``_CHUNK_MAX`` entries, as the core chunks), or whole rows where
-    ``tensor`` or ``other`` (of its shape, e.g. a sliced ``prev_mask``) is not contiguous."""
+    """Flat ``[start, stop)`` ranges of ``tensor`` in order: ``_CHUNK`` entries, or whole
+    rows where ``tensor`` or ``other`` (of its shape, e.g. a sliced ``prev_mask``) is not
+    contiguous.
+
+    A fixed size, not a fraction of the piece: each chunk's keys and their temporaries (a
+    few int64s per entry) are the selection's working memory, so a quarter of a large piece
+    would cost more than the piece itself (about 4x a 32M-entry piece's bytes on heavy
+    ties, against 1x with ``_CHUNK``, and no slower on CPU).
+    """
     n = tensor.numel()
-    size = max(_CHUNK, min(-(-n // 4), _CHUNK_MAX))
+    size = _CHUNK
     contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
     if contiguous or tensor.dim() <= 1:
         step = size
@@ -277,11 +282,11 @@ def _bracketed(
                 inside &= chunk <= hi
             if kept is not None:
                 inside &= kept
-            index = inside.nonzero().view(-1)
-            inside_count += index.numel()
-            if overflow or inside_count > budget:
+            inside_count += int(torch.count_nonzero(inside))
+            if overflow or inside_count > budget:  # counted first: no int64 index per entry
                 overflow = True
                 continue
+            index = inside.nonzero().view(-1)
             values.append(chunk[index])
             where.append((i, start, stop, index))
     counts = torch.tensor([below, inside_count, int(overflow)], dtype=torch.int64, device=device)
@@ -330,7 +335,9 @@ def _local_sample(
             first = (-(start + offset)) % stride
             picked = chunk[first::stride]
             kept = _kept(part, start, stop)
-            taken.append(picked if kept is None else picked[kept[first::stride]])
+            # A copy: a strided view would keep the whole chunk alive (|w| or draws, made
+            # per chunk), and so a full-size copy of the piece until the sample is sent.
+            taken.append(picked.clone() if kept is None else picked[kept[first::stride]])
         offset += part.like.numel()
     if not taken:
         return torch.empty(0, dtype=dtype, device=device)
