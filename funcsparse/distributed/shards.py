@@ -181,7 +181,8 @@ def shards_of(tensor: DTensor, *, owner: str) -> Shards:
         offset[d] += start
         sizes[d] = stop - start
         groups.append(mesh.get_group(mesh_dim))
-    local = tensor.to_local()
+    with torch.no_grad():  # a leaf that requires grad: no autograd node for the masks
+        local = tensor.to_local()
     if tuple(local.shape) != tuple(sizes):
         raise ValueError(
             f"{owner}: {describe(tensor)}: the local piece has shape {tuple(local.shape)}, "

@@ -180,6 +180,9 @@ def _untouched(rank: int, world: int) -> dict[str, Any]:
         mask = fs.compute_masks({"w": leaf}, {"w": method}, prev_masks={"w": prev}, **data)["w"]
         grads.append(mask.requires_grad or mask.to_local().requires_grad)
     after = [leaf.to_local().detach(), scores.to_local(), prev]
+    from funcsparse.distributed import shards_of
+
+    grads.append(shards_of(leaf, owner="test").local.requires_grad)  # no autograd node
     return {
         "requires_grad": grads,
         "changed": [not torch.equal(a, b) for a, b in zip(before, after, strict=True)],
@@ -296,7 +299,7 @@ def test_plain_prev_mask_beside_a_piece_chunked_inside_rows(ranks: list[dict[str
 
 def test_masks_carry_no_autograd_and_inputs_are_untouched(ranks: list[dict[str, Any]]) -> None:
     for r in ranks:
-        assert r["untouched"] == {"requires_grad": [False] * 4, "changed": [False] * 3}
+        assert r["untouched"] == {"requires_grad": [False] * 5, "changed": [False] * 3}
 
 
 def test_a_rank_outside_the_mesh_gets_an_empty_piece_and_the_same_errors(
