@@ -97,7 +97,8 @@ class Shards:
         of the full shape is sliced to the local box (a view, nothing is copied).
 
         Raises:
-            ValueError: ``value`` has another shape, or is a DTensor placed otherwise.
+            ValueError: ``value`` has another shape, or is a DTensor placed otherwise (or
+                split otherwise: a piece of another shape, on that rank alone).
         """
         if tuple(value.shape) != self.shape:
             raise ValueError(
@@ -113,7 +114,14 @@ class Shards:
                 )
             if not self.member:  # DTensor gives a rank outside the mesh a 1-D empty piece
                 return value.to_local().new_empty(self.local.shape)
-            return value.to_local()
+            local = value.to_local()
+            if local.shape != self.local.shape:
+                raise ValueError(
+                    f"{owner}: {name}'s piece on this rank has shape {tuple(local.shape)}, the "
+                    f"tensor's {tuple(self.local.shape)}; {name} must be split as the tensor "
+                    f"is (torch.chunk's split: distribute_tensor, not from_local)"
+                )
+            return local
         return value[self.box()]
 
 

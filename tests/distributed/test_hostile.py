@@ -274,8 +274,28 @@ def _generators(rank: int, world: int) -> dict[str, Any]:
     return out
 
 
+def _malformed(rank: int, world: int) -> Any:
+    """A prev_mask DTensor made by from_local with pieces of 4 and 2 rows where the leaf's
+    are 3 and 3: a ValueError naming it, not an IndexError from inside the selection."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    leaf = distribute_tensor(torch.randn(6, 4), mesh, [Shard(0)])
+    piece = torch.ones(4 if rank == 0 else 2, 4, dtype=torch.bool)
+    prev = DTensor.from_local(
+        piece, mesh, [Shard(0)], run_check=False, shape=torch.Size((6, 4)), stride=(4, 1)
+    )
+    return _outcome(
+        lambda: fs.compute_masks({"w": leaf}, {"w": fs.Magnitude(0.5)}, prev_masks={"w": prev})
+    )
+
+
 def _all(rank: int, world: int) -> dict[str, Any]:
     return {
+        "malformed": _malformed(rank, world),
         "edges": _edges(rank, world),
         "sliced": _sliced_data(rank, world),
         "untouched": _untouched(rank, world),
@@ -330,3 +350,10 @@ def test_generators_in_different_states_are_refused_on_every_rank(
             assert kind == "ValueError"
             assert "compute_masks: rule 'w' (Random) at 'w'" in message
             assert "generator's state differs" in message
+
+
+def test_data_split_otherwise_than_the_leaf_is_a_value_error(ranks: list[dict[str, Any]]) -> None:
+    for r in ranks:
+        kind, message = r["malformed"]
+        assert kind == "ValueError" and "compute_masks: rule 'w' (Magnitude) at 'w'" in message
+        assert "prev_mask's piece on this rank has shape" in message
