@@ -121,6 +121,12 @@ def _check_same_generator(shards: Shards, data: dict[str, Any], where: str) -> N
         )
 
 
+def _mesh_key(mesh: Any) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """What makes two meshes one: the device type and the global ranks in their layout."""
+    ranks = mesh.mesh
+    return (mesh.device_type, tuple(ranks.shape), tuple(int(r) for r in ranks.flatten().tolist()))
+
+
 def _replicated(shards: Shards) -> bool:
     return all(isinstance(p, Replicate) for p in shards.placements)
 
@@ -176,9 +182,13 @@ def sharded_global_masks(
             f"selection needs every leaf of the group sharded on one mesh"
         )
     shards = [shards_of(leaf, owner=where) for leaf in leaves]  # type: ignore[arg-type]
-    meshes = {id(s.mesh) for s in shards}
-    if len(meshes) > 1 and len({str(s.mesh) for s in shards}) > 1:
-        raise ValueError(f"{where}: the group's leaves lie on different device meshes")
+    meshes = sorted({_mesh_key(s.mesh) for s in shards})
+    if len(meshes) > 1:  # by their ranks: two sub-meshes of one shape print alike
+        shown = ", ".join(f"ranks {list(ranks)} ({device})" for device, _, ranks in meshes)
+        raise ValueError(
+            f"{where}: the group's leaves lie on different device meshes ({shown}); a global "
+            f"selection needs every leaf of the group on one mesh"
+        )
     fn = _GLOBAL_STRATEGIES.get(type(method))
     if fn is None:
         raise ValueError(

@@ -357,3 +357,47 @@ def test_data_split_otherwise_than_the_leaf_is_a_value_error(ranks: list[dict[st
         kind, message = r["malformed"]
         assert kind == "ValueError" and "compute_masks: rule 'w' (Magnitude) at 'w'" in message
         assert "prev_mask's piece on this rank has shape" in message
+
+
+def _two_sub_meshes(rank: int, world: int) -> dict[str, Any]:
+    """4 ranks, sub-meshes of ranks [0, 1] and [2, 3] (which print alike)."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    first, second = DeviceMesh("cpu", [0, 1]), DeviceMesh("cpu", [2, 3])
+    full = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    rules = {"*": fs.GlobalMagnitude(0.5)}
+    apart = {
+        "a": distribute_tensor(full, first, [Shard(0)]),
+        "b": distribute_tensor(full, second, [Shard(0)]),
+    }
+    out: dict[str, Any] = {"apart": _outcome(lambda: fs.compute_masks(apart, rules))}
+    together = {
+        "a": distribute_tensor(full, first, [Shard(0)]),
+        "b": distribute_tensor(2 * full, first, [Shard(1)]),
+        "c": distribute_tensor(full[:1], first, [Shard(0)]),  # rank 1's piece is empty
+    }
+    masks = fs.compute_masks(together, rules)
+    out["pieces"] = [tuple(m.to_local().shape) for m in masks.values()]
+    if rank < 2:
+        want = fs.compute_masks({"a": full, "b": 2 * full, "c": full[:1]}, rules)
+        out["equal"] = all(torch.equal(masks[k].full_tensor(), want[k]) for k in want)
+    total = torch.ones(1)
+    torch.distributed.all_reduce(total)  # every rank reaches the next collective
+    out["after"] = int(total)
+    return out
+
+
+def test_leaves_on_two_sub_meshes_of_one_shape_are_refused_on_every_rank() -> None:
+    results = run_ranks(_two_sub_meshes, world=4, timeout=120.0)
+    for rank, r in enumerate(results):
+        kind, message = r["apart"]
+        assert kind == "ValueError" and "compute_masks: rule '*' (GlobalMagnitude)" in message
+        assert "ranks [0, 1] (cpu), ranks [2, 3] (cpu)" in message
+        assert r["after"] == 4
+        if rank < 2:
+            assert r["equal"] and r["pieces"] == [(3, 4), (6, 2), [(1, 4), (0, 4)][rank]]
+        else:
+            assert r["pieces"] == [(0,), (0,), (0,)]
