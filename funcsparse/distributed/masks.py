@@ -142,9 +142,13 @@ def _split(shards: Shards) -> bool:
 def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, where: str) -> DTensor:
     """``method``'s mask of the DTensor ``leaf`` as a DTensor placed as ``leaf`` is.
 
+    A rank outside the leaf's mesh runs the same checks on an empty piece (so that it raises
+    where the ranks in the mesh raise, before any collective) and gets an empty piece.
+
     Raises:
         ValueError: a placement that is neither Shard nor Replicate, or one that ``method``
-            cannot serve exactly without a gather (naming ``where``).
+            cannot serve exactly without a gather; data placed otherwise than the leaf; a
+            ``generator`` whose state differs across the mesh's ranks (naming ``where``).
     """
     shards = shards_of(leaf, owner=where)
     local_data = _local_data(shards, data, where)
@@ -173,7 +177,8 @@ def sharded_global_masks(
 
     Raises:
         ValueError: a leaf that is not a DTensor beside ones that are, leaves on different
-            meshes, or a method without a sharded strategy (naming ``where``).
+            meshes (compared by their ranks), or a method without a sharded strategy
+            (naming ``where``).
     """
     plain = [i for i, leaf in enumerate(leaves) if not is_sharded(leaf)]
     if plain:
