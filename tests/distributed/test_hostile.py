@@ -142,7 +142,7 @@ def _sliced_data(rank: int, world: int) -> list[str]:
     scores = torch.randn(30, 20, generator=g)
     failures = []
     saved = select._CHUNK
-    select._CHUNK = 64  # a 30 x 10 piece in chunks of 75 entries: 7.5 rows each
+    select._CHUNK = 64  # a 30 x 10 piece: chunks that would end inside rows
     try:
         leaf = distribute_tensor(full, mesh, [Shard(1)])
         for method, data in [
@@ -315,6 +315,21 @@ def test_edge_shapes_dtypes_and_data_kinds_equal_one_process(ranks: list[dict[st
 
 def test_plain_prev_mask_beside_a_piece_chunked_inside_rows(ranks: list[dict[str, Any]]) -> None:
     assert [r["sliced"] for r in ranks] == [[], []]
+
+
+def test_flat_ranges_of_a_non_contiguous_tensor_may_end_inside_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from funcsparse.distributed import select
+
+    sliced = torch.arange(60).reshape(6, 10)[:, 3:8]  # rows of 5, not contiguous
+    flat = sliced.reshape(-1)
+    for start, stop in [(0, 7), (3, 17), (12, 13), (24, 30), (0, 30)]:
+        assert torch.equal(select._flat(sliced, start, stop), flat[start:stop])
+    monkeypatch.setattr(select, "_CHUNK", 7)
+    assert select.local_chunks(torch.zeros(6, 5))[:2] == [(0, 7), (7, 14)]
+    bounds = select.local_chunks(torch.zeros(6, 5), sliced)  # a sliced prev_mask: whole rows
+    assert bounds == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 25), (25, 30)]
 
 
 def test_masks_carry_no_autograd_and_inputs_are_untouched(ranks: list[dict[str, Any]]) -> None:
