@@ -98,24 +98,31 @@ def _local_data(shards: Shards, data: dict[str, Any], where: str) -> dict[str, A
     return out
 
 
-def _check_same_generator(shards: Shards, data: dict[str, Any], where: str) -> None:
+def _check_same_generator(
+    method: MaskMethod, shards: Shards, data: dict[str, Any], where: str
+) -> None:
     """Raise on every rank of the mesh if the ranks pass generators in different states.
 
     Each rank draws its piece's values from its own ``generator``; states that differ (a
-    generator seeded with the rank) would make pieces of different draws, or replicas that
-    disagree: a mask of no single tensor. One all-reduce of two int64s per mesh dimension.
+    generator seeded with the rank), or a generator on some ranks only, would make pieces
+    of different draws, or replicas that disagree: a mask of no single tensor. Run for
+    every leaf of a method that reads a generator, given or not (so that every rank sends
+    it): one all-reduce of two int64s per mesh dimension.
     """
-    generator = data.get("generator")
-    if not isinstance(generator, torch.Generator) or not shards.member:
+    if "generator" not in method.leaf_data or not shards.member:
         return
-    state = generator.get_state().numpy().tobytes()
-    digest = int.from_bytes(hashlib.blake2b(state, digest_size=7).digest(), "little")
+    generator = data.get("generator")
+    digest = 0  # no generator
+    if isinstance(generator, torch.Generator):
+        state = generator.get_state().numpy().tobytes()
+        digest = 1 + int.from_bytes(hashlib.blake2b(state, digest_size=7).digest(), "little")
     both = torch.tensor([digest, -digest], dtype=torch.int64, device=shards.local.device)
     groups = [shards.mesh.get_group(d) for d in range(shards.mesh.ndim)]
     highest, lowest = (int(v) for v in all_reduce_max(both, groups).tolist())
     if highest != -lowest:
+        given = "given on some ranks only" if -lowest == 0 else "in different states"
         raise ValueError(
-            f"{where}: the generator's state differs across the ranks of {shards.mesh}; every "
+            f"{where}: the generator is {given} across the ranks of {shards.mesh}; every "
             f"rank draws its piece of one tensor's values, so every rank must pass a generator "
             f"in the same state (seed it with the same number on every rank, not the rank)"
         )
@@ -152,7 +159,7 @@ def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, whe
     """
     shards = shards_of(leaf, owner=where)
     local_data = _local_data(shards, data, where)
-    _check_same_generator(shards, local_data, where)
+    _check_same_generator(method, shards, local_data, where)
     nothing = torch.zeros(0, dtype=torch.bool, device=shards.local.device)
     if _replicated(shards):
         if not shards.member:  # checked on the full shape already; nothing to compute

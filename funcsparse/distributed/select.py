@@ -120,7 +120,11 @@ def _kept(part: Part, start: int, stop: int) -> Tensor | None:
 
 
 def keep_all_but_lowest_sharded(
-    parts: Sequence[Part], k: int, groups: Sequence[dist.ProcessGroup]
+    parts: Sequence[Part],
+    k: int,
+    groups: Sequence[dist.ProcessGroup],
+    *,
+    owner: str = "keep_all_but_lowest_sharded",
 ) -> list[Tensor]:
     """Keep-masks (local pieces) that prune the ``k`` lowest-ranked entries over all parts.
 
@@ -133,29 +137,53 @@ def keep_all_but_lowest_sharded(
         parts: this rank's pieces, in the selection's order.
         k: how many entries to prune in all the tensors together.
         groups: the process groups that split the tensors (summed over one after the other).
+        owner: who is asking, for the error message. Default ``"keep_all_but_lowest_sharded"``.
 
     Returns:
         One local ``torch.bool`` keep-mask per part, of its ``like``'s shape.
+
+    Raises:
+        ValueError: the ranks passed different ``k`` (or numbers of parts), on every rank:
+            their selections would pick different collectives and hang.
     """
     device = parts[0].like.device if parts else torch.device("cpu")
-    local_counts = torch.zeros(2, dtype=torch.int64, device=device)
+    # One all-reduce: the entries, those pruned before, the entries per ranked dtype (every
+    # rank then takes the dtypes of the entries there are, not its own: an empty piece's
+    # dtype may differ), and a signature of the call with its square (equal on every rank
+    # exactly when ranks * sum(sig^2) == sum(sig)^2), so that all ranks agree or all raise.
+    local_counts = torch.zeros(4 + len(_DTYPES), dtype=torch.int64, device=device)
     for part in parts:
-        local_counts[0] += part.like.numel()
+        n = part.like.numel()
+        local_counts[0] += n
         if part.prev_mask is not None:
-            local_counts[1] += part.like.numel() - int(torch.count_nonzero(part.prev_mask))
-    total, before = (int(v) for v in all_reduce_sum(local_counts, groups).tolist())
+            local_counts[1] += n - int(torch.count_nonzero(part.prev_mask))
+        local_counts[4 + _dtype_slot(part.like.dtype)] += n
+    signature = (k * 1_000_003 + len(parts)) % (1 << 20) + 1
+    local_counts[2], local_counts[3] = signature, signature * signature
+    counts = [int(v) for v in all_reduce_sum(local_counts, groups).tolist()]
+    total, before, sig_sum, sig_squares = counts[:4]
+    ranks = math.prod(dist.get_world_size(g) for g in groups)
+    if ranks * sig_squares != sig_sum * sig_sum:
+        raise ValueError(
+            f"{owner}: the ranks disagree on the selection (the count to prune, or the "
+            f"number of tensors ranked together, differs between ranks; this rank asks for "
+            f"{k} of {len(parts)} tensor(s)); every rank must pass the same methods, levels "
+            f"and params"
+        )
     k = max(min(k, total), before)
     if k <= 0 or k >= total or k == before:
         return [_constant(part, keep=k <= 0 or k == before) for part in parts]
 
     rank = k - before  # among the entries not pruned before
-    bits = _key_bits(parts)
-    uniform = len({part.like.dtype for part in parts}) <= 1
-    found = _bracketed(parts, rank, total - before, bits, groups) if uniform else None
+    ranked = [dtype for dtype, n in zip(_DTYPES, counts[4:], strict=True) if n]
+    # One float dtype there: values compared as floats, keys of its width; else 64-bit keys.
+    dtype = ranked[0] if len(ranked) == 1 else None
+    bits = 64 if dtype is None else _NARROW.get(dtype, 64)
+    found = None if dtype is None else _bracketed(parts, rank, total - before, bits, groups, dtype)
     if found is None:
         found = _streamed(parts, rank, bits, groups)
     threshold, cut = found
-    value = _value_of(threshold, bits, parts[0].like.dtype) if uniform and parts else None
+    value = None if dtype is None else _value_of(threshold, bits, dtype)
     masks = []
     for part in parts:
         mask = torch.empty(part.like.shape, dtype=torch.bool, device=device)
@@ -234,6 +262,7 @@ def _bracketed(
     population: int,
     bits: int,
     groups: Sequence[dist.ProcessGroup],
+    dtype: torch.dtype,
 ) -> tuple[int, int | None] | None:
     """The ``rank``-th key and the tie cut, from the entries inside a sampled bracket.
 
@@ -241,10 +270,10 @@ def _bracketed(
     in all) brackets the ``rank``-th value; one pass counts the entries below the bracket
     and keeps the (few) inside it, locally; the k-th and the ties are then counted among
     those alone. None where the bracket misses the k-th or holds too many entries (the
-    caller then counts over the whole pieces). Every part must rank one dtype.
+    caller then counts over the whole pieces). Every part with entries, on every rank,
+    ranks ``dtype``.
     """
     device = parts[0].like.device if parts else torch.device("cpu")
-    dtype = parts[0].like.dtype if parts else torch.float32
     stride = max(1, population // _SAMPLE)
     sample = _local_sample(parts, stride, dtype, device)
     union = _gather_all(sample, groups)
@@ -393,16 +422,22 @@ def _constant(part: Part, *, keep: bool) -> Tensor:
     return fill(part.like.shape, dtype=torch.bool, device=part.like.device)
 
 
-def _key_bits(parts: Sequence[Part]) -> int:
-    """The keys' width: 16 or 32 bits where every part ranks one such float dtype, else 64
-    (float64 keys of the exact values, which compare across dtypes)."""
-    dtypes = {part.like.dtype for part in parts}
-    if len(dtypes) == 1:
-        return _NARROW.get(dtypes.pop(), 64)
-    return 64
-
-
 _NARROW = {torch.float32: 32, torch.float16: 16, torch.bfloat16: 16}
+# The ranked dtypes counted apart in the first all-reduce; None: any other.
+_DTYPES: tuple[torch.dtype | None, ...] = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    None,
+)
+
+
+def _dtype_slot(dtype: torch.dtype) -> int:
+    """``dtype``'s index in ``_DTYPES`` (the last slot: any other dtype)."""
+    return _DTYPES.index(dtype) if dtype in _DTYPES else len(_DTYPES) - 1
+
+
 _INTS = {32: torch.int32, 16: torch.int16}
 
 

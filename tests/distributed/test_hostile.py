@@ -271,6 +271,10 @@ def _generators(rank: int, world: int) -> dict[str, Any]:
         out[f"differs {placement!r}"] = _outcome(
             lambda leaf=leaf, rules=rules: fs.compute_masks(leaf, rules, generator={"w": differs})
         )
+        some = {"w": same} if rank == 0 else None  # on rank 0 only: refused on both, no hang
+        out[f"some {placement!r}"] = _outcome(
+            lambda leaf=leaf, rules=rules, some=some: fs.compute_masks(leaf, rules, generator=some)
+        )
     return out
 
 
@@ -293,8 +297,34 @@ def _malformed(rank: int, world: int) -> Any:
     )
 
 
+def _divergent(rank: int, world: int) -> dict[str, Any]:
+    """Ranks that rank pieces of different dtypes (an empty piece's block scores in the
+    weight's dtype, the others' in the scores'), and ranks asking for different levels."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    import funcsparse as fs
+
+    mesh = init_device_mesh("cpu", (world,))
+    out: dict[str, Any] = {}
+    weight = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))  # rank 1: no rows
+    scores = torch.randn(1, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rules = {"w": fs.WeightNorm(0.5, sparse_block_shape=(1, 2))}
+    got = fs.compute_masks(
+        {"w": distribute_tensor(weight, mesh, [Shard(0)])}, rules, scores={"w": scores}
+    )["w"].full_tensor()
+    out["dtypes"] = torch.equal(
+        got, fs.compute_masks({"w": weight}, rules, scores={"w": scores})["w"]
+    )
+    leaf = {"w": distribute_tensor(torch.randn(6, 4), mesh, [Shard(0)])}
+    level = {"w": fs.Magnitude(0.5 if rank == 0 else 0.25)}
+    out["levels"] = _outcome(lambda: fs.compute_masks(leaf, level))
+    return out
+
+
 def _all(rank: int, world: int) -> dict[str, Any]:
     return {
+        "divergent": _divergent(rank, world),
         "malformed": _malformed(rank, world),
         "edges": _edges(rank, world),
         "sliced": _sliced_data(rank, world),
@@ -364,7 +394,9 @@ def test_generators_in_different_states_are_refused_on_every_rank(
             kind, message = gens[f"differs {placement}"]
             assert kind == "ValueError"
             assert "compute_masks: rule 'w' (Random) at 'w'" in message
-            assert "generator's state differs" in message
+            assert "generator is in different states across the ranks" in message
+            kind, message = gens[f"some {placement}"]
+            assert kind == "ValueError" and "generator is given on some ranks only" in message
 
 
 def test_data_split_otherwise_than_the_leaf_is_a_value_error(ranks: list[dict[str, Any]]) -> None:
@@ -416,3 +448,13 @@ def test_leaves_on_two_sub_meshes_of_one_shape_are_refused_on_every_rank() -> No
             assert r["equal"] and r["pieces"] == [(3, 4), (6, 2), [(1, 4), (0, 4)][rank]]
         else:
             assert r["pieces"] == [(0,), (0,), (0,)]
+
+
+def test_ranks_ranking_other_dtypes_agree_and_other_levels_are_refused(
+    ranks: list[dict[str, Any]],
+) -> None:
+    for r in ranks:
+        assert r["divergent"]["dtypes"]  # was a gloo size mismatch (abort) or a hang
+        kind, message = r["divergent"]["levels"]
+        assert kind == "ValueError" and "compute_masks: rule 'w' (Magnitude) at 'w'" in message
+        assert "the ranks disagree on the selection" in message

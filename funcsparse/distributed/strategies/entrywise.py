@@ -42,7 +42,9 @@ def _entry_part(shards: Shards, data: dict[str, Any], *, offset: int = 0) -> Par
 @strategy(Magnitude)
 def _magnitude(method: Magnitude, shards: Shards, data: dict[str, Any], where: str) -> Tensor:
     k = count_to_prune("Magnitude", method.sparsity, method.count, shards.numel)
-    return keep_all_but_lowest_sharded([_entry_part(shards, data)], k, shards.groups)[0]
+    return keep_all_but_lowest_sharded([_entry_part(shards, data)], k, shards.groups, owner=where)[
+        0
+    ]
 
 
 @strategy(Movement)
@@ -77,7 +79,7 @@ def _random(method: Random, shards: Shards, data: dict[str, Any], where: str) ->
         yield from _drawn_box(shards, g)
 
     part = Part(pieces, local, shards.global_index, data.get("prev_mask"))
-    return keep_all_but_lowest_sharded([part], k, shards.groups)[0]
+    return keep_all_but_lowest_sharded([part], k, shards.groups, owner=where)[0]
 
 
 def _drawn_box(shards: Shards, g: torch.Generator) -> Iterator[tuple[int, int, Tensor]]:
@@ -125,7 +127,7 @@ def _global_magnitude(
         parts.append(_entry_part(s, d, offset=offset))
         offset += s.numel
     groups = _one_split(shards, method, where)
-    return keep_all_but_lowest_sharded(parts, k, groups)
+    return keep_all_but_lowest_sharded(parts, k, groups, owner=where)
 
 
 def _one_split(shards: list[Shards], method: GlobalMagnitude, where: str) -> Any:
