@@ -42,6 +42,10 @@ class ShardedBackend(Protocol):
 
     def is_sharded(self, leaf: object) -> bool: ...
 
+    def check(
+        self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str
+    ) -> None: ...
+
     def mask(
         self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str
     ) -> Tensor: ...
@@ -64,10 +68,15 @@ def register_sharded(backend: ShardedBackend) -> None:
     _SHARDED[:] = [backend]
 
 
-def _sharded_backend(leaves: list[Any]) -> ShardedBackend | None:
-    """The registered backend, where any leaf is sharded; else None."""
-    if _SHARDED and any(_SHARDED[0].is_sharded(leaf) for leaf in leaves):
-        return _SHARDED[0]
+def _sharded_backend(leaves: list[Any], data: list[dict[str, Any]]) -> ShardedBackend | None:
+    """The registered backend, where any leaf (or any leaf's data) is sharded; else None."""
+    if not _SHARDED:
+        return None
+    backend = _SHARDED[0]
+    if any(backend.is_sharded(leaf) for leaf in leaves) or any(
+        backend.is_sharded(value) for leaf_data in data for value in leaf_data.values()
+    ):
+        return backend
     return None
 
 
@@ -187,12 +196,20 @@ def masks_with_data(
             )
             raise problem.error(f"{where} got {problem.got} over {group_paths}; {problem.need}")
 
-    sharded = _sharded_backend(leaves)
+    sharded = _sharded_backend(leaves, data)
     if sharded is not None and batch_dims:
         raise ValueError(
             f"compute_masks: batch_dims={batch_dims} with DTensor leaves; an ensemble of "
             f"sharded leaves is not supported (compute each member's masks on its own)"
         )
+    if sharded is not None:  # placements and strategies, before any collective
+        for path, leaf, assigned, method, leaf_kwargs in zip(
+            paths, leaves, assignments, methods, data, strict=True
+        ):
+            if assigned is not None and method is not None:
+                name = type(method).__name__
+                where = f"compute_masks: rule {assigned.key!r} ({name}) at {path!r}"
+                sharded.check(method, leaf, leaf_kwargs, where=where)
 
     # Everything is checked: compute.
     masks: list[Tensor | None] = [None] * len(leaves)

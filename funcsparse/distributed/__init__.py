@@ -27,7 +27,7 @@ from funcsparse.distributed import fsdp
 from funcsparse.distributed import strategies as _strategies  # noqa: F401  (registers them)
 from funcsparse.distributed._comm import Traffic, counting
 from funcsparse.distributed.fsdp import sharded_params, state_template
-from funcsparse.distributed.masks import sharded_global_masks, sharded_mask
+from funcsparse.distributed.masks import check_sharded_leaf, sharded_global_masks, sharded_mask
 from funcsparse.distributed.shards import Shards, is_sharded, shards_of
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
@@ -48,6 +48,9 @@ class _Backend:
 
     def is_sharded(self, leaf: object) -> bool:
         return is_sharded(leaf)
+
+    def check(self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str) -> None:
+        check_sharded_leaf(method, leaf, data, where=where)
 
     def mask(self, method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str) -> Tensor:
         return sharded_mask(method, leaf, data, where=where)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ __all__ = [
     "LEAF_SHAPED",
     "GlobalStrategy",
     "Strategy",
+    "check_sharded_leaf",
     "global_strategy",
     "refuse",
     "sharded_global_masks",
@@ -144,6 +145,36 @@ def _split(shards: Shards) -> bool:
         not isinstance(p, Replicate) and shards.mesh.size(i) > 1
         for i, p in enumerate(shards.placements)
     )
+
+
+def check_sharded_leaf(
+    method: MaskMethod, leaf: Tensor, data: dict[str, Any], *, where: str
+) -> None:
+    """Raise, before any mask is computed, what :func:`sharded_mask` would raise without
+    communicating: a plain leaf with DTensor data, a placement that is neither Shard nor
+    Replicate, data placed otherwise than the leaf, or a split leaf whose method has no
+    sharded strategy. Local checks only (no collective), alike on every rank.
+
+    Raises:
+        ValueError: naming ``where`` (the rule, the method and the path).
+    """
+    if not isinstance(leaf, DTensor):
+        for key, value in data.items():
+            if isinstance(value, DTensor):
+                shown = "prev_masks" if key == "prev_mask" else key
+                raise ValueError(
+                    f"{where}: {shown} is a DTensor placed {tuple(value.placements)} for a "
+                    f"plain tensor leaf; give plain data for a plain leaf (DTensor.full_tensor), "
+                    f"or make the leaf a DTensor"
+                )
+        return
+    shards = shards_of(leaf, owner=where)
+    for key, value in data.items():
+        if key in LEAF_SHAPED and isinstance(value, Tensor):
+            shards.local_of(value, owner=where, name=key)
+    table = _GLOBAL_STRATEGIES if isinstance(method, GlobalMethod) else _STRATEGIES
+    if not _replicated(shards) and type(method) not in table:
+        raise refuse(where, method, shards, "it has no sharded strategy")
 
 
 def sharded_mask(method: MaskMethod, leaf: DTensor, data: dict[str, Any], *, where: str) -> DTensor:

@@ -261,11 +261,20 @@ def _worker_refusals(rank: int, world: int) -> list[str]:
             prev_masks={"w": distribute_tensor(full > 0, mesh, [Shard(1)])},
         ),
     ]
+    cases += [
+        lambda: fs.compute_masks(
+            {"w": full},
+            {"w": fs.Magnitude(0.5)},
+            prev_masks={"w": distribute_tensor(full > 0, mesh, [Shard(0)])},
+        ),
+        lambda: fs.compute_masks({"a": sharded, "b": partial}, {"*": fs.Magnitude(0.5)}),
+    ]
     for case in cases:
         try:
-            case()
+            with fs.distributed.counting() as traffic:
+                case()
         except ValueError as err:
-            messages.append(str(err))
+            messages.append(f"{err!s} [sent {traffic.calls}]")
         else:
             messages.append("no error")
     return messages
@@ -280,3 +289,9 @@ def test_refusals_name_the_function_the_method_and_the_placement(
     assert "plain tensors beside DTensors" in messages[2]
     assert "GlobalMagnitude" in messages[3] and "replicated" in messages[3]
     assert "prev_mask is a DTensor placed (Shard(dim=1),)" in messages[4]
+    assert (
+        "at 'w': prev_masks is a DTensor placed (Shard(dim=0),) for a plain tensor leaf"
+        in messages[5]
+    )
+    # Refused in the check phase: leaf 'a' is fine, but nothing is sent before 'b' is refused.
+    assert "at 'b'" in messages[6] and "Partial" in messages[6] and messages[6].endswith("[sent 0]")
