@@ -60,7 +60,9 @@ def run_ranks(
         try:
             while not context.join(timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"run_ranks: {fn.__name__} on {world} ranks ran past {timeout} s")
+                    raise TimeoutError(
+                        f"run_ranks: {fn.__name__} on {world} ranks ran past {timeout} s"
+                    )
         finally:
             for process in context.processes:
                 if process.is_alive():
