@@ -39,6 +39,8 @@ _NEXT_BITS = 8
 _GATHER_FRACTION = 16
 _GATHER_MIN = 1 << 16
 _SAMPLE = 1 << 14
+# Up to this many tied entries in a chunk, their positions are computed one by one.
+_FEW = 16
 _SIGMAS = 5.0
 _SLACK = 8
 _INT64_MIN = -(1 << 63)
@@ -346,10 +348,18 @@ def _bracketed(
         return threshold, None
     value = _value_of(threshold, bits, dtype)
     tied_positions = []
-    for v, (i, start, stop, index) in zip(values, where, strict=True):
+    for v, (i, start, _stop, index) in zip(values, where, strict=True):
         hit = v.isnan() if math.isnan(value) else v == value
-        if bool(hit.any()):
-            tied_positions.append(parts[i].position(start, stop)[index[hit]])
+        tied = index[hit]  # ascending offsets in the chunk
+        if tied.numel() == 0:
+            continue
+        position = parts[i].position
+        if tied.numel() <= _FEW:  # positions of these entries only, not of the chunk
+            spots = [position(start + j, start + j + 1) for j in tied.tolist()]
+            tied_positions.append(torch.cat(spots))
+        else:  # positions of the range that holds them
+            first, last = int(tied[0]), int(tied[-1]) + 1
+            tied_positions.append(position(start + first, start + last)[tied - first])
     return threshold, _cut(lambda: iter(tied_positions), needed, parts, groups, small=True)
 
 
