@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from funcsparse._select import order_keys
+from funcsparse._select import flat_take, order_keys
 from funcsparse.distributed._comm import all_gather, all_reduce_max, all_reduce_sum
 
 __all__ = ["Part", "keep_all_but_lowest_sharded", "local_chunks", "tensor_part"]
@@ -60,12 +60,16 @@ class Part(NamedTuple):
             tensor's row-major index, plus the sizes of the tensors before it) of the local
             flat positions ``[start, stop)``.
         prev_mask: the local piece of the previous mask (False: pruned before), or None.
+        strided: optional: the ranking's values at the local flat positions ``first``,
+            ``first + stride``, ... (called as ``strided(first, stride)``), read without
+            a pass over the piece; None: the sample is taken from ``pieces``.
     """
 
     pieces: Pieces
     like: Tensor
     position: Callable[[int, int], Tensor]
     prev_mask: Tensor | None
+    strided: Callable[[int, int], Tensor] | None = None
 
 
 def local_chunks(tensor: Tensor, other: Tensor | None = None) -> list[tuple[int, int]]:
@@ -114,7 +118,12 @@ def tensor_part(
             values = _flat(ranking, start, stop)
             yield start, stop, values.abs() if magnitude else values
 
-    return Part(pieces, ranking, position, prev_mask)
+    def strided(first: int, stride: int) -> Tensor:
+        index = torch.arange(first, ranking.numel(), stride, device=ranking.device)
+        values = flat_take(ranking, index)
+        return values.abs() if magnitude else values
+
+    return Part(pieces, ranking, position, prev_mask, strided)
 
 
 def _kept(part: Part, start: int, stop: int) -> Tensor | None:
@@ -350,16 +359,16 @@ def _bracketed(
     tied_positions = []
     for v, (i, start, _stop, index) in zip(values, where, strict=True):
         hit = v.isnan() if math.isnan(value) else v == value
-        tied = index[hit]  # ascending offsets in the chunk
-        if tied.numel() == 0:
+        hits = index[hit]  # ascending offsets in the chunk
+        if hits.numel() == 0:
             continue
         position = parts[i].position
-        if tied.numel() <= _FEW:  # positions of these entries only, not of the chunk
-            spots = [position(start + j, start + j + 1) for j in tied.tolist()]
+        if hits.numel() <= _FEW:  # positions of these entries only, not of the chunk
+            spots = [position(start + j, start + j + 1) for j in hits.tolist()]
             tied_positions.append(torch.cat(spots))
         else:  # positions of the range that holds them
-            first, last = int(tied[0]), int(tied[-1]) + 1
-            tied_positions.append(position(start + first, start + last)[tied - first])
+            first, last = int(hits[0]), int(hits[-1]) + 1
+            tied_positions.append(position(start + first, start + last)[hits - first])
     return threshold, _cut(lambda: iter(tied_positions), needed, parts, groups, small=True)
 
 
@@ -370,6 +379,15 @@ def _local_sample(
     taken: list[Tensor] = []
     offset = 0  # where the next piece's first sampled entry lies
     for part in parts:
+        if part.strided is not None:  # read where sampled, no pass over the piece
+            first = (-offset) % stride
+            picked = part.strided(first, stride)
+            if part.prev_mask is not None:
+                index = torch.arange(first, part.like.numel(), stride, device=device)
+                picked = picked[flat_take(part.prev_mask, index)]
+            taken.append(picked)
+            offset += part.like.numel()
+            continue
         for start, stop, chunk in part.pieces():
             first = (-(start + offset)) % stride
             picked = chunk[first::stride]
