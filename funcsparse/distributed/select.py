@@ -398,7 +398,8 @@ def _local_sample(
         offset += part.like.numel()
     if not taken:
         return torch.empty(0, dtype=dtype, device=device)
-    return torch.cat(taken)
+    # In the agreed dtype: an empty piece's values may have another (sent sizes must agree).
+    return torch.cat(taken).to(dtype)
 
 
 def _gather_all(sample: Tensor, groups: Sequence[dist.ProcessGroup]) -> Tensor:
