@@ -1,10 +1,8 @@
 """funcsparse: functional, stateless pruning masks for PyTorch, built on torch.func."""
 
-from funcsparse import export, schedules
 import torch.distributed as _dist
 
-if _dist.is_available():  # registers the backend that masks DTensor leaves
-    from funcsparse import distributed
+from funcsparse import export, schedules
 from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse.calibration import collect_input_norms
@@ -27,6 +25,9 @@ from funcsparse.methods import (
 from funcsparse.pruner import Pruner, PrunerState
 from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
 from funcsparse.sensitivity import Sensitivity, sensitivity
+
+if _dist.is_available():  # registers the backend that masks DTensor leaves
+    from funcsparse import distributed
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "apply_masks_",
     "collect_input_norms",
     "compute_masks",
+    "distributed",
     "export",
     "functional_call",
     "load_sparse",
