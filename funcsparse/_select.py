@@ -33,6 +33,7 @@ from funcsparse._covering import lowest_covering_chunked
 from funcsparse._errors import describe, require_int
 
 __all__ = [
+    "chunk_bounds",
     "flat_piece",
     "flat_take",
     "keep_all_but_lowest",
@@ -455,14 +456,28 @@ def _chunk_bounds(tensor: Tensor, other: Tensor | None) -> list[tuple[int, int]]
     order: ``numel / _MAX_CHUNKS`` entries (at least ``_CHUNK``, at most ``_CHUNK_MAX``), or
     whole rows where either tensor is not contiguous."""
     n = tensor.numel()
-    size = max(_CHUNK, min(-(-n // _MAX_CHUNKS), _CHUNK_MAX))
+    return chunk_bounds(tensor, other, size=max(_CHUNK, min(-(-n // _MAX_CHUNKS), _CHUNK_MAX)))
+
+
+def chunk_bounds(tensor: Tensor, other: Tensor | None, *, size: int) -> list[tuple[int, int]]:
+    """Flat ``[start, stop)`` ranges covering ``tensor`` (and ``other``, of its shape) in
+    order: ``size`` entries each, or whole rows (as many as fit in ``size``, at least one)
+    where either tensor is not contiguous.
+
+    Examples:
+        >>> chunk_bounds(torch.zeros(10), None, size=4)
+        [(0, 4), (4, 8), (8, 10)]
+        >>> chunk_bounds(torch.zeros(3, 4).T, None, size=5)
+        [(0, 3), (3, 6), (6, 9), (9, 12)]
+    """
+    n = tensor.numel()
     contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
     if contiguous or tensor.dim() <= 1:
         step = size
     else:
         row = n // tensor.shape[0]
         step = row * max(1, size // row)
-    return [(start, min(start + step, n)) for start in range(0, n, step)]
+    return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
 
 
 def flat_piece(tensor: Tensor, start: int, stop: int) -> Tensor:

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from funcsparse._select import flat_take, order_keys
+from funcsparse._select import chunk_bounds, flat_take, order_keys
 from funcsparse.distributed._comm import all_gather, all_reduce_max, all_reduce_sum
 
 __all__ = ["Part", "keep_all_but_lowest_sharded", "local_chunks", "tensor_part"]
@@ -82,15 +82,7 @@ def local_chunks(tensor: Tensor, other: Tensor | None = None) -> list[tuple[int,
     would cost more than the piece itself (about 4x a 32M-entry piece's bytes on heavy
     ties, against 1x with ``_CHUNK``, and no slower on CPU).
     """
-    n = tensor.numel()
-    size = _CHUNK
-    contiguous = tensor.is_contiguous() and (other is None or other.is_contiguous())
-    if contiguous or tensor.dim() <= 1:
-        step = size
-    else:
-        row = n // tensor.shape[0]
-        step = row * max(1, size // row)
-    return [(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
+    return chunk_bounds(tensor, other, size=_CHUNK)
 
 
 def _flat(tensor: Tensor, start: int, stop: int) -> Tensor:
