@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -201,24 +201,51 @@ class _InputSquares(TorchFunctionMode):
         return F.linear(inner, out_weight, given["out_proj_bias"]), weights
 
 
-def _as_args(index: int, batch: object) -> tuple[Any, ...]:
-    """A batch as positional arguments, with its tensors checked."""
+def _as_call(index: int, batch: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A batch as the model's positional and keyword arguments, with its tensors checked.
+
+    A tensor is one positional argument; a mapping (a dict, a tokenizer's ``BatchEncoding``)
+    is keyword arguments; a pair ``(args, kwargs)`` whose first item is a tuple or list and
+    whose second is a mapping is both; any other tuple or list is positional arguments.
+    """
+    kwargs: dict[str, Any] = {}
     if isinstance(batch, Tensor):
         args: tuple[Any, ...] = (batch,)
+    elif isinstance(batch, Mapping):
+        args, kwargs = (), _keywords(index, batch)
+    elif (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and isinstance(batch[0], (tuple, list))
+        and isinstance(batch[1], Mapping)
+    ):
+        args, kwargs = tuple(batch[0]), _keywords(index, batch[1])
     elif isinstance(batch, (tuple, list)):
         args = tuple(batch)
     else:
         raise TypeError(
-            f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor or a "
-            "tuple of positional arguments"
+            f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor, a "
+            "tuple of positional arguments, a mapping of keyword arguments (a tokenizer's "
+            "output), or an (args, kwargs) pair"
         )
-    for arg in args:
+    for arg in (*args, *kwargs.values()):
         if isinstance(arg, Tensor) and arg.device.type == "meta":
             raise ValueError(
                 f"{_FUNCTION}: batch {index} holds a tensor on the meta device; "
                 "calibration runs the model on real values"
             )
-    return args
+    return args, kwargs
+
+
+def _keywords(index: int, batch: Mapping[Any, Any]) -> dict[str, Any]:
+    """A mapping batch as keyword arguments (every key a str)."""
+    bad = [key for key in batch if not isinstance(key, str)]
+    if bad:
+        raise TypeError(
+            f"{_FUNCTION}: batch {index} is a mapping with the key {short_repr(bad[0])}; the "
+            "keys of a mapping batch are the model's keyword argument names (str)"
+        )
+    return dict(batch)
 
 
 def collect_input_norms(
@@ -315,8 +342,12 @@ def collect_input_norms(
         module: the model.
         params: a pytree of tensors whose dotted leaf paths name parameters or buffers of
             ``module`` (``dict(module.named_parameters())`` or a part of it).
-        batches: an iterable (not a tensor) of calibration batches, each an input tensor or
-            a tuple (or list) of positional arguments for ``module``.
+        batches: an iterable (not a tensor) of calibration batches, each as ``module`` is
+            called: an input tensor; a tuple (or list) of positional arguments; a mapping of
+            keyword arguments (a dict, a tokenizer's ``BatchEncoding``: pass it whole, not
+            ``tuple(batch.values())``, which would put each tensor in whichever positional
+            slot comes next); or a pair ``(args, kwargs)`` of a tuple (or list) and a
+            mapping (to pass such a pair positionally, wrap it: ``((a, b), {})``).
         paths: the leaf paths to collect norms for, each a floating tensor of ``params``
             with at least 2 dimensions; every one must be used as a weight by a traced call.
             Default None: every such leaf of ``params`` that a traced call uses; the others
@@ -404,11 +435,17 @@ def collect_input_norms(
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                args = _as_args(i, batch)
+                args, kwargs = _as_call(i, batch)
                 mode.batch = i
                 try:
                     with mode:
-                        functional_call(module, call_params, None, args)
+                        functional_call(module, call_params, None, args, kwargs)
+                except TypeError as err:  # the call itself (a keyword the model lacks, ...)
+                    raise TypeError(
+                        f"{_FUNCTION}: batch {i}: calling the model raised TypeError: "
+                        f"{short_repr(str(err))} (do the batch's arguments match the model's "
+                        "forward?)"
+                    ) from err
                 except RuntimeError as err:  # torch refused the batch (a dtype, a shape, ...)
                     raise ValueError(
                         f"{_FUNCTION}: batch {i}: the model raised RuntimeError: "

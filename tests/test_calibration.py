@@ -276,11 +276,11 @@ def test_bad_input_raises_and_leaves_nothing_behind() -> None:
     with pytest.raises(
         TypeError,
         match=re.escape(
-            "collect_input_norms: batch 1 is dict {'x': 1}; a batch is an input tensor or a "
-            "tuple of positional arguments"
+            "collect_input_norms: batch 1 is set {1}; a batch is an input tensor, a "
+            "tuple of positional arguments, a mapping of keyword arguments"
         ),
     ):
-        collect_input_norms(model, params, [torch.randn(2, 6), {"x": 1}])
+        collect_input_norms(model, params, [torch.randn(2, 6), {1}])
     with pytest.raises(
         ValueError, match=re.escape("collect_input_norms: 'head.weight' in paths is not a leaf")
     ):
@@ -743,3 +743,81 @@ def test_a_batch_torch_refuses_is_a_value_error_naming_the_batch() -> None:
     ) as info:
         collect_input_norms(model, params, batches)
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+# -- batches as the model is called: keyword mappings and (args, kwargs) pairs ------------
+
+
+class _Encoder(nn.Module):
+    """A model called as a tokenizer's output is passed: input_ids, then keywords."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.words = nn.Embedding(10, 6)
+        self.types = nn.Embedding(2, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        h = self.words(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        if token_type_ids is not None:
+            h = h + self.types(token_type_ids)
+        return self.head(h)
+
+
+def _encoded(seed: int) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 10, (2, 5), generator=g)
+    # A tokenizer's order: token_type_ids before attention_mask.
+    return {
+        "input_ids": ids,
+        "token_type_ids": torch.randint(0, 2, (2, 5), generator=g),
+        "attention_mask": (torch.rand(2, 5, generator=g) > 0.3).long(),
+    }
+
+
+def test_a_mapping_batch_is_keyword_arguments_and_a_pair_is_args_and_kwargs() -> None:
+    model = _Encoder()
+    params = _detached(model)
+    batches = [_encoded(0), _encoded(1)]
+    by_keyword = collect_input_norms(model, params, batches, paths=["head.weight"])
+    pairs = [((b["input_ids"],), {k: v for k, v in b.items() if k != "input_ids"}) for b in batches]
+    by_pair = collect_input_norms(model, params, pairs, paths=["head.weight"])
+    in_order = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+    by_position = collect_input_norms(model, params, in_order, paths=["head.weight"])
+    # The head's inputs, by hand: the masked word embeddings plus the type embeddings.
+    with torch.no_grad():
+        rows = torch.cat([
+            (model.words(b["input_ids"]) * b["attention_mask"][..., None]
+             + model.types(b["token_type_ids"])).reshape(-1, 6)
+            for b in batches
+        ])  # fmt: skip
+    want = rows.double().pow(2).sum(0).sqrt()
+    for norms in (by_keyword, by_pair, by_position):
+        torch.testing.assert_close(norms["head.weight"], want)
+    # The values of a tokenizer's dict, in its order, fill the wrong slots: not the same norms.
+    shuffled = collect_input_norms(
+        model, params, [tuple(b.values()) for b in batches], paths=["head.weight"]
+    )
+    assert not torch.allclose(shuffled["head.weight"], want)
+
+
+def test_bad_mapping_batches_are_named() -> None:
+    model = _Encoder()
+    params = _detached(model)
+    with pytest.raises(TypeError, match=re.escape(
+        "collect_input_norms: batch 0 is a mapping with the key 3; the keys of a mapping "
+        "batch are the model's keyword argument names (str)"
+    )):  # fmt: skip
+        collect_input_norms(model, params, [{3: torch.zeros(2, 5, dtype=torch.long)}])
+    with pytest.raises(TypeError, match=re.escape(
+        "collect_input_norms: batch 1: calling the model raised TypeError: "
+    )) as err:  # fmt: skip
+        batch = _encoded(0)
+        collect_input_norms(model, params, [batch, {**batch, "labels": batch["input_ids"]}])
+    assert "labels" in str(err.value)
