@@ -157,11 +157,11 @@ def _on_pieces(leaf: Tensor, mask: Tensor, fn: Callable[[Tensor, Tensor], Tensor
 
 
 def fsdp_managed(module: nn.Module) -> str | None:
-    """The name of the first submodule of ``module`` that FSDP2 manages, or None.
+    """The first submodule of ``module`` that FSDP2 manages, as a message names it, or None.
 
     ``torch.distributed.fsdp.fully_shard`` makes a module an ``FSDPModule``; its forward
     all-gathers the parameters FSDP2 holds, whatever ``torch.func.functional_call`` put in
-    their place. ``""`` names ``module`` itself.
+    their place.
 
     Examples:
         >>> fsdp_managed(torch.nn.Linear(2, 2)) is None
@@ -171,13 +171,18 @@ def fsdp_managed(module: nn.Module) -> str | None:
         module: a module.
 
     Returns:
-        The dotted name (``""`` for ``module``), or None where no submodule is FSDP2's.
+        ``"the module (Type)"`` or ``"its submodule 'name' (Type)"``, or None where no
+        submodule is FSDP2's.
     """
     fsdp = sys.modules.get("torch.distributed.fsdp")
     managed = None if fsdp is None else getattr(fsdp, "FSDPModule", None)
     if managed is None:
         return None
-    return next((name for name, sub in module.named_modules() if isinstance(sub, managed)), None)
+    for name, sub in module.named_modules():
+        if isinstance(sub, managed):
+            where = "the module" if name == "" else f"its submodule {name!r}"
+            return f"{where} ({type(sub).__name__})"
+    return None
 
 
 def checked_masks(
@@ -562,9 +567,8 @@ def functional_call(
             raise TypeError(f"{function}: {name} must be a bool, got {describe(flag)}")
     managed = fsdp_managed(module)
     if managed is not None:
-        where = "the module" if managed == "" else f"its submodule {managed!r}"
         raise ValueError(
-            f"{function}: {where} ({type(module.get_submodule(managed)).__name__}) is managed "
+            f"{function}: {managed} is managed "
             "by FSDP2 (fully_shard), whose forward all-gathers the sharded parameters FSDP2 "
             "holds: it would ignore the masked params (or, on a first forward, adopt them "
             "as its own). Mask FSDP2's parameters in place instead: "

@@ -405,9 +405,8 @@ def collect_input_norms(
         )
     managed = fsdp_managed(module)
     if managed is not None:
-        where = "the module" if managed == "" else f"its submodule {managed!r}"
         raise ValueError(
-            f"{_FUNCTION}: {where} ({type(module.get_submodule(managed)).__name__}) is managed "
+            f"{_FUNCTION}: {managed} is managed "
             "by FSDP2 (fully_shard), whose forward all-gathers its own parameters and swaps "
             "them in, so no tensor of params is the weight its calls see. Calibrate an "
             f"unsharded copy on each rank instead, {_UNSHARDED}"

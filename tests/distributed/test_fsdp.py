@@ -16,7 +16,7 @@ from torch import nn
 import funcsparse as fs
 from tests.distributed._spawn import run_ranks
 
-pytestmark = pytest.mark.skipif(
+pytestmark = pytest.mark.skipif(  # reason: a torch build without gloo cannot spawn ranks
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with the gloo backend is not available in this torch build",
 )

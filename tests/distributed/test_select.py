@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,7 +79,7 @@ def test_streamed_bucket_and_gathered_bucket_and_chunk_edges() -> None:
             assert int((~got).sum()) == k
 
 
-def test_budget_decides_gathering(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_budget_decides_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
     ranking = torch.randn(5000, generator=torch.Generator().manual_seed(1))
     want = keep_all_but_lowest(ranking, 2500)
     for minimum in (0, 1 << 20):  # never gathered / always gathered
