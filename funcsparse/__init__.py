@@ -2,10 +2,11 @@
 
 import torch.distributed as _dist
 
-from funcsparse import export, schedules
+from funcsparse import distributions, export, schedules
 from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
-from funcsparse.calibration import collect_input_norms
+from funcsparse._prune import Pruned, prune
+from funcsparse.calibration import collect_hessians, collect_input_norms
 from funcsparse.export import load_sparse, save_sparse, squash
 from funcsparse.methods import (
     NM,
@@ -19,12 +20,14 @@ from funcsparse.methods import (
     NearlyDiagonal,
     Random,
     RandomStructured,
+    SparseGPT,
     Wanda,
     WeightNorm,
 )
 from funcsparse.pruner import Pruner, PrunerState
 from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
 from funcsparse.sensitivity import Sensitivity, sensitivity
+from funcsparse.sequential import prune_blocks
 
 if _dist.is_available():  # registers the backend that masks DTensor leaves
     from funcsparse import distributed
@@ -41,23 +44,29 @@ __all__ = [
     "MaskMethod",
     "Movement",
     "NearlyDiagonal",
+    "Pruned",
     "Pruner",
     "PrunerState",
     "Random",
     "RandomStructured",
     "Sensitivity",
+    "SparseGPT",
     "Wanda",
     "WeightNorm",
     "__version__",
     "apply_masks",
     "apply_masks_",
+    "collect_hessians",
     "collect_input_norms",
     "compute_masks",
     "distributed",
+    "distributions",
     "export",
     "functional_call",
     "load_sparse",
     "magnitude_scores",
+    "prune",
+    "prune_blocks",
     "saliency_scores",
     "save_sparse",
     "schedules",

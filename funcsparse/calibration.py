@@ -18,7 +18,7 @@ from funcsparse._errors import describe, short_repr
 from funcsparse._tree import flatten_with_paths, unflatten
 from funcsparse.methods._base import SUPPORTED_DTYPES
 
-__all__ = ["collect_input_norms"]
+__all__ = ["collect_hessians", "collect_input_norms"]
 
 _FUNCTION = "collect_input_norms"
 
@@ -663,3 +663,16 @@ def _with_buffer_copies(
         if isinstance(source, Tensor) and watched.get(id(source)) is not source:
             flat[name] = source.clone()
     return flat
+
+
+def collect_hessians(
+    module: nn.Module,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    paths: Sequence[str] | None = None,
+    masks: Any = None,
+    group: object = None,
+) -> Any:
+    """Stub (issue 12)."""
+    raise NotImplementedError("collect_hessians: not implemented yet")

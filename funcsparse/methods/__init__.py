@@ -11,6 +11,7 @@ from funcsparse.methods.movement import Movement
 from funcsparse.methods.nearly_diagonal import NearlyDiagonal
 from funcsparse.methods.nm import NM
 from funcsparse.methods.random import Random
+from funcsparse.methods.sparsegpt import SparseGPT
 from funcsparse.methods.structured import LnStructured, RandomStructured
 from funcsparse.methods.wanda import Wanda
 from funcsparse.methods.weight_norm import WeightNorm
@@ -27,6 +28,7 @@ __all__ = [
     "NearlyDiagonal",
     "Random",
     "RandomStructured",
+    "SparseGPT",
     "Wanda",
     "WeightNorm",
     "registered_methods",
