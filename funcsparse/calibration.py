@@ -1,10 +1,11 @@
-"""Calibration statistics as data: input norms of linear, conv and attention weights, no hooks."""
+"""Calibration statistics as data: input norms and Hessians of linear, conv and attention
+weights, from one traced pass, no hooks."""
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from funcsparse._errors import describe, short_repr
 from funcsparse._tree import flatten_with_paths, unflatten
 from funcsparse.methods._base import SUPPORTED_DTYPES
 
-__all__ = ["collect_hessians", "collect_input_norms"]
+__all__ = ["STATISTICS", "collect_hessians", "collect_input_norms", "collect_statistics"]
 
 _FUNCTION = "collect_input_norms"
 
@@ -48,29 +49,74 @@ def _tokens(x: Tensor) -> Tensor:
     return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
 
 
-class _InputSquares(TorchFunctionMode):
-    """Adds each input feature's sum of squares (float64) for the watched weights.
+#: The statistics :func:`collect_statistics` knows, by their keyword-data names.
+STATISTICS = ("input_norms", "hessian")
+_NOUN = {"input_norms": "input norms", "hessian": "Hessian"}  # "no input norms for ..."
+_PLURAL = {"input_norms": "input norms", "hessian": "Hessians"}
+_HOLDS = {
+    "input_norms": "one norm per input feature",
+    "hessian": "one Hessian of the input features",
+}
+#: The most float64 entries of one chunk of input rows converted for a Hessian (32 MiB).
+_CHUNK = 1 << 22
 
+
+def _row_chunks(x: Tensor, lead: int, budget: int) -> Iterator[Tensor]:
+    """``x`` of shape ``(*lead dims, *feature dims)`` as 2-D pieces ``(rows, features)`` in
+    row order, each of at most ``budget`` entries (at least one row): views where ``x``'s
+    strides allow, else copies of one piece at a time."""
+    features = math.prod(x.shape[lead:])
+    if lead == 0:
+        yield x.reshape(1, features)
+        return
+    per_index = math.prod(x.shape[1:lead]) * features  # the entries under one index of dim 0
+    if per_index <= budget or lead == 1:
+        step = max(1, budget // max(per_index, 1))
+        for start in range(0, x.shape[0], step):
+            piece = x[start : start + step]
+            yield piece.reshape(math.prod(piece.shape[:lead]), features)
+    else:
+        for i in range(x.shape[0]):
+            yield from _row_chunks(x[i], lead - 1, budget)
+
+
+class _Inputs(TorchFunctionMode):
+    """Accumulates the statistics of the inputs of the watched weights, in float64.
+
+    For ``"input_norms"``, each input feature's sum of squares; for ``"hessian"``, the sum of
+    ``x x^T`` over the input rows ``x`` (an ``(in, in)`` matrix) and the number of rows.
     A weight is matched by identity (``is``) with the tensors handed to the forward, so a
     copy, a view or a weight computed inside the module is never mistaken for it. A watched
-    weight used in a way one norm per input feature cannot describe (a grouped conv, an
-    attention in-projection whose rows see different inputs) is marked unsupported, with
-    the reason.
+    weight used in a way one statistic over its input features cannot describe (a grouped
+    conv, an attention in-projection whose rows see different inputs) is marked unsupported,
+    with the reason (a template: ``{holds}`` names what the statistic holds).
     """
 
-    def __init__(self, watched: dict[int, Tensor], names: dict[int, str]) -> None:
+    def __init__(
+        self,
+        watched: dict[int, Tensor],
+        names: dict[int, str],
+        *,
+        function: str = _FUNCTION,
+        statistics: Sequence[str] = ("input_norms",),
+    ) -> None:
         super().__init__()
         self.watched = watched
         self.names = names
+        self.function = function
+        self.norms = "input_norms" in statistics
+        self.hessians = "hessian" in statistics
         self.batch = 0  # the index of the batch being run, for messages
         self.sums: dict[int, Tensor] = {}
+        self.grams: dict[int, Tensor] = {}
+        self.tokens: dict[int, int] = {}
         self.unsupported: dict[int, str] = {}
 
     def _check_features(self, weight: Tensor, x: Tensor, call: str) -> None:
         """Raise unless ``x`` has ``weight``'s input features as its last dimension."""
         if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
             raise ValueError(
-                f"{_FUNCTION}: batch {self.batch}: {call} got an input of shape "
+                f"{self.function}: batch {self.batch}: {call} got an input of shape "
                 f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
                 f"{tuple(weight.shape)}; its input needs {weight.shape[1]} features in its "
                 "last dimension (a batch the model cannot take)"
@@ -92,12 +138,19 @@ class _InputSquares(TorchFunctionMode):
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             if isinstance(weight, Tensor) and self._is_watched(weight) and isinstance(x, Tensor):
                 self._check_features(weight, x, "torch.nn.functional.linear")
-                self._add(weight, _tokens(x))
+                self._record(weight, x)
         elif func in _CONVS:
             self._conv(_CONVS[func], args, kwargs)
         elif func is F.multi_head_attention_forward:
             return self._attention(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def _record(self, weight: Tensor, x: Tensor) -> None:
+        """Add the statistics of ``x``'s rows (its last dimension: the input features)."""
+        if self.norms:
+            self._add(weight, _tokens(x))
+        if self.hessians:
+            self._gram(weight, x, lead=x.dim() - 1)
 
     def _add(self, weight: Tensor, squares_of: Tensor, *, summed: bool = False) -> None:
         """Add the squares of ``squares_of``'s rows (or ``squares_of`` itself if summed)."""
@@ -108,6 +161,22 @@ class _InputSquares(TorchFunctionMode):
         key = id(weight)
         total = self.sums.get(key)
         self.sums[key] = squares if total is None else total + squares
+
+    def _gram(self, weight: Tensor, x: Tensor, *, lead: int) -> None:
+        """Add ``rows^T rows`` for the rows of ``x`` (``lead`` dims of rows, then features),
+        converted to float64 one chunk of at most ``_CHUNK`` entries at a time."""
+        key = id(weight)
+        total = self.grams.get(key)
+        if total is None:
+            device = torch.device("cpu") if x.device.type == "mps" else x.device  # no float64
+            features = math.prod(x.shape[lead:])
+            total = torch.zeros(features, features, dtype=torch.float64, device=device)
+            self.grams[key] = total
+            self.tokens[key] = 0
+        for rows in _row_chunks(x.detach(), lead, _CHUNK):
+            rows = rows.to(device=total.device, dtype=torch.float64)
+            total.addmm_(rows.T, rows)
+        self.tokens[key] += math.prod(x.shape[:lead])
 
     def _conv(self, spatial: int, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -121,14 +190,14 @@ class _InputSquares(TorchFunctionMode):
         if groups != 1:
             self.unsupported[id(weight)] = (
                 f"it is used by a grouped conv (groups={groups}): each group of output "
-                "channels sees other input channels, which one norm per input feature "
+                "channels sees other input channels, which {holds} "
                 "(in_channels / groups, *kernel) cannot hold"
             )
             return
         kernel = tuple(weight.shape[2:])
         if x.dim() not in (spatial + 1, spatial + 2) or x.shape[-spatial - 1] != weight.shape[1]:
             raise ValueError(
-                f"{_FUNCTION}: batch {self.batch}: conv{spatial}d got an input of shape "
+                f"{self.function}: batch {self.batch}: conv{spatial}d got an input of shape "
                 f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
                 f"{tuple(weight.shape)}; its input needs shape ([batch,] {weight.shape[1]}, "
                 f"{spatial} spatial sizes) (a batch the model cannot take)"
@@ -144,22 +213,33 @@ class _InputSquares(TorchFunctionMode):
         else:
             pads = [(p, p) for p in _tuple(padding, spatial)]
         batched = x if x.dim() == spatial + 2 else x.unsqueeze(0)
-        device = torch.device("cpu") if x.device.type == "mps" else x.device
-        squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
         flat_pads = [p for pair in reversed(pads) for p in pair]
-        squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
+        padded = [n + lo + hi for n, (lo, hi) in zip(batched.shape[2:], pads, strict=True)]
         spans = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
-        if any(size < span for size, span in zip(squares.shape[1:], spans, strict=True)):
+        if any(size < span for size, span in zip(padded, spans, strict=True)):
             raise ValueError(
-                f"{_FUNCTION}: batch {self.batch}: conv{spatial}d got an input of shape "
+                f"{self.function}: batch {self.batch}: conv{spatial}d got an input of shape "
                 f"{tuple(x.shape)} for the weight at {self.names[id(weight)]!r} of shape "
                 f"{tuple(weight.shape)}: padded, it is smaller than the kernel (a batch the "
                 "model cannot take)"
             )
-        for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
-            span = dilation[i] * (kernel[i] - 1) + 1
-            squares = squares.unfold(1 + i, span, stride[i])[..., :: dilation[i]]
-        self._add(weight, squares.sum(dim=tuple(range(1, 1 + spatial))), summed=True)
+        if self.norms:
+            device = torch.device("cpu") if x.device.type == "mps" else x.device
+            squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
+            squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
+            for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
+                squares = squares.unfold(1 + i, spans[i], stride[i])[..., :: dilation[i]]
+            self._add(weight, squares.sum(dim=tuple(range(1, 1 + spatial))), summed=True)
+        if self.hessians:
+            columns = batched.detach()
+            if any(flat_pads):
+                columns = F.pad(columns, flat_pads)  # a copy of the input, in its dtype
+            for i in range(spatial):  # (batch, in_channels, *out positions, *kernel), views
+                columns = columns.unfold(2 + i, spans[i], stride[i])[..., :: dilation[i]]
+            # One row per (image, output position), its features ordered as the weight's
+            # (in_channels, *kernel): torch.nn.functional.unfold's columns, as rows.
+            order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
+            self._gram(weight, columns.permute(order), lead=1 + spatial)
 
     def _attention(
         self, func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
@@ -174,12 +254,11 @@ class _InputSquares(TorchFunctionMode):
             if self._is_watched(weight):
                 if query is key and key is value:
                     self._check_features(weight, query, "multi_head_attention_forward")
-                    self._add(weight, _tokens(query))
+                    self._record(weight, query)
                 else:
                     self.unsupported[id(weight)] = (
                         "it is the packed in-projection of attention whose query, key and value "
-                        "differ: its rows see different inputs, which one norm per input "
-                        "feature cannot hold"
+                        "differ: its rows see different inputs, which {holds} cannot hold"
                     )
         else:
             for name, x in (
@@ -189,7 +268,7 @@ class _InputSquares(TorchFunctionMode):
             ):
                 if self._is_watched(given[name]):
                     self._check_features(given[name], x, "multi_head_attention_forward")
-                    self._add(given[name], _tokens(x))
+                    self._record(given[name], x)
         out_weight = given["out_proj_weight"]
         if not self._is_watched(out_weight):
             return func(**given)
@@ -197,11 +276,13 @@ class _InputSquares(TorchFunctionMode):
         # the real out-projection applied to it (one call, one draw of dropout).
         identity = torch.eye(out_weight.shape[1], dtype=out_weight.dtype, device=out_weight.device)
         inner, weights = func(**{**given, "out_proj_weight": identity, "out_proj_bias": None})
-        self._add(out_weight, _tokens(inner))
+        self._record(out_weight, inner)
         return F.linear(inner, out_weight, given["out_proj_bias"]), weights
 
 
-def _as_call(index: int, batch: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _as_call(
+    index: int, batch: object, *, function: str = _FUNCTION
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A batch as the model's positional and keyword arguments, with its tensors checked.
 
     A tensor is one positional argument; a mapping (a dict, a tokenizer's ``BatchEncoding``)
@@ -212,37 +293,37 @@ def _as_call(index: int, batch: object) -> tuple[tuple[Any, ...], dict[str, Any]
     if isinstance(batch, Tensor):
         args: tuple[Any, ...] = (batch,)
     elif isinstance(batch, Mapping):
-        args, kwargs = (), _keywords(index, batch)
+        args, kwargs = (), _keywords(index, batch, function=function)
     elif (
         isinstance(batch, (tuple, list))
         and len(batch) == 2
         and isinstance(batch[0], (tuple, list))
         and isinstance(batch[1], Mapping)
     ):
-        args, kwargs = tuple(batch[0]), _keywords(index, batch[1])
+        args, kwargs = tuple(batch[0]), _keywords(index, batch[1], function=function)
     elif isinstance(batch, (tuple, list)):
         args = tuple(batch)
     else:
         raise TypeError(
-            f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor, a "
+            f"{function}: batch {index} is {describe(batch)}; a batch is an input tensor, a "
             "tuple of positional arguments, a mapping of keyword arguments (a tokenizer's "
             "output), or an (args, kwargs) pair"
         )
     for arg in (*args, *kwargs.values()):
         if isinstance(arg, Tensor) and arg.device.type == "meta":
             raise ValueError(
-                f"{_FUNCTION}: batch {index} holds a tensor on the meta device; "
+                f"{function}: batch {index} holds a tensor on the meta device; "
                 "calibration runs the model on real values"
             )
     return args, kwargs
 
 
-def _keywords(index: int, batch: Mapping[Any, Any]) -> dict[str, Any]:
+def _keywords(index: int, batch: Mapping[Any, Any], *, function: str = _FUNCTION) -> dict[str, Any]:
     """A mapping batch as keyword arguments (every key a str)."""
     bad = [key for key in batch if not isinstance(key, str)]
     if bad:
         raise TypeError(
-            f"{_FUNCTION}: batch {index} is a mapping with the key {short_repr(bad[0])}; the "
+            f"{function}: batch {index} is a mapping with the key {short_repr(bad[0])}; the "
             "keys of a mapping batch are the model's keyword argument names (str)"
         )
     return dict(batch)
@@ -299,7 +380,7 @@ def collect_input_norms(
     exact, e.g. integer-valued inputs). A rank may have no batches where another has some.
     Every rank of ``group`` must make the call, with the same module, params and paths; a
     rank whose batches fail raises its error and the others a ValueError naming it, rather
-    than waiting for it. Each rank sends two all_reduce calls of ``8 * (5 + world size)``
+    than waiting for it. Each rank sends two all_reduce calls of ``8 * (7 + world size)``
     and ``8 * (input features + 2 * weights)`` bytes (the second is skipped when a rank
     failed), straight through ``torch.distributed``: ``funcsparse.distributed.counting``
     does not count them.
@@ -396,58 +477,322 @@ def collect_input_norms(
         E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
         Pruned in One-Shot. ICML 2023. arXiv:2301.00774.
     """
+    return _collect(
+        _FUNCTION,
+        module,
+        params,
+        batches,
+        statistics=("input_norms",),
+        paths=paths,
+        masks=masks,
+        group=group,
+    )["input_norms"]
+
+
+def collect_hessians(
+    module: nn.Module,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    paths: Sequence[str] | None = None,
+    masks: Any = None,
+    group: dist.ProcessGroup | str | None = None,
+) -> Any:
+    """The input Hessian ``H = (2 / T) * sum_t x_t x_t^T`` of every weight over calibration batches.
+
+    SparseGPT's layer-wise problem ``min ||W X - W' X||^2`` has the Hessian ``2 X X^T`` in
+    the weights of each row; this is that matrix averaged over the ``T`` calibration tokens
+    (every row ``x_t`` of a weight's input, its last dimension flattened over all the
+    others, over every batch), in float64. It is the keyword data ``hessian`` of
+    ``fs.SparseGPT``. The scale ``2 / T`` (the reference code divides by the number of
+    sequences instead) does not change SparseGPT's masks or updates: its dampening is
+    relative to the mean of the diagonal.
+
+    The batches run as for :func:`collect_input_norms`, with the same calls traced (matched
+    by identity), the same batch forms, ``paths``, ``masks`` and ``group``, and the same
+    errors. For a weight of shape ``(out, *rest)``, ``H`` has shape ``(in, in)`` with
+    ``in = prod(rest)``, in the order of ``weight.reshape(out, in)``'s columns:
+
+    * ``torch.nn.functional.linear`` and the projections of ``multi_head_attention_forward``
+      (``in_proj_weight`` of self-attention, whose rows all see one input and share one
+      Hessian; ``q/k/v_proj_weight``; ``out_proj.weight``): ``in = in_features``.
+    * ``conv1d`` / ``conv2d`` / ``conv3d`` with ``groups=1``: the Hessian of the unfolded
+      input (``torch.nn.functional.unfold``'s columns with the call's stride, padding and
+      dilation, one token per image and output position), ``in = in_channels * prod(kernel)``,
+      as SparseGPT's reference code prunes a conv as the linear layer it computes.
+
+    A grouped conv or the packed in-projection of cross-attention is seen but refused (None,
+    or a ValueError naming it under ``paths``), as are the calls that are not traced.
+
+    Memory: one ``(in, in)`` float64 accumulator per collected weight, ``8 * in^2`` bytes
+    (a 4096-feature projection: 128 MiB; an 11008-feature one: 924 MiB), held for the whole
+    run, on the weight's device (CPU for MPS). The input rows are converted to float64 and
+    added with ``addmm`` in chunks of at most 2^22 entries (32 MiB), never the whole batch
+    at once; a padded conv input is copied once in its dtype. For a large model collect one
+    block at a time (``paths``, or the block module and its inputs, as ``fs.prune_blocks``
+    does). With ``group``, each collected Hessian is summed by one in-place all_reduce of
+    ``8 * in^2`` bytes, after the sums of the token counts (float64, exact below 2^53).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from funcsparse.calibration import collect_hessians
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> params = {name: p.detach() for name, p in model.named_parameters()}
+        >>> batches = [torch.tensor([[1.0, 2.0], [3.0, 0.0]]), torch.tensor([[0.0, 1.0], [1, 1]])]
+        >>> hessians = collect_hessians(model, params, batches)
+        >>> hessians["0.weight"]  # X^T X = [[11, 3], [3, 6]] over T = 4 tokens, times 2 / 4
+        tensor([[5.5000, 1.5000],
+                [1.5000, 3.0000]], dtype=torch.float64)
+        >>> hessians["0.bias"] is None, hessians["2.weight"].shape
+        (True, torch.Size([3, 3]))
+        >>> conv = nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        >>> conv_params = {name: p.detach() for name, p in conv.named_parameters()}
+        >>> collect_hessians(conv, conv_params, [torch.randn(1, 2, 5, 5)])["weight"].shape
+        torch.Size([18, 18])
+
+    Args:
+        module: the model.
+        params: a pytree of tensors whose dotted leaf paths name parameters or buffers of
+            ``module`` (``dict(module.named_parameters())`` or a part of it).
+        batches: an iterable (not a tensor) of calibration batches, each as ``module`` is
+            called: an input tensor, a tuple (or list) of positional arguments, a mapping
+            of keyword arguments, or a pair ``(args, kwargs)`` (as
+            :func:`collect_input_norms`).
+        paths: the leaf paths to collect Hessians for, each a floating tensor of ``params``
+            with at least 2 dimensions that a traced call uses. Default None: every such
+            leaf that a traced call uses; the others get None.
+        masks: masks applied to ``params`` during calibration (the layers pruned so far:
+            the inputs of later layers are those of the masked model). Default None.
+        group: the ranks to sum the statistics over (data parallelism): a
+            ``torch.distributed.ProcessGroup`` or ``"world"``; every rank gets the Hessians
+            of the union of all ranks' batches (bit for bit where the sums are exact, e.g.
+            integer-valued inputs). Default None: this process's batches alone.
+
+    Returns:
+        A pytree of ``params``' structure: a float64 tensor (float32 on MPS) of shape
+        ``(in, in)`` on the weight's device at every collected weight (zeros for a weight
+        that saw only empty batches); None elsewhere. Plug it into
+        ``fs.prune(params, rules, hessian=...)``.
+
+    Raises:
+        ValueError: as :func:`collect_input_norms` (no batches, a bad or unused path, a
+            weight used in a way one Hessian cannot describe under ``paths``, a batch the
+            model cannot take, FSDP2, the ``group`` failures), each message naming
+            ``collect_hessians``.
+        TypeError: as :func:`collect_input_norms`.
+
+    References:
+        E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
+        Pruned in One-Shot. ICML 2023. arXiv:2301.00774.
+    """
+    return _collect(
+        "collect_hessians",
+        module,
+        params,
+        batches,
+        statistics=("hessian",),
+        paths=paths,
+        masks=masks,
+        group=group,
+    )["hessian"]
+
+
+def collect_statistics(
+    module: nn.Module,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    statistics: Sequence[str] = STATISTICS,
+    paths: Sequence[str] | None = None,
+    masks: Any = None,
+    group: dist.ProcessGroup | str | None = None,
+) -> dict[str, Any]:
+    """Several calibration statistics from one traced pass over the batches.
+
+    Runs the batches once, as :func:`collect_input_norms` does, and returns each statistic
+    named in ``statistics`` under its name, which is the keyword data of the method that
+    reads it, so that the result unpacks into ``fs.prune`` / ``fs.compute_masks``:
+
+    * ``"input_norms"``: :func:`collect_input_norms`' result (``fs.Wanda``).
+    * ``"hessian"``: :func:`collect_hessians`' result (``fs.SparseGPT``).
+
+    Each statistic equals the one its own function returns on the same arguments (bit for
+    bit: the same sums in the same order). The memory is the sum of theirs (see
+    :func:`collect_hessians` for the ``8 * in^2`` bytes of each Hessian).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from funcsparse.calibration import collect_statistics
+        >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> params = {name: p.detach() for name, p in model.named_parameters()}
+        >>> stats = collect_statistics(model, params, [torch.tensor([[3.0, 1.0], [4.0, -1.0]])])
+        >>> sorted(stats)
+        ['hessian', 'input_norms']
+        >>> stats["input_norms"]["0.weight"]  # sqrt(9 + 16), sqrt(1 + 1)
+        tensor([5.0000, 1.4142], dtype=torch.float64)
+        >>> stats["hessian"]["0.weight"]  # [[25, -1], [-1, 2]] * 2 / 2 tokens
+        tensor([[25., -1.],
+                [-1.,  2.]], dtype=torch.float64)
+        >>> collect_statistics(model, params, [torch.ones(1, 2)], statistics=("norms",))
+        Traceback (most recent call last):
+        ...
+        ValueError: collect_statistics: unknown statistic 'norms'; the known statistics are
+        ('input_norms', 'hessian') (...)
+
+    Args:
+        module: the model.
+        params: a pytree of tensors naming parameters or buffers of ``module``.
+        batches: an iterable (not a tensor) of calibration batches (see
+            :func:`collect_input_norms`).
+        statistics: the names of the statistics to collect, a non-empty sequence of
+            distinct names from ``("input_norms", "hessian")``. Default: both.
+        paths: the leaf paths to collect (see :func:`collect_input_norms`). Default None:
+            every floating leaf of at least 2 dimensions that a traced call uses.
+        masks: masks applied to ``params`` during calibration. Default None.
+        group: the ranks to sum the statistics over (see :func:`collect_input_norms`).
+            Default None.
+
+    Returns:
+        A dict from each name in ``statistics`` (in its order) to a pytree of ``params``'
+        structure, as :func:`collect_input_norms` and :func:`collect_hessians` return.
+
+    Raises:
+        TypeError: ``statistics`` is not a sequence of strings (a bare string included:
+            wrap one name as ``("hessian",)``); as :func:`collect_input_norms`.
+        ValueError: ``statistics`` is empty, names an unknown statistic or one twice; as
+            :func:`collect_input_norms` (a weight used in a way a statistic cannot
+            describe, under ``paths``, is named with the first statistic requested).
+
+    References:
+        M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
+        Large Language Models. ICLR 2024. arXiv:2306.11695.
+
+        E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
+        Pruned in One-Shot. ICML 2023. arXiv:2301.00774.
+    """
+    function = "collect_statistics"
+    names = _check_statistics(function, statistics)
+    return _collect(
+        function,
+        module,
+        params,
+        batches,
+        statistics=names,
+        paths=paths,
+        masks=masks,
+        group=group,
+    )
+
+
+class _Collected:
+    """What the traced run gathered per collected leaf path (local, then summed over ranks)."""
+
+    def __init__(self, mode: _Inputs, leaves: dict[str, Tensor]) -> None:
+        self.sums = {path: mode.sums.get(id(leaf)) for path, leaf in leaves.items()}
+        self.grams = {path: mode.grams.get(id(leaf)) for path, leaf in leaves.items()}
+        self.tokens = {path: mode.tokens.get(id(leaf), 0) for path, leaf in leaves.items()}
+        self.reasons = {path: mode.unsupported.get(id(leaf)) for path, leaf in leaves.items()}
+
+    def seen(self, path: str) -> bool:
+        return self.sums[path] is not None or self.grams[path] is not None
+
+
+def _check_statistics(function: str, statistics: object) -> tuple[str, ...]:
+    """``statistics`` checked: a non-empty sequence of distinct known names."""
+    if isinstance(statistics, (str, bytes)) or not isinstance(statistics, Sequence):
+        raise TypeError(
+            f"{function}: statistics must be a sequence of names from {STATISTICS}, got "
+            f"{describe(statistics)}"
+            + ("; wrap one name as (name,)" if isinstance(statistics, str) else "")
+        )
+    names: list[str] = []
+    for name in statistics:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"{function}: statistics holds {describe(name)}; the known statistics are "
+                f"{STATISTICS}"
+            )
+        if name not in STATISTICS:
+            raise ValueError(
+                f"{function}: unknown statistic {short_repr(name)}; the known statistics are "
+                f"{STATISTICS} (the keyword data of fs.Wanda and fs.SparseGPT)"
+            )
+        if name in names:
+            raise ValueError(f"{function}: statistics names {name!r} twice; name it once")
+        names.append(name)
+    if not names:
+        raise ValueError(f"{function}: statistics is empty; name at least one of {STATISTICS}")
+    return tuple(names)
+
+
+def _collect(
+    function: str,
+    module: nn.Module,
+    params: Any,
+    batches: Iterable[Any],
+    *,
+    statistics: tuple[str, ...],
+    paths: Sequence[str] | None,
+    masks: Any,
+    group: object,
+) -> dict[str, Any]:
+    """One traced pass over ``batches`` collecting ``statistics``; ``function`` names the
+    caller in messages. The checks and errors of :func:`collect_input_norms`."""
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{_FUNCTION}: module must be a torch.nn.Module, got {describe(module)}")
+        raise TypeError(f"{function}: module must be a torch.nn.Module, got {describe(module)}")
     if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
         raise TypeError(
-            f"{_FUNCTION}: batches must be an iterable of batches (e.g. a list or a "
+            f"{function}: batches must be an iterable of batches (e.g. a list or a "
             f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
         )
     managed = fsdp_managed(module)
     if managed is not None:
         raise ValueError(
-            f"{_FUNCTION}: {managed} is managed "
+            f"{function}: {managed} is managed "
             "by FSDP2 (fully_shard), whose forward all-gathers its own parameters and swaps "
             "them in, so no tensor of params is the weight its calls see. Calibrate an "
-            f"unsharded copy on each rank instead, {_UNSHARDED}"
+            f"unsharded copy on each rank instead, {_unsharded(function)}"
         )
-    leaf_paths, leaves, _ = flatten_with_paths(params, function=_FUNCTION, tensors=True)
+    leaf_paths, leaves, _ = flatten_with_paths(params, function=function, tensors=True)
     for path, leaf in zip(leaf_paths, leaves, strict=True):
         if leaf.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
-                f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; {leaf.dtype} is not "
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; {leaf.dtype} is not "
                 "supported: calibration runs float16, bfloat16, float32 and float64 weights "
                 "(bool and integer buffers pass through)"
             )
-    ranks = _reduction_group(group)
+    ranks = _reduction_group(group, function=function)
     run_params = params if masks is None else apply_masks(params, masks)
-    leaf_paths, leaves, spec = flatten_with_paths(run_params, function=_FUNCTION)
+    leaf_paths, leaves, spec = flatten_with_paths(run_params, function=function)
     index = {path: i for i, path in enumerate(leaf_paths)}
-    wanted = _wanted(paths, leaf_paths, leaves, index)
+    wanted = _wanted(paths, leaf_paths, leaves, index, function=function, statistics=statistics)
     for path in wanted:
-        _check_collectable(path, leaves[index[path]])
+        _check_collectable(path, leaves[index[path]], function=function)
     watched = {id(leaves[index[path]]): leaves[index[path]] for path in wanted}
     call_params = _with_buffer_copies(module, leaf_paths, leaves, watched)
-    mode = _InputSquares(watched, {id(leaves[index[path]]): path for path in wanted})
+    names = {id(leaves[index[path]]): path for path in wanted}
+    mode = _Inputs(watched, names, function=function, statistics=statistics)
     seen_batches = 0
     failure: Exception | None = None
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                args, kwargs = _as_call(i, batch)
+                args, kwargs = _as_call(i, batch, function=function)
                 mode.batch = i
                 try:
                     with mode:
                         functional_call(module, call_params, None, args, kwargs)
                 except TypeError as err:  # the call itself (a keyword the model lacks, ...)
                     raise TypeError(
-                        f"{_FUNCTION}: batch {i}: calling the model raised TypeError: "
+                        f"{function}: batch {i}: calling the model raised TypeError: "
                         f"{short_repr(str(err))} (do the batch's arguments match the model's "
                         "forward?)"
                     ) from err
                 except RuntimeError as err:  # torch refused the batch (a dtype, a shape, ...)
                     raise ValueError(
-                        f"{_FUNCTION}: batch {i}: the model raised RuntimeError: "
+                        f"{function}: batch {i}: the model raised RuntimeError: "
                         f"{short_repr(str(err))} (a batch the model cannot take)"
                     ) from err
                 seen_batches += 1
@@ -456,37 +801,62 @@ def collect_input_norms(
             raise
         failure = err  # raised after telling the other ranks, so that none waits for it
     wanted_leaves = {path: leaves[index[path]] for path in wanted}
-    sums = {path: mode.sums.get(id(leaf)) for path, leaf in wanted_leaves.items()}
-    reasons = {path: mode.unsupported.get(id(leaf)) for path, leaf in wanted_leaves.items()}
+    collected = _Collected(mode, wanted_leaves)
     if ranks is not None:
-        seen_batches = _all_reduce(ranks, wanted_leaves, seen_batches, sums, reasons, failure)
+        seen_batches = _all_reduce(
+            ranks,
+            wanted_leaves,
+            seen_batches,
+            collected,
+            failure,
+            function=function,
+            statistics=statistics,
+        )
     if seen_batches == 0:
         where = "" if ranks is None else " on every rank of the group"
         raise ValueError(
-            f"{_FUNCTION}: batches is empty{where}; give at least one calibration batch"
+            f"{function}: batches is empty{where}; give at least one calibration batch"
         )
-    norms: list[Tensor | None] = [None] * len(leaves)
+    results: dict[str, list[Tensor | None]] = {name: [None] * len(leaves) for name in statistics}
     missing: list[str] = []
     for path, leaf in wanted_leaves.items():
-        why = reasons[path]
-        total = sums[path]
+        why = collected.reasons[path]
         if why is not None and paths is not None:
-            raise ValueError(f"{_FUNCTION}: no input norms for the weight at {path!r}: {why}")
-        if why is not None or total is None:
+            first = statistics[0]
+            raise ValueError(
+                f"{function}: no {_NOUN[first]} for the weight at {path!r}: "
+                + why.format(holds=_HOLDS[first])
+            )
+        if why is not None or not collected.seen(path):
             missing.append(path)
             continue
         dtype = torch.float32 if leaf.device.type == "mps" else torch.float64
-        norms[index[path]] = total.sqrt().to(device=leaf.device, dtype=dtype)
+        total = collected.sums[path]
+        if "input_norms" in results and total is not None:
+            results["input_norms"][index[path]] = total.sqrt().to(device=leaf.device, dtype=dtype)
+        gram = collected.grams[path]
+        if "hessian" in results and gram is not None:
+            tokens = collected.tokens[path]
+            if tokens > 0:  # 2/T * sum x x^T, rounded once as (X^T X * 2) / T; in place
+                gram.mul_(2).div_(tokens)
+            results["hessian"][index[path]] = gram.to(device=leaf.device, dtype=dtype)
     if missing and paths is not None:
         shown = missing if len(missing) <= 8 else [*missing[:8], f"... ({len(missing)} in all)"]
         raise ValueError(
-            f"{_FUNCTION}: the weights at {shown} were never used as the weight of a traced "
+            f"{function}: the weights at {shown} were never used as the weight of a traced "
             f"call in the calibration forward; funcsparse traces {_TRACED}"
         )
-    return unflatten(spec, norms)
+    return {name: unflatten(spec, values) for name, values in results.items()}
 
 
-def _reduction_group(group: object) -> dist.ProcessGroup | None:
+def _unsharded(function: str) -> str:
+    """What to calibrate instead of sharded weights (the end of a message)."""
+    if function == _FUNCTION:
+        return _UNSHARDED
+    return _UNSHARDED.replace("the norms are plain tensors", "the statistics are plain tensors")
+
+
+def _reduction_group(group: object, *, function: str = _FUNCTION) -> dist.ProcessGroup | None:
     """``group`` checked: the process group to sum the statistics over, or None for none."""
     if group is None:
         return None
@@ -494,39 +864,39 @@ def _reduction_group(group: object) -> dist.ProcessGroup | None:
     if world or (dist.is_available() and isinstance(group, dist.ProcessGroup)):
         if not dist.is_available() or not dist.is_initialized():
             raise ValueError(
-                f"{_FUNCTION}: group={short_repr(group)} asks to sum the statistics over ranks, "
+                f"{function}: group={short_repr(group)} asks to sum the statistics over ranks, "
                 "but this process has no torch.distributed process group (call "
                 "torch.distributed.init_process_group first, or pass group=None for the "
                 "statistics of this process's batches alone)"
             )
         ranks = dist.group.WORLD if world else group
         if not isinstance(ranks, dist.ProcessGroup):  # WORLD is None once destroyed
-            raise ValueError(f"{_FUNCTION}: group='world' has no default process group")
+            raise ValueError(f"{function}: group='world' has no default process group")
         if dist.get_rank(ranks) < 0:
             raise ValueError(
-                f"{_FUNCTION}: this rank is not a member of group {short_repr(ranks)}; call "
-                "collect_input_norms with a group only on its member ranks"
+                f"{function}: this rank is not a member of group {short_repr(ranks)}; call "
+                f"{function} with a group only on its member ranks"
             )
         return ranks
     outside = dist.GroupMember.NON_GROUP_MEMBER if dist.is_available() else None
     if type(group) is int and group == outside:
         raise ValueError(
-            f"{_FUNCTION}: group is torch.distributed.GroupMember.NON_GROUP_MEMBER, what "
+            f"{function}: group is torch.distributed.GroupMember.NON_GROUP_MEMBER, what "
             "torch.distributed.new_group returns on a rank outside the new group; call "
-            "collect_input_norms with that group only on its member ranks"
+            f"{function} with that group only on its member ranks"
         )
     raise TypeError(
-        f"{_FUNCTION}: group must be None (this process's batches only), 'world' (the "
+        f"{function}: group must be None (this process's batches only), 'world' (the "
         "default process group) or a torch.distributed.ProcessGroup (e.g. "
         f"DeviceMesh.get_group()), got {describe(group)}"
     )
 
 
-def _check_collectable(path: str, leaf: Tensor) -> None:
+def _check_collectable(path: str, leaf: Tensor, *, function: str = _FUNCTION) -> None:
     """Raise unless ``leaf`` is a weight whose inputs a forward can be watched for."""
     if leaf.device.type == "meta":
         raise ValueError(
-            f"{_FUNCTION}: the leaf at {path!r} is on the meta device; calibration runs "
+            f"{function}: the leaf at {path!r} is on the meta device; calibration runs "
             "the model on real values"
         )
     if not dist.is_available():
@@ -535,11 +905,12 @@ def _check_collectable(path: str, leaf: Tensor) -> None:
 
     if isinstance(leaf, DTensor):
         raise TypeError(
-            f"{_FUNCTION}: the leaf at {path!r} is a DTensor of shape {tuple(leaf.shape)} "
+            f"{function}: the leaf at {path!r} is a DTensor of shape {tuple(leaf.shape)} "
             f"placed {tuple(leaf.placements)}: a forward never hands a sharded parameter "
             "itself to its calls (FSDP2 all-gathers it into a new unsharded tensor first), "
             "so its inputs cannot be matched to it. Calibrate plain tensors that the forward "
-            f"uses as they are: the full weights of an unsharded copy on each rank, {_UNSHARDED}"
+            "uses as they are: the full weights of an unsharded copy on each rank, "
+            f"{_unsharded(function)}"
         )
 
 
@@ -547,74 +918,106 @@ def _all_reduce(
     ranks: dist.ProcessGroup,
     leaves: dict[str, Tensor],
     batches: int,
-    sums: dict[str, Tensor | None],
-    reasons: dict[str, str | None],
+    collected: _Collected,
     failure: Exception | None,
+    *,
+    function: str,
+    statistics: tuple[str, ...],
 ) -> int:
-    """Sum ``batches``, ``sums`` and the unsupported marks over ``ranks``; the batch total.
+    """Sum ``batches`` and ``collected`` over ``ranks``; the batch total.
 
-    Two ``torch.distributed.all_reduce`` calls, each rank putting in ``8 * (5 + world)``
-    bytes, then (unless a rank failed or the ranks disagree on the weights)
-    ``8 * (features + 2 * weights)`` bytes. ``sums`` and ``reasons`` are updated in place
-    (a weight seen on any rank has a sum; one unsupported on any rank is unsupported).
+    A ``torch.distributed.all_reduce`` of ``8 * (7 + world)`` bytes from each rank, then
+    (unless a rank failed or the ranks disagree on the weights or the statistics) one of
+    ``8 * (features + 2 * weights)`` bytes with input norms, ``8 * 3 * weights`` with
+    Hessians, ``8 * (features + 3 * weights)`` with both, and with Hessians one per weight
+    seen and supported, of ``8 * in^2`` bytes (in place). ``collected`` is updated in place
+    (a weight seen on any rank has statistics; one unsupported on any rank is unsupported).
     A rank whose batches failed raises its error; the others raise a ValueError naming it.
     """
     world, rank = dist.get_world_size(ranks), dist.get_rank(ranks)
     sizes = [math.prod(leaf.shape[1:]) for leaf in leaves.values()]
     n, features = len(sizes), sum(sizes)
+    norms, hessians = "input_norms" in statistics, "hessian" in statistics
+    code = sum(1 << STATISTICS.index(name) for name in statistics)
     first = next(iter(leaves.values()), None)
     device = torch.device("cpu") if first is None else first.device
     device = torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
-    # The batch count, the layout (equal on every rank iff sum x == world * x and
-    # sum x^2 == world * x^2) and which ranks failed.
-    header = torch.zeros(5 + world, dtype=torch.int64, device=device)
-    header[:5] = torch.tensor([batches, n, n * n, features, features * features])
-    header[5 + rank] = int(failure is not None)
+    # The batch count, the layout and the statistics (equal on every rank iff
+    # sum x == world * x and sum x^2 == world * x^2) and which ranks failed.
+    header = torch.zeros(7 + world, dtype=torch.int64, device=device)
+    header[:7] = torch.tensor([batches, n, n * n, features, features * features, code, code**2])
+    header[7 + rank] = int(failure is not None)
     dist.all_reduce(header, op=dist.ReduceOp.SUM, group=ranks)
-    total, *layout = header[:5].tolist()
-    failed = [r for r, bad in enumerate(header[5:].tolist()) if bad]
+    total, *layout = header[:7].tolist()
+    failed = [r for r, bad in enumerate(header[7:].tolist()) if bad]
     if failure is not None:
         raise failure
     if failed:
         raise ValueError(
-            f"{_FUNCTION}: rank(s) {failed} of the group failed on their calibration batches "
+            f"{function}: rank(s) {failed} of the group failed on their calibration batches "
             "(their own error says why); nothing was summed"
         )
     mine = [n, n * n, features, features * features]
-    if any(got != world * want for got, want in zip(layout, mine, strict=True)):
+    if any(got != world * want for got, want in zip(layout[:4], mine, strict=True)):
         raise ValueError(
-            f"{_FUNCTION}: the ranks of the group collect different weights (this rank: "
+            f"{function}: the ranks of the group collect different weights (this rank: "
             f"{n} weights with {features} input features in all); call it with the same "
             "module, params and paths on every rank"
         )
-    body = torch.zeros(features + 2 * n, dtype=torch.float64, device=device)
+    if layout[4:] != [world * code, world * code**2]:
+        raise ValueError(
+            f"{function}: the ranks of the group collect different statistics (this rank: "
+            f"{statistics}); call it with the same statistics on every rank"
+        )
+    # [sums of squares (with input norms) | seen | unsupported | token counts (Hessians)]
+    width = features if norms else 0
+    body = torch.zeros(width + (3 if hessians else 2) * n, dtype=torch.float64, device=device)
     start = 0
     for i, (path, size) in enumerate(zip(leaves, sizes, strict=True)):
-        local = sums[path]
-        if local is not None:
+        local = collected.sums[path]
+        if norms and local is not None:
             body[start : start + size] = local.reshape(-1).to(device)
-            body[features + i] = 1.0
-        body[features + n + i] = float(reasons[path] is not None)
-        start += size
+        body[width + i] = float(collected.seen(path))
+        body[width + n + i] = float(collected.reasons[path] is not None)
+        if hessians:
+            body[width + 2 * n + i] = float(collected.tokens[path])
+        start += size if norms else 0
     dist.all_reduce(body, op=dist.ReduceOp.SUM, group=ranks)
-    flags = body[features:].tolist()  # one host sync
+    flags = body[width:].tolist()  # one host sync
     start = 0
     for i, (path, leaf) in enumerate(leaves.items()):
         size = sizes[i]
-        if flags[n + i] > 0 and reasons[path] is None:
-            reasons[path] = (
-                "on another rank of the group it is used in a way one norm per input "
-                "feature cannot describe (a grouped conv, or the packed in-projection of "
-                "cross-attention)"
+        if flags[n + i] > 0 and collected.reasons[path] is None:
+            collected.reasons[path] = (
+                "on another rank of the group it is used in a way {holds} cannot describe "
+                "(a grouped conv, or the packed in-projection of cross-attention)"
             )
         seen = flags[i] > 0
-        sums[path] = body[start : start + size].reshape(leaf.shape[1:]) if seen else None
-        start += size
+        if norms:
+            collected.sums[path] = (
+                body[start : start + size].reshape(leaf.shape[1:]) if seen else None
+            )
+            start += size
+        if hessians:
+            gram = collected.grams[path]
+            if seen and flags[n + i] == 0:  # every rank takes this branch for this weight
+                if gram is None:
+                    gram = torch.zeros(size, size, dtype=torch.float64, device=device)
+                gram = gram.to(device)
+                dist.all_reduce(gram, op=dist.ReduceOp.SUM, group=ranks)
+            collected.grams[path] = gram if seen else None
+            collected.tokens[path] = int(flags[2 * n + i])
     return int(total)
 
 
 def _wanted(
-    paths: Sequence[str] | None, leaf_paths: list[str], leaves: list[Any], index: dict[str, int]
+    paths: Sequence[str] | None,
+    leaf_paths: list[str],
+    leaves: list[Any],
+    index: dict[str, int],
+    *,
+    function: str = _FUNCTION,
+    statistics: Sequence[str] = ("input_norms",),
 ) -> list[str]:
     """The leaf paths to collect: ``paths`` checked, or every floating leaf of rank >= 2."""
     if paths is None:
@@ -625,21 +1028,22 @@ def _wanted(
         ]
     if isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence):
         raise TypeError(
-            f"{_FUNCTION}: paths must be a sequence of leaf paths (strings), got {describe(paths)}"
+            f"{function}: paths must be a sequence of leaf paths (strings), got {describe(paths)}"
         )
     wanted: list[str] = []
     for path in paths:
         if not isinstance(path, str):
-            raise TypeError(f"{_FUNCTION}: paths holds {describe(path)}; leaf paths are strings")
+            raise TypeError(f"{function}: paths holds {describe(path)}; leaf paths are strings")
         if path not in index:
             raise ValueError(
-                f"{_FUNCTION}: {path[:200]!r} in paths is not a leaf of params "
+                f"{function}: {path[:200]!r} in paths is not a leaf of params "
                 f"(leaves: {leaf_paths[:8]})"
             )
         leaf = leaves[index[path]]
         if not isinstance(leaf, Tensor) or not leaf.is_floating_point() or leaf.dim() < 2:
+            kinds = " and ".join(_PLURAL[name] for name in statistics)
             raise ValueError(
-                f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; input norms are "
+                f"{function}: the leaf at {path!r} is {describe(leaf)}; {kinds} are "
                 "collected for floating weights of shape (out, *rest): (out_features, "
                 "in_features) or a conv's (out_channels, in_channels, *kernel)"
             )
@@ -663,16 +1067,3 @@ def _with_buffer_copies(
         if isinstance(source, Tensor) and watched.get(id(source)) is not source:
             flat[name] = source.clone()
     return flat
-
-
-def collect_hessians(
-    module: nn.Module,
-    params: Any,
-    batches: Iterable[Any],
-    *,
-    paths: Sequence[str] | None = None,
-    masks: Any = None,
-    group: object = None,
-) -> Any:
-    """Stub (issue 12)."""
-    raise NotImplementedError("collect_hessians: not implemented yet")
