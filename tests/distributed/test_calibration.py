@@ -1,5 +1,6 @@
-"""collect_input_norms(group=...): statistics summed over gloo ranks equal one process's on the
-union of the batches; uneven and empty batch lists; failures on one rank; DTensor weights."""
+"""collect_input_norms / collect_hessians / collect_statistics (group=...): statistics summed
+over gloo ranks equal one process's on the union of the batches; uneven and empty batch lists;
+failures on one rank; DTensor weights."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from funcsparse.calibration import collect_input_norms
+from funcsparse.calibration import collect_hessians, collect_input_norms, collect_statistics
 from tests.distributed._spawn import run_ranks
 
 WORLD = 2
@@ -142,6 +143,31 @@ def _on_ranks(rank: int, world: int) -> dict[str, Any]:
         out["solo"] = collect_input_norms(model, _params(model), [torch.ones(2, 6)], group=solo)
     else:
         out["solo"] = _error(lambda: collect_input_norms(model, _params(model), [], group=solo))
+    # Hessians (and both statistics from one pass), summed with the token counts.
+    model = _integer_model()
+    mine = _shares(_integer_batches, INT_SIZES)[rank]
+    out["hess_int"] = collect_hessians(model, _params(model), mine, group="world")
+    out["stats_int"] = collect_statistics(model, _params(model), mine, group="world")
+    out["hess_int_local"] = collect_hessians(model, _params(model), mine)
+    model = _float_model()
+    mine = _shares(_float_batches, FLOAT_SIZES)[rank]
+    out["hess_float"] = collect_hessians(model, _params(model), mine, group="world")
+    out["hess_one_empty"] = collect_hessians(
+        model, _params(model), mine if rank == 0 else [], group="world"
+    )
+    out["hess_failed"] = _error(lambda: collect_hessians(model, _params(model), bad, group="world"))
+    statistics = ("input_norms",) if rank == 0 else ("hessian",)
+    out["stats_differ"] = _error(
+        lambda: collect_statistics(
+            model, _params(model), [torch.ones(1, 6)], statistics=statistics, group="world"
+        )
+    )
+    model = _Branch()
+    mine = _shares(_float_batches_4, BRANCH_SIZES)[rank]
+    out["hess_branch"] = collect_statistics(model, _params(model), mine, group="world")
+    out["hess_branch_paths"] = _error(
+        lambda: collect_hessians(model, _params(model), mine, paths=["grouped"], group="world")
+    )
     # FSDP2: refused with what to do instead, which then works.
     from torch.distributed.tensor import DTensor, Shard
 
@@ -286,6 +312,68 @@ def test_dtensor_weights_refused(ranks: list[dict[str, Any]]) -> None:
             "(Shard(dim=0),): a forward never hands a sharded parameter itself to its calls"
         )
         assert "unsharded copy" in message and "group=" in message
+
+
+def test_hessians_of_the_union_bit_for_bit(ranks: list[dict[str, Any]]) -> None:
+    model = _integer_model()
+    union = _union(_integer_batches, INT_SIZES)
+    want = collect_hessians(model, _params(model), union)
+    norms = collect_input_norms(model, _params(model), union)
+    assert want["0.weight"].shape == (18, 18) and want["3.weight"].shape == (12, 12)
+    for out in ranks:
+        _assert_same(out["hess_int"], want, exact=True)
+        _assert_same(out["stats_int"]["hessian"], want, exact=True)
+        _assert_same(out["stats_int"]["input_norms"], norms, exact=True)
+    mine = collect_hessians(model, _params(model), _integer_batches(11, INT_SIZES[1]))
+    _assert_same(ranks[1]["hess_int_local"], mine, exact=True)
+    assert not torch.equal(mine["3.weight"], want["3.weight"])
+
+
+def test_hessians_of_float_batches_and_a_rank_without_batches(
+    ranks: list[dict[str, Any]],
+) -> None:
+    model = _float_model()
+    want = collect_hessians(model, _params(model), _union(_float_batches, FLOAT_SIZES))
+    alone = collect_hessians(model, _params(model), _float_batches(10, FLOAT_SIZES[0]))
+    for out in ranks:
+        _assert_same(out["hess_float"], want, exact=False)
+        _assert_same(out["hess_one_empty"], alone, exact=True)
+
+
+def test_hessians_of_weights_seen_or_unsupported_on_one_rank(ranks: list[dict[str, Any]]) -> None:
+    model = _Branch()
+    union = _union(_float_batches_4, BRANCH_SIZES)
+    want = collect_statistics(model, _params(model), union)
+    assert want["hessian"]["extra.weight"] is not None and want["hessian"]["grouped"] is None
+    for out in ranks:
+        for name in ("input_norms", "hessian"):
+            _assert_same(out["hess_branch"][name], want[name], exact=False)
+    assert ranks[0]["hess_branch_paths"] == (
+        "ValueError",
+        "collect_hessians: no Hessian for the weight at 'grouped': on another rank of the group "
+        "it is used in a way one Hessian of the input features cannot describe (a grouped "
+        "conv, or the packed in-projection of cross-attention)",
+    )
+    kind, message = ranks[1]["hess_branch_paths"]
+    assert kind == "ValueError" and "grouped conv (groups=2)" in message
+
+
+def test_hessian_failures_and_different_statistics_fail_every_rank(
+    ranks: list[dict[str, Any]],
+) -> None:
+    assert ranks[0]["hess_failed"] == (
+        "ValueError",
+        "collect_hessians: rank(s) [1] of the group failed on their calibration batches "
+        "(their own error says why); nothing was summed",
+    )
+    kind, message = ranks[1]["hess_failed"]
+    assert kind == "ValueError" and message.startswith("collect_hessians: batch 0: ")
+    for out, mine in zip(ranks, ["('input_norms',)", "('hessian',)"], strict=True):
+        assert out["stats_differ"] == (
+            "ValueError",
+            "collect_statistics: the ranks of the group collect different statistics (this "
+            f"rank: {mine}); call it with the same statistics on every rank",
+        )
 
 
 # One process, no process group.
