@@ -20,18 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcsparse import calibration
 from funcsparse._compute import compute_masks
 from funcsparse._errors import describe, short_repr
 from funcsparse._prune import Pruned, prune
 from funcsparse._rules import Assignment, assign_rules, glob_to_regex, is_pattern
+from funcsparse.calibration import STATISTICS, collect_statistics
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
 __all__ = ["prune_blocks"]
 
 _FUNCTION = "prune_blocks"
 #: The keyword data a block's calibration can collect (the names methods read them by).
-_COLLECTABLE = frozenset({"input_norms", "hessian"})
+_COLLECTABLE = frozenset(STATISTICS)
 
 # One block's inputs for one calibration batch: positional and keyword arguments.
 _Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -408,20 +408,18 @@ def _collect(
             wanted.setdefault(stat, []).append(path)
     if not wanted:
         return {}
-    params = dict(block.named_parameters())
     pairs = [(list(args), kwargs) for args, kwargs in inputs]
-    collect_statistics = getattr(calibration, "collect_statistics", None)
-    if collect_statistics is not None:
-        paths = sorted({p for ps in wanted.values() for p in ps})
-        stats = collect_statistics(block, params, pairs, statistics=tuple(wanted), paths=paths)
-        return {stat: stats[stat] for stat in wanted}
-    if set(wanted) != {"input_norms"}:
-        raise ValueError(
-            f"{_FUNCTION}: block {short_repr(name)}: {sorted(wanted)} cannot be collected by "
-            "this funcsparse (input_norms only)"
+    lists = list(wanted.values())
+    # Each statistic only where a method reads it (a Hessian costs 8 * in^2 bytes).
+    paths: list[str] | dict[str, list[str]] = (
+        lists[0] if all(p == lists[0] for p in lists) else wanted
+    )
+    try:
+        return collect_statistics(
+            block, dict(block.named_parameters()), pairs, statistics=tuple(wanted), paths=paths
         )
-    norms = calibration.collect_input_norms(block, params, pairs, paths=wanted["input_norms"])
-    return {"input_norms": norms}
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{_FUNCTION}: block {short_repr(name)}: {err}") from err
 
 
 def _prune_block(

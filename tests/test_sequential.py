@@ -294,3 +294,18 @@ def test_block_returning_a_dict() -> None:
     model.forward = lambda x: model[1](model[0](x)["hidden"])  # type: ignore[method-assign]
     with pytest.raises(TypeError, match=r"^prune_blocks: block '0' returned dict"):
         fs.prune_blocks(model, [torch.randn(2, 4)], {}, blocks="*", progress=False)
+
+
+def test_weight_the_trace_cannot_see() -> None:
+    """A pruned weight used through matmul (not traced) is named with its block."""
+
+    class MatmulBlock(Block):
+        def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Any:
+            return (hidden + torch.relu(hidden @ self.fc1.weight.T) @ self.fc2.weight.T,)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(MatmulBlock(4), MatmulBlock(4))
+    model.forward = lambda x: model[1](model[0](x)[0])[0]  # type: ignore[method-assign]
+    rules: dict[str, fs.MaskMethod | None] = {"*.fc1.weight": fs.Wanda(0.5)}
+    with pytest.raises(ValueError, match=r"^prune_blocks: block '0': collect_statistics: .*"):
+        fs.prune_blocks(model, [torch.randn(2, 4)], rules, blocks="*", progress=False)
