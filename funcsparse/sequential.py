@@ -411,7 +411,7 @@ def _collect(
     pairs = [(list(args), kwargs) for args, kwargs in inputs]
     lists = list(wanted.values())
     # Each statistic only where a method reads it (a Hessian costs 8 * in^2 bytes).
-    paths: list[str] | dict[str, list[str]] = (
+    paths: Any = (  # a mapping: one list of paths per statistic
         lists[0] if all(p == lists[0] for p in lists) else wanted
     )
     try:
