@@ -99,13 +99,18 @@ class _Inputs(TorchFunctionMode):
         *,
         function: str = _FUNCTION,
         statistics: Sequence[str] = ("input_norms",),
+        only: Mapping[str, set[int]] | None = None,
     ) -> None:
         super().__init__()
         self.watched = watched
         self.names = names
         self.function = function
-        self.norms = "input_norms" in statistics
-        self.hessians = "hessian" in statistics
+        # The ids of the weights each statistic is collected for (default: every watched).
+        self.ids = {
+            name: set(watched) if only is None else only.get(name, set())
+            for name in STATISTICS
+            if name in statistics
+        }
         self.batch = 0  # the index of the batch being run, for messages
         self.sums: dict[int, Tensor] = {}
         self.grams: dict[int, Tensor] = {}
@@ -147,10 +152,13 @@ class _Inputs(TorchFunctionMode):
 
     def _record(self, weight: Tensor, x: Tensor) -> None:
         """Add the statistics of ``x``'s rows (its last dimension: the input features)."""
-        if self.norms:
+        if self._wants("input_norms", weight):
             self._add(weight, _tokens(x))
-        if self.hessians:
+        if self._wants("hessian", weight):
             self._gram(weight, x, lead=x.dim() - 1)
+
+    def _wants(self, statistic: str, weight: Tensor) -> bool:
+        return id(weight) in self.ids.get(statistic, ())
 
     def _add(self, weight: Tensor, squares_of: Tensor, *, summed: bool = False) -> None:
         """Add the squares of ``squares_of``'s rows (or ``squares_of`` itself if summed)."""
@@ -223,14 +231,14 @@ class _Inputs(TorchFunctionMode):
                 f"{tuple(weight.shape)}: padded, it is smaller than the kernel (a batch the "
                 "model cannot take)"
             )
-        if self.norms:
+        if self._wants("input_norms", weight):
             device = torch.device("cpu") if x.device.type == "mps" else x.device
             squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
             squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
             for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
                 squares = squares.unfold(1 + i, spans[i], stride[i])[..., :: dilation[i]]
             self._add(weight, squares.sum(dim=tuple(range(1, 1 + spatial))), summed=True)
-        if self.hessians:
+        if self._wants("hessian", weight):
             columns = batched.detach()
             if any(flat_pads):
                 columns = F.pad(columns, flat_pads)  # a copy of the input, in its dtype
@@ -604,7 +612,7 @@ def collect_statistics(
     batches: Iterable[Any],
     *,
     statistics: Sequence[str] = STATISTICS,
-    paths: Sequence[str] | None = None,
+    paths: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     masks: Any = None,
     group: dist.ProcessGroup | str | None = None,
 ) -> dict[str, Any]:
@@ -641,6 +649,13 @@ def collect_statistics(
         ValueError: collect_statistics: unknown statistic 'norms'; the known statistics are
         ('input_norms', 'hessian') (...)
 
+        ``paths`` may name the weights of each statistic (one pass still):
+
+        >>> chosen = {"input_norms": ["0.weight"], "hessian": ["2.weight"]}
+        >>> some = collect_statistics(model, params, [torch.ones(2, 2)], paths=chosen)
+        >>> some["input_norms"]["2.weight"] is None, some["hessian"]["2.weight"].shape
+        (True, torch.Size([3, 3]))
+
     Args:
         module: the model.
         params: a pytree of tensors naming parameters or buffers of ``module``.
@@ -648,8 +663,12 @@ def collect_statistics(
             :func:`collect_input_norms`).
         statistics: the names of the statistics to collect, a non-empty sequence of
             distinct names from ``("input_norms", "hessian")``. Default: both.
-        paths: the leaf paths to collect (see :func:`collect_input_norms`). Default None:
-            every floating leaf of at least 2 dimensions that a traced call uses.
+        paths: the leaf paths to collect every statistic for (see
+            :func:`collect_input_norms`), or a mapping from each name in ``statistics`` to
+            the leaf paths to collect that statistic for (e.g. Hessians only where
+            SparseGPT prunes: each costs ``8 * in^2`` bytes); a statistic gets None at the
+            others. Default None: every floating leaf of at least 2 dimensions that a
+            traced call uses.
         masks: masks applied to ``params`` during calibration. Default None.
         group: the ranks to sum the statistics over (see :func:`collect_input_norms`).
             Default None.
@@ -661,7 +680,8 @@ def collect_statistics(
     Raises:
         TypeError: ``statistics`` is not a sequence of strings (a bare string included:
             wrap one name as ``("hessian",)``); as :func:`collect_input_norms`.
-        ValueError: ``statistics`` is empty, names an unknown statistic or one twice; as
+        ValueError: ``statistics`` is empty, names an unknown statistic or one twice;
+            ``paths`` is a mapping whose keys are not the names in ``statistics``; as
             :func:`collect_input_norms` (a weight used in a way a statistic cannot
             describe, under ``paths``, is named with the first statistic requested).
 
@@ -683,6 +703,7 @@ def collect_statistics(
         paths=paths,
         masks=masks,
         group=group,
+        per_statistic=True,
     )
 
 
@@ -734,12 +755,14 @@ def _collect(
     batches: Iterable[Any],
     *,
     statistics: tuple[str, ...],
-    paths: Sequence[str] | None,
+    paths: Sequence[str] | Mapping[str, Sequence[str]] | None,
     masks: Any,
     group: object,
+    per_statistic: bool = False,
 ) -> dict[str, Any]:
     """One traced pass over ``batches`` collecting ``statistics``; ``function`` names the
-    caller in messages. The checks and errors of :func:`collect_input_norms`."""
+    caller in messages. The checks and errors of :func:`collect_input_norms`. With
+    ``per_statistic``, ``paths`` may map each statistic to its own leaf paths."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"{function}: module must be a torch.nn.Module, got {describe(module)}")
     if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
@@ -767,13 +790,20 @@ def _collect(
     run_params = params if masks is None else apply_masks(params, masks)
     leaf_paths, leaves, spec = flatten_with_paths(run_params, function=function)
     index = {path: i for i, path in enumerate(leaf_paths)}
-    wanted = _wanted(paths, leaf_paths, leaves, index, function=function, statistics=statistics)
+    if per_statistic and isinstance(paths, Mapping):
+        plan = _plan(paths, leaf_paths, leaves, index, function=function, statistics=statistics)
+    else:
+        common = _wanted(paths, leaf_paths, leaves, index, function=function, statistics=statistics)
+        plan = dict.fromkeys(statistics, common)
+    # Every weight some statistic wants, in leaf order (the order of the sums over ranks).
+    wanted = sorted({path for chosen in plan.values() for path in chosen}, key=index.__getitem__)
     for path in wanted:
         _check_collectable(path, leaves[index[path]], function=function)
     watched = {id(leaves[index[path]]): leaves[index[path]] for path in wanted}
     call_params = _with_buffer_copies(module, leaf_paths, leaves, watched)
     names = {id(leaves[index[path]]): path for path in wanted}
-    mode = _Inputs(watched, names, function=function, statistics=statistics)
+    only = {name: {id(leaves[index[path]]) for path in chosen} for name, chosen in plan.items()}
+    mode = _Inputs(watched, names, function=function, statistics=statistics, only=only)
     seen_batches = 0
     failure: Exception | None = None
     try:
@@ -810,7 +840,7 @@ def _collect(
             collected,
             failure,
             function=function,
-            statistics=statistics,
+            plan=plan,
         )
     if seen_batches == 0:
         where = "" if ranks is None else " on every rank of the group"
@@ -818,34 +848,34 @@ def _collect(
             f"{function}: batches is empty{where}; give at least one calibration batch"
         )
     results: dict[str, list[Tensor | None]] = {name: [None] * len(leaves) for name in statistics}
-    missing: list[str] = []
-    for path, leaf in wanted_leaves.items():
-        why = collected.reasons[path]
-        if why is not None and paths is not None:
-            first = statistics[0]
+    for name in statistics:
+        missing: list[str] = []
+        for path in plan[name]:
+            leaf = leaves[index[path]]
+            why = collected.reasons[path]
+            if why is not None and paths is not None:
+                raise ValueError(
+                    f"{function}: no {_NOUN[name]} for the weight at {path!r}: "
+                    + why.format(holds=_HOLDS[name])
+                )
+            if why is not None or not collected.seen(path):
+                missing.append(path)
+                continue
+            dtype = torch.float32 if leaf.device.type == "mps" else torch.float64
+            total = collected.sums[path] if name == "input_norms" else collected.grams[path]
+            if total is None:  # not collected for this statistic (another one's path)
+                continue
+            if name == "input_norms":
+                total = total.sqrt()
+            elif collected.tokens[path] > 0:  # 2/T sum x x^T, as (X^T X * 2) / T; in place
+                total.mul_(2).div_(collected.tokens[path])
+            results[name][index[path]] = total.to(device=leaf.device, dtype=dtype)
+        if missing and paths is not None:
+            shown = missing if len(missing) <= 8 else [*missing[:8], f"... ({len(missing)} in all)"]
             raise ValueError(
-                f"{function}: no {_NOUN[first]} for the weight at {path!r}: "
-                + why.format(holds=_HOLDS[first])
+                f"{function}: the weights at {shown} were never used as the weight of a traced "
+                f"call in the calibration forward; funcsparse traces {_TRACED}"
             )
-        if why is not None or not collected.seen(path):
-            missing.append(path)
-            continue
-        dtype = torch.float32 if leaf.device.type == "mps" else torch.float64
-        total = collected.sums[path]
-        if "input_norms" in results and total is not None:
-            results["input_norms"][index[path]] = total.sqrt().to(device=leaf.device, dtype=dtype)
-        gram = collected.grams[path]
-        if "hessian" in results and gram is not None:
-            tokens = collected.tokens[path]
-            if tokens > 0:  # 2/T * sum x x^T, rounded once as (X^T X * 2) / T; in place
-                gram.mul_(2).div_(tokens)
-            results["hessian"][index[path]] = gram.to(device=leaf.device, dtype=dtype)
-    if missing and paths is not None:
-        shown = missing if len(missing) <= 8 else [*missing[:8], f"... ({len(missing)} in all)"]
-        raise ValueError(
-            f"{function}: the weights at {shown} were never used as the weight of a traced "
-            f"call in the calibration forward; funcsparse traces {_TRACED}"
-        )
     return {name: unflatten(spec, values) for name, values in results.items()}
 
 
@@ -922,11 +952,11 @@ def _all_reduce(
     failure: Exception | None,
     *,
     function: str,
-    statistics: tuple[str, ...],
+    plan: dict[str, list[str]],
 ) -> int:
     """Sum ``batches`` and ``collected`` over ``ranks``; the batch total.
 
-    A ``torch.distributed.all_reduce`` of ``8 * (7 + world)`` bytes from each rank, then
+    A ``torch.distributed.all_reduce`` of ``8 * (11 + world)`` bytes from each rank, then
     (unless a rank failed or the ranks disagree on the weights or the statistics) one of
     ``8 * (features + 2 * weights)`` bytes with input norms, ``8 * 3 * weights`` with
     Hessians, ``8 * (features + 3 * weights)`` with both, and with Hessians one per weight
@@ -937,19 +967,27 @@ def _all_reduce(
     world, rank = dist.get_world_size(ranks), dist.get_rank(ranks)
     sizes = [math.prod(leaf.shape[1:]) for leaf in leaves.values()]
     n, features = len(sizes), sum(sizes)
-    norms, hessians = "input_norms" in statistics, "hessian" in statistics
-    code = sum(1 << STATISTICS.index(name) for name in statistics)
+    norms, hessians = "input_norms" in plan, "hessian" in plan
+    with_hessian = set(plan.get("hessian", ()))
+    # What each rank collects: which statistics, at how many weights, how many Hessian entries.
+    code = sum(1 << STATISTICS.index(name) for name in plan)
+    counted = len(plan.get("input_norms", ()))
+    entries = sum(
+        size * size for path, size in zip(leaves, sizes, strict=True) if path in with_hessian
+    )
     first = next(iter(leaves.values()), None)
     device = torch.device("cpu") if first is None else first.device
     device = torch.device("cpu") if device.type == "mps" else device  # no float64 on MPS
     # The batch count, the layout and the statistics (equal on every rank iff
     # sum x == world * x and sum x^2 == world * x^2) and which ranks failed.
-    header = torch.zeros(7 + world, dtype=torch.int64, device=device)
-    header[:7] = torch.tensor([batches, n, n * n, features, features * features, code, code**2])
-    header[7 + rank] = int(failure is not None)
+    mine = [n, features, code, counted, entries]
+    header = torch.zeros(1 + 2 * len(mine) + world, dtype=torch.int64, device=device)
+    header[0] = batches
+    header[1 : 1 + 2 * len(mine)] = torch.tensor([v for x in mine for v in (x, x * x)])
+    header[1 + 2 * len(mine) + rank] = int(failure is not None)
     dist.all_reduce(header, op=dist.ReduceOp.SUM, group=ranks)
-    total, *layout = header[:7].tolist()
-    failed = [r for r, bad in enumerate(header[7:].tolist()) if bad]
+    total, *layout = header[: 1 + 2 * len(mine)].tolist()
+    failed = [r for r, bad in enumerate(header[1 + 2 * len(mine) :].tolist()) if bad]
     if failure is not None:
         raise failure
     if failed:
@@ -957,17 +995,23 @@ def _all_reduce(
             f"{function}: rank(s) {failed} of the group failed on their calibration batches "
             "(their own error says why); nothing was summed"
         )
-    mine = [n, n * n, features, features * features]
-    if any(got != world * want for got, want in zip(layout[:4], mine, strict=True)):
+    agree = [
+        got == world * want
+        for got, want in zip(layout, [v for x in mine for v in (x, x * x)], strict=True)
+    ]
+    if not all(agree[:4]):
         raise ValueError(
             f"{function}: the ranks of the group collect different weights (this rank: "
             f"{n} weights with {features} input features in all); call it with the same "
             "module, params and paths on every rank"
         )
-    if layout[4:] != [world * code, world * code**2]:
+    if not all(agree[4:]):
+        asked = ", ".join(
+            f"{_PLURAL[name]} at {len(chosen)} weights" for name, chosen in plan.items()
+        )
         raise ValueError(
             f"{function}: the ranks of the group collect different statistics (this rank: "
-            f"{statistics}); call it with the same statistics on every rank"
+            f"{asked}); call it with the same statistics and paths on every rank"
         )
     # [sums of squares (with input norms) | seen | unsupported | token counts (Hessians)]
     width = features if norms else 0
@@ -994,24 +1038,55 @@ def _all_reduce(
             )
         seen = flags[i] > 0
         if norms:
+            wanted = seen and path in plan["input_norms"]
             collected.sums[path] = (
-                body[start : start + size].reshape(leaf.shape[1:]) if seen else None
+                body[start : start + size].reshape(leaf.shape[1:]) if wanted else None
             )
             start += size
         if hessians:
             gram = collected.grams[path]
-            if seen and flags[n + i] == 0:  # every rank takes this branch for this weight
+            # Every rank takes this branch for the same weights: the flags are summed.
+            if seen and flags[n + i] == 0 and path in with_hessian:
                 if gram is None:
                     gram = torch.zeros(size, size, dtype=torch.float64, device=device)
                 gram = gram.to(device)
                 dist.all_reduce(gram, op=dist.ReduceOp.SUM, group=ranks)
-            collected.grams[path] = gram if seen else None
+            collected.grams[path] = gram if seen and path in with_hessian else None
             collected.tokens[path] = int(flags[2 * n + i])
     return int(total)
 
 
+def _plan(
+    paths: Mapping[str, Sequence[str]],
+    leaf_paths: list[str],
+    leaves: list[Any],
+    index: dict[str, int],
+    *,
+    function: str,
+    statistics: tuple[str, ...],
+) -> dict[str, list[str]]:
+    """``paths`` given per statistic, checked: each statistic's leaf paths."""
+    for key in paths:
+        if key not in statistics:
+            raise ValueError(
+                f"{function}: paths has the key {short_repr(key)}, which is not one of the "
+                f"statistics collected {statistics}; its keys are statistic names, each "
+                "mapped to the leaf paths to collect it for"
+            )
+    absent = [name for name in statistics if name not in paths]
+    if absent:
+        raise ValueError(
+            f"{function}: paths has no entry for {absent[0]!r}; as a mapping, it gives every "
+            f"statistic collected {statistics} its leaf paths"
+        )
+    return {
+        name: _wanted(paths[name], leaf_paths, leaves, index, function=function, statistics=(name,))
+        for name in statistics
+    }
+
+
 def _wanted(
-    paths: Sequence[str] | None,
+    paths: object,
     leaf_paths: list[str],
     leaves: list[Any],
     index: dict[str, int],

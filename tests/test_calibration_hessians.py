@@ -441,3 +441,65 @@ def test_empty_batches_and_zero_features() -> None:
     mlp = _mlp()
     hessians = collect_hessians(mlp, _detached(mlp), [torch.zeros(0, 6)])
     assert torch.equal(hessians["0.weight"], torch.zeros(6, 6, dtype=torch.float64))
+
+
+def test_paths_per_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _mlp()
+    params = _detached(model)
+    batches = [torch.randn(3, 6), torch.randn(2, 6)]
+    full = collect_statistics(model, params, batches)
+    grams: list[int] = []
+    gram = calibration._Inputs._gram
+
+    def spy(self: calibration._Inputs, weight: Tensor, x: Tensor, *, lead: int) -> None:
+        grams.append(weight.shape[1])
+        gram(self, weight, x, lead=lead)
+
+    monkeypatch.setattr(calibration._Inputs, "_gram", spy)
+    chosen = {"hessian": ["2.weight"], "input_norms": ["0.weight", "2.weight"]}
+    some = collect_statistics(model, params, batches, paths=chosen)
+    assert grams == [5, 5]  # the one weight asked for, once per batch
+    for name, paths in chosen.items():
+        for path in params:
+            got, want = some[name][path], full[name][path]
+            assert (got is not None) == (path in paths), (name, path)
+            assert got is None or torch.equal(got, want), (name, path)
+    only_norms = collect_statistics(
+        model, params, batches, paths={"input_norms": ["4.weight"], "hessian": []}
+    )
+    assert all(v is None for v in only_norms["hessian"].values())
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "collect_statistics: paths has the key 'norms', which is not one of the statistics "
+            "collected ('input_norms', 'hessian')"
+        ),
+    ):
+        collect_statistics(model, params, batches, paths={"norms": [], **chosen})
+    with pytest.raises(
+        ValueError,
+        match=re.escape("collect_statistics: paths has no entry for 'input_norms'; as a mapping"),
+    ):
+        collect_statistics(model, params, batches, paths={"hessian": ["2.weight"]})
+    with pytest.raises(ValueError, match=r"^collect_statistics: '2\.bias' in paths is not a leaf"):
+        collect_statistics(
+            model,
+            {"0.weight": params["0.weight"]},
+            batches,
+            paths={"hessian": ["2.bias"], "input_norms": []},
+        )
+    with pytest.raises(
+        TypeError, match=r"^collect_hessians: paths must be a sequence of leaf paths"
+    ):
+        collect_hessians(model, params, batches, paths={"hessian": ["2.weight"]})  # type: ignore[arg-type]
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 2, 1))
+    x = [torch.randn(1, 4, 5, 5)]
+    with pytest.raises(
+        ValueError, match=r"^collect_statistics: no Hessian for the weight at '0\.weight'"
+    ):
+        collect_statistics(
+            grouped,
+            _detached(grouped),
+            x,
+            paths={"input_norms": ["1.weight"], "hessian": ["0.weight"]},
+        )

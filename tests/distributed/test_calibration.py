@@ -79,6 +79,7 @@ class _Branch(nn.Module):
 INT_SIZES = [[2, 1, 3], [1]]  # uneven counts: 3 batches on rank 0, 1 on rank 1
 FLOAT_SIZES = [[3, 2], [4, 1, 2]]
 BRANCH_SIZES = [[3, 2], [1, 2]]  # extra runs on rank 0 only; grouped on rank 1 only
+CHOSEN = {"input_norms": ["0.weight", "5.weight"], "hessian": ["3.weight", "5.weight"]}
 
 
 def _shares(make: Any, sizes: list[list[int]]) -> list[list[Tensor]]:
@@ -162,6 +163,19 @@ def _on_ranks(rank: int, world: int) -> dict[str, Any]:
             model, _params(model), [torch.ones(1, 6)], statistics=statistics, group="world"
         )
     )
+    chosen = {"hessian": ["0.weight"] if rank == 0 else ["0.weight", "2.weight"]}
+    out["paths_differ"] = _error(
+        lambda: collect_statistics(
+            model,
+            _params(model),
+            [torch.ones(1, 6)],
+            paths={"input_norms": ["0.weight", "2.weight"], **chosen},
+            group="world",
+        )
+    )
+    model = _integer_model()
+    mine = _shares(_integer_batches, INT_SIZES)[rank]
+    out["chosen"] = collect_statistics(model, _params(model), mine, paths=CHOSEN, group="world")
     model = _Branch()
     mine = _shares(_float_batches_4, BRANCH_SIZES)[rank]
     out["hess_branch"] = collect_statistics(model, _params(model), mine, group="world")
@@ -368,12 +382,31 @@ def test_hessian_failures_and_different_statistics_fail_every_rank(
     )
     kind, message = ranks[1]["hess_failed"]
     assert kind == "ValueError" and message.startswith("collect_hessians: batch 0: ")
-    for out, mine in zip(ranks, ["('input_norms',)", "('hessian',)"], strict=True):
-        assert out["stats_differ"] == (
-            "ValueError",
-            "collect_statistics: the ranks of the group collect different statistics (this "
-            f"rank: {mine}); call it with the same statistics on every rank",
-        )
+    asked = [
+        ["input norms at 2 weights", "Hessians at 2 weights"],
+        [
+            "input norms at 2 weights, Hessians at 1 weights",
+            "input norms at 2 weights, Hessians at 2 weights",
+        ],
+    ]
+    for key, mine in zip(["stats_differ", "paths_differ"], asked, strict=True):
+        for rank, out in enumerate(ranks):
+            assert out[key] == (
+                "ValueError",
+                "collect_statistics: the ranks of the group collect different statistics (this "
+                f"rank: {mine[rank]}); call it with the same statistics and paths on every rank",
+            )
+
+
+def test_statistics_at_their_own_paths(ranks: list[dict[str, Any]]) -> None:
+    model = _integer_model()
+    want = collect_statistics(
+        model, _params(model), _union(_integer_batches, INT_SIZES), paths=CHOSEN
+    )
+    assert want["hessian"]["0.weight"] is None and want["input_norms"]["0.weight"] is not None
+    for out in ranks:
+        for name in ("input_norms", "hessian"):
+            _assert_same(out["chosen"][name], want[name], exact=True)
 
 
 # One process, no process group.
