@@ -25,6 +25,7 @@ from funcsparse.methods._base import (
 )
 
 __all__ = [
+    "LeafMask",
     "ShardedBackend",
     "check_data_coverage",
     "compute_masks",
@@ -61,6 +62,10 @@ class ShardedBackend(Protocol):
 
 
 _SHARDED: list[ShardedBackend] = []
+
+#: ``(path, method, leaf, data) -> mask``: a plain leaf's mask, computed by the caller of
+#: :func:`masks_with_data` (``fs.prune``) in place of ``method(leaf, **data)``.
+LeafMask = Callable[[str, MaskMethod, Tensor, dict[str, Any]], Tensor]
 
 
 def register_sharded(backend: ShardedBackend) -> None:
@@ -155,21 +160,30 @@ def masks_with_data(
     prev_masks: Any = None,
     leaf_data: dict[str, Any],
     partial: frozenset[str] = frozenset(),
+    function: str = "compute_masks",
+    leaf_mask: LeafMask | None = None,
 ) -> Any:
     """:func:`compute_masks`, for callers that merge data trees of their own (``fs.Pruner``).
 
     ``partial`` names the data trees that may hold None where a method reads them (a tree
     the caller assembled from several sources, e.g. state scores at some leaves only); every
-    other tree must cover every leaf whose method reads it.
+    other tree must cover every leaf whose method reads it. ``function`` is the name that
+    messages give (``fs.prune`` passes its own).
+
+    ``leaf_mask(path, method, leaf, data)``, where given, computes the mask of every plain
+    (not DTensor) leaf of a method that is not global, in place of ``method(leaf, **data)``
+    (errors it raises are named as the method's are): ``fs.prune`` keeps the pruned weights
+    of ``method.prune_leaf`` beside the masks. With it, a DTensor leaf of a method that
+    updates weights (``updates_weights``) is refused before any mask is computed.
     """
-    batch_dims = require_int("compute_masks", "batch_dims", batch_dims)
+    batch_dims = require_int(function, "batch_dims", batch_dims)
     if batch_dims < 0:
-        raise ValueError(f"compute_masks: batch_dims must be >= 0, got {batch_dims}")
-    paths, leaves, spec = flatten_with_paths(params, function="compute_masks", tensors=True)
+        raise ValueError(f"{function}: batch_dims must be >= 0, got {batch_dims}")
+    paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     if prev_masks is not None:
         leaf_data = {**leaf_data, "prev_mask": prev_masks}
-    data = data_per_leaf(spec, leaf_data, len(leaves))
-    assignments = assign_rules(paths, rules, function="compute_masks")
+    data = data_per_leaf(spec, leaf_data, len(leaves), function=function)
+    assignments = assign_rules(paths, rules, function=function)
     methods: list[MaskMethod | None] = [
         None if assigned is None else assigned.method.for_leaf(path)
         for path, assigned in zip(paths, assignments, strict=True)
@@ -178,9 +192,11 @@ def masks_with_data(
         paths, leaves, assignments, methods, data, strict=True
     ):
         if assigned is not None and method is not None:
-            where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__})"
+            where = f"{function}: rule {assigned.key!r} ({type(method).__name__})"
             _check_leaf(where, path, method, leaf, leaf_kwargs, batch_dims)
-    check_data_coverage(paths, assignments, methods, data, leaf_data, partial=partial)
+    check_data_coverage(
+        paths, assignments, methods, data, leaf_data, partial=partial, function=function
+    )
     groups: dict[str, tuple[GlobalMethod, list[int]]] = {}
     for i, (assigned, method) in enumerate(zip(assignments, methods, strict=True)):
         if assigned is not None and isinstance(method, GlobalMethod):
@@ -190,7 +206,7 @@ def masks_with_data(
         if problem is None and batch_dims:  # the members are shapes only: check real devices
             problem = GlobalMethod.group_problem(method, [leaves[i] for i in members])
         if problem is not None:
-            where = f"compute_masks: rule {key!r} ({type(method).__name__})"
+            where = f"{function}: rule {key!r} ({type(method).__name__})"
             group_paths = [paths[i] for i in members[:8]] + (
                 [f"... ({len(members)} in all)"] if len(members) > 8 else []
             )
@@ -199,7 +215,7 @@ def masks_with_data(
     sharded = _sharded_backend(leaves, data)
     if sharded is not None and batch_dims:
         raise ValueError(
-            f"compute_masks: batch_dims={batch_dims} with DTensor leaves; an ensemble of "
+            f"{function}: batch_dims={batch_dims} with DTensor leaves; an ensemble of "
             f"sharded leaves is not supported (compute each member's masks on its own)"
         )
     if sharded is not None:  # placements and strategies, before any collective
@@ -208,13 +224,19 @@ def masks_with_data(
         ):
             if assigned is not None and method is not None:
                 name = type(method).__name__
-                where = f"compute_masks: rule {assigned.key!r} ({name}) at {path!r}"
+                where = f"{function}: rule {assigned.key!r} ({name}) at {path!r}"
                 sharded.check(method, leaf, leaf_kwargs, where=where)
+                if leaf_mask is not None and method.updates_weights and sharded.is_sharded(leaf):
+                    raise ValueError(
+                        f"{where}: {name} updates the weights it prunes, which {function} "
+                        f"does not do on a DTensor leaf ({describe(leaf)}); prune an "
+                        f"unsharded copy (DTensor.full_tensor()) and shard the result"
+                    )
 
     # Everything is checked: compute.
     masks: list[Tensor | None] = [None] * len(leaves)
     for key, (method, members) in groups.items():
-        where = f"compute_masks: rule {key!r} ({type(method).__name__})"
+        where = f"{function}: rule {key!r} ({type(method).__name__})"
         group_leaves, group_data = [leaves[i] for i in members], [data[i] for i in members]
         if sharded is not None and any(sharded.is_sharded(leaf) for leaf in group_leaves):
             results = sharded.global_masks(method, group_leaves, group_data, where=where)
@@ -228,12 +250,15 @@ def masks_with_data(
     ):
         if assigned is None or method is None or isinstance(method, GlobalMethod):
             continue
-        where = f"compute_masks: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"
+        where = f"{function}: rule {assigned.key!r} ({type(method).__name__}) at {path!r}"
         if sharded is not None and sharded.is_sharded(leaf):
             masks[i] = sharded.mask(method, leaf, data[i], where=where)
             continue
         with _naming(where):
-            masks[i] = _batched_mask(method, leaf, batch_dims, data[i])
+            if leaf_mask is not None and not batch_dims:
+                masks[i] = leaf_mask(path, method, leaf, data[i])
+            else:
+                masks[i] = _batched_mask(method, leaf, batch_dims, data[i])
     return unflatten(spec, masks)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "GlobalMethod",
     "LeafProblem",
+    "LeafResult",
     "MaskMethod",
     "check_fraction",
     "data_problem",
@@ -47,6 +48,20 @@ class LeafProblem(NamedTuple):
     error: type[Exception]
     got: str
     need: str
+
+
+class LeafResult(NamedTuple):
+    """What :meth:`MaskMethod.prune_leaf` returns for one tensor.
+
+    ``mask``: the ``torch.bool`` keep-mask; ``weight``: the pruned tensor (zero where the
+    mask is False; a method that updates weights, ``fs.SparseGPT``, changes the kept entries
+    too), of the input's shape, dtype and device; ``info``: numbers the method reports
+    (``{"damp": ...}`` for SparseGPT; empty for a method that only masks).
+    """
+
+    mask: Tensor
+    weight: Tensor
+    info: dict[str, float]
 
 
 def ranking(tensor: Tensor, data: dict[str, Any]) -> Tensor:
@@ -240,6 +255,15 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
     #: Whether the method ranks a ``prev_mask``'s pruned entries itself (so that the level
     #: is the total target); when False, its mask is intersected with ``prev_mask``.
     uses_prev_mask: ClassVar[bool] = False
+    #: Whether a higher level never keeps an entry that a lower level prunes (on the same
+    #: tensor and data). True for every method that ranks fixed scores; False for a method
+    #: whose scores depend on what it pruned before (``fs.SparseGPT`` updates the weights
+    #: as it goes), so that ``funcsparse.testing`` checks nesting only where it is promised.
+    nested_levels: ClassVar[bool] = True
+    #: Whether :meth:`prune_leaf` changes the kept weights too (``fs.SparseGPT``); ``fs.prune``
+    #: returns such a method's weights, and any other method's tensor with its pruned
+    #: entries zeroed.
+    updates_weights: ClassVar[bool] = False
 
     def scaled(self, fraction: float) -> MaskMethod:
         """This method at ``fraction`` of its level, as a schedule asks for it.
@@ -301,6 +325,26 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
             name = type(self).__name__
             raise problem.error(f"{name}: got {problem.got}; {problem.need}")
         return self._finish(tensor, data, lambda t, d: self._mask(t, **d))
+
+    def prune_leaf(self, tensor: Tensor, /, **data: Any) -> LeafResult:
+        """The mask of ``tensor``, the pruned tensor and what the method reports.
+
+        The default (every method that only masks): the call's mask, ``tensor`` with its
+        pruned entries set to +0.0 (dtype and device kept), and no info. A method that
+        updates the kept weights (``updates_weights``) overrides it; ``fs.prune`` calls it.
+
+        Examples:
+            >>> import torch, funcsparse as fs
+            >>> fs.Magnitude(0.5).prune_leaf(torch.tensor([[1.0, -3.0], [2.0, -0.5]])).weight
+            tensor([[ 0., -3.],
+                    [ 2.,  0.]])
+
+        Raises:
+            TypeError, ValueError: as a call of the method on ``tensor`` does.
+        """
+        mask = self(tensor, **data)
+        zero = torch.zeros((), dtype=tensor.dtype, device=tensor.device)
+        return LeafResult(mask, torch.where(mask, tensor, zero), {})
 
     def check_call(self, tensor: object, /, **data: Any) -> LeafProblem | None:
         """:meth:`check_leaf`, and that ``tensor`` and its data hold values (not meta).

@@ -1,9 +1,548 @@
-"""SparseGPT (stub; issue 12 fills it in)."""
+"""SparseGPT: one-shot pruning with OBS weight updates from a layer's Hessian (Frantar &
+Alistarh 2023)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from funcsparse._errors import require_finite, short_repr
+from funcsparse._select import (
+    is_plain,
+    keep_all_but_lowest,
+    rank_pruned_first,
+    smallest_k_per_group,
+)
+from funcsparse.methods._base import (
+    LeafProblem,
+    LeafResult,
+    MaskMethod,
+    check_fraction,
+    describe,
+    require_int,
+)
+from funcsparse.methods._level import check_sparsity
+
 __all__ = ["SparseGPT"]
 
+_NEEDS_HESSIAN = (
+    "SparseGPT needs hessian, the (in_features, in_features) matrix X^T X of the layer's "
+    "inputs over the calibration tokens (funcsparse.calibration.collect_hessians)"
+)
+_NEEDS_RANK = "SparseGPT needs 2-D weights (out_features, in_features), a Linear layer's"
+# Above this, ``fraction * (m - n)`` is computed exactly (a float product overflows).
+_FLOAT_EXACT = 1 << 53
 
-class SparseGPT:
-    """Stub (issue 12)."""
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SparseGPT(MaskMethod):
+    """Prune a Linear weight in one shot and update the kept weights to make up for it.
+
+    SparseGPT solves, column block by column block, the layer-wise problem
+    ``min ||W X - W' X||^2`` over pruned weights ``W'`` with the Optimal Brain Surgeon
+    update: pruning entry ``w`` of column ``i`` moves the row's later weights by
+    ``-(w / [H^-1]_ii) [H^-1]_i,i:`` (``H = X^T X``, the inputs' Gram matrix, keyword data
+    ``hessian`` of shape ``(in_features, in_features)``; its scale does not matter). Which
+    entries go is decided per block of ``block_size`` columns, when the sweep reaches the
+    block, on the block's weights as earlier blocks left them, by the OBS score
+    ``w^2 / [U]_ii^2`` (``U`` the upper Cholesky factor of ``H^-1``: the inverse restricted
+    to the columns not yet processed). The lowest score is pruned first.
+
+    * Unstructured (``sparsity``): every block of ``width`` columns prunes exactly
+      ``int(out_features * width * sparsity)`` entries (a floor; ties: the lower flat
+      position within the block first). The reference code selects with
+      ``scores <= sorted[k]`` and so prunes one entry more per block; here the count is
+      exact.
+    * N:M (``n``, ``m``): every ``m`` consecutive columns of a row keep exactly their ``n``
+      highest scores, computed when the sweep reaches the group's first column.
+      ``in_features`` and ``block_size`` must be multiples of ``m``.
+
+    Calling the method returns the mask; :meth:`prune_leaf` (and ``fs.prune`` for a params
+    pytree) returns the updated weight too: zero where pruned, the kept entries moved by the
+    OBS updates, in the input's dtype. Compute runs in float32 (float64 where the weight or
+    the hessian is float64). Nothing passed in is changed.
+
+    Before the factorisation ``damp * mean(diag(H))`` is added to ``H``'s diagonal (the
+    paper's 1% dampening). Inputs that never fire (``H_ii == 0``) get ``H_ii = 1`` and their
+    weights are set to 0: they score 0 and are pruned first, and a kept one stays 0. Where
+    the damped ``H`` is still not positive definite the call raises a ValueError naming the
+    damping tried; with ``retries=k`` it first tries again up to ``k`` times, with 10x the
+    damping each time, and ``prune_leaf``'s info reports the damping used
+    (``{"damp": ..., "retries": ..., "error": ...}``; ``error`` is the sum of the OBS
+    estimates ``(w - q)^2 / (2 [U]_ii^2)`` of the loss each pruned entry adds, in ``H``'s
+    units). ``H`` is symmetrised, ``(H + H^T) / 2``, before use.
+
+    With ``prev_mask`` (``fs.compute_masks(..., prev_masks=...)``), entries pruned before
+    are pruned again (ranked before every other entry, whatever their weight) and count
+    towards the target: a block prunes ``max(int(out * width * sparsity), its previous
+    zeros)`` entries, an N:M group ``max(m - n, its previous zeros)``. The updates make up
+    for them too. Masks do not nest as the level rises (the weights, hence the scores,
+    depend on what was pruned before): ``nested_levels`` is False.
+
+    In ``fs.Pruner`` (``update(..., hessian=tree)``) the method gives its masks; the updated
+    weights come from ``fs.prune``. Not vmappable (a Python loop over the columns); a DTensor
+    leaf is refused: prune an unsharded copy.
+
+    Examples:
+        >>> import torch, funcsparse as fs
+        >>> w = torch.tensor([[4.0, -1.0, 2.0, 0.5], [1.0, 3.0, -0.25, 2.0]])
+        >>> h = torch.eye(4)  # uncorrelated inputs: magnitude pruning, no updates
+        >>> fs.SparseGPT(0.5)(w, hessian=h)
+        tensor([[ True, False,  True, False],
+                [False,  True, False,  True]])
+        >>> x = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.9, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> result = fs.SparseGPT(n=2, m=4, damp=0.1).prune_leaf(w, hessian=x.T @ x)
+        >>> result.mask
+        tensor([[ True, False,  True, False],
+                [False,  True, False,  True]])
+        >>> result.weight  # the kept weights absorb what the pruned ones did
+        tensor([[4.0000, 0.0000, 2.5845, 0.0000],
+                [0.0000, 3.8911, 0.0000, 1.9761]])
+        >>> round(result.info["damp"], 3)
+        0.1
+
+    Args:
+        sparsity: the fraction of every block pruned, in [0, 1]; may be given positionally.
+            Default 0.5 when ``n`` and ``m`` are not given.
+        n: entries kept in every group of ``m`` consecutive columns (N:M), ``0 <= n <= m``.
+            Given with ``m``, instead of ``sparsity``. Default None.
+        m: the group size of N:M, ``m >= 1``. Default None.
+        block_size: columns per block (``B`` in the paper), ``>= 1``. Default 128.
+        damp: the fraction of ``mean(diag(H))`` added to ``H``'s diagonal, ``>= 0``.
+            Default 0.01.
+        retries: how many times a failed factorisation is tried again with 10x the
+            damping (needs ``damp > 0``). Default 0: raise at once.
+
+    Raises:
+        TypeError: a field of the wrong type; ``sparsity`` given with ``n``/``m``, or ``n``
+            without ``m``; on a call, a leaf that is not a floating tensor, or a ``hessian``
+            that is not a floating tensor.
+        ValueError: a field out of range (``sparsity`` outside [0, 1], ``n`` outside
+            ``[0, m]``, ``block_size < 1`` or not a multiple of ``m``, ``damp < 0``,
+            ``retries < 0``, ``retries`` with ``damp=0``); on a call, a weight that is not
+            2-D or holds NaN or inf, ``in_features`` not a multiple of ``m``, a ``hessian``
+            missing or not of shape ``(in_features, in_features)``, not finite, not
+            symmetric, or with a negative diagonal entry, or one that damping does not make
+            positive definite.
+
+    References:
+        E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
+        Pruned in One-Shot. ICML 2023. arXiv:2301.00774.
+    """
+
+    sparsity: float | None = dataclasses.field(default=None, kw_only=False)
+    n: int | None = None
+    m: int | None = None
+    block_size: int = 128
+    damp: float = 0.01
+    retries: int = 0
+
+    level_field: ClassVar[str | None] = "sparsity"
+    leaf_data: ClassVar[frozenset[str]] = frozenset({"hessian"})
+    needs_data: ClassVar[bool] = True
+    uses_prev_mask: ClassVar[bool] = True
+    vmappable: ClassVar[bool] = False
+    nested_levels: ClassVar[bool] = False
+    updates_weights: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        name = "SparseGPT"
+        if self.n is None and self.m is None:
+            level = 0.5 if self.sparsity is None else self.sparsity
+            object.__setattr__(self, "sparsity", check_sparsity(name, level))
+        else:
+            if self.sparsity is not None:
+                raise TypeError(
+                    f"{name}: give sparsity (unstructured) or n and m (N:M), not both; got "
+                    f"sparsity={short_repr(self.sparsity)}, n={short_repr(self.n)}, "
+                    f"m={short_repr(self.m)}"
+                )
+            if self.n is None or self.m is None:
+                raise TypeError(
+                    f"{name}: n and m (N:M) go together; got n={short_repr(self.n)}, "
+                    f"m={short_repr(self.m)}"
+                )
+            n = require_int(name, "n", self.n)
+            m = require_int(name, "m", self.m)
+            if m < 1:
+                raise ValueError(f"{name}: m={short_repr(m)} must be at least 1")
+            if not 0 <= n <= m:
+                raise ValueError(f"{name}: n={short_repr(n)} must be in [0, m] = [0, {m}]")
+            object.__setattr__(self, "n", n)
+            object.__setattr__(self, "m", m)
+        block_size = require_int(name, "block_size", self.block_size)
+        if block_size < 1:
+            raise ValueError(f"{name}: block_size={short_repr(block_size)} must be at least 1")
+        if self.m is not None and block_size % self.m:
+            raise ValueError(
+                f"{name}: block_size={block_size} must be a multiple of m={self.m}, so that "
+                f"no N:M group straddles two blocks"
+            )
+        damp = require_finite(name, "damp", self.damp)
+        if damp < 0:
+            raise ValueError(f"{name}: damp={short_repr(self.damp)} must be >= 0")
+        retries = require_int(name, "retries", self.retries)
+        if retries < 0:
+            raise ValueError(f"{name}: retries={short_repr(retries)} must be >= 0")
+        if retries and damp == 0:
+            raise ValueError(
+                f"{name}: retries={short_repr(retries)} with damp=0 would try the same damping "
+                f"again (10 x 0 = 0); give damp > 0"
+            )
+        object.__setattr__(self, "block_size", block_size)
+        object.__setattr__(self, "damp", damp)
+        object.__setattr__(self, "retries", retries)
+
+    @property
+    def structured(self) -> bool:
+        """Whether the method prunes N:M (``n`` and ``m`` given) rather than unstructured."""
+        return self.m is not None
+
+    @classmethod
+    def configs(cls, st: Any) -> Any:
+        """Valid configs: unstructured levels and N:M patterns, blocks of 1 column to more
+        than the weight, damping of 1% and more (enough for the drawn hessians)."""
+        levels = st.one_of(
+            st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), st.floats(0.0, 1.0, allow_nan=False)
+        )
+        damps = st.one_of(st.sampled_from([0.01, 0.1]), st.floats(0.01, 10.0))
+        unstructured = st.builds(
+            cls,
+            sparsity=levels,
+            block_size=st.sampled_from([1, 2, 3, 4, 5, 8, 128]),
+            damp=damps,
+            retries=st.sampled_from([0, 2]),
+        )
+        patterns = st.sampled_from([(2, 4), (1, 2), (1, 4), (4, 8), (0, 2), (2, 2), (1, 1), (2, 3)])
+        structured = patterns.flatmap(
+            lambda nm: st.builds(
+                cls,
+                n=st.just(nm[0]),
+                m=st.just(nm[1]),
+                block_size=st.sampled_from([nm[1], 2 * nm[1], 128 * nm[1]]),
+                damp=damps,
+            )
+        )
+        return st.one_of(unstructured, structured)
+
+    @classmethod
+    def example_data(cls, st: Any, tensor: Tensor) -> Any:
+        """``hessian`` for a 2-D ``tensor``: ``A A^T`` of any rank (0 to full), some inputs
+        dead (a zero row and column), at scales 1e-3 to 1e3, float32 or float64."""
+        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+            return st.just({})
+        size = tensor.shape[1]
+
+        def build(seed: int, rank: int, dead: float, scale: float, dtype: torch.dtype) -> Any:
+            generator = torch.Generator().manual_seed(seed)
+            a = torch.randn(size, rank, generator=generator, dtype=torch.float64)
+            h = a @ a.T + (torch.eye(size, dtype=torch.float64) if rank > size else 0.0)
+            alive = torch.rand(size, generator=generator, dtype=torch.float64) >= dead
+            h = h * alive[:, None] * alive[None, :] * scale
+            return {"hessian": ((h + h.T) / 2).to(dtype)}
+
+        return st.builds(
+            build,
+            st.integers(0, 2**31 - 1),
+            st.integers(0, size + 1),
+            st.sampled_from([0.0, 0.0, 0.25, 1.0]),
+            st.sampled_from([1e-3, 1.0, 1e3]),
+            st.sampled_from([torch.float32, torch.float64]),
+        )
+
+    def scaled(self, fraction: float) -> SparseGPT:
+        """This method at ``fraction`` of its level: ``sparsity * fraction`` unstructured;
+        for N:M, ``round(fraction * (m - n))`` zeros per group, as ``fs.NM.scaled``
+        (``SparseGPT(n=2, m=4).scaled(0.5)`` is 3:4).
+
+        Raises:
+            ValueError: ``fraction`` is not in [0, 1].
+        """
+        if self.n is None or self.m is None:
+            return super().scaled(fraction)  # type: ignore[return-value]
+        fraction = check_fraction("SparseGPT.scaled", fraction)
+        zeros = self.m - self.n
+        kept = (
+            self.m - round(fraction * zeros)
+            if zeros < _FLOAT_EXACT
+            else self.m - round(Fraction(fraction) * zeros)
+        )
+        return dataclasses.replace(self, n=kept)
+
+    # -- checks -------------------------------------------------------------------------
+
+    def leaf_problem(self, tensor: object, /, **data: Any) -> LeafProblem | None:
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+            return LeafProblem(
+                TypeError, describe(tensor), "SparseGPT needs floating-point weights"
+            )
+        if tensor.dim() != 2:
+            return LeafProblem(ValueError, describe(tensor), _NEEDS_RANK)
+        in_features = tensor.shape[1]
+        if self.m is not None and in_features % self.m:
+            return LeafProblem(
+                ValueError,
+                describe(tensor),
+                f"SparseGPT n={self.n}, m={self.m} needs in_features ({in_features}) to be a "
+                f"multiple of m",
+            )
+        hessian = data.get("hessian")
+        if hessian is None:
+            return LeafProblem(ValueError, "no hessian", _NEEDS_HESSIAN)
+        if not isinstance(hessian, Tensor) or not hessian.is_floating_point():
+            return LeafProblem(TypeError, f"hessian={describe(hessian)}", _NEEDS_HESSIAN)
+        if tuple(hessian.shape) != (in_features, in_features):
+            return LeafProblem(
+                ValueError,
+                f"hessian of shape {tuple(hessian.shape)} for a weight of shape "
+                f"{tuple(tensor.shape)}",
+                f"SparseGPT needs a hessian of shape ({in_features}, {in_features}), "
+                f"(in_features, in_features)",
+            )
+        if _has_values(tensor):
+            bad = ~tensor.isfinite()
+            if bool(bad.any()):
+                i, j = (int(v) for v in bad.nonzero()[0])
+                return LeafProblem(
+                    ValueError,
+                    f"tensor[{i}, {j}] = {tensor[i, j].item()}",
+                    "SparseGPT needs finite weights (an update would spread a NaN or inf "
+                    "along the row)",
+                )
+        if _has_values(hessian):
+            return _hessian_problem(hessian)
+        return None
+
+    # -- the algorithm ------------------------------------------------------------------
+
+    def prune_leaf(self, tensor: Tensor, /, **data: Any) -> LeafResult:
+        """The mask, the OBS-updated weight and ``{"damp", "retries", "error"}``.
+
+        ``weight`` is ``tensor``'s shape, dtype and device, exactly 0 where ``mask`` is
+        False; ``info["damp"]`` is the damping fraction used (``damp * 10**retries``).
+
+        Raises:
+            TypeError, ValueError: as a call of the method does.
+        """
+        problem = self.check_call(tensor, **data)
+        if problem is not None:
+            raise problem.error(f"SparseGPT: got {problem.got}; {problem.need}")
+        hessian: Tensor = data["hessian"].detach()
+        prev_mask: Tensor | None = data.get("prev_mask")
+        return self._prune(
+            tensor.detach(), hessian, None if prev_mask is None else prev_mask.detach()
+        )
+
+    def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
+        return self._prune(tensor, data["hessian"], data.get("prev_mask")).mask
+
+    def _prune(self, tensor: Tensor, hessian: Tensor, prev_mask: Tensor | None) -> LeafResult:
+        """SparseGPT on a checked, detached 2-D weight (the paper's Algorithm 1)."""
+        rows, cols = tensor.shape
+        if tensor.numel() == 0:
+            mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
+            return LeafResult(
+                mask, tensor.clone(), {"damp": self.damp, "retries": 0.0, "error": 0.0}
+            )
+        dtype = torch.promote_types(torch.promote_types(tensor.dtype, hessian.dtype), torch.float32)
+        weight = tensor.to(dtype, copy=True)
+        h = hessian.to(device=tensor.device, dtype=dtype, copy=True)
+        h = (h + h.T) / 2
+        dead = h.diagonal() == 0
+        h.diagonal()[dead] = 1.0
+        weight[:, dead] = 0.0
+        upper, damp, retries = self._inverse_factor(h)
+        diag = upper.diagonal()
+        pruned = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        error = torch.zeros((), dtype=dtype, device=tensor.device)
+        zero = torch.zeros((), dtype=dtype, device=tensor.device)
+        for start in range(0, cols, self.block_size):
+            stop = min(start + self.block_size, cols)
+            block = weight[:, start:stop].clone()
+            errors = torch.empty_like(block)
+            d = diag[start:stop]
+            prev = None if prev_mask is None else prev_mask[:, start:stop]
+            if self.sparsity is not None:
+                k = int(rows * (stop - start) * self.sparsity)
+                scores = block.square() / d.square()
+                pruned[:, start:stop] = ~keep_all_but_lowest(
+                    scores, k, None if prev is None else prev.contiguous()
+                )
+            for i in range(stop - start):
+                if self.m is not None and i % self.m == 0:
+                    group = slice(i, i + self.m)
+                    pruned[:, start + i : start + i + self.m] = self._group_pruned(
+                        block[:, group].square() / d[group].square(),
+                        None if prev is None else prev[:, group],
+                    )
+                column = block[:, i]
+                kept = torch.where(pruned[:, start + i], zero, column)
+                err = (column - kept) / d[i]
+                error = error + err.square().sum() / 2
+                block[:, i:] -= err[:, None] * upper[start + i, start + i : stop][None, :]
+                block[:, i] = kept  # exactly 0 where pruned
+                errors[:, i] = err
+            weight[:, start:stop] = block
+            if stop < cols:
+                weight[:, stop:] -= errors @ upper[start:stop, stop:]
+        info = {"damp": damp, "retries": float(retries), "error": float(error)}
+        return LeafResult(~pruned, weight.to(tensor.dtype), info)
+
+    def _group_pruned(self, scores: Tensor, prev: Tensor | None) -> Tensor:
+        """The N:M groups' pruned entries: ``m - n`` lowest scores per row of ``scores``
+        ``(out, m)`` (and every entry ``prev`` pruned, ranked first)."""
+        zeros = (self.m or 0) - (self.n or 0)
+        if prev is None:
+            return smallest_k_per_group(scores, zeros)
+        ranked = rank_pruned_first(scores, prev.contiguous())
+        return smallest_k_per_group(ranked, zeros) | ~prev
+
+    def _inverse_factor(self, h: Tensor) -> tuple[Tensor, float, int]:
+        """The upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1``, the damping
+        fraction used and the retries it took."""
+        mean = h.diagonal().mean()
+        tried: list[float] = []
+        damp = self.damp
+        for attempt in range(self.retries + 1):
+            if not math.isfinite(damp):
+                break
+            tried.append(damp)
+            damped = h.clone()
+            damped.diagonal().add_(damp * mean)
+            lower, info = torch.linalg.cholesky_ex(damped)
+            if int(info) == 0:
+                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+                diag = upper.diagonal()
+                if int(info) == 0 and bool((diag.isfinite() & (diag > 0)).all()):
+                    return upper, damp, attempt
+            damp *= 10
+        shown = ", ".join(f"{d:g}" for d in tried)
+        hint = (
+            "give a larger damp, or retries=k to try again with 10x the damping up to k times"
+            if not self.retries
+            else "give a larger damp or more retries"
+        )
+        raise ValueError(
+            f"SparseGPT: the damped hessian is not positive definite (the Cholesky "
+            f"factorisation failed with damp={shown}, the fraction of mean(diag(hessian)) "
+            f"added to its diagonal); {hint}"
+        )
+
+    # -- promises -----------------------------------------------------------------------
+
+    def _units(self, tensor: Tensor) -> list[tuple[int, int, int]]:
+        """``(start, stop, zeros)`` of every unit with an exact count: blocks of columns
+        (unstructured) or N:M groups of columns."""
+        cols = tensor.shape[1]
+        rows = tensor.shape[0]
+        if self.m is not None and self.n is not None:
+            return [(s, s + self.m, rows * (self.m - self.n)) for s in range(0, cols, self.m)]
+        level = float(self.sparsity or 0.0)
+        return [
+            (
+                s,
+                min(s + self.block_size, cols),
+                int(rows * (min(s + self.block_size, cols) - s) * level),
+            )
+            for s in range(0, cols, self.block_size)
+        ]
+
+    def _zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> list[int]:
+        """Zeros promised per unit (blocks, or N:M groups of every row), prev_mask counted."""
+        if self.m is not None and self.n is not None:
+            cols, m = tensor.shape[1], self.m
+            zeros = torch.full((tensor.shape[0], cols // m), m - self.n, dtype=torch.long)
+            if prev_mask is not None:
+                prev = (~prev_mask.cpu()).reshape(tensor.shape[0], cols // m, m).sum(-1)
+                zeros = zeros.maximum(prev)
+            return [int(z) for z in zeros.reshape(-1)]
+        result = []
+        for start, stop, k in self._units(tensor):
+            if prev_mask is not None:
+                k = max(k, int((~prev_mask[:, start:stop].cpu()).sum()))
+            result.append(k)
+        return result
+
+    def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
+        """The sum over blocks of ``int(out * width * sparsity)`` (N:M: ``m - n`` per
+        group); a unit pruned more before (``prev_mask``) keeps its previous zeros."""
+        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+            return None
+        return sum(self._zeros(tensor, data.get("prev_mask")))
+
+    def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
+        """Every block (N:M: every group of every row) holds exactly its promised zeros,
+        and no entry pruned before (``prev_mask``) is kept."""
+        if tensor.dim() != 2 or tensor.numel() == 0:
+            return None
+        prev_mask: Tensor | None = data.get("prev_mask")
+        zeros = ~mask.cpu()
+        expected = self._zeros(tensor, prev_mask)
+        if self.m is not None:
+            rows, cols = tensor.shape
+            found = zeros.reshape(rows, cols // self.m, self.m).sum(-1).reshape(-1)
+            for index, (got, want) in enumerate(zip(found.tolist(), expected, strict=True)):
+                if got != want:
+                    row, group = divmod(index, cols // self.m)
+                    return (
+                        f"row {row}, columns {group * self.m}:{(group + 1) * self.m} hold "
+                        f"{got} zeros; every group of m={self.m} holds {want}"
+                    )
+        else:
+            for (start, stop, _), want in zip(self._units(tensor), expected, strict=True):
+                got = int(zeros[:, start:stop].sum())
+                if got != want:
+                    return (
+                        f"columns {start}:{stop} hold {got} zeros; that block holds {want} "
+                        f"(int(out_features * width * sparsity), sparsity={self.sparsity})"
+                    )
+        if prev_mask is not None:
+            revived = (mask.cpu() & ~prev_mask.cpu()).nonzero()
+            if revived.numel():
+                where = ", ".join(str(int(v)) for v in revived[0])
+                return f"entry ({where}) was pruned before (prev_mask) but is kept"
+        return None
+
+
+def _has_values(tensor: Tensor) -> bool:
+    """Whether ``tensor``'s values can be read here (not meta, not under a transform)."""
+    return tensor.device.type != "meta" and is_plain(tensor) and tensor.numel() > 0
+
+
+def _hessian_problem(hessian: Tensor) -> LeafProblem | None:
+    """Why ``hessian`` (square, of values) is no Gram matrix: not finite, a negative
+    diagonal entry, or not symmetric (to a tolerance of its dtype); or None."""
+    bad = ~hessian.isfinite()
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        return LeafProblem(
+            ValueError,
+            f"hessian[{i}, {j}] = {hessian[i, j].item()}",
+            "SparseGPT needs a finite hessian",
+        )
+    diag = hessian.diagonal()
+    if bool((diag < 0).any()):
+        i = int((diag < 0).nonzero()[0])
+        return LeafProblem(
+            ValueError,
+            f"hessian[{i}, {i}] = {diag[i].item()}",
+            "SparseGPT needs a hessian X^T X, whose diagonal is >= 0",
+        )
+    values = hessian.double()
+    gap = (values - values.T).abs()
+    tolerance = max(1e-4, 2 * torch.finfo(hessian.dtype).eps) * float(values.abs().max())
+    if float(gap.max()) > tolerance:
+        i, j = (int(v) for v in (gap == gap.max()).nonzero()[0])
+        return LeafProblem(
+            ValueError,
+            f"hessian[{i}, {j}] = {hessian[i, j].item()} but hessian[{j}, {i}] = "
+            f"{hessian[j, i].item()}",
+            f"SparseGPT needs a symmetric hessian (to a relative tolerance of "
+            f"{tolerance / max(float(values.abs().max()), 1e-300):.0e})",
+        )
+    return None

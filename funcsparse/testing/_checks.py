@@ -152,7 +152,9 @@ def check_leaf_mask(
         stacked = torch.func.vmap(lambda t, d: method(t, **d))(torch.stack([tensor, tensor]), pair)
         if not (torch.equal(stacked[0], mask) and torch.equal(stacked[1], mask)):
             raise _fail(where, "torch.func.vmap over the method gives another mask")
-    higher = _raised_level(method)
+    if method.updates_weights:
+        _check_pruned_leaf(where, method, tensor, mask, kwargs)
+    higher = _raised_level(method) if method.nested_levels else None
     field = _level_name(method)
     if higher is not None and field is not None:
         try:
@@ -172,6 +174,35 @@ def check_leaf_mask(
         )
     if not _same_bits(tensor, before):
         raise _fail(where, "the method mutated the tensor it was given")
+
+
+def _check_pruned_leaf(
+    where: str, method: MaskMethod, tensor: Tensor, mask: Tensor, data: dict[str, Any]
+) -> None:
+    """A weight-updating method's ``prune_leaf``: the call's mask, and a weight of the
+    tensor's shape, dtype and device that is exactly 0 where the mask prunes."""
+    result = method.prune_leaf(tensor, **data)
+    if not torch.equal(result.mask, mask):
+        changed = int((result.mask != mask).sum())
+        raise _fail(where, f"prune_leaf gives another mask than the call ({changed} differ)")
+    weight = result.weight
+    if not isinstance(weight, Tensor):
+        raise _fail(where, f"prune_leaf's weight is {describe(weight)}, not a tensor")
+    same = (weight.shape, weight.dtype, weight.device) == (
+        tensor.shape,
+        tensor.dtype,
+        tensor.device,
+    )
+    if not same:
+        raise _fail(
+            where,
+            f"prune_leaf's weight is {describe(weight)} on {weight.device}; expected the "
+            f"tensor's shape {tuple(tensor.shape)}, dtype {tensor.dtype}, device {tensor.device}",
+        )
+    if bool((weight[~mask] != 0).any()):
+        raise _fail(where, "prune_leaf's weight is not 0 at every pruned entry")
+    if not isinstance(result.info, dict):
+        raise _fail(where, f"prune_leaf's info is {describe(result.info)}, not a dict")
 
 
 def _check_global_group(
@@ -224,8 +255,10 @@ def check_masks(
     applies and None elsewhere; for each masked leaf, the count of zeros the method
     promises, its pattern (blocks, N:M, band), determinism, agreement of the single-tensor
     call, ``compute_masks`` and ``torch.func.vmap``, monotone nesting as the level rises
-    (where promised) and, on tie-free scores, torch.ao.pruning's mask (where funcsparse
-    claims compatibility). A global method is checked over its rule's whole group.
+    (where the method promises it: ``nested_levels``), the weight ``prune_leaf`` returns
+    (for a method that updates weights: the call's mask, zeros where it prunes) and, on
+    tie-free scores, torch.ao.pruning's mask (where funcsparse claims compatibility). A
+    global method is checked over its rule's whole group.
 
     Examples:
         >>> import torch, funcsparse as fs
