@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from funcsparse._compute import compute_masks
 from funcsparse._errors import describe, short_repr
 from funcsparse._prune import Pruned, prune
 from funcsparse._rules import Assignment, assign_rules, glob_to_regex, is_pattern
@@ -431,14 +430,10 @@ def _prune_block(
         return Pruned(dict.fromkeys(params), params, {})
     data = _collect(name, block, rules, inputs)
     try:
-        return prune(params, rules, **data)
-    except NotImplementedError:  # fs.prune not there yet: masks, then zeroed copies
-        masks = compute_masks(params, rules, **data)
-        new = {
-            k: v if masks[k] is None else torch.where(masks[k], v.detach(), 0)
-            for k, v in params.items()
-        }
-        return Pruned(masks, new, {})
+        with torch.no_grad():  # new values, not a graph hanging from the model's parameters
+            return prune(params, rules, **data)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{_FUNCTION}: block {short_repr(name)}: {err}") from err
 
 
 def _advance(name: str, block: nn.Module, params: dict[str, Tensor], inputs: list[_Call]) -> None:

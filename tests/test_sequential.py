@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import funcsparse as fs
+from funcsparse.calibration import collect_statistics
 
 RULES = {"layers.*.fc*.weight": fs.Wanda(0.5)}
 
@@ -64,17 +65,20 @@ def by_hand(
     hidden = [model.embed(b["input_ids"]).detach() for b in batches]
     masks: dict[str, Tensor] = {}
     params: dict[str, Tensor] = {}
-    norms_seen = []
+    stats_seen = []
+    (stat,) = type(method).leaf_data
     for k, block in enumerate(model.layers):
         own = dict(block.named_parameters())
         calls = [
             ([h], {"attention_mask": b["attention_mask"]})
             for h, b in zip(hidden, batches, strict=True)
         ]
-        norms = fs.collect_input_norms(block, own, calls, paths=["fc1.weight", "fc2.weight"])
-        norms_seen.append(norms)
-        block_masks = fs.compute_masks(own, {"fc*.weight": method}, input_norms=norms)
-        pruned = fs.apply_masks(own, block_masks)
+        stats = collect_statistics(
+            block, own, calls, statistics=(stat,), paths=["fc1.weight", "fc2.weight"]
+        )
+        stats_seen.append(stats[stat])
+        result = fs.prune(own, {"fc*.weight": method}, **stats)
+        block_masks, pruned = result.masks, result.params
         for name, mask in block_masks.items():
             if mask is not None:
                 masks[f"layers.{k}.{name}"] = mask
@@ -84,19 +88,26 @@ def by_hand(
                 torch.func.functional_call(block, pruned, (h,), dict(kw))[0]
                 for h, (_, kw) in zip(hidden, calls, strict=True)
             ]
-    return masks, params, norms_seen
+    return masks, params, stats_seen
 
 
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_equals_the_loop_by_hand_wanda() -> None:
+@pytest.mark.parametrize(
+    "method",
+    [fs.Wanda(0.5), fs.SparseGPT(0.5, block_size=4), fs.SparseGPT(n=2, m=4)],
+    ids=["wanda", "sparsegpt", "sparsegpt-2:4"],
+)
+def test_equals_the_loop_by_hand(method: fs.MaskMethod) -> None:
     model, batches = make()
     before = snapshot(model)
-    pruned = fs.prune_blocks(model, batches, RULES, blocks="layers.*", progress=False)
-    masks, params, _ = by_hand(model, batches, fs.Wanda(0.5))
+    rules = {"layers.*.fc*.weight": method}
+    pruned = fs.prune_blocks(model, batches, rules, blocks="layers.*", progress=False)
+    masks, params, _ = by_hand(model, batches, method)
     assert set(masks) == {k for k, m in pruned.masks.items() if m is not None}
+    assert set(pruned.info) == (set(masks) if type(method).updates_weights else set())
     for name, mask in masks.items():
         assert torch.equal(pruned.masks[name], mask), name
         assert torch.equal(pruned.params[name], params[name]), name
@@ -127,12 +138,19 @@ def test_later_blocks_see_pruned_inputs() -> None:
     assert differ  # calibrated on pruned inputs, some later mask differs
 
 
-def test_in_place_equals_pure() -> None:
+MIXED: dict[str, fs.MaskMethod | None] = {
+    "layers.*.fc1.weight": fs.Wanda(0.5),
+    "layers.*.fc2.weight": fs.SparseGPT(0.5, block_size=4),
+}
+
+
+@pytest.mark.parametrize("rules", [RULES, MIXED], ids=["wanda", "wanda+sparsegpt"])
+def test_in_place_equals_pure(rules: dict[str, fs.MaskMethod | None]) -> None:
     model, batches = make()
-    pure = fs.prune_blocks(model, batches, RULES, blocks="layers.*", progress=False)
+    pure = fs.prune_blocks(model, batches, rules, blocks="layers.*", progress=False)
     twin, _ = make()
     own = dict(twin.named_parameters())
-    done = fs.prune_blocks(twin, batches, RULES, blocks="layers.*", progress=False, in_place=True)
+    done = fs.prune_blocks(twin, batches, rules, blocks="layers.*", progress=False, in_place=True)
     for name, mask in pure.masks.items():
         other = done.masks[name]
         assert (mask is None) == (other is None)
@@ -140,6 +158,7 @@ def test_in_place_equals_pure() -> None:
             assert torch.equal(mask, other)
         assert torch.equal(pure.params[name], done.params[name]), name
         assert done.params[name] is own[name]  # in place: the model's own parameters
+    assert pure.info == done.info
     assert torch.equal(own["layers.2.fc2.weight"], pure.params["layers.2.fc2.weight"])
     assert bool((own["layers.2.fc2.weight"] == 0).any())
 
