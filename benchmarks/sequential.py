@@ -19,12 +19,12 @@ Cases, every weight ``layers.*.*_proj.weight`` pruned at 0.5:
   collected on its current inputs, pruned, written into the model, run pruned.
 * ``one-shot <M>``: the naive pipeline, as lean as it can be: the statistics of every
   pruned weight collected in one pass over the whole dense model
-  (``collect_statistics``/``collect_input_norms``), then every weight pruned leaf by leaf
-  and written into the model in place (only one leaf's new values exist at a time).
+  (``funcsparse.calibration.collect_statistics``), then every weight pruned leaf by leaf
+  with ``fs.prune`` and written into the model in place (only one leaf's new values exist
+  at a time).
 
 for ``<M>`` = ``Wanda`` (``input_norms``: one float64 per input feature) and ``SparseGPT``
-(``hessian``: ``in x in`` float64 per weight), where ``fs.SparseGPT``, ``fs.prune`` and
-``funcsparse.calibration.collect_statistics`` are implemented (otherwise the row says so).
+(``hessian``: ``in x in`` float64 per weight; default block size 128, damping 0.01).
 Both sides return (keep) the bool masks of every pruned weight: 0.25x the float32 weights.
 
 How: every measurement runs in a fresh process (``python benchmarks/sequential.py --child
@@ -73,7 +73,7 @@ from _harness import (
 from torch import Tensor, nn
 
 import funcsparse as fs
-from funcsparse import calibration
+from funcsparse.calibration import collect_statistics
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "sequential.json"
 CASES = ("sequential Wanda", "one-shot Wanda", "sequential SparseGPT", "one-shot SparseGPT")
@@ -148,42 +148,21 @@ def build(config: dict[str, int]) -> tuple[Decoder, list[dict[str, Tensor]]]:
     return model, batches
 
 
-def available(method: str) -> str | None:
-    """Why ``method``'s cases cannot run with this funcsparse, or None."""
-    try:
-        make_method(method)
-    except Exception as err:  # a stub: SparseGPT() without a level, or not a method
-        return f"fs.{method} not implemented here ({type(err).__name__})"
-    if method != "Wanda" and getattr(calibration, "collect_statistics", None) is None:
-        return "funcsparse.calibration.collect_statistics not implemented here"
-    return None
-
-
 def make_method(method: str) -> fs.MaskMethod:
-    made = fs.Wanda(0.5) if method == "Wanda" else fs.SparseGPT(0.5)  # type: ignore[call-arg]
-    if not isinstance(made, fs.MaskMethod):
-        raise TypeError(f"fs.{method} is not a method")
-    return made
+    return fs.Wanda(0.5) if method == "Wanda" else fs.SparseGPT(0.5)
 
 
 def collect_whole(model: nn.Module, batches: Any, stat: str, paths: list[str]) -> Any:
     """One pass over the dense model: the statistic of every pruned weight at once."""
     params = dict(model.named_parameters())
-    collect = getattr(calibration, "collect_statistics", None)
-    if collect is not None:
-        return collect(model, params, batches, statistics=(stat,), paths=paths)[stat]
-    return fs.collect_input_norms(model, params, batches, paths=paths)
+    return collect_statistics(model, params, batches, statistics=(stat,), paths=paths)[stat]
 
 
 def prune_leaf(path: str, leaf: Tensor, method: fs.MaskMethod, stat: str, data: Any) -> Any:
-    """One leaf pruned: (mask, new values)."""
-    rules = {path: method}
-    try:
-        pruned = fs.prune({path: leaf}, rules, **{stat: {path: data}})
-        return pruned.masks[path], pruned.params[path]
-    except NotImplementedError:  # fs.prune not there yet (Wanda only)
-        mask = fs.compute_masks({path: leaf}, rules, **{stat: {path: data}})[path]
-        return mask, None
+    """One leaf pruned with ``fs.prune``: (mask, new values)."""
+    with torch.no_grad():
+        pruned = fs.prune({path: leaf}, {path: method}, **{stat: {path: data}})
+    return pruned.masks[path], pruned.params[path]
 
 
 def run_case(case: str, model: Decoder, batches: list[dict[str, Tensor]]) -> Any:
@@ -204,10 +183,7 @@ def run_case(case: str, model: Decoder, batches: list[dict[str, Tensor]]) -> Any
     for path in paths:
         mask, new = prune_leaf(path, params[path], method, stat, stats[path])
         with torch.no_grad():
-            if new is None:
-                params[path].mul_(mask)
-            else:
-                params[path].copy_(new)
+            params[path].copy_(new)
         masks[path] = mask
         del new
     del stats
@@ -251,9 +227,6 @@ def floor_bytes(config: dict[str, int], method: str) -> dict[str, int]:
 
 def measure(case: str, config: dict[str, int]) -> dict[str, Any]:
     """Peak RSS growth of one run of ``case`` over the RSS with the model and batches built."""
-    why = available(case.split()[1])
-    if why is not None:
-        return {"case": case, "unavailable": why}
     tiny_model, tiny_batches = build(TINY)
     run_case(case, tiny_model, tiny_batches)
     del tiny_model, tiny_batches
@@ -296,10 +269,9 @@ def in_subprocess(case: str, argv: list[str]) -> dict[str, Any]:
 
 def summarise(case: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {"case": case}
-    for key in ("unavailable", "error"):
-        found = [r[key] for r in runs if key in r]
-        if found:
-            return {**row, key: found[0]}
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        return {**row, "error": errors[0]}
     return {
         **row,
         "weights": runs[0]["weights"],
@@ -324,8 +296,8 @@ def print_table(rows: list[dict[str, Any]], config: dict[str, int]) -> None:
     print("-" * len(header))
     by_case = {r["case"]: r for r in rows}
     for r in rows:
-        if "unavailable" in r or "error" in r:
-            print(f"{r['case']:<22}  {r.get('unavailable') or r.get('error')}")
+        if "error" in r:
+            print(f"{r['case']:<22}  {r['error']}")
             continue
         ratio = ""
         side, method = r["case"].split()
