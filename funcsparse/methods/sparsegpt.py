@@ -75,7 +75,8 @@ class SparseGPT(MaskMethod):
     damping each time, and ``prune_leaf``'s info reports the damping used
     (``{"damp": ..., "retries": ..., "error": ...}``; ``error`` is the sum of the OBS
     estimates ``(w - q)^2 / (2 [U]_ii^2)`` of the loss each pruned entry adds, in ``H``'s
-    units). ``H`` is symmetrised, ``(H + H^T) / 2``, before use.
+    units: with ``damp=0`` and ``H = X^T X`` it is ``||X (W - W')^T||^2 / 2``). ``H`` is
+    symmetrised, ``(H + H^T) / 2``, before use.
 
     With ``prev_mask`` (``fs.compute_masks(..., prev_masks=...)``), entries pruned before
     are pruned again (ranked before every other entry, whatever their weight) and count
@@ -295,7 +296,11 @@ class SparseGPT(MaskMethod):
         if hessian is None:
             return LeafProblem(ValueError, "no hessian", _NEEDS_HESSIAN)
         if not isinstance(hessian, Tensor) or not hessian.is_floating_point():
-            return LeafProblem(TypeError, f"hessian={describe(hessian)}", _NEEDS_HESSIAN)
+            return LeafProblem(
+                TypeError,
+                f"hessian={describe(hessian)}",
+                _NEEDS_HESSIAN.replace("needs hessian", "needs a floating-point hessian"),
+            )
         if tuple(hessian.shape) != (in_features, in_features):
             return LeafProblem(
                 ValueError,
@@ -421,16 +426,17 @@ class SparseGPT(MaskMethod):
                 if int(info) == 0 and bool((diag.isfinite() & (diag > 0)).all()):
                     return upper, damp, attempt
             damp *= 10
-        shown = ", ".join(f"{d:g}" for d in tried)
+        values = [f"{d:g}" for d in tried]
+        shown = values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
         hint = (
             "give a larger damp, or retries=k to try again with 10x the damping up to k times"
             if not self.retries
             else "give a larger damp or more retries"
         )
         raise ValueError(
-            f"SparseGPT: the damped hessian is not positive definite (the Cholesky "
-            f"factorisation failed with damp={shown}, the fraction of mean(diag(hessian)) "
-            f"added to its diagonal); {hint}"
+            f"SparseGPT: the damped hessian is not positive definite: the Cholesky "
+            f"factorisation failed with damp={shown}{' in turn' if len(values) > 1 else ''} "
+            f"(the fraction of mean(diag(hessian)) added to its diagonal); {hint}"
         )
 
     # -- promises -----------------------------------------------------------------------
