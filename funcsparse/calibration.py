@@ -627,9 +627,13 @@ def collect_statistics(
     * ``"input_norms"``: :func:`collect_input_norms`' result (``fs.Wanda``).
     * ``"hessian"``: :func:`collect_hessians`' result (``fs.SparseGPT``).
 
-    Each statistic equals the one its own function returns on the same arguments (bit for
-    bit: the same sums in the same order). The memory is the sum of theirs (see
-    :func:`collect_hessians` for the ``8 * in^2`` bytes of each Hessian).
+    Where rules mix methods (SparseGPT on some weights, Wanda on others), map each statistic
+    to the weights whose method reads it with ``paths={"hessian": [...], "input_norms":
+    [...]}``: no Hessian is built where none is read, and each tree is None where its method
+    does not read it, as ``fs.prune`` wants. Each statistic equals the one its own function
+    returns on the same arguments (bit for bit: the same sums in the same order). The
+    memory is the sum of theirs (see :func:`collect_hessians` for the ``8 * in^2`` bytes of
+    each Hessian).
 
     Examples:
         >>> import torch
