@@ -390,7 +390,7 @@ def collect_input_norms(
     exact, e.g. integer-valued inputs). A rank may have no batches where another has some.
     Every rank of ``group`` must make the call, with the same module, params and paths; a
     rank whose batches fail raises its error and the others a ValueError naming it, rather
-    than waiting for it. Each rank sends two all_reduce calls of ``8 * (7 + world size)``
+    than waiting for it. Each rank sends two all_reduce calls of ``8 * (11 + world size)``
     and ``8 * (input features + 2 * weights)`` bytes (the second is skipped when a rank
     failed), straight through ``torch.distributed``: ``funcsparse.distributed.counting``
     does not count them.
