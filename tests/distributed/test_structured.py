@@ -234,6 +234,35 @@ def _local_methods(rank: int, world: int) -> tuple[int, list[str]]:
             mesh="2x1",
         ),
     ]
+    # Wanda with an N:M pattern: groups of m inside every row, rows whole on a rank
+    tied8 = tied[:8]
+    for wanda_nm in (fs.Wanda(n=2, m=4), fs.Wanda(n=1, m=2)):
+        cases += [
+            dict(
+                build=lambda: (_ints(7, 8), {"data": {"input_norms": tied8}}),
+                method=wanda_nm,
+                place="S0",
+            ),
+            dict(
+                build=lambda: (_ints(7, 8), {"data": {"input_norms": tied8}, "prev": _prev(7, 8)}),
+                method=wanda_nm,
+                place="S0",
+                distributed_data=True,
+            ),
+            dict(
+                build=lambda: (
+                    torch.randn(5, 2, 2, 2),
+                    {"data": {"input_norms": torch.rand(2, 2, 2)}},
+                ),
+                method=wanda_nm,
+                place="S0",
+            ),
+            dict(
+                build=lambda: (_ints(6, 8), {"data": {"input_norms": tied8}}),
+                method=wanda_nm,
+                place="R",
+            ),
+        ]
     for nearliness in (1, 3, 5, 0, -1):
         method = fs.NearlyDiagonal(nearliness=nearliness)
         for place in ("S0", "S1"):
@@ -601,6 +630,7 @@ def _refusals(rank: int, world: int) -> list[str]:
         (fs.WeightNorm(0.0, sparse_block_shape=(1, 32)), (4, 16), "S1", {}),  # fitted (1, 16)
         (fs.LnStructured(0.5, n=2, dim=0), (6, 8), "S1", {}),
         (fs.LnStructured(0.5, n=1, dim=1), (6, 8), "S0", {"scores": torch.rand(6, 8)}),
+        (fs.Wanda(n=2, m=4), (4, 16), "S1", {"input_norms": torch.rand(16)}),  # cut at 8
     ]
     messages = []
     for method, shape, place, data in cases:
@@ -690,6 +720,7 @@ def test_refusals_name_method_and_placement(ranks: list[dict[str, Any]]) -> None
         "WeightNorm",
         "LnStructured",
         "LnStructured",
+        "Wanda",
     ]
     places = [
         "Shard(dim=1)",
@@ -700,6 +731,7 @@ def test_refusals_name_method_and_placement(ranks: list[dict[str, Any]]) -> None
         "Shard(dim=1)",
         "Shard(dim=1)",
         "Shard(dim=0)",
+        "Shard(dim=1)",
     ]
     for messages in _part(ranks, "refusals"):
         assert len(messages) == len(names)
@@ -711,6 +743,7 @@ def test_refusals_name_method_and_placement(ranks: list[dict[str, Any]]) -> None
         assert "ranked on its own" in messages[2]
         assert "straddle" in messages[3]
         assert "sums of scores" in messages[7]
+        assert "ranked on its own" in messages[8]  # a cut at a group boundary is still refused
 
 
 def test_cuts_follow_nested_chunks() -> None:

@@ -1,4 +1,5 @@
-"""Wanda: the paper's per-row formula, exact row counts, prev_mask, vmap, errors, end to end."""
+"""Wanda: the paper's per-row formula, exact row counts, prev_mask, vmap, errors, end to end;
+Wanda with an N:M pattern in one step (the reference's structured option)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,16 @@ def paper_mask(weight: Tensor, norms: Tensor, sparsity: float) -> Tensor:
     return ~pruned
 
 
+def per_row_configs() -> st.SearchStrategy[Wanda]:
+    """Wanda configs without an N:M pattern: the paper's per-row selection."""
+    return Wanda.configs(st).filter(lambda method: method.n is None)
+
+
 @st.composite
 def cases(
     draw: st.DrawFn, *, ties: bool | None = None, special: bool = False
 ) -> tuple[Wanda, Tensor, Tensor]:
-    method = draw(Wanda.configs(st))
+    method = draw(per_row_configs())
     weight = draw(fst.tensors(draw(fst.shapes(allow_empty=True)), ties=ties, special=special))
     norms = draw(Wanda.example_data(st, weight))["input_norms"]
     return method, weight, norms
@@ -444,7 +450,7 @@ def test_grouped_conv_and_conv1d_and_conv3d_weights() -> None:
 
 @st.composite
 def conv_cases(draw: st.DrawFn) -> tuple[Wanda, Tensor, Tensor, Tensor | None]:
-    method = draw(Wanda.configs(st))
+    method = draw(per_row_configs())
     shape = tuple(draw(st.lists(st.integers(1, 4), min_size=3, max_size=4)))
     weight = draw(fst.tensors(shape, ties=draw(st.booleans())))
     norms = draw(Wanda.example_data(st, weight))["input_norms"]
@@ -530,7 +536,7 @@ def one_piece(method: Wanda, weight: Tensor, **data: Tensor) -> Tensor:
 
 @st.composite
 def chunk_cases(draw: st.DrawFn) -> tuple[Wanda, Tensor, dict[str, Tensor]]:
-    method = draw(Wanda.configs(st))
+    method = draw(per_row_configs())
     shape = tuple(draw(st.lists(st.integers(1, 9), min_size=2, max_size=4)))
     weight = draw(fst.tensors(shape, ties=draw(st.booleans()), special=draw(st.booleans())))
     data = dict(draw(Wanda.example_data(st, weight)))
@@ -609,7 +615,6 @@ def test_empty_weights_give_empty_masks(weight: Tensor, norms: Tensor) -> None:
         (-(10**400), ValueError),
         (float("inf"), ValueError),
         (2, ValueError),
-        (None, TypeError),
         (torch.tensor(0.5), TypeError),
         ([0.5], TypeError),
     ],
@@ -627,3 +632,247 @@ def test_zero_dim_leaves_raise_value_errors() -> None:
         fs.compute_masks(
             {"w": torch.ones(3)}, {"w": Wanda(0.5)}, batch_dims=1, input_norms={"w": torch.ones(3)}
         )
+
+
+# -- N:M in one step: Wanda(n=, m=) ---------------------------------------------------------
+
+
+def reference_nm_mask(weight: Tensor, norms: Tensor, n: int, m: int) -> Tensor:
+    """The reference code's structured option (prune_wanda with prune_n:prune_m), as a
+    keep-mask: per output row, every group of ``m`` consecutive columns prunes the
+    ``prune_n = m - n`` lowest ``|W| * norms`` (a stable sort: ties prune the lower column)."""
+    rows = weight.shape[0]
+    metric = (weight.double().abs() * norms.double()).reshape(rows, norms.numel())
+    pruned = torch.zeros(metric.shape, dtype=torch.bool)
+    for start in range(0, metric.shape[1], m):  # the reference loops over the groups
+        group = metric[:, start : start + m]
+        order = torch.sort(group, dim=1, stable=True)[1][:, : m - n]
+        pruned[:, start : start + m].scatter_(1, order, True)
+    return (~pruned).reshape(weight.shape)
+
+
+@st.composite
+def nm_cases(
+    draw: st.DrawFn, *, ties: bool | None = None, special: bool = False
+) -> tuple[Wanda, Tensor, Tensor]:
+    n, m = draw(
+        st.one_of(
+            st.sampled_from([(2, 4), (1, 4), (3, 4), (1, 2), (4, 8), (0, 3), (3, 3), (1, 1)]),
+            st.integers(1, 6).flatmap(lambda m: st.tuples(st.integers(0, m), st.just(m))),
+        )
+    )
+    rows = draw(st.integers(0, 5))
+    rest = [m * draw(st.integers(0, 3))]
+    if draw(st.booleans()):  # a conv weight (out, in, kh, kw): rows flattened over the rest
+        rest = [draw(st.integers(1, 3)), m * draw(st.integers(0, 2)), draw(st.integers(1, 2))]
+    weight = draw(fst.tensors((rows, *rest), ties=ties, special=special))
+    norms = draw(Wanda.example_data(st, weight))["input_norms"]
+    return Wanda(n=n, m=m), weight, norms
+
+
+def test_nm_pinned_mask() -> None:
+    w = torch.tensor([[1.0, -2.0, 3.0, -4.0, 0.5, 0.5, 0.5, 0.5]])
+    norms = torch.tensor([4.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0, 1.0])
+    # scores [4, 2, 3, 2 | 0.5, 0.5, 0.5, 0.5]: the first group keeps 4 and 3 (of 2 and 2,
+    # the lower column goes first); the tied second group prunes its lower columns
+    assert Wanda(n=2, m=4)(w, input_norms=norms).tolist() == [
+        [True, False, True, False, False, False, True, True]
+    ]
+    # per row instead, the second group would keep nothing: 4, 3 and both 2s rank higher
+    assert Wanda(0.5)(w, input_norms=norms).tolist() == [
+        [True, True, True, True, False, False, False, False]
+    ]
+    assert Wanda(n=3, m=4)(w, input_norms=norms).tolist() == [  # the reference's 1:4
+        [True, False, True, True, False, True, True, True]
+    ]
+
+
+@given(nm_cases(special=True))
+def test_nm_equals_the_reference_structured_option(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    assert method.n is not None and method.m is not None
+    mask = method(weight, input_norms=norms)
+    assert mask.dtype == torch.bool and mask.shape == weight.shape
+    assert torch.equal(mask, reference_nm_mask(weight, norms, method.n, method.m))
+
+
+@given(nm_cases(ties=True))
+def test_nm_equals_fs_nm_on_wanda_scores(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    assert method.n is not None and method.m is not None
+    flat = weight.reshape(weight.shape[0], norms.numel())
+    scores = fs.wanda_scores({"w": flat}, {"w": norms.reshape(-1)})["w"]
+    expected = fs.NM(n=method.n, m=method.m)(flat, scores=scores).reshape(weight.shape)
+    assert torch.equal(method(weight, input_norms=norms), expected)
+
+
+@given(nm_cases(ties=True, special=True))
+def test_nm_every_invariant_holds(case: tuple[Wanda, Tensor, Tensor]) -> None:
+    method, weight, norms = case
+    mask = method(weight, input_norms=norms)
+    check_leaf_mask(method, weight, mask, data={"input_norms": norms})
+    assert method.n is not None and method.m is not None
+    groups = (weight.shape[0], norms.numel() // method.m, method.m)
+    kept = mask.reshape(groups).sum(-1) if weight.numel() else None
+    assert kept is None or bool((kept == method.n).all())
+    zeros = weight.numel() // method.m * (method.m - method.n)
+    assert method.expected_zeros(weight, input_norms=norms) == zeros == int((~mask).sum())
+
+
+@given(nm_cases(ties=True), st.data())
+def test_nm_prev_mask_stays_pruned_and_goes_first(
+    case: tuple[Wanda, Tensor, Tensor], data: st.DataObject
+) -> None:
+    method, weight, norms = case
+    assert method.n is not None and method.m is not None
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    prev = torch.rand(weight.shape, generator=torch.Generator().manual_seed(seed)) > 0.3
+    mask = method(weight, input_norms=norms, prev_mask=prev)
+    assert not bool((mask & ~prev).any())
+    if weight.numel():
+        shape = (weight.shape[0], norms.numel() // method.m, method.m)
+        kept_before = prev.reshape(shape).sum(-1)
+        assert torch.equal(mask.reshape(shape).sum(-1), kept_before.clamp(max=method.n))
+    check_leaf_mask(method, weight, mask, data={"input_norms": norms, "prev_mask": prev})
+    masks = fs.compute_masks(
+        {"w": weight}, {"w": method}, prev_masks={"w": prev}, input_norms={"w": norms}
+    )
+    assert torch.equal(masks["w"], mask)
+
+
+def test_nm_two_steps_equal_one_step_and_scaled_keeps_the_pattern() -> None:
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(6, 16, generator=generator)
+    norms = torch.rand(16, generator=generator, dtype=torch.float64)
+    method = Wanda(n=2, m=8)
+    assert method.scaled(0.5) == Wanda(n=5, m=8)  # round(0.5 * 6) = 3 zeros per group
+    assert method.scaled(0.0) == Wanda(n=8, m=8) and method.scaled(1.0) == method
+    assert Wanda(n=1, m=8).scaled(0.5) == Wanda(n=4, m=8)  # round(3.5) = 4 zeros
+    first = method.scaled(0.5)(weight, input_norms=norms)
+    second = method(weight, input_norms=norms, prev_mask=first)
+    assert torch.equal(second, method(weight, input_norms=norms))
+    assert not bool((second & ~first).any())
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"Wanda.scaled: fraction must be in \[0, 1\]"):
+            method.scaled(bad)
+    assert Wanda(0.6).scaled(0.5) == Wanda(0.3) and Wanda().scaled(1.0) == Wanda()
+
+
+def test_nm_level_and_config_equality() -> None:
+    assert Wanda() == Wanda(0.5) == Wanda(sparsity=0.5) == Wanda(sparsity=None)
+    assert Wanda().sparsity == 0.5 and Wanda().n is None and Wanda().m is None
+    assert Wanda(n=2, m=4).sparsity == 0.5
+    assert Wanda(n=1, m=4).sparsity == 0.75 and Wanda(n=4, m=4).sparsity == 0.0
+    assert Wanda(0.5, n=2, m=4) == Wanda(n=2, m=4) == Wanda(sparsity=0.5, n=2, m=4)
+    assert Wanda(2 / 3, n=1, m=3) == Wanda(1 - 1 / 3, n=1, m=3) == Wanda(n=1, m=3)
+    assert Wanda(n=1, m=3).sparsity == 2 / 3
+    assert Wanda(n=2, m=4) != Wanda(0.5)  # the same level, another pattern
+    assert hash(Wanda(n=2, m=4)) == hash(Wanda(0.5, n=2, m=4))
+    assert dataclasses.replace(Wanda(n=2, m=4), sparsity=None, n=3) == Wanda(n=3, m=4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            {"sparsity": 0.3, "n": 2, "m": 4},
+            ValueError,
+            "Wanda: sparsity=0.3 does not match n:m = 2:4, which prunes (m - n) / m = 0.5 of "
+            "every row; leave sparsity out beside n and m",
+        ),
+        (
+            {"n": 2},
+            ValueError,
+            "Wanda: n=2 was given without m; an N:M pattern needs both",
+        ),
+        ({"m": 4}, ValueError, "Wanda: m=4 was given without n; an N:M pattern needs both"),
+        ({"n": 5, "m": 4}, ValueError, "Wanda: n=5 must be in [0, m] = [0, 4]"),
+        ({"n": -1, "m": 4}, ValueError, "Wanda: n=-1 must be in [0, m] = [0, 4]"),
+        ({"n": 0, "m": 0}, ValueError, "Wanda: m=0 must be at least 1"),
+        ({"n": 2.0, "m": 4}, TypeError, "Wanda: n must be an int, got float 2.0"),
+        ({"n": 2, "m": True}, TypeError, "Wanda: m must be an int, got bool True"),
+        (
+            {"sparsity": 1.5, "n": 2, "m": 4},
+            ValueError,
+            "Wanda: sparsity must be a fraction in [0, 1], got 1.5",
+        ),
+    ],
+)
+def test_nm_bad_configs_raise(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        Wanda(**kwargs)
+
+
+def test_nm_rows_that_m_does_not_divide_are_refused_naming_the_path() -> None:
+    params = {"fc.weight": torch.randn(4, 6), "conv.weight": torch.randn(4, 2, 3, 3)}
+    norms = {"fc.weight": torch.ones(6), "conv.weight": torch.ones(2, 3, 3)}
+    with pytest.raises(ValueError) as err:
+        fs.compute_masks(params, {"*.weight": Wanda(n=2, m=4)}, input_norms=norms)
+    assert _message(err) == (
+        "compute_masks: rule '*.weight' (Wanda) got a 4-D torch.float32 tensor of shape "
+        "(4, 2, 3, 3) at 'conv.weight'; Wanda n:m = 2:4 needs rows (the weight's dims but the "
+        "first, flattened: 18 entries) whose length is a multiple of m=4"
+    )
+    with pytest.raises(ValueError, match=r"flattened: 6 entries\) whose length is a multiple"):
+        Wanda(n=1, m=4)(params["fc.weight"], input_norms=norms["fc.weight"])
+    masks = fs.compute_masks(params, {"*.weight": Wanda(n=1, m=3)}, input_norms=norms)
+    zeros = {path: int((~mask).sum()) for path, mask in masks.items()}
+    assert zeros == {"fc.weight": 16, "conv.weight": 48}  # 2 of every 3 pruned
+
+
+def test_nm_structure_problem_catches_a_broken_group() -> None:
+    weight = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    norms = torch.rand(8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    method = Wanda(n=2, m=4)
+    mask = method(weight, input_norms=norms)
+    assert method.structure_problem(weight, mask) is None
+    corrupt = mask.clone()  # move a zero from group 0 of row 1 to its group 1: same count
+    corrupt[1, int((~mask[1, :4]).nonzero()[0])] = True
+    corrupt[1, 4 + int(mask[1, 4:].nonzero()[0])] = False
+    assert method.structure_problem(weight, corrupt) == (
+        "row 1, group 0 (entries 0 to 3 of the flattened row) keeps 3 entries; expected 2 (2:4)"
+    )
+    revived = mask.clone()
+    revived[0] = True
+    prev = mask.clone()
+    assert method.structure_problem(weight, revived, prev_mask=prev) is not None
+
+
+def test_nm_vmap_batch_dims_and_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(8)
+    weights = torch.randn(3, 10, 12, generator=generator).round()  # ties
+    norms = torch.rand(3, 12, generator=generator, dtype=torch.float64)
+    method = Wanda(n=1, m=4)
+    batched = torch.func.vmap(lambda w, x: method(w, input_norms=x))(weights, norms)
+    stacked = fs.compute_masks(
+        {"w": weights}, {"w": method}, batch_dims=1, input_norms={"w": norms}
+    )["w"]
+    prev = torch.rand(3, 10, 12, generator=generator) > 0.4
+    batched_prev = torch.func.vmap(lambda w, x, p: method(w, input_norms=x, prev_mask=p))(
+        weights, norms, prev
+    )
+    one = [method(weights[i], input_norms=norms[i]) for i in range(3)]
+    one_prev = [method(weights[i], input_norms=norms[i], prev_mask=prev[i]) for i in range(3)]
+    monkeypatch.setattr(wanda_module, "_CHUNK_MIN", 5)  # many chunks of whole rows
+    monkeypatch.setattr(wanda_module, "_CHUNKS", 7)
+    for i in range(3):
+        assert torch.equal(batched[i], one[i]) and torch.equal(stacked[i], one[i])
+        assert torch.equal(batched_prev[i], one_prev[i])
+        assert torch.equal(method(weights[i], input_norms=norms[i]), one[i])
+        chunked = method(weights[i], input_norms=norms[i], prev_mask=prev[i])
+        assert torch.equal(chunked, one_prev[i])
+
+
+def test_nm_through_compute_masks_and_check_masks() -> None:
+    torch.manual_seed(9)
+    params = {
+        "conv.weight": nn.Conv2d(2, 4, 2).weight.detach(),  # rows of 8
+        "fc.weight": torch.randn(3, 8),
+        "fc.bias": torch.randn(3),
+    }
+    norms = {"conv.weight": torch.rand(2, 2, 2), "fc.weight": torch.rand(8), "fc.bias": None}
+    rules = {"*.weight": Wanda(n=2, m=4)}
+    masks = fs.compute_masks(params, rules, input_norms=norms)
+    check_masks(params, rules, masks, input_norms=norms)
+    assert masks["fc.bias"] is None
+    assert int((~masks["conv.weight"]).sum()) == 16 and int((~masks["fc.weight"]).sum()) == 12

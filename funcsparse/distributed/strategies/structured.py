@@ -5,8 +5,10 @@ Each strategy returns this rank's piece of the method's mask of the full tensor,
 
 - ``NM``: groups of ``m`` along ``axis`` lie inside every piece (``axis`` unsplit, or split
   at multiples of ``m``): the method on the local piece, no communication.
-- ``Wanda``: rows are ranked on their own; split along dim 0 only, every row is local: the
-  method on the local piece, no communication. A split along another dim is refused.
+- ``Wanda``: rows are ranked on their own (with ``n`` and ``m``, the groups of ``m`` inside
+  each flattened row); split along dim 0 only, every row is local: the method on the local
+  piece, no communication. A split along another dim is refused (with ``n`` and ``m`` too,
+  even at a group boundary).
 - ``NearlyDiagonal``: the band ``|i - j| <= nearliness // 2`` from the global offset of the
   piece, no communication.
 - ``WeightNorm``: blocks must not straddle pieces (cuts at multiples of the block's sides).
@@ -122,7 +124,8 @@ def _nm(method: NM, shards: Shards, data: dict[str, Any], where: str) -> Tensor:
 
 @strategy(Wanda)
 def _wanda(method: Wanda, shards: Shards, data: dict[str, Any], where: str) -> Tensor:
-    """Rows whole on every rank (a split along dim 0 only): the method on the local rows."""
+    """Rows whole on every rank (a split along dim 0 only): the method on the local rows
+    (per row, or per group of ``m`` in a row with ``n`` and ``m``)."""
     other = sorted(_split_dims(shards) - {0})
     if other:
         raise refuse(
