@@ -85,10 +85,17 @@ def prune(
         ``Pruned(masks, params, info)``.
 
     Raises:
-        TypeError, ValueError: what ``compute_masks`` raises on the same input (named
-            ``prune``); a DTensor leaf of a method that updates weights; a factorisation
-            that fails (``fs.SparseGPT`` with too little damping), naming the leaf.
+        TypeError: what ``compute_masks`` raises on the same input (named ``prune``);
+            ``batch_dims`` (not supported: prune each ensemble member on its own).
+        ValueError: what ``compute_masks`` raises on the same input (named ``prune``); a
+            DTensor leaf of a method that updates weights; a factorisation that fails
+            (``fs.SparseGPT`` with too little damping), naming the leaf.
     """
+    if "batch_dims" in leaf_data:
+        raise TypeError(
+            "prune: batch_dims is not supported; prune each ensemble member on its own "
+            "(fs.compute_masks takes batch_dims for masks alone)"
+        )
     results: dict[str, tuple[Tensor, dict[str, float]]] = {}
 
     def leaf_mask(path: str, method: MaskMethod, leaf: Tensor, data: dict[str, Any]) -> Tensor:

@@ -182,7 +182,8 @@ class SparseGPT(MaskMethod):
         if self.m is not None and block_size % self.m:
             raise ValueError(
                 f"{name}: block_size={block_size} must be a multiple of m={self.m}, so that "
-                f"no N:M group straddles two blocks"
+                f"no N:M group straddles two blocks (e.g. "
+                f"block_size={max(self.m, block_size // self.m * self.m)})"
             )
         damp = require_finite(name, "damp", self.damp)
         if damp < 0:

@@ -270,7 +270,12 @@ def test_retries_with_no_damping_are_refused() -> None:
         ({"n": 2.0, "m": 4}, TypeError, "n must be an int, got float"),
         ({"sparsity": 1.5}, ValueError, "sparsity must be a fraction in [0, 1], got 1.5"),
         ({"block_size": 0}, ValueError, "block_size=0 must be at least 1"),
-        ({"n": 2, "m": 4, "block_size": 6}, ValueError, "block_size=6 must be a multiple of m=4"),
+        (
+            {"n": 2, "m": 4, "block_size": 6},
+            ValueError,
+            "block_size=6 must be a multiple of m=4, so that no N:M group straddles two blocks (e.g. "
+            "block_size=4)",
+        ),
         ({"damp": -0.1}, ValueError, "damp=-0.1 must be >= 0"),
         ({"damp": math.nan}, ValueError, "damp must not be NaN"),
         ({"damp": math.inf}, ValueError, "damp=inf must be finite"),
@@ -291,7 +296,7 @@ def test_defaults_and_positional_sparsity() -> None:
     assert (method.damp, method.retries) == (0.01, 0)
     assert dataclasses.replace(method) == method
     with pytest.raises(TypeError, match=r"call it as SparseGPT\(sparsity=None, \*, n=None, m="):
-        SparseGPT(0.5, 2)  # type: ignore[misc]
+        SparseGPT(0.5, 2)  # type: ignore[call-arg]
 
 
 H4 = torch.eye(4)
@@ -334,7 +339,8 @@ def test_bad_calls_name_the_value(
     with pytest.raises(error, match=re.escape(message)):
         method.prune_leaf(weight, **data)
     with pytest.raises(error, match=r"^compute_masks: rule 'w' \(SparseGPT\)"):
-        fs.compute_masks({"w": weight}, {"w": method}, **{k: {"w": v} for k, v in data.items()})
+        trees: dict[str, Any] = {k: {"w": v} for k, v in data.items()}
+        fs.compute_masks({"w": weight}, {"w": method}, **trees)
 
 
 def test_a_nearly_symmetric_hessian_is_accepted_and_symmetrised() -> None:
