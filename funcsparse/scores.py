@@ -199,7 +199,20 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
         Large Language Models. ICLR 2024. arXiv:2306.11695.
     """
-    function = "wanda_scores"
+    _, checked, spec = wanda_inputs(params, input_norms, function="wanda_scores")
+    return unflatten(spec, [None if pair is None else pair[0].abs() * pair[1] for pair in checked])
+
+
+def wanda_inputs(
+    params: Any, input_norms: Any, *, function: str
+) -> tuple[list[str], list[tuple[Tensor, Tensor] | None], Any]:
+    """``params``' leaves paired with their ``input_norms``, checked as :func:`wanda_scores`
+    checks them (its Raises), with messages naming ``function``.
+
+    Returns:
+        The leaf paths, a ``(leaf, norms)`` pair per leaf (None where the norms are None),
+        and the tree spec.
+    """
     paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
     norm_leaves = _entries(function, "input_norms", spec, input_norms)
     checked: list[tuple[Tensor, Tensor] | None] = []
@@ -245,5 +258,4 @@ def wanda_scores(params: Any, input_norms: Any) -> Any:
                     f"{norms[where].item()}; norms must be finite and non-negative"
                 )
         checked.append((leaf, norms))
-    # Everything is checked: compute.
-    return unflatten(spec, [None if pair is None else pair[0].abs() * pair[1] for pair in checked])
+    return paths, checked, spec
