@@ -57,9 +57,10 @@ def owl(
     the order of the outlier ratios. A layer with no weights (empty leaves only) gets
     ``sparsity``.
 
-    Scores are computed in float64, a few rows at a time: the layer's mean is the sum of
-    per-leaf sums over its number of weights, and the outliers are counted leaf by leaf, so
-    no concatenation of a layer's scores (nor a whole weight's scores) is ever built.
+    Scores are computed in float32 (float64 for float64 weights), as the reference computes
+    them, a few rows at a time: the layer's mean is the float64 sum of per-leaf sums over its
+    number of weights, and the outliers are counted leaf by leaf, so no concatenation of a
+    layer's scores (nor a whole weight's scores) is ever built.
 
     Pass the levels to a method through :func:`funcsparse.distributions.level_rules`:
     ``fs.compute_masks(params, level_rules(levels, fs.Wanda()), input_norms=norms)``.
@@ -262,36 +263,48 @@ def _some(paths: list[str], shown: int = 3) -> str:
 
 
 def _row_chunks(leaf: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, int]:
-    """``leaf`` as ``(rows, width)``, the float64 norms as ``(width,)`` and rows per chunk."""
+    """``leaf`` as ``(rows, width)``, the norms as ``(width,)`` in the scores' dtype (float32,
+    or float64 for a float64 leaf) and the rows per chunk."""
     rows = leaf.shape[0]
     width = math.prod(leaf.shape[1:])
+    dtype = torch.float64 if leaf.dtype == torch.float64 else torch.float32
     flat = leaf.detach().reshape(rows, width)
-    weights = norms.detach().reshape(width).to(torch.float64)
+    weights = norms.detach().reshape(width).to(dtype)
     return flat, weights, max(1, _CHUNK // max(width, 1))
 
 
+def _scores(rows: Tensor, weights: Tensor) -> Tensor:
+    """Wanda's scores of ``rows`` in ``weights``' dtype (a new tensor: nothing is mutated)."""
+    return torch.mul(rows.to(weights.dtype).abs(), weights)
+
+
 def _score_sum(path: str, leaf: Tensor, norms: Tensor) -> float:
-    """The float64 sum of ``leaf``'s Wanda scores; a ValueError where one is not finite."""
+    """The sum of ``leaf``'s Wanda scores, accumulated in float64; a ValueError where it is
+    not finite (a NaN or infinite weight: the scores are non-negative)."""
     flat, weights, step = _row_chunks(leaf, norms)
     total = torch.zeros((), dtype=torch.float64, device=leaf.device)
-    finite = torch.ones((), dtype=torch.bool, device=leaf.device)
     for start in range(0, flat.shape[0], step):
-        scores = flat[start : start + step].to(torch.float64, copy=True).abs_().mul_(weights)
-        finite &= scores.isfinite().all()
-        total += scores.sum()
-    if not bool(finite):
+        total += _scores(flat[start : start + step], weights).sum(dtype=torch.float64)
+    value = float(total)
+    if not math.isfinite(value):
         raise ValueError(
-            f"{_FUNCTION}: the leaf at {path!r} holds a value that is NaN or infinite; OWL "
-            "needs finite weights (its outlier ratio compares scores with their mean)"
+            f"{_FUNCTION}: the leaf at {path!r} holds a value that is NaN or infinite (or its "
+            "scores sum beyond float64); OWL needs finite weights (its outlier ratio compares "
+            "scores with their mean)"
         )
-    return float(total)
+    return value
 
 
 def _count_above(leaf: Tensor, norms: Tensor, bound: float) -> int:
-    """How many of ``leaf``'s Wanda scores exceed ``bound``."""
+    """How many of ``leaf``'s Wanda scores exceed ``bound`` (exactly: the bound is rounded
+    down to the scores' dtype, so a score above the rounded bound is above ``bound``)."""
     flat, weights, step = _row_chunks(leaf, norms)
+    below = torch.tensor(bound, dtype=weights.dtype, device=leaf.device)
+    if float(below) > bound:  # rounded up: take the next value below
+        below = torch.nextafter(
+            below, torch.tensor(-math.inf, dtype=weights.dtype, device=leaf.device)
+        )
     count = torch.zeros((), dtype=torch.int64, device=leaf.device)
     for start in range(0, flat.shape[0], step):
-        scores = flat[start : start + step].to(torch.float64, copy=True).abs_().mul_(weights)
-        count += (scores > bound).sum()
+        count += (_scores(flat[start : start + step], weights) > below).sum()
     return int(count)

@@ -486,3 +486,27 @@ def test_bad_leaves_and_norms_raise_naming_the_path() -> None:
 def test_the_function_lives_in_its_own_module() -> None:
     assert owl is fs.distributions.owl
     assert owl_module.owl is owl and owl.__module__ == "funcsparse.distributions.owl"
+
+
+def test_outliers_are_counted_exactly_against_the_float64_bound() -> None:
+    """float32 scores against a float64 bound: the bound is rounded down to float32 first,
+    so a score above the rounded bound is above the bound itself, and no other is."""
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        leaf, norms = torch.tensor([[3.0, 1.0]], dtype=dtype), torch.ones(2, dtype=dtype)
+        assert owl_module._count_above(leaf, norms, 3.0 - 1e-12) == 1  # 3 > 2.999999999999
+        assert owl_module._count_above(leaf, norms, 3.0) == 0
+        assert owl_module._count_above(leaf, norms, 3.0 + 1e-12) == 0
+        assert owl_module._count_above(leaf, norms, 0.5) == 2
+
+
+def test_half_precision_weights_give_the_levels_of_their_values() -> None:
+    generator = torch.Generator().manual_seed(6)
+    params = {
+        f"b{i}.w": torch.randint(-4, 5, (6, 8), generator=generator).float() for i in range(3)
+    }
+    params["b1.w"][0, :3] = 100.0
+    norms = {path: torch.full((8,), 0.5) for path in params}
+    expected = owl(params, norms, sparsity=0.5)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        cast = {path: leaf.to(dtype) for path, leaf in params.items()}
+        assert owl(cast, {p: n.to(dtype) for p, n in norms.items()}, sparsity=0.5) == expected
