@@ -455,13 +455,6 @@ def reconstruction_error(weight: Tensor, pruned: Tensor, x: Tensor) -> float:
     return float(torch.linalg.matrix_norm(x @ weight.T - x @ pruned.T))
 
 
-def _wanda_nm() -> fs.Wanda | None:
-    try:
-        return fs.Wanda(n=2, m=4)  # type: ignore[call-arg]
-    except TypeError:
-        return None
-
-
 @pytest.mark.parametrize("name", ["pixels", "hidden", "twins"])
 @pytest.mark.parametrize("pattern", ["50%", "2:4"])
 def test_reconstruction_below_magnitude_and_wanda(name: str, pattern: str) -> None:
@@ -475,10 +468,7 @@ def test_reconstruction_below_magnitude_and_wanda(name: str, pattern: str) -> No
     else:
         sparsegpt = fs.SparseGPT(n=2, m=4)
         magnitude_keep = fs.NM(n=2, m=4)(weight)
-        nm_wanda = _wanda_nm()
-        if nm_wanda is None:
-            pytest.skip("fs.Wanda(n=2, m=4) not there yet (another engineer adds it)")
-        wanda = nm_wanda
+        wanda = fs.Wanda(n=2, m=4)
     wanda_keep = wanda(weight, input_norms=norms)
     keep, updated, _ = sparsegpt.prune_leaf(weight, hessian=hessian)
     assert int((~keep).sum()) == int((~magnitude_keep).sum()) == int((~wanda_keep).sum())
