@@ -57,13 +57,14 @@ Time and memory
 ---------------
 ``time``: wall-clock seconds of the whole pruning call, calibration included (the norms or
 Hessians, the block runs, the masks, SparseGPT's updates); quality is evaluated outside it.
-Every method runs once untimed (warm-up, and the run whose result is scored), then
-``--repeats`` timed runs interleaved across methods, the order rotating each repeat; the
-median is reported and the min-max range. ``peak``: once per method after timing, freed heap
-returned to the OS (``malloc_trim``), the RSS high-water mark reset (``/proc/self/
-clear_refs``), the growth of ``VmHWM`` over the RSS before the call, in MiB and as a
-multiple of the pruned weights' bytes ``W`` (42.5 MB fp32); it includes what the call
-returns (bool masks, and the new pruned weights).
+Every method runs once first (the run whose result is scored and whose memory is measured;
+its time is kept as ``first_run_s``), then ``--repeats`` timed runs interleaved across
+methods, the order rotating each repeat; the median is reported and the min-max range.
+``peak``: on that first run, freed heap returned to the OS (``malloc_trim``), the RSS
+high-water mark reset (``/proc/self/clear_refs``), the growth of ``VmHWM`` over the RSS
+before the call, in MiB and as a multiple of the pruned weights' bytes ``W`` (42.5 MB
+fp32); it includes what the call returns (bool masks, and the new pruned weights) and the
+calibration activations.
 
 Checks (exit status 1 on failure): the sparsity achieved over the pruned weights (zeros in
 the returned weights, and False entries of the masks) is the level asked (0.5 within 1e-3
@@ -73,6 +74,12 @@ weights of every row, and every weight outside the rules is unchanged.
 Usage::
 
     python benchmarks/llm.py [--quick] [--repeats N] [--json PATH] [--threads N]
+    python benchmarks/llm.py --markdown RUN.json [RUN.json ...] [--md PATH]
+
+``--threads`` defaults to 1: on the 2 shared cores this was measured on (load average 6-9),
+torch's OpenMP barriers under oversubscription made one SparseGPT weight (1536 x 384) take
+about 20 s with 2 threads and about 1 s with 1. ``--markdown`` writes the table over several
+runs' JSON (each figure as its range) to ``benchmarks/results/llm.md``.
 
 Results are printed as a table and written as JSON (default ``benchmarks/results/llm.json``).
 """
@@ -81,6 +88,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import json
 import math
 import os
 import random
@@ -354,7 +362,7 @@ def build_cases(model: torch.nn.Module, cal: list[dict], skipped: dict[str, str]
                     "sparsegpt",
                     "2:4",
                     0.5,
-                    lambda: sequential(rules_for(fs.SparseGPT(0.5, n=2, m=4))),
+                    lambda: sequential(rules_for(fs.SparseGPT(n=2, m=4))),
                 )
             )
         else:
@@ -381,19 +389,22 @@ def _owl_case(
     model: torch.nn.Module, params: dict, cal: list[dict], sequential: Callable
 ) -> Case | str:
     owl = getattr(fs.distributions, "owl", None)
-    make_rules = getattr(fs.distributions, "rules", None)
-    if owl is None or make_rules is None:
-        return "fs.distributions.owl / fs.distributions.rules not in this funcsparse"
+    level_rules = getattr(fs.distributions, "level_rules", None)
+    if owl is None or level_rules is None:
+        return "fs.distributions.owl / fs.distributions.level_rules not in this funcsparse"
 
     def run() -> tuple[dict, dict]:
-        paths = pruned_paths(model)
-        norms = fs.collect_input_norms(model, params, cal, paths=paths)
-        levels = owl(
-            {p: params[p] for p in paths}, {p: norms[p] for p in paths}, sparsity=0.5, blocks=BLOCKS
-        )
-        return sequential(make_rules(levels, fs.Wanda))
+        norms = fs.collect_input_norms(model, params, cal, paths=pruned_paths(model))
+        levels = owl(params, norms, sparsity=0.5, blocks=BLOCKS)
+        return sequential(level_rules(levels, fs.Wanda()))
 
-    return Case("owl+wanda", "50%", 0.5, run, note="levels from dense input norms")
+    return Case(
+        "owl+wanda",
+        "50%",
+        0.5,
+        run,
+        note="levels from the dense input norms (M=5, lambda=0.08), Wanda via prune_blocks",
+    )
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -424,26 +435,43 @@ def achieved(
     }
 
 
-def peak_mib(fn: Callable[[], Any]) -> float:
+def peak_mib(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """The growth of the RSS high-water mark over the RSS before ``fn()``, and its result."""
     gc.collect()
     release_free_heap()
     before = status_kib("VmRSS")
-    if not reset_peak():
-        return float("nan")
+    ok = reset_peak()
     out = fn()
     grown = status_kib("VmHWM") - before
-    del out
-    return grown / 1024
+    return (grown / 1024 if ok else float("nan")), out
 
 
 # --- main ------------------------------------------------------------------------------
 
 
 def main() -> int:
-    parser = base_parser(__doc__, DEFAULT_JSON, repeats=3)
+    parser = base_parser(__doc__, DEFAULT_JSON, repeats=1)
     parser.add_argument("--quick", action="store_true", help="16 calibration, 128 held-out")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on shared, oversubscribed cores OpenMP's barriers "
+        "made one SparseGPT weight 20 s with 2 threads against 1 s with 1)",
+    )
+    parser.add_argument(
+        "--markdown",
+        nargs="+",
+        type=Path,
+        metavar="RUN_JSON",
+        help="write the markdown table over these runs' JSON to --md and exit",
+    )
+    parser.add_argument("--md", type=Path, default=HERE / "results" / "llm.md")
     args = parser.parse_args()
+    if args.markdown:
+        args.md.write_text(markdown(args.markdown))
+        print(args.md.read_text())
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     n_cal, n_eval = (16, 128) if args.quick else (64, 512)
@@ -467,16 +495,20 @@ def main() -> int:
     skipped: dict[str, str] = {}
     cases = build_cases(model, cal, skipped)
     failures: list[str] = []
-    # warm-up run: the result that is scored and checked
+    # the first run of each method: its peak memory measured, its result scored and checked
     live = []
     for case in cases:
         try:
-            masks, params = case.run()
+            start = time.perf_counter()
+            mib, (masks, params) = peak_mib(case.run)
+            case.result["first_run_s"] = time.perf_counter() - start
         except Exception as err:
             skipped[f"{case.name} {case.pattern}"] = f"{type(err).__name__}: {err}"
             continue
         q = quality(dense_emb, embed(model, params, evals), dense_knn)
         case.result.update(q)
+        case.result["peak_mib"] = mib
+        case.result["peak_over_W"] = mib * 2**20 / w_bytes
         if case.name != "dense":
             got = achieved(paths, masks, params, dense_params)
             case.result["sparsity"] = got
@@ -514,9 +546,6 @@ def main() -> int:
             "max": max(ts),
             "all": ts,
         }
-        mib = peak_mib(case.run)
-        case.result["peak_mib"] = mib
-        case.result["peak_over_W"] = mib * 2**20 / w_bytes
 
     rows = [{"method": c.name, "pattern": c.pattern, "note": c.note, **c.result} for c in live]
     print_table(rows)
@@ -567,6 +596,72 @@ def sentence_transformers_check(path: Path, text: list[str], dense_emb: torch.Te
     if diff > 1e-4:
         raise SystemExit(f"llm.py: embedding differs from sentence-transformers' by {diff}")
     return {"max_abs_diff": diff}
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}-{hi:{fmt}}"
+
+
+def markdown(paths: list[Path]) -> str:
+    """The rows of several runs' JSON as one markdown table, each figure as its range."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    keys: list[tuple[str, str]] = []
+    for run in runs:
+        for row in run["rows"]:
+            if (row["method"], row["pattern"]) not in keys:
+                keys.append((row["method"], row["pattern"]))
+    first = runs[0]
+    model, text = first["model"], first["text"]
+    lines = [
+        f"Model: `{model['name']}` from the PyPI wheel `{model['package']}` "
+        f"({model['params'] / 1e6:.1f}M weights; pruned: the {model['pruned_leaves']} Linear "
+        f"weights inside the blocks, {model['pruned_weights'] / 1e6:.2f}M, "
+        f"W = {model['W_bytes'] / 2**20:.1f} MiB). Text: {text['what']} (Python "
+        f"{text['python']}); calibration {text['calibration_sequences']} x "
+        f"{text['sequence_tokens']} tokens, held out {text['heldout_sentences']} sentences "
+        "from other modules. "
+        f"{len(runs)} runs ({', '.join(p.name for p in paths)}); each cell is the range over "
+        "the runs. cos: mean cosine similarity of each held-out sentence's embedding to the "
+        "dense model's (p05: 5th percentile); kNN@10: share of each sentence's 10 nearest "
+        "held-out neighbours kept; time: seconds of the whole pruning call, calibration "
+        "included; peak: extra RSS of the call in MiB (x W); sparsity: zeros in the pruned "
+        "weights.",
+        "",
+        "| method | pattern | cos | cos p05 | kNN@10 | time (s) | peak MiB (x W) | sparsity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for method, pattern in keys:
+        rows = [
+            r
+            for run in runs
+            for r in run["rows"]
+            if (r["method"], r["pattern"]) == (method, pattern)
+        ]
+        times = [t for r in rows for t in r["time_s"]["all"]]
+        sp = [r.get("sparsity", {}).get("zeros", 0.0) for r in rows]
+        over_w = [r["peak_over_W"] for r in rows]
+        lines.append(
+            f"| {method} | {pattern} | {_span([r['cos'] for r in rows], '.4f')} | "
+            f"{_span([r['cos_p05'] for r in rows], '.4f')} | "
+            f"{_span([r['knn10'] for r in rows], '.3f')} | "
+            f"{'-' if method == 'dense' else _span(times, '.2f')} | "
+            f"{'-' if method == 'dense' else _span([r['peak_mib'] for r in rows], '.0f')} "
+            f"{'' if method == 'dense' else '(' + _span(over_w, '.1f') + ')'} | "
+            f"{_span(sp, '.4f')} |"
+        )
+    machines = {(r["machine"]["platform"], r["machine"]["cpu_count"]) for r in runs}
+    loads = [r["machine"]["loadavg_1m"] for r in runs]
+    lines += [
+        "",
+        f"Machine: {'; '.join(f'{p}, {c} cores' for p, c in machines)}, torch "
+        f"{first['machine']['torch']}, {first['machine']['torch_num_threads']} threads; "
+        f"1-minute load average at the end of the runs {_span(loads, '.1f')} (shared cores: "
+        "times are upper bounds).",
+    ]
+    skipped = {k: v for run in runs for k, v in run["skipped"].items()}
+    lines += [f"Skipped {k}: {v}" for k, v in skipped.items()]
+    return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
