@@ -67,6 +67,10 @@ def _names(function: str, argument: str, value: object) -> tuple[str, ...] | Non
     for name in names:
         if not isinstance(name, str):
             raise TypeError(f"{function}: {argument} must hold strings, got {describe(name)}")
+    if not names:
+        raise ValueError(
+            f"{function}: {argument} is empty, so nothing would be reset; pass None for the default"
+        )
     return names
 
 
@@ -169,7 +173,8 @@ def reset_optimizer_state_(
             of strings; a leaf of ``params`` is not a tensor or a position not a bool tensor;
             a param is a DTensor (out of scope); a state entry under a reset key is not a
             tensor.
-        ValueError: the optimizer is not SGD, Adam or AdamW and ``keys`` is None; a state
+        ValueError: the optimizer is not SGD, Adam or AdamW and ``keys`` is None; ``keys``
+            is empty; a state
             tensor of a param's shape sits under a key not known for the optimizer (with
             ``keys`` None); a positioned param is not one of the optimizer's params; the
             positions' structure, shape or device is not the params'; a state entry to reset
@@ -351,11 +356,12 @@ def reset_optimizer_state(
         A new pytree of ``state``'s structure.
 
     Raises:
-        TypeError: ``state`` is a ``torch.optim.Optimizer`` (use
+        TypeError: ``state`` is a ``torch.optim.Optimizer`` or its ``state_dict()`` (use
             :func:`reset_optimizer_state_`); ``subtrees`` is not a tuple of strings; a leaf
             of ``params`` is not a tensor or a position not a bool tensor; a param is a
             DTensor (out of scope).
-        ValueError: the positions' structure, shape or device is not the params'; a named
+        ValueError: ``subtrees`` is empty; the positions' structure, shape or device is not
+            the params'; a named
             subtree is not in the state or not params-shaped; (``subtrees`` None) a tensor
             of a positioned param's shape lies outside every params-shaped subtree; a state
             tensor to reset is on another device than its positions.
@@ -369,6 +375,12 @@ def reset_optimizer_state(
         raise TypeError(
             f"{function}: state is a {type(state).__name__}; for a torch.optim optimizer use "
             "fs.reset_optimizer_state_(optimizer, params, positions)"
+        )
+    if isinstance(state, Mapping) and {"state", "param_groups"} <= set(state):
+        raise TypeError(
+            f"{function}: state looks like a torch.optim state_dict (keys 'state' and "
+            "'param_groups'), which holds its moments per param index; load it into the "
+            "optimizer and use fs.reset_optimizer_state_(optimizer, params, positions)"
         )
     named = _names(function, "subtrees", subtrees)
     paths, leaves, position_leaves, _ = checked_masks(params, positions, function=function)

@@ -394,6 +394,8 @@ def test_errors_name_the_function_the_path_and_the_value():
         reset_optimizer_state_(opt.state_dict(), {"w": w}, {"w": yes})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"keys must be a tuple of strings or None, got str"):
         reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys="exp_avg")
+    with pytest.raises(ValueError, match=r"^reset_optimizer_state_: keys is empty, so nothing"):
+        reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys=())
     with pytest.raises(TypeError, match=r"keys must hold strings, got int 3"):
         reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys=(3,))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"the param at 'v' \(a 2-D .*\) is not one of the Adam"):
@@ -641,6 +643,10 @@ def test_pytree_errors():
     state = {"m": {"w": torch.ones(2, 2)}, "step": 1}
     with pytest.raises(TypeError, match=r"state is a SGD; for a torch.optim optimizer use fs"):
         reset_optimizer_state(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))]), params, yes)
+    with pytest.raises(TypeError, match=r"state looks like a torch.optim state_dict .*use fs"):
+        reset_optimizer_state(torch.optim.SGD([torch.ones(1)]).state_dict(), params, yes)
+    with pytest.raises(ValueError, match=r"^reset_optimizer_state: subtrees is empty"):
+        reset_optimizer_state(state, params, yes, subtrees=[])
     with pytest.raises(TypeError, match=r"subtrees must be a tuple of strings or None, got str"):
         reset_optimizer_state(state, params, yes, subtrees="m")
     with pytest.raises(
@@ -693,3 +699,17 @@ def test_property_zero_at_positions_equal_elsewhere(
         assert bool((new["m"][k][where[k]] == 0).all())
         assert torch.equal(new["m"][k][~where[k]], moments[k][~where[k]])
     assert new["lr"] == 0.1
+
+
+def test_list_params_with_a_tuple_of_lists_state():
+    params = [torch.ones(2, 2), torch.ones(2, 2)]  # two params of one shape
+    state = ([torch.ones(2, 2), torch.full((2, 2), 2.0)], [torch.ones(2, 2), torch.ones(2, 2)])
+    grown = [torch.tensor([[True, False], [False, False]]), None]
+    new = reset_optimizer_state(state, params, grown)
+    assert new[0][0].tolist() == [[0.0, 1.0], [1.0, 1.0]]
+    assert new[1][0].tolist() == [[0.0, 1.0], [1.0, 1.0]]
+    assert new[0][1] is state[0][1] and new[1][1] is state[1][1]
+    nested = {"block": {"w": torch.ones(3)}}
+    momentum = {"mu": {"block": {"w": torch.ones(3)}}, "t": 2}
+    new = reset_optimizer_state(momentum, nested, {"block": {"w": torch.tensor([1, 0, 1]).bool()}})
+    assert new["mu"]["block"]["w"].tolist() == [0.0, 1.0, 0.0] and new["t"] == 2
