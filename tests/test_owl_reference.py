@@ -55,16 +55,17 @@ def reference_owl(
     layers = list(dict.fromkeys(layer_of[path] for path in paths))
     ratios, sizes = [], []
     for name in layers:
+        # scores in the weights' dtype (float32 for a float32 model, as the paper's code
+        # computes them), their mean and the comparison in float64
         scores = np.concatenate(
             [
                 (
-                    np.abs(params[path].detach().double().numpy())
-                    * norms[path].detach().double().numpy()  # type: ignore[union-attr]
+                    np.abs(params[path].detach().numpy()) * norms[path].detach().numpy()  # type: ignore[union-attr]
                 ).ravel()
                 for path in paths
                 if layer_of[path] == name
             ]
-        )
+        ).astype(np.float64)
         ratios.append(np.count_nonzero(scores > m * scores.mean()) / scores.size)
         sizes.append(scores.size)
     d = np.array(ratios)
@@ -110,8 +111,9 @@ def digits_mlp() -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
         for i in (0, 2, 4):
             linear = model[i]
             assert isinstance(linear, nn.Linear)
-            params[f"{i}.weight"], norms[f"{i}.weight"] = linear.weight, h.norm(dim=0)
-            params[f"{i}.bias"], norms[f"{i}.bias"] = linear.bias, None
+            params[f"{i}.weight"] = linear.weight.detach()
+            params[f"{i}.bias"] = linear.bias.detach()
+            norms[f"{i}.weight"], norms[f"{i}.bias"] = h.norm(dim=0), None
             h = torch.relu(linear(h))
     return params, norms
 
@@ -190,8 +192,13 @@ def test_reference_equal_ratios_give_the_target() -> None:
 @pytest.mark.parametrize(
     ("sparsity", "m", "lam"), [(0.5, 5.0, 0.08), (0.7, 3.0, 0.08), (0.3, 7.0, 0.05)]
 )
-def test_matches_reference_digits_mlp(sparsity: float, m: float, lam: float) -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_reference_digits_mlp(
+    sparsity: float, m: float, lam: float, dtype: torch.dtype
+) -> None:
     params, norms = digits_mlp()
+    params = {path: p.to(dtype) for path, p in params.items()}
+    norms = {path: None if n is None else n.to(dtype) for path, n in norms.items()}
     got = owl(params, norms, sparsity=sparsity, outlier_threshold=m, max_deviation=lam)
     layer_of = {path: path for path in params}
     expected = reference_owl(params, norms, layer_of, sparsity=sparsity, m=m, lam=lam)
