@@ -370,6 +370,32 @@ def test_matches_reference_rank_deficient(level: dict[str, Any]) -> None:
     assert_matches_reference(weight, hessian, **level, block_size=8, damp=0.01)
 
 
+@pytest.mark.parametrize("hessian_dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("out", "cols", "level", "block_size", "damp", "dead"), FIXED[3:9])
+def test_float32_weights_match_reference_to_float32_precision(
+    out: int,
+    cols: int,
+    level: dict[str, Any],
+    block_size: int,
+    damp: float,
+    dead: tuple[int, ...],
+    hessian_dtype: torch.dtype,
+) -> None:
+    """A float32 weight: a float32 result, the reference's mask (these fixed cases have no
+    near-ties) and its weights to float32 precision."""
+    weight, hessian, _ = layer(out, cols, seed=out * 100 + cols, dead=dead)
+    expected_keep, expected = reference_sparsegpt(
+        weight, hessian, **level, block_size=block_size, damp=damp
+    )
+    method = fs.SparseGPT(**level, block_size=block_size, damp=damp)
+    keep, updated, _ = method.prune_leaf(weight.float(), hessian=hessian.to(hessian_dtype))
+    assert updated.dtype == torch.float32
+    assert torch.equal(keep, expected_keep)
+    assert bool((updated[~keep] == 0).all())
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(updated.double(), expected, rtol=1e-5, atol=1e-5 * scale)
+
+
 @st.composite
 def reference_cases(draw: st.DrawFn) -> dict[str, Any]:
     out = draw(st.integers(1, 16))
