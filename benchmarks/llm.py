@@ -68,8 +68,9 @@ calibration activations.
 
 Checks (exit status 1 on failure): the sparsity achieved over the pruned weights (zeros in
 the returned weights, and False entries of the masks) is the level asked (0.5 within 1e-3
-for the uniform rows and OWL's mean), every 2:4 row keeps exactly 2 of every 4 consecutive
-weights of every row, and every weight outside the rules is unchanged.
+for the uniform rows; for OWL up to 1/384 below, its levels being floored per row), every
+2:4 row keeps exactly 2 of every 4 consecutive weights of every row, every weight outside
+the rules is unchanged, and the model's own parameters are never mutated.
 
 Usage::
 
@@ -512,10 +513,11 @@ def main() -> int:
         if case.name != "dense":
             got = achieved(paths, masks, params, dense_params)
             case.result["sparsity"] = got
-            if (
-                abs(got["zeros"] - case.target) > 1e-3
-                or abs(got["mask_pruned"] - case.target) > 1e-3
-            ):
+            # OWL's per-block levels are floored to whole weights per row (int(in * level)):
+            # up to one weight per row short, under 1/384 of the target.
+            low = case.target - (1 / 384 if case.name.startswith("owl") else 1e-3)
+            high = case.target + 1e-3
+            if not (low <= got["zeros"] <= high and low <= got["mask_pruned"] <= high):
                 failures.append(f"{case.name} {case.pattern}: sparsity {got} != {case.target}")
             if case.pattern == "2:4" and not got["nm_2_4"]:
                 failures.append(f"{case.name} {case.pattern}: not 2 kept in every 4")
@@ -572,6 +574,7 @@ def main() -> int:
         "quick": args.quick,
         "repeats": args.repeats,
         "machine": machine_info(),
+        "funcsparse": {"file": fs.__file__, **_git_head()},
         "rows": rows,
         "skipped": skipped,
         "failures": failures,
@@ -582,6 +585,25 @@ def main() -> int:
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
+
+
+def _git_head() -> dict[str, Any]:
+    """The checkout's commit and whether funcsparse/ differs from it (when run in one)."""
+    import subprocess
+
+    root = HERE.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "funcsparse"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return {}
+    return {"git_head": head or None, "checkout_funcsparse_dirty": bool(dirty)}
 
 
 def sentence_transformers_check(path: Path, text: list[str], dense_emb: torch.Tensor) -> Any:
