@@ -18,8 +18,8 @@ from funcsparse.scores import wanda_inputs
 __all__ = ["owl"]
 
 _FUNCTION = "owl"
-# Scores are computed a chunk of whole rows at a time (float64 temporaries of about this
-# many entries), never for a whole weight or a whole layer at once.
+# Scores are computed a chunk of whole rows at a time (float32 or float64 temporaries of
+# about this many entries), never for a whole weight or a whole layer at once.
 _CHUNK = 1 << 20
 
 
