@@ -6,7 +6,7 @@ from funcsparse import distributions, export, schedules
 from funcsparse._apply import apply_masks, apply_masks_, functional_call
 from funcsparse._compute import compute_masks
 from funcsparse._prune import Pruned, prune
-from funcsparse.calibration import collect_hessians, collect_input_norms
+from funcsparse.calibration import collect_hessians, collect_input_norms, collect_statistics
 from funcsparse.export import load_sparse, save_sparse, squash
 from funcsparse.methods import (
     NM,
@@ -58,6 +58,7 @@ __all__ = [
     "apply_masks_",
     "collect_hessians",
     "collect_input_norms",
+    "collect_statistics",
     "compute_masks",
     "distributed",
     "distributions",
