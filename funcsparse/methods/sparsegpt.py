@@ -200,11 +200,6 @@ class SparseGPT(MaskMethod):
         object.__setattr__(self, "damp", damp)
         object.__setattr__(self, "retries", retries)
 
-    @property
-    def structured(self) -> bool:
-        """Whether the method prunes N:M (``n`` and ``m`` given) rather than unstructured."""
-        return self.m is not None
-
     @classmethod
     def configs(cls, st: Any) -> Any:
         """Valid configs: unstructured levels and N:M patterns, blocks of 1 column to more
