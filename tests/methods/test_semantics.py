@@ -21,9 +21,12 @@ HALF = fs.Magnitude(0.5)(W)  # a 50% mask: 2048 zeros
 
 
 def _scalable() -> list[type[MaskMethod]]:
-    """Registered methods with a level that ``scaled`` can lower (NM scales its ``n``)."""
+    """Registered methods with a level that ``scaled`` can lower (NM scales its ``n``) and
+    whose masks nest as it rises (not SparseGPT's: its weight updates change the scores)."""
     return [
-        cls for cls in registered_methods() if cls.level_field is not None or "scaled" in vars(cls)
+        cls
+        for cls in registered_methods()
+        if (cls.level_field is not None or "scaled" in vars(cls)) and cls.nested_levels
     ]
 
 
