@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from funcsparse._errors import describe
 from funcsparse.distributions._leaves import Leaf, choose_leaves, exact_levels, pruned_total
 from funcsparse.methods._level import check_sparsity
 
@@ -112,7 +113,7 @@ def erk(
     """
     target = check_sparsity(_FUNCTION, sparsity)
     if not isinstance(kernel, bool):
-        raise TypeError(f"{_FUNCTION}: kernel must be a bool, got {type(kernel).__name__}")
+        raise TypeError(f"{_FUNCTION}: kernel must be a bool, got {describe(kernel)}")
     leaves = choose_leaves(
         params,
         function=_FUNCTION,

@@ -80,6 +80,20 @@ def test_a_hand_computed_case() -> None:
     assert sum(pruned_counts(levels, params).values()) == 162
 
 
+def test_several_passes_of_the_dense_solve() -> None:
+    # raw densities 4001/4000, 1/8 and 1/256: the first solve (eps ~ 18.6) puts only the
+    # 1x4000 leaf above 1; without it eps ~ 21.9 puts the 16x16 one above 1 as well
+    shapes = [(1, 4000), (16, 16), (512, 512)]
+    params = {f"l{i}": meta(*shape) for i, shape in enumerate(shapes)}
+    kept = 0.1 * 266400
+    first = kept / (4001 + 32 + 1024)
+    assert 4001 / 4000 * first > 1 > first / 8
+    second = (kept - 4000) / (32 + 1024)
+    assert second / 8 > 1
+    assert reference_erk(shapes, 0.9) == pytest.approx([1.0, 1.0, (kept - 4256) / 262144])
+    assert erk(params, sparsity=0.9) == {"l0": 0.0, "l1": 0.0, "l2": 239760 / 262144}
+
+
 @given(layer_shapes, targets, st.booleans())
 def test_against_the_formula(shapes: list[tuple[int, ...]], target: float, kernel: bool) -> None:
     params = {f"layers.{i}.weight": meta(*shape) for i, shape in enumerate(shapes)}
@@ -228,7 +242,7 @@ def test_erdos_renyi_ignores_the_kernel() -> None:
         ({"sparsity": True}, TypeError, "erk: sparsity must be a fraction"),
         ({"sparsity": 1.5}, ValueError, r"erk: sparsity must be a fraction in \[0, 1\], got 1.5"),
         ({"sparsity": math.nan}, ValueError, "erk: sparsity must be a fraction"),
-        ({"sparsity": 0.5, "kernel": 1}, TypeError, "erk: kernel must be a bool, got int"),
+        ({"sparsity": 0.5, "kernel": 1}, TypeError, "erk: kernel must be a bool, got int 1"),
         ({"sparsity": 0.5, "dense_first": "yes"}, TypeError, "erk: dense_first must be a bool"),
         ({"sparsity": 0.5, "paths": 3}, TypeError, "erk: paths must be a leaf path or glob"),
         ({"sparsity": 0.5, "dense": [None]}, TypeError, "erk: dense must be a leaf path"),
