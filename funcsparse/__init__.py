@@ -10,6 +10,7 @@ from funcsparse.calibration import collect_hessians, collect_input_norms, collec
 from funcsparse.export import load_sparse, save_sparse, squash
 from funcsparse.methods import (
     NM,
+    SET,
     GlobalMagnitude,
     GlobalMethod,
     LeafProblem,
@@ -20,10 +21,12 @@ from funcsparse.methods import (
     NearlyDiagonal,
     Random,
     RandomStructured,
+    RigL,
     SparseGPT,
     Wanda,
     WeightNorm,
 )
+from funcsparse.optim_state import reset_optimizer_state, reset_optimizer_state_
 from funcsparse.pruner import Pruner, PrunerState
 from funcsparse.scores import magnitude_scores, saliency_scores, wanda_scores
 from funcsparse.sensitivity import Sensitivity, sensitivity
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NM",
+    "SET",
     "GlobalMagnitude",
     "GlobalMethod",
     "LeafProblem",
@@ -49,6 +53,7 @@ __all__ = [
     "PrunerState",
     "Random",
     "RandomStructured",
+    "RigL",
     "Sensitivity",
     "SparseGPT",
     "Wanda",
@@ -68,6 +73,8 @@ __all__ = [
     "magnitude_scores",
     "prune",
     "prune_blocks",
+    "reset_optimizer_state",
+    "reset_optimizer_state_",
     "saliency_scores",
     "save_sparse",
     "schedules",

@@ -63,6 +63,24 @@ class Pruner:
     update instead, so weights may come back (use it with gradients that reach pruned
     weights: ``fs.functional_call(..., straight_through=True)``).
 
+    Dynamic sparse training (``fs.SET``, ``fs.RigL``: methods whose ``regrows`` is True)
+    keeps each leaf at its level's exact count and moves the kept set: the first update
+    (step 0) makes the initial random mask, and at the method's own update steps
+    (``method.updates_at(step)``: every ``every`` steps, before ``end_step``) the pruner
+    passes the method its current mask and the step (and, for RigL, ``grads``: dense
+    gradients, computed through ``fs.functional_call(..., straight_through=True)``), and
+    the method drops and regrows. Between those steps the masks are the very same objects.
+    The growth's randomness is derived from the seed, the leaf's path and the step, so the
+    state needs no random state and resuming from a saved state is bit-identical. The loop
+    makes grown weights start at zero by projecting after every optimizer step
+    (``fs.apply_masks_(params, masks)``: a weight that grows was pruned, hence 0), and
+    resets the optimizer's moments at ``new & ~old`` (``fs.reset_optimizer_state_``).
+    With a schedule, a regrowing rule's level ramps as any rule's does (pruned stays
+    pruned; its new zeros are drawn as its initial mask is, at random from the seed), and
+    it drops and grows only from the schedule's full level (fraction 1) on, at its update
+    steps where the level does not change. A regrowing rule's update steps recompute only
+    the regrowing rules: other rules keep their masks and need no data there.
+
     Sharded params (DTensors, e.g. an FSDP2 model's ``dict(model.named_parameters())``) get
     DTensor masks placed as the params, the same on every rank as the single-process masks
     of the full tensors; a method's state (``fs.Movement``'s scores) is a DTensor placed as
@@ -91,6 +109,22 @@ class Pruner:
         4 1.0 8
         >>> masks["b"] is None
         True
+
+        Dynamic sparse training: RigL keeps 8 of 16 weights and moves 2 of them at step 2
+        (a drop fraction of 0.25 of the 8 kept), growing where the dense gradient is
+        largest; the projection keeps pruned weights at zero, so grown ones start there.
+
+        >>> pruner = fs.Pruner({"w": fs.RigL(0.5, drop_fraction=0.25, every=2)})
+        >>> state = pruner.init(params)
+        >>> masks, state = pruner.update(params, state)  # step 0: the initial random mask
+        >>> params = fs.apply_masks(params, masks)
+        >>> for step in (1, 2):
+        ...     grads = {"w": torch.arange(16.0).reshape(4, 4), "b": None}  # dense
+        ...     new, state = pruner.update(params, state, grads=grads)
+        ...     print(step, int((~new["w"]).sum()), int((new["w"] & ~masks["w"]).sum()))
+        ...     masks, params = new, fs.apply_masks(params, new)
+        1 8 0
+        2 8 2
 
     Args:
         rules: leaf paths or glob patterns mapped to methods (or None), as for
@@ -207,7 +241,8 @@ class Pruner:
             state: the state from ``init`` or the previous ``update``.
             grads: gradients of the loss, a pytree of ``params``' structure (None where
                 absent); needed at every step by methods that accumulate them
-                (``fs.Movement``). Default None.
+                (``fs.Movement``), and at its update steps by ``fs.RigL`` (dense
+                gradients: pruned weights' too). Default None.
             **leaf_data: per-leaf data the methods read on update steps (``input_norms``,
                 ``scores``, ...), as for ``fs.compute_masks``.
 
@@ -219,49 +254,83 @@ class Pruner:
             TypeError: a leaf of ``params`` is not a tensor (by path; None is an empty
                 entry); ``state`` is not a pruner state (its masks not bool tensors or
                 None, its method state not floating tensors, its step not an int, its
-                fraction not a number), the schedule gives no number, or what
-                ``fs.compute_masks`` raises.
+                fraction not a number), the schedule gives no number, ``current_mask``
+                or ``step`` are passed (the pruner's own data for regrowing methods), or
+                what ``fs.compute_masks`` raises.
             ValueError: ``state`` does not fit ``params`` (structure, shapes, devices, a
                 mask where no rule applies), gradients are missing or on another device
                 where a method needs them, a ``scores`` tree you pass is None where a
                 score-reading rule without state reads it, or what ``fs.compute_masks``
-                raises. Nothing passed in changes when it raises.
+                raises; ``fs.RigL`` at its update step without ``grads`` there (or with
+                the gradient of a masked forward: 0 at every pruned weight). Nothing
+                passed in changes when it raises.
         """
         function = "Pruner.update"
         paths, leaves, spec = flatten_with_paths(params, function=function, tensors=True)
         step, mask_leaves, method_state = self._unpack(state, spec, function)
-        _, methods = self._assigned(paths, function)
+        for name in ("current_mask", "step"):
+            if name in leaf_data:
+                raise TypeError(
+                    f"{function}: {name} is the pruner's own data (it passes the current masks "
+                    "and the step to regrowing methods); do not pass it"
+                )
+        assignments, methods = self._assigned(paths, function)
         _check_state_leaves(paths, leaves, methods, mask_leaves, method_state, state["fraction"])
         if any(method is not None and method.needs_grads for method in methods):
             method_state = self._accumulate(paths, leaves, spec, methods, method_state, grads)
         fraction = state["fraction"]
-        if self._updates_at(step, fraction):
-            fraction = self._fraction(step)
-            if not 0.0 <= fraction <= 1.0:
+        new_fraction = fraction
+        static = self._updates_at(step, fraction)
+        if static:
+            new_fraction = self._fraction(step)
+            if not 0.0 <= new_fraction <= 1.0:
                 raise ValueError(
-                    f"{function}: the schedule gave {fraction!r} at step {step}; a schedule "
-                    "gives a fraction in [0, 1]"
+                    f"{function}: the schedule gave {new_fraction!r} at step {step}; a "
+                    "schedule gives a fraction in [0, 1]"
                 )
+        level_changes = static and new_fraction != fraction
+        # Regrowing methods (fs.SET, fs.RigL) drop and grow at their own steps once the
+        # level is whole and not changing at this step.
+        dynamic_keys = set()
+        if new_fraction == 1.0 and not level_changes:
+            dynamic_keys = {
+                key
+                for key, method in self.rules.items()
+                if method is not None and method.regrows and method.updates_at(step)
+            }
+        new_masks = list(mask_leaves)
+        if static:
+            level = float(new_fraction or 0.0)  # a float here: the schedule's fraction
             rules = {
-                key: None if method is None else method.scaled(fraction)
+                key: None
+                if method is None or (method.regrows and not level_changes)
+                else method.scaled(level)
                 for key, method in self.rules.items()
             }
-            data, merged = self._leaf_data(paths, spec, methods, method_state, leaf_data)
-            prev = None if self.regrow else state["masks"]
-            # A tree merged from the methods' states alone holds None at the other leaves;
-            # a tree the caller gave (merged or not) must cover every leaf that reads it.
-            masks_tree = masks_with_data(
-                params,
-                rules,
-                prev_masks=prev,
-                leaf_data=data,
-                partial=frozenset(name for name in merged if leaf_data.get(name) is None),
-            )
-        else:
-            masks_tree = state["masks"]
+            if any(method is not None for method in rules.values()):
+                data, merged = self._leaf_data(paths, spec, methods, method_state, leaf_data)
+                prev = None if self.regrow else state["masks"]
+                # A tree merged from the methods' states alone holds None at the other
+                # leaves; a tree the caller gave (merged or not) must cover every leaf that
+                # reads it.
+                computed = masks_with_data(
+                    params,
+                    rules,
+                    prev_masks=prev,
+                    leaf_data=data,
+                    partial=frozenset(name for name in merged if leaf_data.get(name) is None),
+                )
+                for i, (entry, assigned) in enumerate(
+                    zip(leaves_like(spec, computed), assignments, strict=True)
+                ):
+                    if assigned is not None and rules[assigned.key] is not None:
+                        new_masks[i] = entry
+        if dynamic_keys:
+            self._regrow(params, paths, spec, assignments, methods, new_masks, step, grads)
+        masks_tree = unflatten(spec, new_masks) if static or dynamic_keys else state["masks"]
         new_state = PrunerState(
             step=step + 1,
-            fraction=fraction,
+            fraction=new_fraction,
             masks=masks_tree,
             method_state=unflatten(spec, method_state),
         )
@@ -280,6 +349,69 @@ class Pruner:
             for path, assigned in zip(paths, assignments, strict=True)
         ]
         return assignments, methods
+
+    def _regrow(
+        self,
+        params: Any,
+        paths: list[str],
+        spec: Any,
+        assignments: list[Assignment | None],
+        methods: list[MaskMethod | None],
+        new_masks: list[Any],
+        step: int,
+        grads: Any,
+    ) -> None:
+        """Drop and grow at ``step``: each regrowing rule that updates there gets its
+        current mask and the step (and ``grads``, where it reads them); ``new_masks`` is
+        filled in at those leaves (nothing else changes; on error nothing is filled)."""
+        function = "Pruner.update"
+        rules: dict[str, MaskMethod | None] = {
+            key: method
+            if method is not None and method.regrows and method.updates_at(step)
+            else None
+            for key, method in self.rules.items()
+        }
+        updating = [
+            assigned is not None and rules[assigned.key] is not None for assigned in assignments
+        ]
+        reading = [
+            up and method is not None and "grads" in method.leaf_data
+            for up, method in zip(updating, methods, strict=True)
+        ]
+        data: dict[str, Any] = {
+            "current_mask": unflatten(
+                spec, [m if up else None for m, up in zip(new_masks, updating, strict=True)]
+            ),
+            "step": unflatten(spec, [step if up else None for up in updating]),
+        }
+        if any(reading):
+            needing = [p for p, r in zip(paths, reading, strict=True) if r]
+            if grads is None:
+                raise ValueError(
+                    f"{function}: the methods at {needing[:8]} grow where the gradient is "
+                    f"largest and update at step {step}; pass grads= (dense gradients: "
+                    "fs.functional_call(..., straight_through=True)) at their update steps"
+                )
+            try:
+                grad_leaves = leaves_like(spec, grads)
+            except ValueError:
+                raise ValueError(
+                    f"{function}: grads does not have the structure of params "
+                    f"({describe_structure_mismatch(spec, grads)})"
+                ) from None
+            for path, grad, r in zip(paths, grad_leaves, reading, strict=True):
+                if r and grad is None:
+                    raise ValueError(
+                        f"{function}: grads is None at {path!r}, whose method grows where "
+                        f"the gradient is largest and updates at step {step}"
+                    )
+            data["grads"] = unflatten(
+                spec, [g if r else None for g, r in zip(grad_leaves, reading, strict=True)]
+            )
+        computed = masks_with_data(params, rules, leaf_data=data, function=function)
+        for i, entry in enumerate(leaves_like(spec, computed)):
+            if updating[i]:
+                new_masks[i] = entry
 
     def _fraction(self, step: int) -> float:
         """``schedule(step)`` as a float (1.0 without a schedule), or a TypeError/ValueError

@@ -5,6 +5,7 @@ invariant suite of ``funcsparse.testing`` covers all of them.
 """
 
 from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, registered_methods
+from funcsparse.methods.dynamic import SET, RigL
 from funcsparse.methods.global_magnitude import GlobalMagnitude
 from funcsparse.methods.magnitude import Magnitude
 from funcsparse.methods.movement import Movement
@@ -18,6 +19,7 @@ from funcsparse.methods.weight_norm import WeightNorm
 
 __all__ = [
     "NM",
+    "SET",
     "GlobalMagnitude",
     "GlobalMethod",
     "LeafProblem",
@@ -28,6 +30,7 @@ __all__ = [
     "NearlyDiagonal",
     "Random",
     "RandomStructured",
+    "RigL",
     "SparseGPT",
     "Wanda",
     "WeightNorm",

@@ -311,6 +311,20 @@ class MaskMethod(abc.ABC, metaclass=_MethodMeta):
         """The keyword data a call reads from the state (e.g. ``{"scores": state}``)."""
         return {}
 
+    #: Whether the method drops and regrows weights during training (``fs.SET``,
+    #: ``fs.RigL``). ``fs.Pruner`` passes such a method the mask it trains with as keyword
+    #: data ``current_mask`` (never as ``prev_mask``: the kept set may change, not only
+    #: shrink) together with ``step``, at the steps where :meth:`updates_at` is True.
+    regrows: ClassVar[bool] = False
+
+    def updates_at(self, step: int) -> bool:
+        """Whether a regrowing method (``regrows``) changes its mask at training ``step``.
+
+        Default False: a method that does not regrow changes its mask only when a
+        schedule's level changes.
+        """
+        return False
+
     def for_leaf(self, path: str) -> MaskMethod:
         """The method as applied to the leaf at ``path`` (default: itself).
 

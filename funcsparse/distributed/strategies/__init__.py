@@ -1,3 +1,8 @@
 """The sharded strategies, one module per kind of method; importing registers them."""
 
-from funcsparse.distributed.strategies import entrywise, sparsegpt, structured  # noqa: F401
+from funcsparse.distributed.strategies import (  # noqa: F401
+    dynamic,
+    entrywise,
+    sparsegpt,
+    structured,
+)
