@@ -34,20 +34,28 @@ _NEEDS_HESSIAN = (
     "SparseGPT needs hessian, the (in_features, in_features) matrix X^T X of the layer's "
     "inputs over the calibration tokens (funcsparse.calibration.collect_hessians)"
 )
-_NEEDS_RANK = "SparseGPT needs 2-D weights (out_features, in_features), a Linear layer's"
+_NEEDS_RANK = (
+    "SparseGPT needs a weight of at least 2 dims (out_features, ...): a Linear's, or a "
+    "conv's, flattened over every dim but the first"
+)
 # Above this, ``fraction * (m - n)`` is computed exactly (a float product overflows).
 _FLOAT_EXACT = 1 << 53
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SparseGPT(MaskMethod):
-    """Prune a Linear weight in one shot and update the kept weights to make up for it.
+    """Prune a Linear or conv weight in one shot and update the kept weights to make up for it.
 
     SparseGPT solves, column block by column block, the layer-wise problem
     ``min ||W X - W' X||^2`` over pruned weights ``W'`` with the Optimal Brain Surgeon
     update: pruning entry ``w`` of column ``i`` moves the row's later weights by
     ``-(w / [H^-1]_ii) [H^-1]_i,i:`` (``H = X^T X``, the inputs' Gram matrix, keyword data
-    ``hessian`` of shape ``(in_features, in_features)``; its scale does not matter). Which
+    ``hessian`` of shape ``(in_features, in_features)``; its scale does not matter). A
+    weight of more than 2 dims (a conv's ``(out, in_channels, *kernel)``) is flattened over
+    every dim but the first, ``weight.reshape(out, -1)``, as the reference pipeline prunes
+    a conv: ``in_features = in_channels * prod(kernel)``, and the hessian is that of the
+    unfolded input in the same order (what ``collect_hessians`` returns for a conv weight);
+    mask and updated weight come back in the weight's shape. Which
     entries go is decided per block of ``block_size`` columns, when the sweep reaches the
     block, on the block's weights as earlier blocks left them, by the OBS score
     ``w^2 / [U]_ii^2`` (``U`` the upper Cholesky factor of ``H^-1``: the inverse restricted
@@ -60,7 +68,11 @@ class SparseGPT(MaskMethod):
       exact.
     * N:M (``n``, ``m``): every ``m`` consecutive columns of a row keep exactly their ``n``
       highest scores, computed when the sweep reaches the group's first column.
-      ``in_features`` and ``block_size`` must be multiples of ``m``.
+      ``in_features`` must be a multiple of ``m``. The groups are aligned to the row
+      (columns ``0:m``, ``m:2m``, ...) and never straddle a block: a block spans
+      ``block_size`` rounded down to a multiple of ``m`` columns (126 for ``m=3`` and the
+      default 128). The reference code groups relative to each block's start, which for an
+      ``m`` that does not divide its block size misaligns the groups with the row's.
 
     Calling the method returns the mask; :meth:`prune_leaf` (and ``fs.prune`` for a params
     pytree) returns the updated weight too: zero where pruned, the kept entries moved by the
@@ -113,7 +125,8 @@ class SparseGPT(MaskMethod):
         n: entries kept in every group of ``m`` consecutive columns (N:M), ``0 <= n <= m``.
             Given with ``m``, instead of ``sparsity``. Default None.
         m: the group size of N:M, ``m >= 1``. Default None.
-        block_size: columns per block (``B`` in the paper), ``>= 1``. Default 128.
+        block_size: columns per block (``B`` in the paper), ``>= 1`` (``>= m`` with N:M,
+            rounded down to a multiple of ``m``). Default 128.
         damp: the fraction of ``mean(diag(H))`` added to ``H``'s diagonal, ``>= 0``.
             Default 0.01.
         retries: how many times a failed factorisation is tried again with 10x the
@@ -124,9 +137,9 @@ class SparseGPT(MaskMethod):
             without ``m``; on a call, a leaf that is not a floating tensor, or a ``hessian``
             that is not a floating tensor.
         ValueError: a field out of range (``sparsity`` outside [0, 1], ``n`` outside
-            ``[0, m]``, ``block_size < 1`` or not a multiple of ``m``, ``damp < 0``,
-            ``retries < 0``, ``retries`` with ``damp=0``); on a call, a weight that is not
-            2-D or holds NaN or inf, ``in_features`` not a multiple of ``m``, a ``hessian``
+            ``[0, m]``, ``block_size < 1`` or below ``m``, ``damp < 0``,
+            ``retries < 0``, ``retries`` with ``damp=0``); on a call, a weight of fewer than
+            2 dims or holding NaN or inf, ``in_features`` not a multiple of ``m``, a ``hessian``
             missing or not of shape ``(in_features, in_features)``, not finite, not
             symmetric, or with a negative diagonal entry, or one that damping does not make
             positive definite.
@@ -179,11 +192,10 @@ class SparseGPT(MaskMethod):
         block_size = require_int(name, "block_size", self.block_size)
         if block_size < 1:
             raise ValueError(f"{name}: block_size={short_repr(block_size)} must be at least 1")
-        if self.m is not None and block_size % self.m:
+        if self.m is not None and block_size < self.m:
             raise ValueError(
-                f"{name}: block_size={block_size} must be a multiple of m={self.m}, so that "
-                f"no N:M group straddles two blocks (e.g. "
-                f"block_size={max(self.m, block_size // self.m * self.m)})"
+                f"{name}: block_size={short_repr(block_size)} must be at least m={self.m}, "
+                f"so that a block holds a whole N:M group"
             )
         damp = require_finite(name, "damp", self.damp)
         if damp < 0:
@@ -221,7 +233,7 @@ class SparseGPT(MaskMethod):
                 cls,
                 n=st.just(nm[0]),
                 m=st.just(nm[1]),
-                block_size=st.sampled_from([nm[1], 2 * nm[1], 128 * nm[1]]),
+                block_size=st.sampled_from([nm[1], 2 * nm[1], 2 * nm[1] + 1, 128 * nm[1], 128]),
                 damp=damps,
             )
         )
@@ -231,9 +243,11 @@ class SparseGPT(MaskMethod):
     def example_data(cls, st: Any, tensor: Tensor) -> Any:
         """``hessian`` for a 2-D ``tensor``: ``A A^T`` of any rank (0 to full), some inputs
         dead (a zero row and column), at scales 1e-3 to 1e3, float32 or float64."""
-        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+        if not isinstance(tensor, Tensor) or tensor.dim() < 2:
             return st.just({})
-        size = tensor.shape[1]
+        size = math.prod(tensor.shape[1:])
+        if size > 1024:
+            return st.just({})
 
         def build(seed: int, rank: int, dead: float, scale: float, dtype: torch.dtype) -> Any:
             generator = torch.Generator().manual_seed(seed)
@@ -278,9 +292,9 @@ class SparseGPT(MaskMethod):
             return LeafProblem(
                 TypeError, describe(tensor), "SparseGPT needs floating-point weights"
             )
-        if tensor.dim() != 2:
+        if tensor.dim() < 2:
             return LeafProblem(ValueError, describe(tensor), _NEEDS_RANK)
-        in_features = tensor.shape[1]
+        in_features = math.prod(tensor.shape[1:])
         if self.m is not None and in_features % self.m:
             return LeafProblem(
                 ValueError,
@@ -303,15 +317,16 @@ class SparseGPT(MaskMethod):
                 f"hessian of shape {tuple(hessian.shape)} for a weight of shape "
                 f"{tuple(tensor.shape)}",
                 f"SparseGPT needs a hessian of shape ({in_features}, {in_features}), "
-                f"(in_features, in_features)",
+                f"(in_features, in_features), in_features the product of the weight's dims "
+                f"but the first",
             )
         if _has_values(tensor):
             bad = ~tensor.isfinite()
             if bool(bad.any()):
-                i, j = (int(v) for v in bad.nonzero()[0])
+                where = tuple(int(v) for v in bad.nonzero()[0])
                 return LeafProblem(
                     ValueError,
-                    f"tensor[{i}, {j}] = {tensor[i, j].item()}",
+                    f"tensor[{', '.join(map(str, where))}] = {tensor[where].item()}",
                     "SparseGPT needs finite weights (an update would spread a NaN or inf "
                     "along the row)",
                 )
@@ -342,16 +357,25 @@ class SparseGPT(MaskMethod):
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         return self._prune(tensor, data["hessian"], data.get("prev_mask")).mask
 
+    @property
+    def _width(self) -> int:
+        """The columns per block: ``block_size``, rounded down to a multiple of ``m``."""
+        return self.block_size if self.m is None else self.block_size // self.m * self.m
+
     def _prune(self, tensor: Tensor, hessian: Tensor, prev_mask: Tensor | None) -> LeafResult:
-        """SparseGPT on a checked, detached 2-D weight (the paper's Algorithm 1)."""
-        rows, cols = tensor.shape
+        """SparseGPT on a checked, detached weight of 2 dims or more, flattened over every
+        dim but the first (the paper's Algorithm 1)."""
         if tensor.numel() == 0:
             mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
             return LeafResult(
                 mask, tensor.clone(), {"damp": self.damp, "retries": 0.0, "error": 0.0}
             )
+        shape = tensor.shape
+        rows, cols = shape[0], math.prod(shape[1:])
+        if prev_mask is not None:
+            prev_mask = prev_mask.reshape(rows, cols)
         dtype = torch.promote_types(torch.promote_types(tensor.dtype, hessian.dtype), torch.float32)
-        weight = tensor.to(dtype, copy=True)
+        weight = tensor.reshape(rows, cols).to(dtype, copy=True)
         h = hessian.to(device=tensor.device, dtype=dtype, copy=True)
         h = (h + h.T) / 2
         dead = h.diagonal() == 0
@@ -359,11 +383,12 @@ class SparseGPT(MaskMethod):
         weight[:, dead] = 0.0
         upper, damp, retries = self._inverse_factor(h)
         diag = upper.diagonal()
-        pruned = torch.zeros(tensor.shape, dtype=torch.bool, device=tensor.device)
+        pruned = torch.zeros((rows, cols), dtype=torch.bool, device=tensor.device)
         error = torch.zeros((), dtype=dtype, device=tensor.device)
         zero = torch.zeros((), dtype=dtype, device=tensor.device)
-        for start in range(0, cols, self.block_size):
-            stop = min(start + self.block_size, cols)
+        width = self._width
+        for start in range(0, cols, width):
+            stop = min(start + width, cols)
             block = weight[:, start:stop].clone()
             errors = torch.empty_like(block)
             d = diag[start:stop]
@@ -392,7 +417,7 @@ class SparseGPT(MaskMethod):
             if stop < cols:
                 weight[:, stop:] -= errors @ upper[start:stop, stop:]
         info = {"damp": damp, "retries": float(retries), "error": float(error)}
-        return LeafResult(~pruned, weight.to(tensor.dtype), info)
+        return LeafResult((~pruned).reshape(shape), weight.to(tensor.dtype).reshape(shape), info)
 
     def _group_pruned(self, scores: Tensor, prev: Tensor | None) -> Tensor:
         """The N:M groups' pruned entries: ``m - n`` lowest scores per row of ``scores``
@@ -440,53 +465,54 @@ class SparseGPT(MaskMethod):
     def _units(self, tensor: Tensor) -> list[tuple[int, int, int]]:
         """``(start, stop, zeros)`` of every unit with an exact count: blocks of columns
         (unstructured) or N:M groups of columns."""
-        cols = tensor.shape[1]
-        rows = tensor.shape[0]
+        rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
         if self.m is not None and self.n is not None:
             return [(s, s + self.m, rows * (self.m - self.n)) for s in range(0, cols, self.m)]
         level = float(self.sparsity or 0.0)
+        width = self._width
         return [
-            (
-                s,
-                min(s + self.block_size, cols),
-                int(rows * (min(s + self.block_size, cols) - s) * level),
-            )
-            for s in range(0, cols, self.block_size)
+            (s, min(s + width, cols), int(rows * (min(s + width, cols) - s) * level))
+            for s in range(0, cols, width)
         ]
 
     def _zeros(self, tensor: Tensor, prev_mask: Tensor | None) -> list[int]:
         """Zeros promised per unit (blocks, or N:M groups of every row), prev_mask counted."""
+        rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
+        if prev_mask is not None:
+            prev_mask = prev_mask.cpu().reshape(rows, cols)
         if self.m is not None and self.n is not None:
-            cols, m = tensor.shape[1], self.m
-            zeros = torch.full((tensor.shape[0], cols // m), m - self.n, dtype=torch.long)
+            m = self.m
+            zeros = torch.full((rows, cols // m), m - self.n, dtype=torch.long)
             if prev_mask is not None:
-                prev = (~prev_mask.cpu()).reshape(tensor.shape[0], cols // m, m).sum(-1)
-                zeros = zeros.maximum(prev)
+                zeros = zeros.maximum((~prev_mask).reshape(rows, cols // m, m).sum(-1))
             return [int(z) for z in zeros.reshape(-1)]
         result = []
         for start, stop, k in self._units(tensor):
             if prev_mask is not None:
-                k = max(k, int((~prev_mask[:, start:stop].cpu()).sum()))
+                k = max(k, int((~prev_mask[:, start:stop]).sum()))
             result.append(k)
         return result
 
     def expected_zeros(self, tensor: Tensor, **data: Any) -> int | None:
         """The sum over blocks of ``int(out * width * sparsity)`` (N:M: ``m - n`` per
         group); a unit pruned more before (``prev_mask``) keeps its previous zeros."""
-        if not isinstance(tensor, Tensor) or tensor.dim() != 2:
+        if not isinstance(tensor, Tensor) or tensor.dim() < 2:
             return None
         return sum(self._zeros(tensor, data.get("prev_mask")))
 
     def structure_problem(self, tensor: Tensor, mask: Tensor, **data: Any) -> str | None:
         """Every block (N:M: every group of every row) holds exactly its promised zeros,
         and no entry pruned before (``prev_mask``) is kept."""
-        if tensor.dim() != 2 or tensor.numel() == 0:
+        if tensor.dim() < 2 or tensor.numel() == 0:
             return None
+        rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
         prev_mask: Tensor | None = data.get("prev_mask")
-        zeros = ~mask.cpu()
+        if prev_mask is not None:
+            prev_mask = prev_mask.cpu().reshape(rows, cols)
+        mask = mask.cpu().reshape(rows, cols)
+        zeros = ~mask
         expected = self._zeros(tensor, prev_mask)
         if self.m is not None:
-            rows, cols = tensor.shape
             found = zeros.reshape(rows, cols // self.m, self.m).sum(-1).reshape(-1)
             for index, (got, want) in enumerate(zip(found.tolist(), expected, strict=True)):
                 if got != want:
@@ -504,10 +530,13 @@ class SparseGPT(MaskMethod):
                         f"(int(out_features * width * sparsity), sparsity={self.sparsity})"
                     )
         if prev_mask is not None:
-            revived = (mask.cpu() & ~prev_mask.cpu()).nonzero()
+            revived = (mask & ~prev_mask).nonzero()
             if revived.numel():
                 where = ", ".join(str(int(v)) for v in revived[0])
-                return f"entry ({where}) was pruned before (prev_mask) but is kept"
+                return (
+                    f"entry ({where}) of the flattened weight was pruned before (prev_mask) "
+                    f"but is kept"
+                )
         return None
 
 
