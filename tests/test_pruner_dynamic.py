@@ -7,6 +7,8 @@ import io
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import funcsparse as fs
@@ -221,3 +223,38 @@ def test_grown_positions_reset_the_optimizer_state() -> None:
         with torch.no_grad():
             fs.apply_masks_(params, masks)
         assert int((params["0.weight"] == 0).sum()) >= 96
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rigl=st.booleans(),
+    shape=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    level=st.floats(0.0, 1.0),
+    every=st.integers(1, 4),
+    end=st.one_of(st.none(), st.integers(0, 12)),
+    seed=st.integers(0, 2**32),
+)
+def test_pruner_counts_stay_exact_and_masks_move_only_at_update_steps(
+    rigl: bool, shape: tuple[int, int], level: float, every: int, end: int | None, seed: int
+) -> None:
+    cls = fs.RigL if rigl else fs.SET
+    method = cls(level, every=every, end_step=end, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    params = {"w": torch.randn(shape, generator=g), "b": torch.randn(shape[0], generator=g)}
+    pruner = fs.Pruner({"w": method})
+    state = pruner.init(params)
+    masks, state = pruner.update(params, state)
+    k = round(level * params["w"].numel())
+    for step in range(1, 16):
+        params = fs.apply_masks(
+            {k_: v + torch.randn(v.shape, generator=g) for k_, v in params.items()}, masks
+        )
+        grads = {"w": torch.randn(shape, generator=g), "b": None}
+        new, state = pruner.update(params, state, grads=grads)
+        assert int((~new["w"]).sum()) == k and new["b"] is None
+        if not method.updates_at(step):
+            assert new["w"] is masks["w"]
+        else:
+            grown = new["w"] & ~masks["w"]
+            assert bool((params["w"][grown] == 0).all())  # grown weights start at zero
+        masks = new

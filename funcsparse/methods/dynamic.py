@@ -176,13 +176,13 @@ class _Dynamic(MaskMethod):
                 "current_mask without step",
                 f"{name} needs step= (the training step) with current_mask",
             )
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             return LeafProblem(
-                TypeError
-                if not isinstance(step, numbers.Integral) or isinstance(step, bool)
-                else ValueError,
-                f"step={describe(step)}",
-                "step must be an int >= 0 (the training step)",
+                TypeError, f"step={describe(step)}", "step must be an int >= 0 (the training step)"
+            )
+        if step < 0:
+            return LeafProblem(
+                ValueError, f"step={step}", "step must be an int >= 0 (the training step)"
             )
         if tensor.device.type == "meta" or current.device.type == "meta":
             return None  # counts need values: checked on the real tensors
