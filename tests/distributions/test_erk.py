@@ -223,6 +223,23 @@ def test_the_levels_feed_a_pruner() -> None:
     assert sum(int((~masks[path]).sum()) for path in levels) == round(0.9 * (512 + 128))
 
 
+@pytest.mark.parametrize("method", [fs.SET(0.9, every=2, seed=3), fs.RigL(0.9, every=2, seed=3)])
+def test_the_levels_feed_set_and_rigl(method: fs.SET | fs.RigL) -> None:
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"conv.weight": (8, 3, 3, 3), "fc1.weight": (32, 72), "fc2.weight": (4, 32)}
+    params = {path: torch.randn(*s, generator=generator) for path, s in shapes.items()}
+    levels = erk(params, sparsity=0.9, dense_last=True)
+    total = round(0.9 * sum(math.prod(s) for s in shapes.values()))
+    pruner = fs.Pruner(level_rules(levels, method))
+    state = pruner.init(params)
+    for _ in range(5):  # the count per leaf stays, so the total does, across updates
+        grads = {path: torch.randn(*s, generator=generator) for path, s in shapes.items()}
+        masks, state = pruner.update(params, state, grads=grads)
+        counts = {path: int((~masks[path]).sum()) for path in levels}
+        assert sum(counts.values()) == total and counts["fc2.weight"] == 0
+        params = fs.apply_masks(params, masks)
+
+
 def test_erdos_renyi_ignores_the_kernel() -> None:
     # ER: (n_out + n_in) / (n_out * n_in) for both; the kernel dims change only the numel
     params = {"conv": meta(8, 4, 3, 3), "fc": meta(8, 4)}
