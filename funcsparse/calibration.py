@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from funcsparse._apply import apply_masks, fsdp_managed, functional_call
+from funcsparse._apply import apply_masks, checked_masks, fsdp_managed, functional_call
 from funcsparse._errors import describe, short_repr
 from funcsparse._tree import flatten_with_paths, unflatten
 from funcsparse.methods._base import SUPPORTED_DTYPES
@@ -792,7 +792,18 @@ def _collect(
                 "supported: calibration runs float16, bfloat16, float32 and float64 weights "
                 "(bool and integer buffers pass through)"
             )
+    known = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+    known.update(name for name, _ in module.named_buffers(remove_duplicate=False))
+    unknown = [path for path in leaf_paths if path not in known]
+    if unknown:
+        raise ValueError(
+            f"{function}: params has leaves that name no parameter or buffer of the "
+            f"{type(module).__name__}: {unknown[:8]}{' ...' if len(unknown) > 8 else ''} "
+            "(params' leaf paths are the module's named_parameters() names)"
+        )
     ranks = _reduction_group(group, function=function)
+    if masks is not None:
+        checked_masks(params, masks, function=function)
     run_params = params if masks is None else apply_masks(params, masks)
     leaf_paths, leaves, spec = flatten_with_paths(run_params, function=function)
     index = {path: i for i, path in enumerate(leaf_paths)}

@@ -79,7 +79,10 @@ def level_rules(levels: Mapping[str, float], method: MaskMethod) -> dict[str, Ma
                 f"{_FUNCTION}: the level at {path!r} is {describe(level)}; expected a fraction "
                 "in [0, 1]"
             )
-        value = float(level)
+        try:
+            value = float(level)
+        except OverflowError:  # an int (or Fraction) too large for a float
+            value = math.inf if level > 0 else -math.inf
         if math.isnan(value) or not 0.0 <= value <= 1.0:
             raise ValueError(
                 f"{_FUNCTION}: the level at {path!r} is {short_repr(level)}; expected a "

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from funcsparse._errors import describe, require_finite, short_repr
 from funcsparse._rules import glob_to_regex
+from funcsparse._tree import in_dict_order
 from funcsparse.distributions._balance import shifted_levels
 from funcsparse.methods._level import check_sparsity
 from funcsparse.scores import wanda_inputs
@@ -143,7 +144,13 @@ def owl(
         )
     paths, pairs, _ = wanda_inputs(params, input_norms, function=_FUNCTION)
     scored = {path: pair for path, pair in zip(paths, pairs, strict=True) if pair is not None}
-    for path, (leaf, _norms) in scored.items():
+    for path, (leaf, norms) in scored.items():
+        for what, value in (("the leaf", leaf), ("input_norms", norms)):
+            if value.layout != torch.strided:
+                raise TypeError(
+                    f"{_FUNCTION}: {what} at {path!r} has layout {value.layout}; OWL needs "
+                    "dense (strided) tensors; convert with .to_dense()"
+                )
         if leaf.device.type == "meta":
             raise ValueError(
                 f"{_FUNCTION}: the leaf at {path!r} is {describe(leaf)}; OWL needs the weights' "
@@ -175,7 +182,7 @@ def owl(
         for members, level in zip(layers.values(), levels, strict=True)
         for path in members
     }
-    return {path: of_layer[path] for path in scored}
+    return in_dict_order(params, {path: of_layer[path] for path in scored})
 
 
 def _layers(paths: list[str], blocks: object) -> dict[str, list[str]]:

@@ -381,6 +381,12 @@ class SparseGPT(MaskMethod):
         dead = h.diagonal() == 0
         h.diagonal()[dead] = 1.0
         weight[:, dead] = 0.0
+        # H's scale does not change the result: scale it by a power of 4 that brings the
+        # mean of its diagonal near 1 (exact in floating point: every later value scales by
+        # a power of 2 and rounds the same), so that a tiny or huge H neither underflows nor
+        # overflows the factorisation. ``error`` is scaled back below.
+        halves = -(math.frexp(float(h.diagonal().mean()))[1] // 2)
+        h.mul_(2.0**halves).mul_(2.0**halves)
         upper, damp, retries = self._inverse_factor(h)
         diag = upper.diagonal()
         pruned = torch.zeros((rows, cols), dtype=torch.bool, device=tensor.device)
@@ -416,8 +422,12 @@ class SparseGPT(MaskMethod):
             weight[:, start:stop] = block
             if stop < cols:
                 weight[:, stop:] -= errors @ upper[start:stop, stop:]
-        info = {"damp": damp, "retries": float(retries), "error": float(error)}
-        return LeafResult((~pruned).reshape(shape), weight.to(tensor.dtype).reshape(shape), info)
+        result = weight.to(tensor.dtype)
+        total = float(error) * 2.0**-halves * 2.0**-halves
+        if not math.isfinite(total) or not bool(result.isfinite().all()):
+            raise ValueError(_overflow(result, weight, total))
+        info = {"damp": damp, "retries": float(retries), "error": total}
+        return LeafResult((~pruned).reshape(shape), result.reshape(shape), info)
 
     def _group_pruned(self, scores: Tensor, prev: Tensor | None) -> Tensor:
         """The N:M groups' pruned entries: ``m - n`` lowest scores per row of ``scores``
@@ -540,6 +550,23 @@ class SparseGPT(MaskMethod):
         return None
 
 
+def _overflow(result: Tensor, weight: Tensor, error: float) -> str:
+    """The message for OBS updates that left the range of the compute or the weight's dtype."""
+    bad = ~result.isfinite()
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        got = (
+            f"the updated weight (flattened) [{i}, {j}] = {weight[i, j].item():g} does not fit "
+            f"{result.dtype}"
+        )
+    else:
+        got = f"the OBS error estimate is {error}"
+    return (
+        f"SparseGPT: {got}: the weights, scores or updates overflow; prune a float64 copy "
+        f"(tensor.double(), hessian.double()) and scale or clamp the result yourself"
+    )
+
+
 def _has_values(tensor: Tensor) -> bool:
     """Whether ``tensor``'s values can be read here (not meta, not under a transform)."""
     return tensor.device.type != "meta" and is_plain(tensor) and tensor.numel() > 0
@@ -548,6 +575,7 @@ def _has_values(tensor: Tensor) -> bool:
 def _hessian_problem(hessian: Tensor) -> LeafProblem | None:
     """Why ``hessian`` (square, of values) is no Gram matrix: not finite, a negative
     diagonal entry, or not symmetric (to a tolerance of its dtype); or None."""
+    hessian = hessian.detach()
     bad = ~hessian.isfinite()
     if bool(bad.any()):
         i, j = (int(v) for v in bad.nonzero()[0])

@@ -510,3 +510,21 @@ def test_half_precision_weights_give_the_levels_of_their_values() -> None:
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         cast = {path: leaf.to(dtype) for path, leaf in params.items()}
         assert owl(cast, {p: n.to(dtype) for p, n in norms.items()}, sparsity=0.5) == expected
+
+
+def test_owl_keeps_params_order() -> None:
+    params = {"z.weight": torch.randn(4, 8), "b.bias": torch.ones(4), "a.weight": torch.randn(4, 8)}
+    params["10.weight"] = torch.randn(4, 8)
+    params["2.weight"] = torch.randn(4, 8)
+    norms = {path: (torch.ones(8) if leaf.dim() == 2 else None) for path, leaf in params.items()}
+    levels = fs.distributions.owl(params, norms, sparsity=0.5)
+    assert list(levels) == ["z.weight", "a.weight", "10.weight", "2.weight"]
+    by_glob = fs.distributions.owl(params, norms, sparsity=0.5, blocks="*")
+    assert list(by_glob) == list(levels)
+    by_prefix = fs.distributions.owl(params, norms, sparsity=0.5, blocks=["2", "a", "z", "10"])
+    assert list(by_prefix) == list(levels)
+    assert list(fs.distributions.level_rules(levels, fs.Wanda())) == list(levels)
+    sorted_params = dict(sorted(params.items()))
+    sorted_norms = {path: norms[path] for path in sorted_params}
+    same = fs.distributions.owl(sorted_params, sorted_norms, sparsity=0.5)
+    assert same == levels and list(same) == sorted(levels)  # the same levels, each dict's order
