@@ -89,7 +89,8 @@ def prune(
             ``batch_dims`` (not supported: prune each ensemble member on its own).
         ValueError: what ``compute_masks`` raises on the same input (named ``prune``); a
             DTensor leaf of a method that updates weights; a factorisation that fails
-            (``fs.SparseGPT`` with too little damping), naming the leaf.
+            (``fs.SparseGPT`` with too little damping), or updates that overflow the
+            weight's dtype, naming the leaf.
     """
     if "batch_dims" in leaf_data:
         raise TypeError(

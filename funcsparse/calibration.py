@@ -478,7 +478,8 @@ def collect_input_norms(
             (float8, complex; the message names its path); ``batches`` is a tensor or not
             iterable; a batch is neither a tensor nor a tuple or list; ``paths`` is not a
             sequence of strings; ``group`` is not None, ``"world"`` or a ProcessGroup; a
-            collected leaf is a DTensor.
+            collected leaf is a DTensor; a mask of ``masks`` is not a bool tensor (a
+            ``masks`` without ``params``' structure is a ValueError).
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for

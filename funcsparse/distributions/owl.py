@@ -108,13 +108,14 @@ def owl(
             mean ratio lies mid-range). In [0, 0.5]. Default 0.08.
 
     Returns:
-        ``{path: level}`` for every leaf with input norms, in ``params``' leaf order, every
-        leaf of a layer at the layer's level (a float in [0, 1]).
+        ``{path: level}`` for every leaf with input norms, every leaf of a layer at the
+        layer's level (a float in [0, 1]); in ``params``' own key order for a flat dict
+        (``named_parameters()`` order), in the pytree's flattening order otherwise.
 
     Raises:
         TypeError: ``sparsity``, ``outlier_threshold`` or ``max_deviation`` is not a real
             number; ``blocks`` is not a string, a sequence of strings or None; a leaf or its
-            norms is not a floating tensor (naming the path).
+            norms is not a floating tensor, or is a sparse one (naming the path).
         ValueError: ``sparsity`` outside [0, 1], ``outlier_threshold`` not finite and
             positive, ``max_deviation`` outside [0, 0.5]; ``input_norms`` without
             ``params``' structure; a leaf with norms of fewer than 2 dims, norms of another

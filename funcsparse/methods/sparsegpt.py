@@ -50,7 +50,8 @@ class SparseGPT(MaskMethod):
     ``min ||W X - W' X||^2`` over pruned weights ``W'`` with the Optimal Brain Surgeon
     update: pruning entry ``w`` of column ``i`` moves the row's later weights by
     ``-(w / [H^-1]_ii) [H^-1]_i,i:`` (``H = X^T X``, the inputs' Gram matrix, keyword data
-    ``hessian`` of shape ``(in_features, in_features)``; its scale does not matter). A
+    ``hessian`` of shape ``(in_features, in_features)``; its scale does not matter, from
+    float64 subnormals to 1e300: it is rescaled by a power of 4 before use). A
     weight of more than 2 dims (a conv's ``(out, in_channels, *kernel)``) is flattened over
     every dim but the first, ``weight.reshape(out, -1)``, as the reference pipeline prunes
     a conv: ``in_features = in_channels * prod(kernel)``, and the hessian is that of the
@@ -118,6 +119,10 @@ class SparseGPT(MaskMethod):
                 [0.0000, 3.8911, 0.0000, 1.9761]])
         >>> round(result.info["damp"], 3)
         0.1
+        >>> conv = torch.arange(36.0).reshape(2, 2, 3, 3)  # Conv2d(2, 2, 3).weight
+        >>> mask = fs.SparseGPT(n=1, m=3)(conv, hessian=torch.eye(18))  # 18 = 2 * 3 * 3
+        >>> mask.shape, mask.reshape(2, 6, 3).sum(-1).unique().tolist()
+        (torch.Size([2, 2, 3, 3]), [1])
 
     Args:
         sparsity: the fraction of every block pruned, in [0, 1]; may be given positionally.
@@ -142,7 +147,9 @@ class SparseGPT(MaskMethod):
             2 dims or holding NaN or inf, ``in_features`` not a multiple of ``m``, a ``hessian``
             missing or not of shape ``(in_features, in_features)``, not finite, not
             symmetric, or with a negative diagonal entry, or one that damping does not make
-            positive definite.
+            positive definite; scores or updated weights that overflow the compute dtype or
+            the weight's (a float16 weight whose kept entries grow past 65504: prune a float64
+            copy).
 
     References:
         E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
