@@ -79,7 +79,8 @@ class Pruner:
     pruned; its new zeros are drawn as its initial mask is, at random from the seed), and
     it drops and grows only from the schedule's full level (fraction 1) on, at its update
     steps where the level does not change. A regrowing rule's update steps recompute only
-    the regrowing rules: other rules keep their masks and need no data there.
+    the regrowing rules: other rules keep their masks and need no data there. Regrowing
+    rules refuse DTensor leaves split across ranks (replicated ones work).
 
     Sharded params (DTensors, e.g. an FSDP2 model's ``dict(model.named_parameters())``) get
     DTensor masks placed as the params, the same on every rank as the single-process masks

@@ -258,3 +258,36 @@ def test_pruner_counts_stay_exact_and_masks_move_only_at_update_steps(
             grown = new["w"] & ~masks["w"]
             assert bool((params["w"][grown] == 0).all())  # grown weights start at zero
         masks = new
+
+
+def _sharded_worker(rank: int, world: int) -> list[str]:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    full = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    out = []
+    for method in (fs.SET(0.5), fs.RigL(0.5)):
+        sharded = {"w": distribute_tensor(full, mesh, [Shard(0)])}
+        try:
+            fs.Pruner({"w": method}).update(sharded, fs.Pruner({"w": method}).init(sharded))
+        except ValueError as err:
+            out.append(str(err))
+        replicated = {"w": distribute_tensor(full, mesh, [Replicate()])}
+        pruner = fs.Pruner({"w": method})
+        masks, _ = pruner.update(replicated, pruner.init(replicated))
+        local = masks["w"].to_local()
+        expected = fs.compute_masks({"w": full}, {"w": method})["w"]
+        out.append(f"replicated equal: {torch.equal(local, expected)}")
+    return out
+
+
+def test_sharded_leaves_are_refused_by_name_and_replicated_ones_work() -> None:
+    from tests.distributed._spawn import run_ranks
+
+    for result in run_ranks(_sharded_worker):
+        assert len(result) == 4
+        for name, refused, replicated in (("SET", *result[:2]), ("RigL", *result[2:])):
+            assert f"({name}) at 'w': {name} cannot compute an exact mask" in refused
+            assert "dynamic sparse training on sharded leaves is not supported" in refused
+            assert replicated == "replicated equal: True"
