@@ -475,9 +475,10 @@ def collect_input_norms(
             are empty on every rank.
         TypeError: ``module`` is not a module; a leaf of ``params`` is not a tensor (a
             module passed whole as ``params`` too) or has a dtype no method supports
-            (float8, complex; the message names its path); ``batches`` is a tensor or not
-            iterable; a batch is neither a tensor nor a tuple or list; ``paths`` is not a
-            sequence of strings; ``group`` is not None, ``"world"`` or a ProcessGroup; a
+            (float8, complex; the message names its path); ``batches`` is a tensor, a
+            mapping (one batch: wrap it as ``[batch]``) or not iterable; a batch is none of
+            a tensor, a tuple or list and a mapping; ``paths`` is not a sequence of strings;
+            ``group`` is not None, ``"world"`` or a ProcessGroup; a
             collected leaf is a DTensor; a mask of ``masks`` is not a bool tensor (a
             ``masks`` without ``params``' structure is a ValueError).
 
@@ -776,6 +777,12 @@ def _collect(
         raise TypeError(
             f"{function}: batches must be an iterable of batches (e.g. a list or a "
             f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
+        )
+    if isinstance(batches, Mapping):
+        raise TypeError(
+            f"{function}: batches must be an iterable of batches, got {describe(batches)}: a "
+            "mapping is one batch of keyword arguments (a tokenizer's output); wrap one batch "
+            "as [batch]"
         )
     managed = fsdp_managed(module)
     if managed is not None:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from funcsparse._errors import describe, require_finite, short_repr
 from funcsparse._rules import glob_to_regex
-from funcsparse._tree import in_dict_order
+from funcsparse._tree import flatten_with_paths, in_dict_order
 from funcsparse.distributions._balance import shifted_levels
 from funcsparse.methods._level import check_sparsity
 from funcsparse.scores import wanda_inputs
@@ -143,6 +143,7 @@ def owl(
             f"{_FUNCTION}: max_deviation={short_repr(max_deviation)} must be in [0, 0.5] "
             "(the paper's lambda: the levels spread over at most 2 * max_deviation)"
         )
+    _refuse_sparse_norms(input_norms)
     paths, pairs, _ = wanda_inputs(params, input_norms, function=_FUNCTION)
     scored = {path: pair for path, pair in zip(paths, pairs, strict=True) if pair is not None}
     for path, (leaf, norms) in scored.items():
@@ -184,6 +185,21 @@ def owl(
         for path in members
     }
     return in_dict_order(params, {path: of_layer[path] for path in scored})
+
+
+def _refuse_sparse_norms(input_norms: Any) -> None:
+    """A TypeError naming the path of a sparse (not strided) tensor in ``input_norms``; a
+    tree that does not flatten is left to ``wanda_inputs``' structure check."""
+    try:
+        paths, leaves, _ = flatten_with_paths(input_norms, function=_FUNCTION)
+    except (TypeError, ValueError):
+        return
+    for path, norms in zip(paths, leaves, strict=True):
+        if isinstance(norms, Tensor) and norms.layout != torch.strided:
+            raise TypeError(
+                f"{_FUNCTION}: input_norms at {path!r} has layout {norms.layout}; OWL needs "
+                "dense (strided) tensors; convert with .to_dense()"
+            )
 
 
 def _layers(paths: list[str], blocks: object) -> dict[str, list[str]]:

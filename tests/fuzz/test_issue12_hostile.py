@@ -231,7 +231,19 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type, tuple[str, ...]]] = [
         TypeError,
         ("collect_hessians:", "batches", "[x]"),
     ),
+    (
+        "collect_hessians batches one mapping",
+        lambda: collect_hessians(MODEL, MODEL_PARAMS, {"input": BATCHES[0]}),
+        TypeError,
+        ("collect_hessians:", "mapping", "[batch]"),
+    ),
     # owl / level_rules
+    (
+        "owl sparse norms",
+        lambda: owl(OWL_PARAMS, {**OWL_NORMS, "b.weight": torch.ones(8).to_sparse()}, sparsity=0.5),
+        TypeError,
+        ("owl:", "'b.weight'", "sparse_coo"),
+    ),
     (
         "owl sparse weight",
         lambda: owl(
