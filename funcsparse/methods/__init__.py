@@ -4,7 +4,13 @@ Importing this package registers every method (see ``registered_methods``), so t
 invariant suite of ``funcsparse.testing`` covers all of them.
 """
 
-from funcsparse.methods._base import GlobalMethod, LeafProblem, MaskMethod, registered_methods
+from funcsparse.methods._base import (
+    GlobalMethod,
+    LeafProblem,
+    LeafResult,
+    MaskMethod,
+    registered_methods,
+)
 from funcsparse.methods.dynamic import SET, RigL
 from funcsparse.methods.global_magnitude import GlobalMagnitude
 from funcsparse.methods.magnitude import Magnitude
@@ -23,6 +29,7 @@ __all__ = [
     "GlobalMagnitude",
     "GlobalMethod",
     "LeafProblem",
+    "LeafResult",
     "LnStructured",
     "Magnitude",
     "MaskMethod",
