@@ -612,7 +612,9 @@ def _git_head() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         return {}
-    return {"git_head": head or None, "checkout_funcsparse_dirty": bool(dirty)}
+    if not head:  # not run from a checkout (e.g. an installed copy)
+        return {}
+    return {"git_head": head, "checkout_funcsparse_dirty": bool(dirty)}
 
 
 def sentence_transformers_check(path: Path, text: list[str], dense_emb: torch.Tensor) -> Any:
