@@ -147,9 +147,10 @@ class SparseGPT(MaskMethod):
             2 dims or holding NaN or inf, ``in_features`` not a multiple of ``m``, a ``hessian``
             missing or not of shape ``(in_features, in_features)``, not finite, not
             symmetric, or with a negative diagonal entry, or one that damping does not make
-            positive definite; scores or updated weights that overflow the compute dtype or
-            the weight's (a float16 weight whose kept entries grow past 65504: prune a float64
-            copy).
+            positive definite; scores or updates that overflow the compute dtype; from
+            :meth:`prune_leaf` (and ``fs.prune``), an updated weight that overflows the
+            weight's dtype (a float16 weight whose kept entries grow past 65504: prune a
+            float32 copy; a call still returns the mask).
 
     References:
         E. Frantar, D. Alistarh. SparseGPT: Massive Language Models Can Be Accurately
@@ -357,9 +358,20 @@ class SparseGPT(MaskMethod):
             raise problem.error(f"SparseGPT: got {problem.got}; {problem.need}")
         hessian: Tensor = data["hessian"].detach()
         prev_mask: Tensor | None = data.get("prev_mask")
-        return self._prune(
+        result = self._prune(
             tensor.detach(), hessian, None if prev_mask is None else prev_mask.detach()
         )
+        flat = result.weight.reshape(tensor.shape[0], math.prod(tensor.shape[1:]))
+        bad = ~flat.isfinite()
+        if bool(bad.any()):  # the mask alone (a call of the method) is still right
+            i, j = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(
+                f"SparseGPT: the updated weight (flattened) [{i}, {j}] does not fit "
+                f"{tensor.dtype}: the OBS updates grow it past the dtype's range (the mask, "
+                f"which a call of the method returns, is right); prune a float32 copy "
+                f"(tensor.float()) and scale or clamp the result yourself"
+            )
+        return result
 
     def _mask(self, tensor: Tensor, **data: Any) -> Tensor:
         return self._prune(tensor, data["hessian"], data.get("prev_mask")).mask
@@ -429,12 +441,15 @@ class SparseGPT(MaskMethod):
             weight[:, start:stop] = block
             if stop < cols:
                 weight[:, stop:] -= errors @ upper[start:stop, stop:]
-        result = weight.to(tensor.dtype)
         total = float(error) * 2.0**-halves * 2.0**-halves
-        if not math.isfinite(total) or not bool(result.isfinite().all()):
-            raise ValueError(_overflow(result, weight, total))
+        if not math.isfinite(total) or not bool(weight.isfinite().all()):
+            raise ValueError(
+                f"SparseGPT: the OBS scores or updates overflow {dtype} (error estimate "
+                f"{total}): the weights are too large for it; prune a float64 copy "
+                f"(tensor.double(), hessian.double())"
+            )
         info = {"damp": damp, "retries": float(retries), "error": total}
-        return LeafResult((~pruned).reshape(shape), result.reshape(shape), info)
+        return LeafResult((~pruned).reshape(shape), weight.to(tensor.dtype).reshape(shape), info)
 
     def _group_pruned(self, scores: Tensor, prev: Tensor | None) -> Tensor:
         """The N:M groups' pruned entries: ``m - n`` lowest scores per row of ``scores``
@@ -555,23 +570,6 @@ class SparseGPT(MaskMethod):
                     f"but is kept"
                 )
         return None
-
-
-def _overflow(result: Tensor, weight: Tensor, error: float) -> str:
-    """The message for OBS updates that left the range of the compute or the weight's dtype."""
-    bad = ~result.isfinite()
-    if bool(bad.any()):
-        i, j = (int(v) for v in bad.nonzero()[0])
-        got = (
-            f"the updated weight (flattened) [{i}, {j}] = {weight[i, j].item():g} does not fit "
-            f"{result.dtype}"
-        )
-    else:
-        got = f"the OBS error estimate is {error}"
-    return (
-        f"SparseGPT: {got}: the weights, scores or updates overflow; prune a float64 copy "
-        f"(tensor.double(), hessian.double()) and scale or clamp the result yourself"
-    )
 
 
 def _has_values(tensor: Tensor) -> bool:

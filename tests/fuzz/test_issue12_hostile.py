@@ -76,7 +76,7 @@ BAD_CALLS: list[tuple[str, Callable[[], Any], type, tuple[str, ...]]] = [
             @ torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1.01], [1, 1, 0.99, 1]]),
         ),
         ValueError,
-        ("SparseGPT:", "does not fit torch.float16", "float64 copy"),
+        ("SparseGPT:", "[0, 2] does not fit torch.float16", "float32 copy"),
     ),
     (
         "float32 scores overflow",
@@ -347,6 +347,18 @@ def test_sparsegpt_a_tiny_or_huge_hessian_gives_the_unit_hessian_result() -> Non
         assert torch.equal(got.mask, expected.mask), scale
         torch.testing.assert_close(got.weight, expected.weight, rtol=1e-12, atol=0)
         assert got.info["error"] == pytest.approx(expected.info["error"] * scale, rel=1e-9)
+
+
+def test_sparsegpt_float16_overflow_refuses_the_weight_not_the_mask() -> None:
+    """The float16 weights the updates overflow: prune_leaf refuses them (inf before), a call
+    still gives the mask, which is the float32 copy's."""
+    x = torch.tensor([[1.0, 1, 1, 1], [1, 1, 1, 1.01], [1, 1, 0.99, 1]])
+    w = torch.tensor([[65000.0, 60000, 60000, 60000]] * 2, dtype=torch.float16)
+    mask = guarded("SparseGPT float16", SparseGPT(0.5), w, hessian=x.T @ x)
+    assert torch.equal(mask, SparseGPT(0.5)(w.float(), hessian=x.T @ x))
+    assert int((~mask).sum()) == 4
+    updated = SparseGPT(0.5).prune_leaf(w.float(), hessian=x.T @ x).weight
+    assert float(updated.abs().max()) > 65504  # why float16 cannot hold it
 
 
 def test_sparsegpt_hessian_requiring_grad_is_checked_without_a_warning() -> None:
