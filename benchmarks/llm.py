@@ -688,7 +688,7 @@ def markdown(paths: list[Path]) -> str:
     lines += [
         "",
         f"Machine: {'; '.join(f'{p}, {c} cores' for p, c in machines)}, torch "
-        f"{first['machine']['torch']}, {first['machine']['torch_num_threads']} threads; "
+        f"{first['machine']['torch']}, torch threads {first['machine']['torch_num_threads']}; "
         f"1-minute load average at the end of the runs {_span(loads, '.1f')} (shared cores: "
         "times are upper bounds).",
     ]
