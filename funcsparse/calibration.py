@@ -154,6 +154,8 @@ class _Inputs(TorchFunctionMode):
 
     def _record(self, weight: Tensor, x: Tensor) -> None:
         """Add the statistics of ``x``'s rows (its last dimension: the input features)."""
+        if not x.is_floating_point():  # torch's call refuses it (complex, int) just after
+            return
         if self._wants("input_norms", weight):
             self._add(weight, _tokens(x))
         if self._wants("hessian", weight):
