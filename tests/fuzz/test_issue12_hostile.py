@@ -605,3 +605,40 @@ def test_level_rules(levels_: Any, method: Any) -> None:
     for path, rule in result.items():
         assert type(rule) is type(method)
         assert getattr(rule, rule.level_field) == pytest.approx(float(levels_[path]))
+
+
+def test_sparsegpt_views_of_a_valid_hessian_give_the_contiguous_result() -> None:
+    big = torch.zeros(8, 8)
+    big[::2, ::2] = H
+    w = torch.tensor([[4.0, -1.0, 2.0, 0.5], [1.0, 3.0, -0.25, 2.0]])
+    expected = SparseGPT(0.5).prune_leaf(w, hessian=H)
+    wide = torch.zeros(2, 8)
+    wide[:, ::2] = w
+    for weight, hessian in (
+        (w, big[::2, ::2]),  # a strided view
+        (w, H.T),  # a transposed view (H is symmetric)
+        (wide[:, ::2], H),  # a strided weight
+        (w.T.contiguous().T, H),
+    ):
+        got = guarded("SparseGPT view", SparseGPT(0.5).prune_leaf, weight, hessian=hessian)
+        assert torch.equal(got.mask, expected.mask)
+        assert torch.equal(got.weight, expected.weight)
+    ones = torch.ones(1, 1).expand(4, 4)  # stride 0: one input seen four times (rank 1)
+    result = guarded("SparseGPT expanded", SparseGPT(0.5).prune_leaf, w, hessian=ones)
+    assert int((~result.mask).sum()) == 4 and bool(result.weight.isfinite().all())
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (0, 0), (2, 0, 3), (0, 2, 3, 3)])
+def test_sparsegpt_empty_weights(shape: tuple[int, ...]) -> None:
+    size = math.prod(shape[1:])
+    weight = torch.ones(shape)
+    for method in (SparseGPT(0.5), SparseGPT(n=0, m=1)):
+        mask, new, info = guarded(
+            "SparseGPT empty", method.prune_leaf, weight, hessian=torch.eye(size)
+        )
+        assert mask.shape == new.shape == weight.shape and mask.dtype == torch.bool
+        assert info["error"] == 0.0 and method.expected_zeros(weight) == 0
+    pruned = guarded(
+        "prune empty", fs.prune, {"w": weight}, {"w": SparseGPT()}, hessian={"w": torch.eye(size)}
+    )
+    assert pruned.params["w"].shape == weight.shape and pruned.info["w"]["error"] == 0.0
