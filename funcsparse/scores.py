@@ -238,6 +238,12 @@ def wanda_inputs(
             )
         _check_dtype(function, "the leaf", path, leaf)
         _check_dtype(function, "input_norms", path, norms)
+        for what, tensor in (("the leaf", leaf), ("input_norms", norms)):
+            if tensor.layout != torch.strided:
+                raise TypeError(
+                    f"{function}: {what} at {path!r} is a {tensor.layout} tensor; Wanda "
+                    "scores need dense (strided) tensors: pass tensor.to_dense()"
+                )
         if tuple(norms.shape) != rest:
             raise ValueError(
                 f"{function}: input_norms at {path!r} has shape {tuple(norms.shape)} for a "

@@ -394,3 +394,20 @@ def test_saliency_refuses_complex_leaves_and_grads() -> None:
     assert saliency_scores({"w": cplx}, {"w": None})["w"] is None
     # magnitude keeps complex leaves (|w| is real), as documented
     assert magnitude_scores({"w": cplx})["w"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("sparse", ["leaf", "norms"])
+def test_wanda_scores_refuses_sparse_layouts_by_path(sparse: str) -> None:
+    weight, norms = torch.randn(4, 4), torch.rand(4)
+    if sparse == "leaf":
+        weight = weight.to_sparse()
+    else:
+        norms = norms.to_sparse()
+    what = "the leaf" if sparse == "leaf" else "input_norms"
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            f"wanda_scores: {what} at 'w' is a torch.sparse_coo tensor; Wanda scores need dense (strided) tensors"
+        ),
+    ):
+        fs.wanda_scores({"w": weight}, {"w": norms})
