@@ -119,15 +119,15 @@ class Wanda(MaskMethod):
             None.
 
     Raises:
-        TypeError: ``sparsity`` is not a real number, or ``n`` or ``m`` not an int; on a
-            call, a leaf that is not a floating tensor, or ``input_norms`` that is not a
-            floating tensor.
-        ValueError: ``sparsity`` is NaN or outside [0, 1]; only one of ``n`` and ``m``
-            given, ``m < 1``, ``n`` outside ``[0, m]``, or a ``sparsity`` other than
-            ``(m - n) / m`` beside them; on a call, a weight of fewer than 2 dims, a row
-            length (the product of every dim but the first) that is not a multiple of
-            ``m``, or ``input_norms`` missing, of a shape other than the weight's shape
-            without its first dim, or with a negative or non-finite entry.
+        TypeError: ``sparsity`` is not a real number, ``n`` or ``m`` not an int, or only
+            one of ``n`` and ``m`` given (as for ``fs.SparseGPT``); on a call, a leaf that
+            is not a floating tensor, or ``input_norms`` that is not a floating tensor.
+        ValueError: ``sparsity`` is NaN or outside [0, 1]; ``m < 1``, ``n`` outside
+            ``[0, m]``, or a ``sparsity`` other than ``(m - n) / m`` beside them; on a
+            call, a weight of fewer than 2 dims, a row length (the product of every dim but
+            the first) that is not a multiple of ``m``, or ``input_norms`` missing, of a
+            shape other than the weight's shape without its first dim, or with a negative
+            or non-finite entry.
 
     References:
         M. Sun, Z. Liu, A. Bair, J. Z. Kolter. A Simple and Effective Pruning Approach for
@@ -151,7 +151,7 @@ class Wanda(MaskMethod):
             return
         if self.n is None or self.m is None:
             given, missing = ("n", "m") if self.m is None else ("m", "n")
-            raise ValueError(
+            raise TypeError(
                 f"Wanda: {given}={short_repr(getattr(self, given))} was given without "
                 f"{missing}; an N:M pattern needs both (Wanda(n=2, m=4) keeps 2 of every 4)"
             )

@@ -782,10 +782,10 @@ def test_nm_level_and_config_equality() -> None:
         ),
         (
             {"n": 2},
-            ValueError,
+            TypeError,
             "Wanda: n=2 was given without m; an N:M pattern needs both",
         ),
-        ({"m": 4}, ValueError, "Wanda: m=4 was given without n; an N:M pattern needs both"),
+        ({"m": 4}, TypeError, "Wanda: m=4 was given without n; an N:M pattern needs both"),
         ({"n": 5, "m": 4}, ValueError, "Wanda: n=5 must be in [0, m] = [0, 4]"),
         ({"n": -1, "m": 4}, ValueError, "Wanda: n=-1 must be in [0, m] = [0, 4]"),
         ({"n": 0, "m": 0}, ValueError, "Wanda: m=0 must be at least 1"),
