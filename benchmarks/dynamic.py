@@ -331,21 +331,37 @@ def markdown(paths: list[Path]) -> str:
             f"| {_span([k['mean'] for k in redrop], 1, 2) if redrop else ''} "
             f"| {_span([r['seconds']['mean'] for r in rows], 1, 1)} |"
         )
+    runs = {
+        (r["method"], r["level"], r["seed"]): r for payload in payloads for r in payload["runs"]
+    }
     lines += [
         "",
-        "Paired by seed (same init, initial mask and batches), test accuracy difference in "
-        "points, mean over seeds (range over the runs), and the seeds where the first wins:",
+        "Paired by seed (same init, initial mask and batches), over every run's seeds: the "
+        "test accuracy difference in points (mean +- std, min..max), the seeds where the "
+        "first is more accurate / as accurate, and where its test loss is lower:",
         "",
-        "| level | pair | mean difference | wins / ties / seeds | test loss difference |",
-        "| --- | --- | --- | --- | --- |",
+        "| level | pair | accuracy difference | min..max | more / as accurate "
+        "| lower test loss | test loss difference |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for i, row in enumerate(payloads[0]["paired"]):
-        rows = [payload["paired"][i] for payload in payloads]
-        wins = ", ".join(f"{r['wins']}/{r['ties']}/{r['seeds']}" for r in rows)
+    for row in payloads[0]["paired"]:
+        a, b = row["pair"].split(" - ")
+        pairs = [
+            (r, runs[(b, level, seed)])
+            for (method, level, seed), r in sorted(runs.items(), key=lambda kv: kv[0][2])
+            if method == a and level == row["level"] and (b, level, seed) in runs
+        ]
+        acc = summary([x["test_accuracy"] - y["test_accuracy"] for x, y in pairs])
+        loss = summary([x["test_loss"] - y["test_loss"] for x, y in pairs])
+        better = sum(x["test_accuracy"] > y["test_accuracy"] for x, y in pairs)
+        same = sum(x["test_accuracy"] == y["test_accuracy"] for x, y in pairs)
+        lower = sum(x["test_loss"] < y["test_loss"] for x, y in pairs)
         lines.append(
             f"| {row['level']:.1f} | {row['pair']} "
-            f"| {_span([r['accuracy']['mean'] for r in rows], 100, 2)} | {wins} "
-            f"| {_span([r['test_loss']['mean'] for r in rows], 1, 3)} |"
+            f"| {100 * acc['mean']:+.2f} +- {100 * acc['std']:.2f} "
+            f"| {100 * acc['min']:+.2f}..{100 * acc['max']:+.2f} "
+            f"| {better} / {same} of {len(pairs)} | {lower} of {len(pairs)} "
+            f"| {loss['mean']:+.4f} +- {loss['std']:.4f} |"
         )
     return "\n".join(lines)
 
