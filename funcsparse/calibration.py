@@ -59,6 +59,8 @@ _HOLDS = {
 }
 #: The most float64 entries of one chunk of input rows converted for a Hessian (32 MiB).
 _CHUNK = 1 << 22
+#: The same for input norms (8 MiB): a batch's float64 copy never exists whole.
+_NORM_CHUNK = 1 << 20
 
 
 def _row_chunks(x: Tensor, lead: int, budget: int) -> Iterator[Tensor]:
@@ -168,8 +170,13 @@ class _Inputs(TorchFunctionMode):
         """Add the squares of ``squares_of``'s rows (or ``squares_of`` itself if summed)."""
         x = squares_of.detach()
         device = torch.device("cpu") if x.device.type == "mps" else x.device  # no float64
-        x = x.to(device=device, dtype=torch.float64)
-        squares = x if summed else x.square().sum(0)
+        if summed:
+            squares = x.to(device=device, dtype=torch.float64)
+        else:  # a chunk of rows at a time: float64 temporaries of _NORM_CHUNK entries at most
+            squares = torch.zeros(x.shape[-1], dtype=torch.float64, device=device)
+            for rows in _row_chunks(x, 1, _NORM_CHUNK):
+                part = rows.to(device=device, dtype=torch.float64, copy=True)
+                squares += part.square_().sum(0)
         key = id(weight)
         total = self.sums.get(key)
         self.sums[key] = squares if total is None else total + squares
@@ -377,6 +384,10 @@ def collect_input_norms(
     embeddings, a weight copied, viewed or computed inside the forward. A weight used by a
     grouped conv (``groups > 1``) or as the packed in-projection of cross-attention is seen
     but cannot be described by one norm per input feature.
+
+    Memory: one float64 vector per collected weight; the input rows are converted to
+    float64 and squared in chunks of at most 2^20 entries (8 MiB), never a whole batch at
+    once (a conv's input is summed over its batch first).
 
     Nothing is registered on or changed in ``module`` or ``params``: no hooks, and the
     module's buffers run as copies, so BatchNorm in train mode updates copies (its running

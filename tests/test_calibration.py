@@ -821,3 +821,17 @@ def test_bad_mapping_batches_are_named() -> None:
         batch = _encoded(0)
         collect_input_norms(model, params, [batch, {**batch, "labels": batch["input_ids"]}])
     assert "labels" in str(err.value)
+
+
+def test_norms_are_summed_a_chunk_of_rows_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Integer-valued inputs: every partial sum is exact, so chunks give the direct sums.
+    from funcsparse import calibration
+
+    monkeypatch.setattr(calibration, "_NORM_CHUNK", 3 * 6)  # 3 rows of 6 features a chunk
+    model = nn.Linear(6, 2)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    x = torch.randint(-5, 6, (4, 5, 6)).float()  # 20 rows: 7 chunks, the last of 2 rows
+    norms = fs.collect_input_norms(model, params, [x, x[:1]])
+    rows = torch.cat([x.reshape(-1, 6), x[:1].reshape(-1, 6)]).double()
+    assert torch.equal(norms["weight"], rows.square().sum(0).sqrt())
+    assert norms["bias"] is None
