@@ -244,7 +244,12 @@ class _Inputs(TorchFunctionMode):
             )
         if self._wants("input_norms", weight):
             device = torch.device("cpu") if x.device.type == "mps" else x.device
-            squares = batched.detach().to(device=device, dtype=torch.float64).square().sum(0)
+            per_image = max(1, math.prod(batched.shape[1:]))
+            step = max(1, _NORM_CHUNK // per_image)  # images a float64 chunk holds
+            squares = torch.zeros(batched.shape[1:], dtype=torch.float64, device=device)
+            for start in range(0, batched.shape[0], step):
+                part = batched[start : start + step].detach()
+                squares += part.to(device=device, dtype=torch.float64, copy=True).square_().sum(0)
             squares = F.pad(squares, flat_pads)  # (in_channels, *padded spatial)
             for i in range(spatial):  # the columns of torch.nn.functional.unfold, as views
                 squares = squares.unfold(1 + i, spans[i], stride[i])[..., :: dilation[i]]
@@ -387,7 +392,7 @@ def collect_input_norms(
 
     Memory: one float64 vector per collected weight; the input rows are converted to
     float64 and squared in chunks of at most 2^20 entries (8 MiB), never a whole batch at
-    once (a conv's input is summed over its batch first).
+    once (a conv's input: a chunk of whole images at a time).
 
     Nothing is registered on or changed in ``module`` or ``params``: no hooks, and the
     module's buffers run as copies, so BatchNorm in train mode updates copies (its running

@@ -835,3 +835,17 @@ def test_norms_are_summed_a_chunk_of_rows_at_a_time(monkeypatch: pytest.MonkeyPa
     rows = torch.cat([x.reshape(-1, 6), x[:1].reshape(-1, 6)]).double()
     assert torch.equal(norms["weight"], rows.square().sum(0).sqrt())
     assert norms["bias"] is None
+
+
+def test_conv_norms_are_summed_a_chunk_of_images_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from funcsparse import calibration
+
+    monkeypatch.setattr(calibration, "_NORM_CHUNK", 2 * 2 * 6 * 6)  # two images a chunk
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    params = {name: p.detach() for name, p in conv.named_parameters()}
+    x = torch.randint(-4, 5, (5, 2, 6, 6)).float()  # 3 chunks, the last of one image
+    norms = fs.collect_input_norms(conv, params, [x])
+    columns = F.unfold(x.double(), 3, padding=1)  # (5, 2 * 9, 36)
+    assert torch.equal(norms["weight"], columns.square().sum((0, 2)).sqrt().reshape(2, 3, 3))
