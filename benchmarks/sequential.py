@@ -360,33 +360,36 @@ def main(argv: list[str] | None = None) -> int:
     child_argv = _strip_option(child_argv, "--repeats")
     child_argv = _strip_option(child_argv, "--cases", many=True)
     runs: dict[str, list[dict[str, Any]]] = {case: [] for case in args.cases}
+
+    def payload() -> dict[str, Any]:
+        rows = [summarise(case, runs[case]) for case in args.cases if runs[case]]
+        return {
+            "benchmark": "sequential",
+            "settings": {
+                "repeats": repeats,
+                "config": config,
+                "rules": {PATTERN: "<method>(0.5)"},
+                "method": "VmHWM growth after clear_refs, one fresh process per run, interleaved",
+                "floor_bytes": {m: floor_bytes(config, m) for m in ("Wanda", "SparseGPT")},
+            },
+            "machine": {**info, "loadavg_1m_after": os.getloadavg()[0]},
+            "cases": rows,
+            "failed": [r["case"] for r in rows if "error" in r],
+        }
+
     for round_ in range(repeats):
         for case in args.cases:
             result = in_subprocess(case, child_argv)
             runs[case].append(result)
             shown = result.get("extra_bytes")
-            what = f"{shown / 2**20:.0f} MiB" if shown is not None else "-"
+            what = "-" if shown is None else f"{shown / 2**20:.0f} MiB, {result['seconds']:.0f} s"
             print(f"  round {round_ + 1}: {case}: {what}", flush=True)
-    rows = [summarise(case, runs[case]) for case in args.cases]
+            write_payload(args.json, payload())  # after every run: a killed run keeps its rows
+    final = payload()
     print()
-    print_table(rows, config)
-    info["loadavg_1m_after"] = os.getloadavg()[0]
-    failed = [r["case"] for r in rows if "error" in r]
-    payload = {
-        "benchmark": "sequential",
-        "settings": {
-            "repeats": repeats,
-            "config": config,
-            "rules": {PATTERN: "<method>(0.5)"},
-            "method": "VmHWM growth after clear_refs, one fresh process per run, interleaved",
-            "floor_bytes": {m: floor_bytes(config, m) for m in ("Wanda", "SparseGPT")},
-        },
-        "machine": info,
-        "cases": rows,
-        "failed": failed,
-    }
-    write_payload(args.json, payload)
+    print_table(final["cases"], config)
     print(f"\nwrote {args.json}")
+    failed = final["failed"]
     return 1 if failed else 0
 
 
