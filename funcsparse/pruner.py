@@ -151,6 +151,12 @@ class Pruner:
         default=None, kw_only=True
     )
     regrow: bool = dataclasses.field(default=False, kw_only=True)
+    #: Each leaf's rule and method for the leaf paths seen last: ``update`` runs at every
+    #: training step, and matching the rules and deriving per-leaf methods (``for_leaf``)
+    #: each time would cost more than the rest of a step without a mask update.
+    _assigned_for: dict[tuple[str, ...], tuple[list[Assignment | None], list[Any]]] = (
+        dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.rules, Mapping):
@@ -343,13 +349,19 @@ class Pruner:
         self, paths: list[str], function: str
     ) -> tuple[list[Assignment | None], list[Any]]:
         """Each leaf's rule, and its method (``for_leaf`` applied); None where no rule
-        applies."""
+        applies. Kept for the last paths seen (methods are frozen and ``for_leaf`` is pure)."""
+        key = tuple(paths)
+        cached = self._assigned_for.get(key)
+        if cached is not None:
+            return list(cached[0]), list(cached[1])
         assignments: list[Assignment | None] = assign_rules(paths, self.rules, function=function)
         methods: list[MaskMethod | None] = [
             None if assigned is None else assigned.method.for_leaf(path)
             for path, assigned in zip(paths, assignments, strict=True)
         ]
-        return assignments, methods
+        self._assigned_for.clear()  # one tree at a time: no growth over differing trees
+        self._assigned_for[key] = (assignments, methods)
+        return list(assignments), list(methods)
 
     def _regrow(
         self,

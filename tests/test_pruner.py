@@ -632,3 +632,26 @@ def test_none_leaves_are_empty_entries_as_before() -> None:
     assert state["masks"] == {"w": None, "b": None}
     masks, state = pruner.update(params, state)
     assert masks["b"] is None and int((~masks["w"]).sum()) == 8
+
+
+def test_update_reuses_the_leaf_methods_for_the_same_paths() -> None:
+    # Rules are matched and per-leaf methods derived once per tree, not at every step.
+    calls: list[str] = []
+
+    class Counting(fs.Random):
+        def for_leaf(self, path: str) -> fs.MaskMethod:
+            calls.append(path)
+            return super().for_leaf(path)
+
+    pruner = fs.Pruner({"w": Counting(0.5)})
+    params = {"w": torch.randn(4, 4), "b": torch.randn(4)}
+    state = pruner.init(params)
+    first, state = pruner.update(params, state)  # a mask update: compute_masks derives too
+    assert calls == ["w", "w"]
+    for _ in range(3):
+        masks, state = pruner.update(params, state)
+        assert masks["w"] is first["w"]
+    assert calls == ["w", "w"]  # steps without a mask update derive nothing
+    renamed = {"v": params["w"], "w": params["w"]}  # another tree: matched afresh
+    pruner.init(renamed)
+    assert calls == ["w", "w", "w"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import inspect
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -154,8 +155,10 @@ _RENAMED = {
 }
 
 
+@functools.cache
 def _init_signature(cls: type) -> inspect.Signature:
-    """The signature of ``cls.__init__`` (``self`` first)."""
+    """The signature of ``cls.__init__`` (``self`` first); computed once per class (every
+    construction binds its arguments to it, ``for_leaf`` copies included)."""
     init = next(vars(klass)["__init__"] for klass in cls.__mro__ if "__init__" in vars(klass))
     return inspect.signature(init)
 
