@@ -304,10 +304,11 @@ class _Inputs(TorchFunctionMode):
         return F.linear(inner, out_weight, given["out_proj_bias"]), weights
 
 
-def _as_call(
+def as_call(
     index: int, batch: object, *, function: str = _FUNCTION
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A batch as the model's positional and keyword arguments, with its tensors checked.
+    """A batch as the model's positional and keyword arguments, with its tensors checked
+    (the batch forms of every calibration function, ``fs.prune_blocks`` included).
 
     A tensor is one positional argument; a mapping (a dict, a tokenizer's ``BatchEncoding``)
     is keyword arguments; a pair ``(args, kwargs)`` whose first item is a tuple or list and
@@ -852,7 +853,7 @@ def _collect(
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                args, kwargs = _as_call(i, batch, function=function)
+                args, kwargs = as_call(i, batch, function=function)
                 mode.batch = i
                 try:
                     with mode:

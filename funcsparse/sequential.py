@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from funcsparse._errors import describe, short_repr
 from funcsparse._prune import Pruned, prune
 from funcsparse._rules import Assignment, assign_rules, glob_to_regex, is_pattern
-from funcsparse.calibration import STATISTICS, collect_statistics
+from funcsparse.calibration import STATISTICS, as_call, collect_statistics
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
 __all__ = ["prune_blocks"]
@@ -323,38 +323,6 @@ def _rules_per_block(
     return per_block
 
 
-def _as_call(index: int, batch: object) -> _Call:
-    """A batch as the model's positional and keyword arguments (the forms of calibration)."""
-    if isinstance(batch, Tensor):
-        return (batch,), {}
-    if isinstance(batch, Mapping):
-        return (), _keywords(index, batch)
-    if (
-        isinstance(batch, (tuple, list))
-        and len(batch) == 2
-        and isinstance(batch[0], (tuple, list))
-        and isinstance(batch[1], Mapping)
-    ):
-        return tuple(batch[0]), _keywords(index, batch[1])
-    if isinstance(batch, (tuple, list)):
-        return tuple(batch), {}
-    raise TypeError(
-        f"{_FUNCTION}: batch {index} is {describe(batch)}; a batch is an input tensor, a "
-        "tuple of positional arguments, a mapping of keyword arguments (a tokenizer's "
-        "output), or an (args, kwargs) pair"
-    )
-
-
-def _keywords(index: int, batch: Mapping[Any, Any]) -> dict[str, Any]:
-    bad = [key for key in batch if not isinstance(key, str)]
-    if bad:
-        raise TypeError(
-            f"{_FUNCTION}: batch {index} is a mapping with the key {short_repr(bad[0])}; the "
-            "keys of a mapping batch are the model's keyword argument names (str)"
-        )
-    return dict(batch)
-
-
 def _buffer_copies(module: nn.Module) -> dict[str, Tensor]:
     """A copy of every buffer, so that a forward updating them (BatchNorm) changes nothing."""
     return {name: b.clone() for name, b in module.named_buffers(remove_duplicate=False)}
@@ -373,7 +341,7 @@ def _capture_inputs(model: nn.Module, first: str, batches: Iterable[Any]) -> lis
     try:
         with torch.no_grad():
             for i, batch in enumerate(batches):
-                args, kwargs = _as_call(i, batch)
+                args, kwargs = as_call(i, batch, function=_FUNCTION)
                 before = len(captured)
                 try:
                     torch.func.functional_call(model, _buffer_copies(model), args, kwargs)
