@@ -304,6 +304,22 @@ class _Inputs(TorchFunctionMode):
         return F.linear(inner, out_weight, given["out_proj_bias"]), weights
 
 
+def check_batches(batches: object, *, function: str) -> None:
+    """Raise a TypeError naming ``function`` unless ``batches`` is an iterable of batches
+    (one tensor or one mapping, a single batch, is refused with the way to wrap it)."""
+    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"{function}: batches must be an iterable of batches (a list, a DataLoader, a "
+            f"generator), got {describe(batches)}; wrap one batch as [x]"
+        )
+    if isinstance(batches, Mapping):
+        raise TypeError(
+            f"{function}: batches must be an iterable of batches, got {describe(batches)}: a "
+            "mapping is one batch of keyword arguments (a tokenizer's output); wrap one batch "
+            "as [batch]"
+        )
+
+
 def as_call(
     index: int, batch: object, *, function: str = _FUNCTION
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -792,17 +808,7 @@ def _collect(
     ``per_statistic``, ``paths`` may map each statistic to its own leaf paths."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"{function}: module must be a torch.nn.Module, got {describe(module)}")
-    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"{function}: batches must be an iterable of batches (e.g. a list or a "
-            f"DataLoader), got {describe(batches)}; wrap one batch as [x]"
-        )
-    if isinstance(batches, Mapping):
-        raise TypeError(
-            f"{function}: batches must be an iterable of batches, got {describe(batches)}: a "
-            "mapping is one batch of keyword arguments (a tokenizer's output); wrap one batch "
-            "as [batch]"
-        )
+    check_batches(batches, function=function)
     managed = fsdp_managed(module)
     if managed is not None:
         raise ValueError(

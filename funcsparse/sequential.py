@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from funcsparse._errors import describe, short_repr
 from funcsparse._prune import Pruned, prune
 from funcsparse._rules import Assignment, assign_rules, glob_to_regex, is_pattern
-from funcsparse.calibration import STATISTICS, as_call, collect_statistics
+from funcsparse.calibration import STATISTICS, as_call, check_batches, collect_statistics
 from funcsparse.methods._base import GlobalMethod, MaskMethod
 
 __all__ = ["prune_blocks"]
@@ -173,11 +173,7 @@ def prune_blocks(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_FUNCTION}: model must be a torch.nn.Module, got {describe(model)}")
-    if isinstance(batches, Tensor) or not isinstance(batches, Iterable):
-        raise TypeError(
-            f"{_FUNCTION}: batches must be an iterable of batches (a list, a DataLoader, a "
-            f"generator), got {describe(batches)}; wrap one batch as [x]"
-        )
+    check_batches(batches, function=_FUNCTION)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"{_FUNCTION}: progress must be a bool or None, got {describe(progress)}")
     if not isinstance(in_place, bool):

@@ -329,3 +329,14 @@ def test_weight_the_trace_cannot_see() -> None:
     rules: dict[str, fs.MaskMethod | None] = {"*.fc1.weight": fs.Wanda(0.5)}
     with pytest.raises(ValueError, match=r"^prune_blocks: block '0': collect_statistics: .*"):
         fs.prune_blocks(model, [torch.randn(2, 4)], rules, blocks="*", progress=False)
+
+
+def test_one_mapping_as_batches_is_refused_with_the_way_to_wrap_it() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with pytest.raises(
+        TypeError,
+        match=r"prune_blocks: batches must be an iterable of batches, got dict .*: a mapping is one batch .* wrap one batch as \[batch\]",
+    ):
+        fs.prune_blocks(
+            model, {"input": torch.randn(2, 4)}, {"*.weight": fs.Wanda(0.5)}, blocks="*"
+        )
