@@ -405,13 +405,7 @@ class Pruner:
                     f"largest and update at step {step}; pass grads= (dense gradients: "
                     "fs.functional_call(..., straight_through=True)) at their update steps"
                 )
-            try:
-                grad_leaves = leaves_like(spec, grads)
-            except ValueError:
-                raise ValueError(
-                    f"{function}: grads does not have the structure of params "
-                    f"({describe_structure_mismatch(spec, grads)})"
-                ) from None
+            grad_leaves = _grad_leaves(spec, grads, function)
             for path, grad, r in zip(paths, grad_leaves, reading, strict=True):
                 if r and grad is None:
                     raise ValueError(
@@ -486,13 +480,7 @@ class Pruner:
                 f"{function}: the methods at {needing[:8]} accumulate gradients; pass "
                 "grads= (the gradients of this step's loss) at every update"
             )
-        try:
-            grad_leaves = leaves_like(spec, grads)
-        except ValueError:
-            raise ValueError(
-                f"{function}: grads does not have the structure of params "
-                f"({describe_structure_mismatch(spec, grads)})"
-            ) from None
+        grad_leaves = _grad_leaves(spec, grads, function)
         new_state = list(method_state)
         for i, (path, leaf, method, grad) in enumerate(
             zip(paths, leaves, methods, grad_leaves, strict=True)
@@ -551,6 +539,17 @@ class Pruner:
                 entries.append(mine.get(name, theirs.get(name)))
             merged[name] = unflatten(spec, entries)
         return merged, names
+
+
+def _grad_leaves(spec: Any, grads: Any, function: str) -> list[Any]:
+    """The leaves of ``grads``, a pytree of the params' structure (ValueError otherwise)."""
+    try:
+        return leaves_like(spec, grads)
+    except ValueError:
+        raise ValueError(
+            f"{function}: grads does not have the structure of params "
+            f"({describe_structure_mismatch(spec, grads)})"
+        ) from None
 
 
 def _init_state(method: MaskMethod, leaf: Tensor) -> Tensor | None:
