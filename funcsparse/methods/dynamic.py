@@ -157,12 +157,7 @@ class _Dynamic(MaskMethod):
                 TypeError, f"current_mask={describe(current)}", "current_mask must be a bool tensor"
             )
         if current.shape != tensor.shape:
-            return LeafProblem(
-                ValueError,
-                f"current_mask of shape {short_repr(tuple(current.shape))} for a tensor of "
-                f"shape {short_repr(tuple(tensor.shape))}",
-                "current_mask must have the tensor's shape",
-            )
+            return _shape_problem("current_mask", current, tensor)
         if data.get("prev_mask") is not None:
             return LeafProblem(
                 ValueError,
@@ -466,12 +461,7 @@ class RigL(_Dynamic):
                 TypeError, f"grads={describe(grads)}", "grads must be a floating tensor"
             )
         if grads.shape != tensor.shape:
-            return LeafProblem(
-                ValueError,
-                f"grads of shape {short_repr(tuple(grads.shape))} for a tensor of shape "
-                f"{short_repr(tuple(tensor.shape))}",
-                "grads must have the tensor's shape",
-            )
+            return _shape_problem("grads", grads, tensor)
         if grads.device.type == "meta":
             return None
         kept = int(torch.count_nonzero(current))
@@ -494,3 +484,13 @@ class RigL(_Dynamic):
     ) -> Tensor:
         # The d lowest -|g| among the candidates: the largest |g|, lower index first.
         return _lowest_among(data["grads"].abs().neg_(), candidates, d)
+
+
+def _shape_problem(name: str, value: Tensor, tensor: Tensor) -> LeafProblem:
+    """The problem of keyword data ``name`` whose shape is not the tensor's."""
+    return LeafProblem(
+        ValueError,
+        f"{name} of shape {short_repr(tuple(value.shape))} for a tensor of shape "
+        f"{short_repr(tuple(tensor.shape))}",
+        f"{name} must have the tensor's shape",
+    )
