@@ -53,6 +53,10 @@ pooler, as the papers prune. Rows:
 
 Rows whose API is not in the installed funcsparse are skipped with the reason printed.
 
+``--levels L [L ...]`` runs another, cheaper set instead of the default one: ``dense``, and
+for every level ``L`` (e.g. 0.7, where the OWL paper reports its gains) ``magnitude``,
+``wanda`` (block by block) and ``owl+wanda`` at ``L`` unstructured.
+
 Time and memory
 ---------------
 ``time``: wall-clock seconds of the whole pruning call, calibration included (the norms or
@@ -75,6 +79,7 @@ the rules is unchanged, and the model's own parameters are never mutated.
 Usage::
 
     python benchmarks/llm.py [--quick] [--repeats N] [--json PATH] [--threads N]
+    python benchmarks/llm.py --levels 0.7 [...] --json PATH
     python benchmarks/llm.py --markdown RUN.json [RUN.json ...] [--md PATH]
 
 ``--threads`` defaults to 1: on the 2 shared cores this was measured on (load average 6-9),
@@ -319,7 +324,12 @@ class Case:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def build_cases(model: torch.nn.Module, cal: list[dict], skipped: dict[str, str]) -> list[Case]:
+def build_cases(
+    model: torch.nn.Module,
+    cal: list[dict],
+    skipped: dict[str, str],
+    levels: list[float] | None = None,
+) -> list[Case]:
     params = dict(model.named_parameters())
     cases: list[Case] = []
 
@@ -336,6 +346,24 @@ def build_cases(model: torch.nn.Module, cal: list[dict], skipped: dict[str, str]
         return pruned.masks, pruned.params
 
     cases.append(Case("dense", "-", 0.0, lambda: ({}, params)))
+    if levels:  # --levels: Magnitude, Wanda and OWL+Wanda at each level, unstructured
+        for level in levels:
+            pattern = f"{level:.0%}"
+
+            def magnitude(level: float = level) -> tuple[dict, dict]:
+                return masked(rules_for(fs.Magnitude(sparsity=level)))
+
+            def wanda(level: float = level) -> tuple[dict, dict]:
+                return sequential(rules_for(fs.Wanda(level)))
+
+            cases.append(Case("magnitude", pattern, level, magnitude))
+            cases.append(Case("wanda", pattern, level, wanda))
+            owl = _owl_case(model, params, cal, sequential, sparsity=level)
+            if isinstance(owl, Case):
+                cases.append(owl)
+            else:
+                skipped[f"owl+wanda {pattern}"] = owl
+        return cases
     cases.append(
         Case("magnitude", "50%", 0.5, lambda: masked(rules_for(fs.Magnitude(sparsity=0.5))))
     )
@@ -387,7 +415,12 @@ def _works(fn: Callable[[], Any]) -> str | None:
 
 
 def _owl_case(
-    model: torch.nn.Module, params: dict, cal: list[dict], sequential: Callable
+    model: torch.nn.Module,
+    params: dict,
+    cal: list[dict],
+    sequential: Callable,
+    *,
+    sparsity: float = 0.5,
 ) -> Case | str:
     owl = getattr(fs.distributions, "owl", None)
     level_rules = getattr(fs.distributions, "level_rules", None)
@@ -396,13 +429,13 @@ def _owl_case(
 
     def run() -> tuple[dict, dict]:
         norms = fs.collect_input_norms(model, params, cal, paths=pruned_paths(model))
-        levels = owl(params, norms, sparsity=0.5, blocks=BLOCKS)
+        levels = owl(params, norms, sparsity=sparsity, blocks=BLOCKS)
         return sequential(level_rules(levels, fs.Wanda()))
 
     return Case(
         "owl+wanda",
-        "50%",
-        0.5,
+        f"{sparsity:.0%}",
+        sparsity,
         run,
         note="levels from the dense input norms (M=5, lambda=0.08), Wanda via prune_blocks",
     )
@@ -471,9 +504,19 @@ def main() -> int:
         help="write the markdown table over these runs' JSON to --md and exit",
     )
     parser.add_argument("--md", type=Path, default=HERE / "results" / "llm.md")
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        type=float,
+        metavar="L",
+        help="instead of the default set: dense, and Magnitude, Wanda and OWL+Wanda at each "
+        "level (unstructured, e.g. 0.7)",
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.levels and not all(0.0 < level < 1.0 for level in args.levels):
+        parser.error("--levels must be in (0, 1)")
     if args.markdown:
         args.md.write_text(markdown(args.markdown))
         print(args.md.read_text())
@@ -499,7 +542,7 @@ def main() -> int:
     dense_knn = neighbours(dense_emb, KNN)
 
     skipped: dict[str, str] = {}
-    cases = build_cases(model, cal, skipped)
+    cases = build_cases(model, cal, skipped, args.levels)
     failures: list[str] = []
     # the first run of each method: its peak memory measured, its result scored and checked
     live = []
@@ -516,9 +559,10 @@ def main() -> int:
         if case.name != "dense":
             got = achieved(paths, masks, params, dense_params)
             case.result["sparsity"] = got
-            # OWL's per-block levels are floored to whole weights per row (int(in * level)):
-            # up to one weight per row short, under 1/384 of the target.
-            low = case.target - (1 / 384 if case.name.startswith("owl") else 1e-3)
+            # Wanda floors every row's count to whole weights (int(in * level)), at OWL's
+            # per-block levels or at a level such as 0.7: up to one weight per row short,
+            # under 1/384 of the target (0.5 is exact).
+            low = case.target - (1 / 384 if case.name.startswith(("owl", "wanda")) else 1e-3)
             high = case.target + 1e-3
             if not (low <= got["zeros"] <= high and low <= got["mask_pruned"] <= high):
                 failures.append(f"{case.name} {case.pattern}: sparsity {got} != {case.target}")
@@ -581,6 +625,7 @@ def main() -> int:
             "heldout_sentences": len(held),
         },
         "quick": args.quick,
+        "levels": args.levels,
         "repeats": args.repeats,
         "machine": machine_info(),
         "funcsparse": {"file": fs.__file__, **_git_head()},
