@@ -102,6 +102,14 @@ class SparseGPT(MaskMethod):
     weights come from ``fs.prune``. Not vmappable (a Python loop over the columns); a DTensor
     leaf is refused: prune an unsharded copy.
 
+    Memory: besides the weight and its hessian, a call takes about 1x the hessian's bytes
+    (in the compute dtype: one working copy, symmetrised, damped, factorised, inverted and
+    factorised again in place; 2x while an attempt that ``retries`` may repeat runs), plus
+    about 2-3x the weight's in the compute dtype (its working copy, the update of the
+    columns after a block, the result) and strips of about 2^20 entries for the checks.
+    A 1024x4096 float32 weight with a float64 hessian takes about 2x the hessian's bytes
+    in all.
+
     Examples:
         >>> import torch, funcsparse as fs
         >>> w = torch.tensor([[4.0, -1.0, 2.0, 0.5], [1.0, 3.0, -0.25, 2.0]])
@@ -395,8 +403,10 @@ class SparseGPT(MaskMethod):
             prev_mask = prev_mask.reshape(rows, cols)
         dtype = torch.promote_types(torch.promote_types(tensor.dtype, hessian.dtype), torch.float32)
         weight = tensor.reshape(rows, cols).to(dtype, copy=True)
-        h = hessian.to(device=tensor.device, dtype=dtype, copy=True)
-        h = (h + h.T) / 2
+        # The one working copy of H: symmetrised, dead inputs set, scaled and damped in
+        # place, then factorised, inverted and factorised again over itself (``_inverse_factor``).
+        h = hessian.to(tensor.device, dtype, copy=True, memory_format=torch.contiguous_format)
+        _symmetrise_(h)
         dead = h.diagonal() == 0
         h.diagonal()[dead] = 1.0
         weight[:, dead] = 0.0
@@ -407,6 +417,7 @@ class SparseGPT(MaskMethod):
         halves = -(math.frexp(float(h.diagonal().mean()))[1] // 2)
         h.mul_(2.0**halves).mul_(2.0**halves)
         upper, damp, retries = self._inverse_factor(h)
+        del h  # consumed (it may be ``upper``'s storage)
         diag = upper.diagonal()
         pruned = torch.zeros((rows, cols), dtype=torch.bool, device=tensor.device)
         error = torch.zeros((), dtype=dtype, device=tensor.device)
@@ -462,22 +473,32 @@ class SparseGPT(MaskMethod):
 
     def _inverse_factor(self, h: Tensor) -> tuple[Tensor, float, int]:
         """The upper Cholesky factor of ``(H + damp * mean(diag H) I)^-1``, the damping
-        fraction used and the retries it took."""
+        fraction used and the retries it took.
+
+        ``h`` (symmetric, square) is consumed: the factorisation, the inverse and its
+        factor are written over it (through its transpose, the column-major layout LAPACK
+        works in, which holds the same values as ``h``), so no other matrix of its size is
+        allocated; only an attempt that may be retried works on a copy.
+        """
         mean = h.diagonal().mean()
         tried: list[float] = []
         damp = self.damp
+        info = torch.zeros((), dtype=torch.int32, device=h.device)
         for attempt in range(self.retries + 1):
             if not math.isfinite(damp):
                 break
             tried.append(damp)
-            damped = h.clone()
-            damped.diagonal().add_(damp * mean)
-            lower, info = torch.linalg.cholesky_ex(damped)
+            last = attempt == self.retries or not math.isfinite(damp * 10)
+            work = (h if last else h.clone()).mT  # column-major: factorised in place
+            work.diagonal().add_(damp * mean)
+            torch.linalg.cholesky_ex(work, out=(work, info))
             if int(info) == 0:
-                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-                diag = upper.diagonal()
+                torch.cholesky_inverse(work, out=work)
+                torch.linalg.cholesky_ex(work, upper=True, out=(work, info))
+                diag = work.diagonal()
                 if int(info) == 0 and bool((diag.isfinite() & (diag > 0)).all()):
-                    return upper, damp, attempt
+                    return work, damp, attempt
+            del work
             damp *= 10
         values = [f"{d:g}" for d in tried]
         shown = values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
@@ -572,6 +593,26 @@ class SparseGPT(MaskMethod):
         return None
 
 
+def _row_chunks(matrix: Tensor) -> range:
+    """Starts of the row strips a square ``matrix`` is walked in: about 2^20 entries each
+    (at least 1 row), so that a strip's temporaries stay small beside the matrix."""
+    size = matrix.shape[0]
+    return range(0, size, max(1, (1 << 20) // max(size, 1)))
+
+
+def _symmetrise_(h: Tensor) -> None:
+    """Set square ``h`` to ``(h + h^T) / 2`` in place, bit for bit, a strip of rows at a
+    time (no full-size temporary): strip ``i:j`` and its mirror ``i:, i:j`` hold the same
+    values, and neither was written before."""
+    step = _row_chunks(h).step
+    for start in _row_chunks(h):
+        stop = start + step
+        strip = h[start:stop, start:] + h[start:, start:stop].T
+        strip /= 2
+        h[start:stop, start:] = strip
+        h[start:, start:stop] = strip.T
+
+
 def _has_values(tensor: Tensor) -> bool:
     """Whether ``tensor``'s values can be read here (not meta, not under a transform)."""
     return tensor.device.type != "meta" and is_plain(tensor) and tensor.numel() > 0
@@ -579,16 +620,21 @@ def _has_values(tensor: Tensor) -> bool:
 
 def _hessian_problem(hessian: Tensor) -> LeafProblem | None:
     """Why ``hessian`` (square, of values) is no Gram matrix: not finite, a negative
-    diagonal entry, or not symmetric (to a tolerance of its dtype); or None."""
+    diagonal entry, or not symmetric (to a tolerance of its dtype); or None.
+
+    Walked a strip of rows at a time: no temporary of the hessian's size."""
     hessian = hessian.detach()
-    bad = ~hessian.isfinite()
-    if bool(bad.any()):
-        i, j = (int(v) for v in bad.nonzero()[0])
-        return LeafProblem(
-            ValueError,
-            f"hessian[{i}, {j}] = {hessian[i, j].item()}",
-            "SparseGPT needs a finite hessian",
-        )
+    starts = _row_chunks(hessian)
+    for start in starts:
+        bad = ~hessian[start : start + starts.step].isfinite()
+        if bool(bad.any()):
+            i, j = (int(v) for v in bad.nonzero()[0])
+            i += start
+            return LeafProblem(
+                ValueError,
+                f"hessian[{i}, {j}] = {hessian[i, j].item()}",
+                "SparseGPT needs a finite hessian",
+            )
     diag = hessian.diagonal()
     if bool((diag < 0).any()):
         i = int((diag < 0).nonzero()[0])
@@ -597,16 +643,26 @@ def _hessian_problem(hessian: Tensor) -> LeafProblem | None:
             f"hessian[{i}, {i}] = {diag[i].item()}",
             "SparseGPT needs a hessian X^T X, whose diagonal is >= 0",
         )
-    values = hessian.double()
-    gap = (values - values.T).abs()
-    tolerance = max(1e-4, 2 * torch.finfo(hessian.dtype).eps) * float(values.abs().max())
-    if float(gap.max()) > tolerance:
-        i, j = (int(v) for v in (gap == gap.max()).nonzero()[0])
+    largest = float(torch.linalg.vector_norm(hessian, ord=math.inf).double())
+
+    def gap(start: int) -> Tensor:
+        """``|H - H^T|`` over strip ``start`` of rows, in float64."""
+        rows = slice(start, start + starts.step)
+        return (hessian[rows].double() - hessian[:, rows].T.double()).abs()
+
+    widest = max(float(gap(start).max()) for start in starts)
+    tolerance = max(1e-4, 2 * torch.finfo(hessian.dtype).eps) * largest
+    if widest > tolerance:
+        for start in starts:
+            hits = (gap(start) == widest).nonzero()
+            if hits.numel():
+                i, j = int(hits[0, 0]) + start, int(hits[0, 1])
+                break
         return LeafProblem(
             ValueError,
             f"hessian[{i}, {j}] = {hessian[i, j].item()} but hessian[{j}, {i}] = "
             f"{hessian[j, i].item()}",
             f"SparseGPT needs a symmetric hessian (to a relative tolerance of "
-            f"{tolerance / max(float(values.abs().max()), 1e-300):.0e})",
+            f"{tolerance / max(largest, 1e-300):.0e})",
         )
     return None

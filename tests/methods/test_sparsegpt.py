@@ -354,6 +354,28 @@ def test_a_nearly_symmetric_hessian_is_accepted_and_symmetrised() -> None:
     assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
 
 
+def test_a_hessian_walked_in_several_strips_is_checked_and_symmetrised_entrywise() -> None:
+    # 1500^2 entries: the checks and the symmetrisation walk it in strips of ~2^20 entries
+    size = 1500
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(size + 20, size, generator=generator, dtype=torch.float64)
+    hessian = x.T @ x
+    noisy = hessian + 1e-9 * torch.randn(size, size, generator=generator, dtype=torch.float64)
+    weight = torch.randn(2, size, generator=generator)
+    method = SparseGPT(0.5, block_size=512)
+    a = method.prune_leaf(weight, hessian=noisy)
+    b = method.prune_leaf(weight, hessian=(noisy + noisy.T) / 2)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight)
+    assert a.info == b.info
+    skewed = hessian.clone()
+    skewed[1450, 1400] += 1.0 + float(hessian.abs().max())  # its mirror is found first
+    with pytest.raises(ValueError, match=r"got hessian\[1400, 1450\] = .* but hessian\[1450, 1400"):
+        method(weight, hessian=skewed)
+    skewed[1400, 3] = math.inf
+    with pytest.raises(ValueError, match=r"got hessian\[1400, 3\] = inf; .* finite hessian"):
+        method(weight, hessian=skewed)
+
+
 # -- dtypes, purity, determinism -------------------------------------------------------------
 
 
