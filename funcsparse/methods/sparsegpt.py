@@ -491,10 +491,19 @@ class SparseGPT(MaskMethod):
             last = attempt == self.retries or not math.isfinite(damp * 10)
             work = (h if last else h.clone()).mT  # column-major: factorised in place
             work.diagonal().add_(damp * mean)
-            torch.linalg.cholesky_ex(work, out=(work, info))
+            # In place (out= aliasing the input) where it was checked bit for bit: CPU,
+            # torch's LAPACK path. Elsewhere each step allocates its result (2x H at most).
+            in_place = _factors_in_place(work.device)
+            if in_place:
+                torch.linalg.cholesky_ex(work, out=(work, info))
+            else:
+                work, info = torch.linalg.cholesky_ex(work)
             if int(info) == 0:
-                torch.cholesky_inverse(work, out=work)
-                torch.linalg.cholesky_ex(work, upper=True, out=(work, info))
+                if in_place:
+                    torch.cholesky_inverse(work, out=work)
+                    torch.linalg.cholesky_ex(work, upper=True, out=(work, info))
+                else:
+                    work, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(work), upper=True)
                 diag = work.diagonal()
                 if int(info) == 0 and bool((diag.isfinite() & (diag > 0)).all()):
                     return work, damp, attempt
@@ -666,3 +675,9 @@ def _hessian_problem(hessian: Tensor) -> LeafProblem | None:
             f"{tolerance / max(largest, 1e-300):.0e})",
         )
     return None
+
+
+def _factors_in_place(device: torch.device) -> bool:
+    """Whether the Hessian's factorisation may write over its input (``out=`` aliasing it):
+    on the CPU, where torch's LAPACK path was checked to give the same bits."""
+    return device.type == "cpu"

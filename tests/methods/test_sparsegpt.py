@@ -637,3 +637,22 @@ def test_conv_weight_through_collect_hessians(pattern: str) -> None:
     others = (error(weight * magnitude), error(weight * wanda))
     assert ours < 0.8 * min(others), (ours, others)
     assert ours < error(weight * keep)
+
+
+def test_the_factorisation_out_of_place_gives_the_in_place_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Devices other than the CPU factorise out of place: the same mask and weight.
+    from funcsparse.methods import sparsegpt
+
+    torch.manual_seed(3)
+    x = torch.randn(64, 12, dtype=torch.float64)
+    weight, hessian = torch.randn(5, 12, dtype=torch.float64), 2 * x.T @ x / 64
+    for method in (fs.SparseGPT(0.5, block_size=4), fs.SparseGPT(n=2, m=4, retries=1)):
+        in_place = method.prune_leaf(weight, hessian=hessian)
+        monkeypatch.setattr(sparsegpt, "_factors_in_place", lambda device: False)
+        out_of_place = method.prune_leaf(weight, hessian=hessian)
+        monkeypatch.undo()
+        assert torch.equal(in_place.mask, out_of_place.mask)
+        assert torch.equal(in_place.weight, out_of_place.weight)
+        assert in_place.info == out_of_place.info
