@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +68,26 @@ def write_payload(path: Path, payload: dict[str, Any]) -> None:
     """Write a benchmark's results as indented JSON, making the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def git_head() -> dict[str, Any]:
+    """The checkout's commit and whether funcsparse/ differs from it, for a results file
+    (empty when not run from a git checkout, e.g. an installed copy)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "funcsparse"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return {}
+    if not head:
+        return {}
+    return {"git_head": head, "checkout_funcsparse_dirty": bool(dirty)}
 
 
 def base_parser(

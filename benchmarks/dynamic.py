@@ -81,14 +81,13 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _harness import machine_info, write_payload
+from _harness import git_head, machine_info, write_payload
 from torch import Tensor, nn
 
 import funcsparse as fs
@@ -279,23 +278,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "min": min(values),
         "max": max(values),
     }
-
-
-def _git_head() -> dict[str, Any]:
-    """The checkout's commit and whether funcsparse/ differs from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "funcsparse"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return {"git_head": None}
-    return {"git_head": head or None, "checkout_funcsparse_dirty": bool(dirty)}
 
 
 def _span(values: list[float], scale: float, digits: int) -> str:
@@ -535,7 +517,7 @@ def main() -> int:
         "paired": paired,
         "runs": runs,
         "machine": machine_info(),
-        "funcsparse": {"file": fs.__file__, **_git_head()},
+        "funcsparse": {"file": fs.__file__, **git_head()},
     }
     write_payload(args.json, payload)
     print(f"\nwrote {args.json}")

@@ -115,6 +115,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from _harness import (
     base_parser,
+    git_head,
     machine_info,
     release_free_heap,
     reset_peak,
@@ -628,7 +629,7 @@ def main() -> int:
         "levels": args.levels,
         "repeats": args.repeats,
         "machine": machine_info(),
-        "funcsparse": {"file": fs.__file__, **_git_head()},
+        "funcsparse": {"file": fs.__file__, **git_head()},
         "rows": rows,
         "skipped": skipped,
         "failures": failures,
@@ -639,27 +640,6 @@ def main() -> int:
     for f in failures:
         print("FAIL", f)
     return 1 if failures else 0
-
-
-def _git_head() -> dict[str, Any]:
-    """The checkout's commit and whether funcsparse/ differs from it (when run in one)."""
-    import subprocess
-
-    root = HERE.parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "funcsparse"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return {}
-    if not head:  # not run from a checkout (e.g. an installed copy)
-        return {}
-    return {"git_head": head, "checkout_funcsparse_dirty": bool(dirty)}
 
 
 def sentence_transformers_check(path: Path, text: list[str], dense_emb: torch.Tensor) -> Any:

@@ -278,7 +278,7 @@ def test_errors_name_the_function() -> None:
     with pytest.raises(TypeError, match=r"^collect_hessians: batch 0 is int 3; a batch is"):
         collect_hessians(model, params, [3])
     with pytest.raises(TypeError, match=r"^collect_hessians: module must be a torch.nn.Module"):
-        collect_hessians(params, params, [torch.randn(2, 6)])  # type: ignore[arg-type]
+        collect_hessians(params, params, [torch.randn(2, 6)])  # type: ignore[arg-type]  # reason: a dict as the module on purpose: the test checks the TypeError
     with pytest.raises(TypeError, match=r"^collect_statistics: batch 0: calling the model raised"):
         collect_statistics(model, params, [{"nope": torch.randn(2, 6)}])
     with pytest.raises(ValueError, match=r"^collect_hessians: group='world' asks to sum"):
@@ -491,7 +491,7 @@ def test_paths_per_statistic(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(
         TypeError, match=r"^collect_hessians: paths must be a sequence of leaf paths"
     ):
-        collect_hessians(model, params, batches, paths={"hessian": ["2.weight"]})  # type: ignore[arg-type]
+        collect_hessians(model, params, batches, paths={"hessian": ["2.weight"]})  # type: ignore[arg-type]  # reason: a per-statistic mapping, which only collect_statistics takes: the test checks the error
     grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 2, 1))
     x = [torch.randn(1, 4, 5, 5)]
     with pytest.raises(

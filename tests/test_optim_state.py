@@ -200,7 +200,7 @@ def test_adam_regrown_step_is_the_zero_moment_closed_form(
     weight_decay = config.get("weight_decay", 0.01 if name == "AdamW" else 0.0)
 
     def make(params: list[Tensor]) -> torch.optim.Optimizer:
-        return cls(params, lr=lr, betas=betas, eps=eps, **config)  # type: ignore[no-any-return]
+        return cls(params, lr=lr, betas=betas, eps=eps, **config)  # type: ignore[no-any-return]  # reason: cls is a union of optimizer classes the checker cannot narrow
 
     param, opt = _trained(make, shape, seed=4, steps=steps, dtype=torch.float64)
     grown = _positions(shape, 4)
@@ -391,13 +391,13 @@ def test_errors_name_the_function_the_path_and_the_value():
     _step(opt, w, torch.ones(2, 2))
     yes = torch.ones(2, 2, dtype=torch.bool)
     with pytest.raises(TypeError, match=r"must be a torch.optim.Optimizer, got dict .*use fs"):
-        reset_optimizer_state_(opt.state_dict(), {"w": w}, {"w": yes})  # type: ignore[arg-type]
+        reset_optimizer_state_(opt.state_dict(), {"w": w}, {"w": yes})  # type: ignore[arg-type]  # reason: a state_dict on purpose: the test checks the TypeError
     with pytest.raises(TypeError, match=r"keys must be a tuple of strings or None, got str"):
         reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys="exp_avg")
     with pytest.raises(ValueError, match=r"^reset_optimizer_state_: keys is empty, so nothing"):
         reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys=())
     with pytest.raises(TypeError, match=r"keys must hold strings, got int 3"):
-        reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys=(3,))  # type: ignore[arg-type]
+        reset_optimizer_state_(opt, {"w": w}, {"w": yes}, keys=(3,))  # type: ignore[arg-type]  # reason: an int key on purpose: the test checks the TypeError
     with pytest.raises(ValueError, match=r"the param at 'v' \(a 2-D .*\) is not one of the Adam"):
         reset_optimizer_state_(opt, {"w": w, "v": other}, {"w": yes, "v": yes})
     with pytest.raises(
@@ -594,7 +594,10 @@ Empty = namedtuple("Empty", [])
 
 def test_optax_like_namedtuple_state_and_a_bare_momentum_tree():
     params = {"w": torch.ones(2, 2), "b": torch.ones(2)}
-    tree = lambda: {"w": torch.ones(2, 2), "b": torch.ones(2)}  # noqa: E731
+
+    def tree() -> dict[str, Tensor]:
+        return {"w": torch.ones(2, 2), "b": torch.ones(2)}
+
     state = (ScaleByAdam(torch.tensor(3), tree(), tree()), Empty())
     grown = {"w": torch.tensor([[True, False], [False, True]])}
     new = reset_optimizer_state(state, params, grown)

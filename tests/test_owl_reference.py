@@ -60,7 +60,7 @@ def reference_owl(
         scores = np.concatenate(
             [
                 (
-                    np.abs(params[path].detach().numpy()) * norms[path].detach().numpy()  # type: ignore[union-attr]
+                    np.abs(params[path].detach().numpy()) * norms[path].detach().numpy()  # type: ignore[union-attr]  # reason: the norms at these paths are tensors, never None
                 ).ravel()
                 for path in paths
                 if layer_of[path] == name

@@ -311,7 +311,7 @@ def test_block_returning_a_dict() -> None:
 
     torch.manual_seed(0)
     model = nn.Sequential(DictBlock(4), DictBlock(4))
-    model.forward = lambda x: model[1](model[0](x)["hidden"])  # type: ignore[method-assign]
+    model.forward = lambda x: model[1](model[0](x)["hidden"])  # type: ignore[method-assign]  # reason: a forward replaced on purpose: a stack whose blocks return a dict
     with pytest.raises(TypeError, match=r"^prune_blocks: block '0' returned dict"):
         fs.prune_blocks(model, [torch.randn(2, 4)], {}, blocks="*", progress=False)
 
@@ -325,7 +325,7 @@ def test_weight_the_trace_cannot_see() -> None:
 
     torch.manual_seed(0)
     model = nn.Sequential(MatmulBlock(4), MatmulBlock(4))
-    model.forward = lambda x: model[1](model[0](x)[0])[0]  # type: ignore[method-assign]
+    model.forward = lambda x: model[1](model[0](x)[0])[0]  # type: ignore[method-assign]  # reason: a forward replaced on purpose: blocks returning tuples
     rules: dict[str, fs.MaskMethod | None] = {"*.fc1.weight": fs.Wanda(0.5)}
     with pytest.raises(ValueError, match=r"^prune_blocks: block '0': collect_statistics: .*"):
         fs.prune_blocks(model, [torch.randn(2, 4)], rules, blocks="*", progress=False)

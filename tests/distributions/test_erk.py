@@ -277,7 +277,7 @@ def test_bad_arguments(kwargs: dict[str, object], error: type[Exception], messag
         "a.steps": torch.zeros(4, 4, dtype=torch.int64),
     }
     with pytest.raises(error, match=message):
-        erk(params, **kwargs)  # type: ignore[arg-type]
+        erk(params, **kwargs)  # type: ignore[arg-type]  # reason: bad arguments on purpose: the test checks their errors
 
 
 def test_bad_params() -> None:

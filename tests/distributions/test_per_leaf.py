@@ -47,4 +47,4 @@ def test_merges_with_a_distribution_and_drives_masks() -> None:
 )
 def test_bad_levels(levels: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        per_leaf(params(), levels)  # type: ignore[arg-type]
+        per_leaf(params(), levels)  # type: ignore[arg-type]  # reason: bad levels on purpose: the test checks their errors

@@ -131,4 +131,4 @@ def test_default_leaves_and_order() -> None:
 def test_bad_arguments(kwargs: dict[str, object], error: type[Exception], message: str) -> None:
     params = {"a.weight": torch.zeros(4, 4), "a.bias": torch.zeros(4)}
     with pytest.raises(error, match=message):
-        uniform(params, **kwargs)  # type: ignore[arg-type]
+        uniform(params, **kwargs)  # type: ignore[arg-type]  # reason: bad arguments on purpose: the test checks their errors

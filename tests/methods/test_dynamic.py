@@ -170,7 +170,7 @@ def test_updates_at_the_interval_and_before_end_step_only() -> None:
     with pytest.raises(ValueError, match=r"RigL.updates_at: step=-1 must be >= 0"):
         method.updates_at(-1)
     with pytest.raises(TypeError, match=r"RigL.updates_at: step must be an int"):
-        method.updates_at(1.0)  # type: ignore[arg-type]
+        method.updates_at(1.0)  # type: ignore[arg-type]  # reason: a float step on purpose: the test checks the TypeError
 
 
 def test_rigl_drop_fraction_is_the_cosine_decay() -> None:

@@ -295,7 +295,7 @@ def test_defaults_and_positional_sparsity() -> None:
     assert (method.damp, method.retries) == (0.01, 0)
     assert dataclasses.replace(method) == method
     with pytest.raises(TypeError, match=r"call it as SparseGPT\(sparsity=None, \*, n=None, m="):
-        SparseGPT(0.5, 2)  # type: ignore[call-arg]
+        SparseGPT(0.5, 2)  # type: ignore[call-arg]  # reason: a second positional field on purpose: the test checks the TypeError
 
 
 H4 = torch.eye(4)
